@@ -1,0 +1,35 @@
+"""The error vocabulary shared by the core, the adapters and the processes.
+
+Workers map these to Celery behaviour: ``Transient`` retries with back-off, ``Stale`` re-reads
+and reconciles again, everything else that is a ``CrmsyncError`` becomes a dead letter at once.
+"""
+
+from __future__ import annotations
+
+
+class CrmsyncError(Exception):
+    """Base of every error crmsync raises on purpose; its text is safe to log (no secrets)."""
+
+
+class ConfigError(CrmsyncError):
+    """The configuration is invalid; the message names the key and what is wrong."""
+
+
+class Transient(CrmsyncError):
+    """Worth retrying later (server busy, connection lost). ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stale(CrmsyncError):
+    """An optimistic-concurrency precondition failed: the record changed since it was read."""
+
+
+class LeaseTaken(CrmsyncError):
+    """Another worker holds the link's lease; try again shortly."""
+
+
+class BadRecord(CrmsyncError):
+    """A record cannot be synced as it is (which record, which field, why)."""

@@ -1,0 +1,176 @@
+"""The two sides as ports (cosmicpython): the only shapes the sync service sees.
+
+Adapters (SQLAlchemy for the CRM, exchangelib for Exchange) and in-memory fakes implement these;
+no adapter type crosses this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from schemas.canonical import CanonicalContact
+
+Changes = Mapping[str, "str | None"]
+
+
+@dataclass(frozen=True)
+class CrmRecord:
+    """A CRM account or secondary contact as read now."""
+
+    key: str                      # account:<account_no> | contact:<id>
+    record: CanonicalContact
+    version: str                  # opaque token; changes whenever the row changes
+    active: bool = True           # accounts.is_active (contacts are always active)
+    modified_at: datetime | None = None
+    account_key: str | None = None  # for a secondary contact: its account's key
+
+
+@dataclass(frozen=True)
+class ExchangeRecord:
+    """An Exchange contact in one mailbox's sync folder, as read now."""
+
+    item_id: str
+    change_key: str
+    record: CanonicalContact
+    crm_key: str | None = None    # the key stamped in the crmsync extended property
+    private: bool = False         # Sensitivity is in the private set: never read into the CRM
+    modified_at: datetime | None = None
+
+
+class CrmSide(Protocol):
+    def read(self, key: str) -> CrmRecord | None: ...
+
+    def update(self, key: str, changes: Changes, expect: str) -> CrmRecord:
+        """Write ``changes`` if the row still has version ``expect``; else raise Stale."""
+
+    def create_account(self, account_no: str, values: Changes) -> CrmRecord:
+        """Create an account with this account_no, or return the existing one (idempotent)."""
+
+    def deactivate(self, key: str, expect: str | None) -> CrmRecord | None:
+        """Set is_active = false (never a hard delete); None if the row is gone."""
+
+
+class ExchangeSide(Protocol):
+    mailbox: str
+
+    def read(self, item_id: str) -> ExchangeRecord | None: ...
+
+    def find_by_crm_key(self, crm_key: str) -> ExchangeRecord | None: ...
+
+    def create(self, crm_key: str, values: Changes) -> ExchangeRecord:
+        """Create a contact stamped with ``crm_key`` in the mailbox's sync folder."""
+
+    def update(self, item_id: str, changes: Changes, expect_change_key: str,
+               crm_key: str | None = None) -> ExchangeRecord:
+        """Write with ConflictResolution=NeverOverwrite; Stale on a changed ChangeKey.
+        A non-None ``crm_key`` also (re)stamps the extended property."""
+
+    def delete(self, item_id: str, change_key: str | None) -> None:
+        """MoveToDeletedItems: recoverable by the mailbox owner."""
+
+
+# --------------------------------------------------------------------------- state database
+
+@dataclass(frozen=True)
+class Link:
+    """One synced pair: a CRM record and its Exchange contact in one mailbox (DESIGN.md §3)."""
+
+    id: int
+    mailbox: str
+    crm_key: str
+    item_id: str | None           # None until the Exchange contact exists
+    change_key: str | None
+    crm_version: str | None
+    base: CanonicalContact | None  # the record as last synced; None before the first sync
+    crm_hash: str | None
+    exchange_hash: str | None
+    lease_token: str | None = None
+    deleted: bool = False         # the pair was deleted on a side and the delete propagated
+    synced_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A change seen by a producer, before it has an id."""
+
+    source: str                   # "crm" | "exchange"
+    mailbox: str
+    op: str                       # "upsert" | "delete"
+    dedup_key: str                # crm: "crm:<changelog id>:<mailbox>"; exchange: "ex:<mailbox>:<item_id>:<change_key|delete>"
+    crm_key: str | None = None
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    source: str
+    mailbox: str
+    op: str
+    crm_key: str | None
+    item_id: str | None
+    status: str                   # pending | published | applied | dead
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LinkUpdate:
+    """What a worker commits for a link once both sides hold the merged record."""
+
+    item_id: str | None
+    change_key: str | None
+    crm_version: str | None
+    base: CanonicalContact | None
+    crm_hash: str | None
+    exchange_hash: str | None
+    deleted: bool = False
+
+
+class StateStore(Protocol):
+    """Links, events, cursors and conflicts: the durable record of the sync (DESIGN.md §1)."""
+
+    # events -------------------------------------------------------------------------------
+    def add_events(self, events: list[NewEvent], cursor: tuple[str, str] | None = None) -> list[int]:
+        """Insert events (duplicates by dedup_key are skipped) and, in the same transaction,
+        set the named cursor. Returns the ids of the events inserted now."""
+
+    def get_event(self, event_id: int) -> Event | None: ...
+
+    def mark_published(self, event_ids: list[int]) -> None: ...
+
+    def mark_applied(self, event_id: int) -> None: ...
+
+    def record_attempt(self, event_id: int, error: str | None) -> int:
+        """Count one more attempt (and its error); returns the attempts so far."""
+
+    def mark_dead(self, event_id: int, error: str) -> None: ...
+
+    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]:
+        """Pending or published events not applied since ``older_than`` (Redis may have lost them)."""
+
+    def get_cursor(self, name: str) -> str | None: ...
+
+    # links --------------------------------------------------------------------------------
+    def find_link(self, mailbox: str, *, crm_key: str | None = None,
+                  item_id: str | None = None) -> Link | None: ...
+
+    def links_for_mailbox(self, mailbox: str) -> list[Link]: ...
+
+    def acquire(self, mailbox: str, crm_key: str, item_id: str | None, owner: str,
+                ttl_seconds: float, now: datetime) -> Link:
+        """Lease the link (creating it when missing) with a compare-and-set; LeaseTaken when
+        another owner holds an unexpired lease. The returned link carries the lease token."""
+
+    def commit(self, link: Link, update: LinkUpdate, now: datetime) -> Link:
+        """Write the new link state iff ``link.lease_token`` still holds the lease; Stale if not.
+        Releases the lease."""
+
+    def release(self, link: Link) -> None: ...
+
+    def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
+                        exchange_value: str | None, chosen: str, now: datetime) -> None: ...
