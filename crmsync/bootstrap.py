@@ -1,0 +1,138 @@
+"""The composition root: settings in, wired adapters and services out.
+
+The CLI, the Celery workers, the producers and the tests all build their parts here, so there
+is one place that knows which adapter implements which port. Nothing is connected until a
+part is first used (Exchange accounts are opened lazily, one per mailbox).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy.engine import Engine
+
+from crmsync.config import MailboxSettings, Settings
+from crmsync.errors import ConfigError
+from crmsync.reconcile import Policy
+from crmsync.service import SyncServices
+
+
+@dataclass
+class Container:
+    """The process's wired parts. Build one per process (after a fork, build a new one)."""
+
+    settings: Settings
+    _exchange: dict[str, object] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # databases ---------------------------------------------------------------------------
+    @cached_property
+    def crm_engine(self) -> Engine:
+        from crmsync.dbsetup import make_engine
+
+        return make_engine(self.settings.crm.dsn())
+
+    @cached_property
+    def state_engine(self) -> Engine:
+        from crmsync.dbsetup import make_engine
+
+        return make_engine(self.settings.state.dsn())
+
+    @cached_property
+    def crm(self):
+        from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+
+        return SqlCrm(self.crm_engine)
+
+    @cached_property
+    def store(self):
+        from crmsync.state.sqlalchemy_store import SqlStateStore
+
+        return SqlStateStore(self.state_engine)
+
+    @cached_property
+    def changelog(self):
+        from crmsync.connectors.crm.changelog import Changelog
+
+        return Changelog(self.crm_engine)
+
+    # exchange ----------------------------------------------------------------------------
+    def mailbox_settings(self, address: str) -> MailboxSettings:
+        return self.settings.mailbox(address)
+
+    def exchange_account(self, address: str):
+        """The exchangelib account and sync folder of one mailbox, opened once per process."""
+        with self._lock:
+            if address not in self._exchange:
+                from crmsync.connectors.exchange.connect import connect, open_folder
+
+                mbox = self.mailbox_settings(address)
+                ex = self.settings.exchange
+                if not ex.endpoint:
+                    raise ConfigError("exchange.endpoint: not set (the EWS URL, e.g. "
+                                      "https://mail.example.com/EWS/Exchange.asmx)")
+                account = connect(
+                    endpoint=ex.endpoint, mailbox=mbox.address, auth=ex.auth,
+                    username=ex.username, password=ex.password(), access=ex.access,
+                    verify_tls=ex.verify_tls, max_wait=ex.max_wait_s, timeout_s=ex.timeout_s,
+                    client_id=ex.client_id, tenant_id=ex.tenant_id,
+                    client_secret=ex.client_secret() if ex.auth == "oauth" else None,
+                )
+                folder = open_folder(account, mbox.folder, create=True)
+                self._exchange[address] = (account, folder)
+            return self._exchange[address]
+
+    def exchange_side(self, address: str):
+        from crmsync.connectors.exchange.ews import EwsExchange
+
+        account, folder = self.exchange_account(address)
+        key = ("side", address)
+        with self._lock:
+            if key not in self._exchange:
+                self._exchange[key] = EwsExchange(
+                    account, folder,
+                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+            return self._exchange[key]
+
+    def exchange_feed(self, address: str):
+        from crmsync.connectors.exchange.feed import ExchangeFeed
+
+        account, folder = self.exchange_account(address)
+        return ExchangeFeed(account, folder)
+
+    # services ----------------------------------------------------------------------------
+    @cached_property
+    def policy(self) -> Policy:
+        return Policy(conflict=self.settings.sync.conflict_policy, region=self.settings.sync.phone_region)
+
+    @cached_property
+    def sync_services(self) -> SyncServices:
+        return SyncServices(
+            store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
+            owner=f"{socket.gethostname()}:{os.getpid()}", lease_ttl_s=self.settings.sync.lease_ttl_s,
+            new_account_no=self.crm.new_account_no,
+        )
+
+    def dispose(self) -> None:
+        for name in ("crm_engine", "state_engine"):
+            engine = self.__dict__.get(name)
+            if engine is not None:
+                engine.dispose()
+
+
+_per_process: dict[int, Container] = {}
+
+
+def container_for(settings: Settings) -> Container:
+    """This process's container (a forked Celery child gets its own connections)."""
+    pid = os.getpid()
+    found = _per_process.get(pid)
+    if found is None or found.settings is not settings:
+        found = Container(settings)
+        _per_process.clear()
+        _per_process[pid] = found
+    return found

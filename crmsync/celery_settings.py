@@ -1,0 +1,36 @@
+"""Celery settings shared by the workers and the producers' publisher (DESIGN.md §4).
+
+At-least-once delivery: late acks, re-queue on a lost worker, one message prefetched at a time,
+and a visibility timeout longer than the longest task plus its longest retry countdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.events import APPLY_EVENT_TASK, EVENTS_QUEUE
+
+#: Longest countdown a retry may ask for; the visibility timeout is well above it.
+MAX_RETRY_COUNTDOWN_S = 300
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_settings(broker_url: str, queue: str = EVENTS_QUEUE) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_default_queue": queue,
+        "task_routes": {APPLY_EVENT_TASK: {"queue": queue}},
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,   # Flower shows tasks live
+        "task_send_sent_event": True,
+        "broker_pool_limit": 4,
+    }

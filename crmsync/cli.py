@@ -1,0 +1,187 @@
+"""The ``crmsync`` command line: one clear line per error, a non-zero exit, never a secret."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from crmsync.errors import CrmsyncError
+
+app = typer.Typer(
+    name="crmsync",
+    help="Two-way sync of CRM accounts with Exchange contacts, through Redis and Celery.\n\n"
+         "Start with `crmsync demo`. In production: `crmsync init`, then `crmsync producer` and "
+         "`crmsync worker` (or `crmsync run` for both on one host).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+class _State:
+    config: str | None = None
+
+
+state = _State()
+
+
+def settings():
+    from crmsync.config import load_settings
+    from crmsync.logging_setup import configure_logging
+
+    loaded = load_settings(state.config)
+    configure_logging(loaded.log.level, loaded.log.json)
+    return loaded
+
+
+def container():
+    from crmsync.bootstrap import container_for
+
+    return container_for(settings())
+
+
+@app.callback()
+def main_options(
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", envvar="CRMSYNC_CONFIG", metavar="FILE",
+        help="TOML configuration file (default: built-in defaults plus CRMSYNC_* environment "
+             "variables)."),
+) -> None:
+    state.config = config
+
+
+@app.command()
+def init() -> None:
+    """Create what is missing, idempotently: the state tables (Alembic migrations) and, in an
+    empty CRM database, the reference schema with its change-capture triggers."""
+    from crmsync.config import mask_url
+    from crmsync.dbsetup import init_crm, init_state
+
+    c = container()
+    init_state(c.state_engine)
+    console.print(f"state database ready: {mask_url(c.settings.state.url)}")
+    init_crm(c.crm_engine)
+    console.print(f"CRM database ready (accounts, contacts, crm_changelog, triggers): "
+                  f"{mask_url(c.settings.crm.url)}")
+
+
+@app.command(context_settings=PASSTHROUGH)
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker that applies events. Any `celery worker` option passes through,
+    e.g. `crmsync worker --concurrency 8 --pool threads -n w1@%h`."""
+    from crmsync.processes import run_worker
+
+    run_worker(settings(), ctx.args)
+
+
+@app.command()
+def producer() -> None:
+    """Run the change producers: the CRM changelog feed and each mailbox's Exchange feed turn
+    changes into event rows and publish them to the broker."""
+    from crmsync.processes import run_producer
+
+    run_producer(container())
+
+
+@app.command(context_settings=PASSTHROUGH)
+def run(ctx: typer.Context) -> None:
+    """Run the producers and one worker together on this host (extra options go to the worker)."""
+    from crmsync.processes import run_producer, spawn_worker, stop_process
+
+    c = container()
+    child = spawn_worker(state.config, ctx.args)
+    try:
+        run_producer(c)
+    finally:
+        stop_process(child)
+
+
+@app.command()
+def status() -> None:
+    """Per mailbox: links, last sync, pending/failed events; and the broker's queue depth."""
+    from crmsync.status import queue_depth
+
+    c = container()
+    summary = c.store.status_summary()
+    table = Table(title="crmsync status")
+    for column in ("mailbox", "links", "last sync", "pending", "published", "applied", "dead"):
+        table.add_column(column)
+    for row in summary:
+        table.add_row(row["mailbox"], str(row["links"]), str(row["last_synced_at"] or "never"),
+                      str(row["pending"]), str(row["published"]), str(row["applied"]),
+                      str(row["dead"]))
+    console.print(table)
+    depth = queue_depth(c.settings)
+    console.print(f"broker queue {c.settings.worker.queue}: "
+                  f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
+
+
+@app.command()
+def replay(
+    event_ids: list[int] = typer.Argument(None, help="event ids to replay"),
+    all_dead: bool = typer.Option(False, "--all-dead", help="replay every dead letter"),
+) -> None:
+    """Send dead letters (or any events) to the workers again, with their attempts reset."""
+    from producers.publisher import CeleryPublisher
+
+    c = container()
+    ids = list(event_ids or [])
+    if all_dead:
+        ids += [e.id for e in c.store.dead_letters(10_000)]
+    if not ids:
+        raise CrmsyncError("nothing to replay: give event ids or --all-dead")
+    c.store.requeue(ids)
+    sent = CeleryPublisher.from_settings(c.settings).publish(c.store, ids)
+    console.print(f"replayed {sent} of {len(ids)} event(s)")
+
+
+@app.command("dead-letters")
+def dead_letters(limit: int = typer.Option(50, help="how many to list")) -> None:
+    """List dead letters with their last error."""
+    c = container()
+    table = Table(title="dead letters")
+    for column in ("event", "mailbox", "source", "record", "attempts", "last error"):
+        table.add_column(column)
+    for e in c.store.dead_letters(limit):
+        table.add_row(str(e.id), e.mailbox, e.source, e.crm_key or e.item_id or "",
+                      str(e.attempts), e.last_error or "")
+    console.print(table)
+
+
+@app.command(context_settings={**PASSTHROUGH, "help_option_names": []})
+def emulator(ctx: typer.Context) -> None:
+    """Run the bundled Exchange Web Services emulator (same options as
+    `python -m ews_emulator`; try `crmsync emulator --help`)."""
+    from ews_emulator.__main__ import main as emulator_main
+
+    raise typer.Exit(emulator_main(list(ctx.args)))
+
+
+@app.command()
+def demo(
+    directory: str = typer.Option("crmsync-demo", "--dir", help="where the demo keeps its files"),
+    duration: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),
+    fresh: bool = typer.Option(True, help="start from new demo data (delete the old demo files)"),
+) -> None:
+    """Start an Exchange emulator, a seeded SQLite CRM, the producers and a worker, run the
+    initial sync with a progress bar, then show every change as it syncs. Edit either side and
+    watch it arrive on the other."""
+    from crmsync.demo import run_demo
+
+    run_demo(directory, duration=duration, fresh=fresh, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except CrmsyncError as exc:
+        err.print(f"crmsync: {exc}", markup=False, highlight=False)
+        sys.exit(2)

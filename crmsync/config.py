@@ -1,0 +1,542 @@
+"""crmsync's settings: one TOML file, every key overridable from the environment, validated once.
+
+Why this shape: an administrator edits one file (``--config FILE`` or ``CRMSYNC_CONFIG``), a
+container or systemd unit overrides single keys with ``CRMSYNC_<SECTION>_<KEY>`` variables, and a
+mistake is reported as *which key, what is wrong, and where the value came from* before any
+process starts. Secrets are never in the file: the file names the environment variable that holds
+them (``password_env``) and the value is read only when it is needed.
+
+Environment variables (read by :func:`load_settings`, never at import):
+
+- ``CRMSYNC_CONFIG``: path of the TOML file when ``--config`` is not given.
+- ``CRMSYNC_<SECTION>_<KEY>`` for every key below, e.g. ``CRMSYNC_BROKER_URL``,
+  ``CRMSYNC_EXCHANGE_VERIFY_TLS=false``, ``CRMSYNC_SYNC_CONFLICT_POLICY=crm-wins``,
+  ``CRMSYNC_SYNC_PRIVATE_SENSITIVITIES=Private,Confidential`` (lists are comma separated).
+  An empty value clears an optional key. Environment values win over the file.
+- ``CRMSYNC_MAILBOXES="alice@example.com=CRM Accounts,bob@example.com"``: replaces the file's
+  ``[[mailbox]]`` list; entries are comma separated, each ``address`` or ``address=folder``
+  (the folder defaults to "CRM Accounts"; a folder name cannot contain a comma here).
+
+A relative SQLite path in a URL (``sqlite:///crm.db``) is relative to the current working
+directory of the process, as in SQLAlchemy; use four slashes for an absolute path
+(``sqlite:////var/lib/crmsync/crm.db``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import email_validator
+import phonenumbers
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from crmsync.errors import ConfigError
+
+ENV_PREFIX = "CRMSYNC_"
+ENV_CONFIG = "CRMSYNC_CONFIG"
+ENV_MAILBOXES = "CRMSYNC_MAILBOXES"
+DEFAULT_FOLDER = "CRM Accounts"
+
+AuthType = Literal["basic", "ntlm", "oauth", "noauth"]
+AccessType = Literal["impersonation", "delegate"]
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
+Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
+
+#: Keys that would hold a secret; in the file they are refused with a pointer to ``*_env``.
+_SECRET_KEYS = {
+    "exchange": {"password": "password_env", "client_secret": "client_secret_env"},
+    "crm": {"password": "password_env"},
+    "state": {"password": "password_env"},
+    "broker": {"password": "password_env"},
+}
+_KEY_MARK = "crmsync_key"  # PydanticCustomError type for cross-field checks naming their key
+
+
+def _key_error(key: str, message: str) -> PydanticCustomError:
+    """A validation error about one key of the section being validated (cross-field checks)."""
+    return PydanticCustomError(_KEY_MARK, "{key}: {message}", {"key": key, "message": message})
+
+
+def _read_secret(env_var: str | None, key: str, env: Mapping[str, str] | None) -> str:
+    """Read a secret from the environment now (never cached in the model) and register it for
+    log redaction. Raises ConfigError naming the key when the variable is not set."""
+    from crmsync.logging_setup import register_secret
+
+    source = os.environ if env is None else env
+    if not env_var:
+        raise ConfigError(f"{key}: no environment variable is named for this secret")
+    value = source.get(env_var)
+    if not value:
+        raise ConfigError(f"{key}: environment variable {env_var} is not set")
+    register_secret(value)
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    _env: Mapping[str, str] | None = PrivateAttr(default=None)
+
+
+class _UrlSection(_Section):
+    """A section holding a connection URL; its password, if any, comes from ``password_env``."""
+
+    url: str
+    password_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise PydanticCustomError(
+                "url_parsing", "is not a URL of the form scheme://[user@]host[:port]/name or sqlite:///path"
+            ) from None
+        return value
+
+    def dsn(self) -> str:
+        """The URL to connect with: ``url`` plus the password read now from ``password_env``."""
+        if not self.password_env:
+            return self.url
+        section = type(self).__name__.removesuffix("Settings").lower()
+        password = _read_secret(self.password_env, f"{section}.password_env", self._env)
+        url = make_url(self.url)
+        if url.username is None:
+            url = url.set(username="")
+        return url.set(password=password).render_as_string(hide_password=False)
+
+    @field_serializer("url")
+    def _mask_url(self, value: str) -> str:
+        return mask_url(value)
+
+    def __repr_args__(self):  # type: ignore[override]
+        for name, value in super().__repr_args__():
+            yield name, (mask_url(value) if name == "url" else value)
+
+
+def mask_url(value: str) -> str:
+    """``value`` with any password in it replaced by ``***`` (for logs, repr, status output)."""
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", value)
+    if url.password is None:
+        return value
+    return url.render_as_string(hide_password=True)
+
+
+class CrmSettings(_UrlSection):
+    """The CRM database (SQLAlchemy URL)."""
+
+    url: str = "sqlite:///crm.db"
+
+
+class StateSettings(_UrlSection):
+    """crmsync's own tables: links, event log, cursors, conflicts."""
+
+    url: str = "sqlite:///crmsync-state.db"
+
+
+class BrokerSettings(_UrlSection):
+    """The Celery broker (Redis); it only carries messages, the state database is the record."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class ExchangeSettings(_Section):
+    """How to reach EWS. Passwords and client secrets are read from the named variables."""
+
+    endpoint: str | None = None
+    auth: AuthType = "basic"
+    username: str | None = None
+    password_env: str = "CRMSYNC_EXCHANGE_PASSWORD"
+    access: AccessType = "impersonation"
+    verify_tls: bool = True
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_wait_s: float = Field(default=300.0, gt=0)
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret_env: str = "CRMSYNC_EXCHANGE_CLIENT_SECRET"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise PydanticCustomError(
+                "endpoint_url", "must be an http(s) URL such as https://mail.example.com/EWS/Exchange.asmx"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _auth_needs(self) -> ExchangeSettings:
+        if self.endpoint is None:
+            return self
+        if self.auth in ("basic", "ntlm") and not self.username:
+            raise _key_error("username", f"is required when exchange.auth is {self.auth!r}")
+        if self.auth == "oauth":
+            for key in ("client_id", "tenant_id"):
+                if not getattr(self, key):
+                    raise _key_error(key, "is required when exchange.auth is 'oauth'")
+        return self
+
+    def password(self) -> str | None:
+        """The Exchange password, read now from ``password_env``; None when ``auth`` needs none
+        (noauth, oauth). ConfigError naming the variable when it is needed and not set."""
+        if self.auth in ("noauth", "oauth"):
+            return None
+        return _read_secret(self.password_env, "exchange.password_env", self._env)
+
+    def client_secret(self) -> str:
+        """The OAuth client secret, read now from ``client_secret_env``."""
+        return _read_secret(self.client_secret_env, "exchange.client_secret_env", self._env)
+
+
+def _check_address(value: str) -> str:
+    """Syntax check with email-validator; on-premises domains such as ``corp.local`` are allowed."""
+    value = value.strip()
+    try:
+        email_validator.validate_email(value, check_deliverability=False, globally_deliverable=False)
+    except email_validator.EmailNotValidError as exc:
+        local, at, domain = value.rpartition("@")
+        special = domain.rsplit(".", 1)[-1].lower() in email_validator.SPECIAL_USE_DOMAIN_NAMES
+        if not (at and special and re.fullmatch(r"[A-Za-z0-9.-]+", domain)):
+            raise PydanticCustomError("email", "is not an email address: {why}", {"why": str(exc)}) from None
+        try:  # the domain is an internal one; still check the local part
+            email_validator.validate_email(f"{local}@example.com", check_deliverability=False)
+        except email_validator.EmailNotValidError as exc2:
+            raise PydanticCustomError("email", "is not an email address: {why}", {"why": str(exc2)}) from None
+    return value
+
+
+class MailboxSettings(_Section):
+    """One synced mailbox: its SMTP address and the folder under its Contacts folder."""
+
+    address: str
+    folder: str = DEFAULT_FOLDER
+    secondary_contacts: bool = True
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _check_address(value)
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        parts = [p.strip() for p in value.strip().strip("/").split("/")]
+        if not all(parts):
+            raise PydanticCustomError("folder", "must be a folder path such as 'CRM Accounts' or 'CRM/Accounts'")
+        return "/".join(parts)
+
+
+class SyncSettings(_Section):
+    """How records are reconciled and how often the producers look for changes."""
+
+    conflict_policy: ConflictPolicy = "newest-wins"
+    phone_region: str = "US"
+    private_sensitivities: tuple[Sensitivity, ...] = ("Private",)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    lease_ttl_s: float = Field(default=60.0, gt=0)
+    redrive_after_s: float = Field(default=300.0, gt=0)
+    batch_size: int = Field(default=200, ge=1)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise PydanticCustomError("region", "must be a two-letter region code such as US, GB or DE")
+        return value
+
+
+class WorkerSettings(_Section):
+    """The Celery worker's defaults (``crmsync worker`` options override them)."""
+
+    concurrency: int = Field(default=4, ge=1)
+    queue: str = Field(default="crmsync.events", min_length=1)
+
+
+class LogSettings(_Section):
+    level: LogLevel = "INFO"
+    json_: bool = Field(default=False, alias="json")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def json(self) -> bool:  # type: ignore[override]
+        """Render log lines as JSON (one object per line) instead of the console format."""
+        return self.json_
+
+
+class Settings(BaseModel):
+    """All of crmsync's settings. Build it with :func:`load_settings`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    crm: CrmSettings = Field(default_factory=CrmSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
+    mailboxes: tuple[MailboxSettings, ...] = ()
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    _config_path: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _unique_mailboxes(self) -> Settings:
+        seen: set[str] = set()
+        for mailbox in self.mailboxes:
+            if mailbox.address.lower() in seen:
+                raise _key_error("mailbox", f"{mailbox.address} is listed twice")
+            seen.add(mailbox.address.lower())
+        return self
+
+    @property
+    def config_path(self) -> str | None:
+        """The TOML file these settings were loaded from (None: defaults and environment only)."""
+        return self._config_path
+
+    def mailbox(self, address: str) -> MailboxSettings:
+        """The settings of one mailbox by address (case-insensitive); ConfigError if not listed."""
+        for mailbox in self.mailboxes:
+            if mailbox.address.lower() == address.lower():
+                return mailbox
+        raise ConfigError(f"mailbox {address}: not in the configuration (add a [[mailbox]] entry)")
+
+
+# ---------------------------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "crm": CrmSettings,
+    "state": StateSettings,
+    "broker": BrokerSettings,
+    "exchange": ExchangeSettings,
+    "sync": SyncSettings,
+    "worker": WorkerSettings,
+    "log": LogSettings,
+}
+
+
+def _keys(model: type[BaseModel]) -> dict[str, str]:
+    """TOML key -> field name for a section model."""
+    return {(info.alias or name): name for name, info in model.model_fields.items()}
+
+
+def _is_sequence(model: type[BaseModel], field: str) -> bool:
+    annotation = model.model_fields[field].annotation
+    return typing.get_origin(annotation) in (tuple, list)
+
+
+def _env_value(model: type[BaseModel], field: str, raw: str) -> Any:
+    """An environment string as the value the field expects (lists split on commas)."""
+    if _is_sequence(model, field):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if raw == "" and model.model_fields[field].default is None:
+        return None
+    return raw
+
+
+def _parse_mailboxes(raw: str) -> list[dict[str, Any]]:
+    entries = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        address, sep, folder = part.partition("=")
+        entry: dict[str, Any] = {"address": address.strip()}
+        if sep:
+            entry["folder"] = folder.strip()
+        entries.append(entry)
+    return entries
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (``path``, else ``$CRMSYNC_CONFIG``, else none), apply the environment
+    overrides, validate. Raises ConfigError with one line per problem, each naming the key and
+    where its value came from."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_CONFIG) or None
+    file_label = str(path) if path else None
+
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path}: is a directory, expected a TOML file") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path}: permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+    problems: list[str] = []
+    sources: dict[tuple[str, ...], str] = {}  # (section, key) or ("mailbox",) -> "env X"/path
+
+    # Secrets in the file are refused before anything else, without echoing their values.
+    for section, secret_keys in _SECRET_KEYS.items():
+        table = data.get(section)
+        if isinstance(table, dict):
+            for key, env_key in secret_keys.items():
+                if key in table:
+                    del table[key]
+                    problems.append(
+                        _line(f"{section}.{key}", "secrets are never stored in the config file; put it in an "
+                              f"environment variable and name that variable with {section}.{env_key}", file_label)
+                    )
+
+    for section in ("crm", "state", "broker"):
+        table = data.get(section)
+        url = table.get("url") if isinstance(table, dict) else None
+        if isinstance(url, str) and mask_url(url) != url:
+            problems.append(
+                _line(f"{section}.url", "contains a password; secrets are never stored in the config file: "
+                      f"remove it from the URL and name an environment variable with {section}.password_env",
+                      file_label)
+            )
+            del table["url"]
+
+    merged: dict[str, Any] = {section: {} for section in _SECTIONS}
+    for section, value in data.items():
+        if section == "mailbox":
+            merged["mailboxes"] = value
+        elif section == "mailboxes":  # the natural typo; say what the file must say
+            problems.append(_line("mailboxes", "unknown key; write each mailbox as a [[mailbox]] table", file_label))
+        else:
+            merged[section] = dict(value) if isinstance(value, dict) else value
+    if file_label:
+        for section, value in merged.items():
+            if isinstance(value, dict):
+                for key in value:
+                    sources[(section, key)] = file_label
+            sources[(section,)] = file_label
+
+    for section, model in _SECTIONS.items():
+        for key, field in _keys(model).items():
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                table = merged.get(section)
+                if not isinstance(table, dict):
+                    table = merged[section] = {}
+                table[key] = _env_value(model, field, env[name])
+                sources[(section, key)] = f"env {name}"
+    if ENV_MAILBOXES in env:
+        merged["mailboxes"] = _parse_mailboxes(env[ENV_MAILBOXES])
+        sources[("mailboxes",)] = f"env {ENV_MAILBOXES}"
+
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(_describe(error, sources, file_label) for error in exc.errors())
+    if problems:
+        raise ConfigError("\n".join(problems))
+    assert settings is not None
+    _bind_env(settings, env, file_label)
+    return settings
+
+
+def _bind_env(settings: Settings, env: Mapping[str, str], path: str | None) -> None:
+    """Secrets are read at call time from the same environment the settings were loaded from."""
+    object.__setattr__(settings, "__pydantic_private__", {"_config_path": path})
+    for section in (settings.crm, settings.state, settings.broker, settings.exchange):
+        object.__setattr__(section, "__pydantic_private__", {"_env": env})
+
+
+def _line(key: str, message: str, source: str | None) -> str:
+    where = f" [from {source}]" if source else " [default]"
+    return f"config key {key}: {message}{where}"
+
+
+def _key_name(loc: tuple[Any, ...]) -> tuple[str, tuple[str, ...]]:
+    """Dotted key name as the user writes it, and the lookup key for its source."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]"
+        elif item == "mailboxes":
+            parts.append("mailbox")
+        else:
+            parts.append(str(item))
+    text = ".".join(parts)
+    if loc and loc[0] == "mailboxes":
+        return text, ("mailboxes",)
+    return text, tuple(str(p) for p in loc[:2])
+
+
+def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], file_label: str | None) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == _KEY_MARK:
+        loc = loc + (ctx["key"],) if ctx["key"] != "mailbox" else ("mailboxes",)
+    key, source_key = _key_name(loc)
+    source = sources.get(source_key) or sources.get(source_key[:1]) or file_label
+    if isinstance(value, str) and loc[-1:] in (("url",), ("endpoint",)):
+        value = mask_url(value)
+    got = f" (got {value!r})" if not isinstance(value, (dict, list, tuple)) else ""
+
+    if kind == _KEY_MARK:
+        message, got = ctx["message"], ""
+    elif kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        message = "must be one of " + ", ".join(choices)
+    elif kind == "extra_forbidden":
+        section = loc[0] if len(loc) > 1 else None
+        model = _SECTIONS.get(str(section)) if section else None
+        known = ", ".join(_keys(model)) if model else ", ".join(["mailbox", *_SECTIONS])
+        message, got = f"unknown key (known keys here: {known})", ""  # never echo: it may be a secret
+    elif kind == "missing":
+        message, got = "is required", ""
+    elif kind in ("bool_parsing", "bool_type"):
+        message = "must be true or false"
+    elif kind in ("int_parsing", "int_type", "int_from_float"):
+        message = "must be a whole number"
+    elif kind in ("float_parsing", "float_type"):
+        message = "must be a number"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        message = f"must be {sign} {bound}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = f"must be a table ([{key}])" if len(loc) == 1 else "must be a table"
+    elif kind in ("tuple_type", "list_type"):
+        message = "must be an array of tables ([[mailbox]])" if loc == ("mailboxes",) else "must be a list"
+    elif kind == "string_type":
+        message = "must be a string"
+    elif kind == "string_too_short":
+        message = "must not be empty"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+    return _line(key, message + got, source)

@@ -1,0 +1,1 @@
+"""The CRM side: the SQLAlchemy adapter (SqlCrm) and the changelog reader (Changelog)."""

@@ -1,0 +1,263 @@
+"""The CRM side on the reference schema, through SQLAlchemy Core (SQLite or PostgreSQL).
+
+Every write is one short transaction that re-reads the row and checks its version token first
+(optimistic concurrency, DESIGN.md §3): on SQLite under ``BEGIN IMMEDIATE``, on PostgreSQL with
+``SELECT ... FOR UPDATE``. No transaction is held across calls or network I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, exists, select, update
+from sqlalchemy.exc import IntegrityError
+
+from crmsync.crm_mapping import (
+    account_to_canonical,
+    canonical_to_account_columns,
+    canonical_to_contact_columns,
+    contact_to_canonical,
+)
+from crmsync.dbsetup import read_tx, write_tx
+from crmsync.errors import BadRecord, Stale
+from crmsync.ports import Changes, CrmRecord
+from schemas.canonical import crm_key, parse_crm_key
+from schemas.crm_tables import accounts, contacts
+
+#: IN-list size for batch reads (well under SQLite's bound-parameter limit).
+BATCH = 500
+
+_ACCOUNT_COLS = tuple(accounts.columns)
+_CONTACT_COLS = tuple(contacts.columns)
+
+
+def _utc_naive_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _version(row: Mapping[str, Any]) -> str:
+    """sha256 of every column the row was read with (values as text, in column order)."""
+    payload = json.dumps([[k, None if v is None else str(v)] for k, v in row.items()],
+                         ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.replace(tzinfo=UTC)
+
+
+def _contact_select() -> Select[Any]:
+    # the account's company_name and account_no are part of a contact's canonical record/key
+    return select(*_CONTACT_COLS, accounts.c.company_name.label("account_company_name"),
+                  accounts.c.account_no.label("account_account_no")).join(
+        accounts, accounts.c.id == contacts.c.account_id)
+
+
+def _account_record(row: Mapping[str, Any]) -> CrmRecord:
+    row = dict(row)
+    return CrmRecord(
+        key=crm_key("account", row["account_no"]),
+        record=account_to_canonical(row),
+        version=_version(row),
+        active=bool(row["is_active"]),
+        modified_at=_aware(row["updated_at"]),
+    )
+
+
+def _contact_record(row: Mapping[str, Any]) -> CrmRecord:
+    row = dict(row)
+    company = row.pop("account_company_name")
+    account_no = row.pop("account_account_no")
+    return CrmRecord(
+        key=crm_key("contact", row["id"]),
+        record=contact_to_canonical(row, company),
+        version=_version({**row, "account_company_name": company}),
+        active=True,
+        modified_at=_aware(row["updated_at"]),
+        account_key=crm_key("account", account_no),
+    )
+
+
+def _contact_id(key: str, ident: str) -> int:
+    try:
+        return int(ident)
+    except ValueError:
+        raise BadRecord(f"CRM key {key!r}: a contact id must be an integer") from None
+
+
+class SqlCrm:
+    """``CrmSide`` over the reference schema (accounts + secondary contacts)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ----------------------------------------------------------------------------- reads
+    def read(self, key: str) -> CrmRecord | None:
+        with read_tx(self.engine) as conn:
+            return self._read(conn, key)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, CrmRecord]:
+        """Batch read: key -> record for every key that exists (one query per 500 keys)."""
+        account_nos: list[str] = []
+        contact_ids: list[int] = []
+        for key in keys:
+            kind, ident = self._parse(key)
+            if kind == "account":
+                account_nos.append(ident)
+            else:
+                contact_ids.append(_contact_id(key, ident))
+        out: dict[str, CrmRecord] = {}
+        with read_tx(self.engine) as conn:
+            for i in range(0, len(account_nos), BATCH):
+                chunk = account_nos[i:i + BATCH]
+                for row in conn.execute(select(*_ACCOUNT_COLS).where(accounts.c.account_no.in_(chunk))):
+                    rec = _account_record(row._mapping)
+                    out[rec.key] = rec
+            for i in range(0, len(contact_ids), BATCH):
+                chunk_ids = contact_ids[i:i + BATCH]
+                for row in conn.execute(_contact_select().where(contacts.c.id.in_(chunk_ids))):
+                    rec = _contact_record(row._mapping)
+                    out[rec.key] = rec
+        return out
+
+    def all_keys(self) -> list[str]:
+        """Every active account's key, then every secondary contact's key (initial sync)."""
+        with read_tx(self.engine) as conn:
+            acc = conn.execute(select(accounts.c.account_no)
+                               .where(accounts.c.is_active.is_(True)).order_by(accounts.c.id)).scalars()
+            keys = [crm_key("account", no) for no in acc]
+            con = conn.execute(select(contacts.c.id).order_by(contacts.c.id)).scalars()
+            keys.extend(crm_key("contact", i) for i in con)
+        return keys
+
+    def contact_keys_of_account(self, account_no: str) -> list[str]:
+        """The keys of an account's secondary contacts (an account change fans out to them,
+        since their canonical record carries the account's company name)."""
+        with read_tx(self.engine) as conn:
+            ids = conn.execute(
+                select(contacts.c.id).join(accounts, accounts.c.id == contacts.c.account_id)
+                .where(accounts.c.account_no == account_no).order_by(contacts.c.id)
+            ).scalars()
+            return [crm_key("contact", i) for i in ids]
+
+    def new_account_no(self) -> str:
+        """A fresh, unused account_no for an account created from Exchange: ``EX-`` + 10 base32
+        characters (50 random bits). The caller stamps it on the Exchange item before creating
+        the row (DESIGN.md §3.1), so it must be unique before the row exists."""
+        while True:
+            candidate = "EX-" + base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:10]
+            with read_tx(self.engine) as conn:
+                taken = conn.execute(select(exists().where(accounts.c.account_no == candidate))).scalar()
+            if not taken:
+                return candidate
+
+    # ----------------------------------------------------------------------------- writes
+    def update(self, key: str, changes: Changes, expect: str) -> CrmRecord:
+        """Write ``changes`` (canonical field -> value) iff the row still has version ``expect``.
+
+        Columns whose value is already the new one are not written; with nothing left to write
+        the row is not touched at all (no updated_at bump, no changelog row, no echo)."""
+        kind, ident = self._parse(key)
+        columns = self._columns(kind, key, changes)
+        with write_tx(self.engine) as conn:
+            current = self._read(conn, key, lock=True)
+            if current is None:
+                raise Stale(f"CRM record {key}: the row is gone (deleted since it was read)")
+            if current.version != expect:
+                raise Stale(f"CRM record {key}: changed since it was read (version mismatch)")
+            raw = self._raw(conn, kind, ident, key)
+            columns = {c: v for c, v in columns.items() if raw.get(c) != v}
+            if not columns:
+                return current
+            table = accounts if kind == "account" else contacts
+            where = (accounts.c.account_no == ident) if kind == "account" else (contacts.c.id == int(ident))
+            conn.execute(update(table).where(where).values(**columns, updated_at=_utc_naive_now()))
+            new = self._read(conn, key)
+            assert new is not None
+            return new
+
+    def create_account(self, account_no: str, values: Changes) -> CrmRecord:
+        """Insert an active account with this account_no, or return the existing one."""
+        key = crm_key("account", account_no)
+        if not account_no or not account_no.strip():
+            raise BadRecord(f"CRM key {key!r}: account_no must not be empty")
+        columns = self._columns("account", key, values)
+        try:
+            with write_tx(self.engine) as conn:
+                existing = self._read(conn, key)
+                if existing is not None:
+                    return existing
+                conn.execute(accounts.insert().values(
+                    **columns, account_no=account_no, is_active=True, updated_at=_utc_naive_now()))
+                rec = self._read(conn, key)
+                assert rec is not None
+                return rec
+        except IntegrityError:
+            # a concurrent create of the same account_no won (PostgreSQL): it is ours to return
+            rec = self.read(key)
+            if rec is None:
+                raise
+            return rec
+
+    def deactivate(self, key: str, expect: str | None) -> CrmRecord | None:
+        """Set ``is_active = false`` on an account (never a hard delete); None if the row is gone.
+
+        ``expect`` None skips the version check. Secondary contacts have no is_active column: for
+        a contact key the row is left unchanged and returned (removing it is a policy decision)."""
+        kind, ident = self._parse(key)
+        with write_tx(self.engine) as conn:
+            current = self._read(conn, key, lock=True)
+            if current is None:
+                return None
+            if expect is not None and current.version != expect:
+                raise Stale(f"CRM record {key}: changed since it was read (version mismatch)")
+            if kind == "contact" or not current.active:
+                return current
+            conn.execute(update(accounts).where(accounts.c.account_no == ident)
+                         .values(is_active=False, updated_at=_utc_naive_now()))
+            return self._read(conn, key)
+
+    # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _parse(key: str) -> tuple[str, str]:
+        try:
+            return parse_crm_key(key)
+        except ValueError as exc:
+            raise BadRecord(str(exc)) from None
+
+    @staticmethod
+    def _columns(kind: str, key: str, changes: Changes) -> dict[str, str | None]:
+        try:
+            if kind == "account":
+                return canonical_to_account_columns(changes)
+            return canonical_to_contact_columns(changes)
+        except ValueError as exc:  # an unknown field
+            raise BadRecord(f"CRM record {key}: {exc}") from None
+
+    def _read(self, conn: Connection, key: str, *, lock: bool = False) -> CrmRecord | None:
+        kind, ident = self._parse(key)
+        if kind == "account":
+            stmt = select(*_ACCOUNT_COLS).where(accounts.c.account_no == ident)
+            if lock:
+                stmt = stmt.with_for_update()
+            row = conn.execute(stmt).first()
+            return None if row is None else _account_record(row._mapping)
+        stmt = _contact_select().where(contacts.c.id == _contact_id(key, ident))
+        if lock:
+            stmt = stmt.with_for_update()  # locks the contact and its account (company_name)
+        row = conn.execute(stmt).first()
+        return None if row is None else _contact_record(row._mapping)
+
+    @staticmethod
+    def _raw(conn: Connection, kind: str, ident: str, key: str) -> dict[str, Any]:
+        if kind == "account":
+            row = conn.execute(select(*_ACCOUNT_COLS).where(accounts.c.account_no == ident)).first()
+        else:
+            row = conn.execute(select(*_CONTACT_COLS).where(contacts.c.id == int(ident))).first()
+        return {} if row is None else dict(row._mapping)

@@ -1,0 +1,320 @@
+"""The EWS adapter of the ``ExchangeSide`` port: one mailbox's sync folder through exchangelib.
+
+Decisions worth knowing:
+
+* **Stamp.** Every contact crmsync creates carries the CRM key in a named extended property
+  (PublicStrings, "crmsync-crm-key", String), registered on exchangelib's ``Contact`` once per
+  process when the first adapter is built (never at import). ``create`` does not look the key
+  up first: the worker does (``find_by_crm_key``) before deciding to create, per DESIGN §3.1.
+* **Optimistic writes.** ``update`` sends only the changed fields with the expected ChangeKey
+  and ``ConflictResolution=NeverOverwrite``; ErrorIrresolvableConflict is Stale. Indexed
+  fields (emails, phones, addresses) are rewritten whole by exchangelib, so the update starts
+  from the item as read (the copy kept from the last ``read`` when its ChangeKey is still the
+  expected one, else one GetItem) to keep the user's other entries. A ChangeKey that no longer
+  matches is Stale before anything is sent.
+* **Gone is Stale.** Updating an item that was deleted or moved out of the folder raises Stale:
+  the worker re-reads, finds None, and reconciles the delete. ``read`` returns None for such an
+  item; ``delete`` of a gone item is a no-op.
+* **Delete** moves to Deleted Items (recoverable), only if the item is still in this folder and,
+  when a ChangeKey is given, still has it (else Stale: the user edited it, reconcile again).
+* **Private.** A contact whose Sensitivity is in ``private_sensitivities`` (default {"Private"})
+  reads as ``private=True`` with an EMPTY record, so nothing of it reaches the CRM, the state
+  database or a log line. Its ItemId, ChangeKey and our own stamp are kept. Writing to it is
+  allowed (the worker's policy decides) but what is returned is still empty.
+* **Errors** are crmsync's (see faults.py): Transient (retry_after from the server's back-off
+  once exchangelib's bounded patience is exhausted), Stale, ConfigError (rights, mailbox),
+  BadRecord (a value Exchange refuses).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import structlog
+from exchangelib import Account, Contact, ExtendedProperty
+from exchangelib.errors import ErrorItemNotFound
+from exchangelib.fields import InvalidField
+from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
+from exchangelib.properties import ItemId
+
+from crmsync.connectors.exchange.faults import ews_errors, translate
+from crmsync.connectors.exchange.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale
+from crmsync.ports import Changes, ExchangeRecord
+from schemas.canonical import CanonicalContact
+
+log = structlog.get_logger(__name__)
+
+#: The attribute name of the stamp on exchangelib's Contact.
+CRM_KEY_ATTR = "crmsync_crm_key"
+CRM_KEY_PROPERTY = "crmsync-crm-key"
+
+DEFAULT_PRIVATE = frozenset({"Private"})
+
+
+class CrmKeyProperty(ExtendedProperty):
+    """The CRM key stamped on every contact crmsync creates (DESIGN §3: idempotent creates)."""
+
+    distinguished_property_set_id = "PublicStrings"
+    property_name = CRM_KEY_PROPERTY
+    property_type = "String"
+
+
+_register_lock = threading.Lock()
+
+
+def register_crm_key_property() -> None:
+    """Register the stamp on exchangelib's Contact, once per process (idempotent)."""
+    with _register_lock:
+        try:
+            field = Contact.get_field_by_fieldname(CRM_KEY_ATTR)
+        except InvalidField:
+            Contact.register(CRM_KEY_ATTR, CrmKeyProperty)
+            return
+        cls = getattr(field, "value_cls", None)
+        same = cls is not None and (
+            getattr(cls, "distinguished_property_set_id", None),
+            getattr(cls, "property_name", None),
+            getattr(cls, "property_type", None),
+        ) == ("PublicStrings", CRM_KEY_PROPERTY, "String")
+        if not same:
+            raise ConfigError(
+                f"exchangelib Contact.{CRM_KEY_ATTR} is already registered with another definition ({cls!r}); "
+                "crmsync needs it as the PublicStrings String property 'crmsync-crm-key'"
+            )
+
+
+#: Everything a read needs: the mapped fields, the stamp, privacy, folder and time.
+FETCH_FIELDS: tuple[str, ...] = (
+    *CONTACT_READ_FIELDS,
+    CRM_KEY_ATTR,
+    "sensitivity",
+    "last_modified_time",
+    "parent_folder_id",
+)
+
+_CACHE_SIZE = 512
+_CHUNK = 100  # items per CreateItem / GetItem request (exchangelib's default chunk size)
+
+
+class EwsExchange:
+    """``ExchangeSide`` for one mailbox's sync folder (an exchangelib Account + ContactsFolder)."""
+
+    def __init__(self, account: Account, folder, *, private_sensitivities: Iterable[str] = DEFAULT_PRIVATE,
+                 chunk_size: int = _CHUNK) -> None:
+        register_crm_key_property()
+        self.account = account
+        self.folder = folder
+        self.mailbox: str = account.primary_smtp_address
+        self.private_sensitivities = frozenset(private_sensitivities)
+        self.chunk_size = chunk_size
+        # Contacts as last read, by ItemId: lets update() skip a GetItem when the ChangeKey still matches.
+        self._cache: OrderedDict[str, Contact] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _in_folder(self, item: Contact) -> bool:
+        parent = item.parent_folder_id
+        return parent is None or parent.id == self.folder.id
+
+    def _record(self, item: Contact) -> ExchangeRecord:
+        private = item.sensitivity in self.private_sensitivities
+        return ExchangeRecord(
+            item_id=item.id,
+            change_key=item.changekey,
+            record=CanonicalContact() if private else to_canonical(item),
+            crm_key=getattr(item, CRM_KEY_ATTR, None) or None,
+            private=private,
+            modified_at=item.last_modified_time,
+        )
+
+    def _remember(self, item: Contact) -> None:
+        if item.sensitivity in self.private_sensitivities:
+            return
+        with self._cache_lock:
+            self._cache[item.id] = item
+            self._cache.move_to_end(item.id)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _take(self, item_id: str) -> Contact | None:
+        with self._cache_lock:
+            return self._cache.pop(item_id, None)
+
+    def _fetch(self, item_ids: Sequence[str], doing: str) -> list[Contact | None]:
+        """GetItem in chunks; None for an item that is gone or no longer in this folder."""
+        out: list[Contact | None] = []
+        with ews_errors(self.mailbox, doing):
+            results = self.account.fetch(ids=[(i, None) for i in item_ids], folder=self.folder,
+                                         only_fields=list(FETCH_FIELDS), chunk_size=self.chunk_size)
+            for item_id, res in zip(item_ids, results, strict=True):
+                if isinstance(res, ErrorItemNotFound):
+                    out.append(None)
+                elif isinstance(res, Exception):
+                    raise translate(res, self.mailbox, f"{doing}: item {item_id}")
+                elif not isinstance(res, Contact) or not self._in_folder(res):
+                    out.append(None)
+                else:
+                    out.append(res)
+        return out
+
+    # ------------------------------------------------------------------------- the port
+
+    def read(self, item_id: str) -> ExchangeRecord | None:
+        """The contact now, or None when it is gone or no longer in the sync folder."""
+        (item,) = self._fetch([item_id], f"reading item {item_id}")
+        if item is None:
+            return None
+        self._remember(item)
+        return self._record(item)
+
+    def read_many(self, item_ids: Sequence[str]) -> list[ExchangeRecord | None]:
+        """``read`` for many items in few GetItem requests; results in the order of ``item_ids``."""
+        items = self._fetch(list(item_ids), f"reading {len(item_ids)} items")
+        out: list[ExchangeRecord | None] = []
+        for item in items:
+            if item is not None:
+                self._remember(item)
+            out.append(self._record(item) if item is not None else None)
+        return out
+
+    def find_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
+        """The contact in this folder stamped with ``crm_key`` (FindItem on the extended property)."""
+        with ews_errors(self.mailbox, f"looking up {crm_key}"):
+            ids = list(self.folder.filter(**{CRM_KEY_ATTR: crm_key}).values_list("id", "changekey"))
+        if not ids:
+            return None
+        if len(ids) > 1:
+            # Should never happen (creates are looked up first); report, and use a stable choice.
+            log.warning("exchange.duplicate_stamp", mailbox=self.mailbox, crm_key=crm_key, count=len(ids))
+            ids.sort()
+        for item_id, _ck in ids:
+            rec = self.read(item_id)
+            if rec is not None:
+                return rec
+        return None
+
+    def stamped_items(self) -> dict[str, tuple[str, str]]:
+        """crm_key -> (item_id, change_key) for every stamped contact in the folder (rebuilding links)."""
+        out: dict[str, tuple[str, str]] = {}
+        with ews_errors(self.mailbox, "listing stamped contacts"):
+            qs = self.folder.filter(**{f"{CRM_KEY_ATTR}__exists": True}).only(CRM_KEY_ATTR)
+            for item in qs:
+                key = getattr(item, CRM_KEY_ATTR, None)
+                if key and key not in out:
+                    out[key] = (item.id, item.changekey)
+        return out
+
+    def _new_contact(self, crm_key: str, values: Changes) -> Contact:
+        try:
+            kwargs = contact_kwargs(values)
+        except BadRecord as e:
+            raise BadRecord(f"mailbox {self.mailbox}: {crm_key}: {e}") from None
+        kwargs[CRM_KEY_ATTR] = crm_key
+        return Contact(account=self.account, folder=self.folder, **kwargs)
+
+    def _created(self, contact: Contact, item_id: str, change_key: str, crm_key: str) -> ExchangeRecord:
+        # The server returns only the new ids; the record is what we wrote (no extra GetItem).
+        contact._id = ItemId(item_id, change_key)
+        return ExchangeRecord(item_id=item_id, change_key=change_key, record=to_canonical(contact), crm_key=crm_key)
+
+    def create(self, crm_key: str, values: Changes) -> ExchangeRecord:
+        """Create a contact stamped with ``crm_key`` in the sync folder."""
+        (res,) = self.create_many([(crm_key, values)])
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def create_many(self, entries: Sequence[tuple[str, Changes]]) -> list[ExchangeRecord | CrmsyncError]:
+        """Bulk create (CreateItem, ``chunk_size`` contacts per request), stamped.
+
+        Returns, in input order, an ExchangeRecord or the error for that entry (BadRecord for a
+        value Exchange cannot hold, Transient for a chunk the server did not take). Never raises
+        for one entry; once a chunk fails as a whole, the remaining chunks are not sent and
+        carry the same Transient, so the caller knows exactly which ones to retry.
+        """
+        results: list[ExchangeRecord | CrmsyncError | None] = [None] * len(entries)
+        pending: list[tuple[int, str, Contact]] = []
+        for i, (crm_key, values) in enumerate(entries):
+            try:
+                pending.append((i, crm_key, self._new_contact(crm_key, values)))
+            except CrmsyncError as e:
+                results[i] = e
+        failed: CrmsyncError | None = None
+        for start in range(0, len(pending), self.chunk_size):
+            chunk = pending[start:start + self.chunk_size]
+            if failed is None:
+                try:
+                    with ews_errors(self.mailbox, f"creating {len(chunk)} contacts"):
+                        created = self.account.bulk_create(folder=self.folder, items=[c for _, _, c in chunk],
+                                                           chunk_size=self.chunk_size)
+                except CrmsyncError as e:
+                    failed = e
+            if failed is not None:
+                for i, _, _ in chunk:
+                    results[i] = failed
+                continue
+            for (i, crm_key, contact), res in zip(chunk, created, strict=True):
+                if isinstance(res, Exception):
+                    err = translate(res, self.mailbox, f"creating {crm_key}")
+                    results[i] = err if isinstance(err, CrmsyncError) else BadRecord(
+                        f"mailbox {self.mailbox}: creating {crm_key}: {type(res).__name__}: {res}")
+                else:
+                    results[i] = self._created(contact, res.id, res.changekey, crm_key)
+        return results  # type: ignore[return-value]
+
+    def update(self, item_id: str, changes: Changes, expect_change_key: str,
+               crm_key: str | None = None) -> ExchangeRecord:
+        """Write only ``changes`` if the item still has ``expect_change_key``; else Stale.
+
+        A non-None ``crm_key`` also (re)stamps the extended property. An item that is gone or
+        moved out of the folder is Stale too (re-read: the worker sees the delete).
+        """
+        where = f"updating item {item_id}" + (f" ({crm_key})" if crm_key else "")
+        contact = self._take(item_id)
+        if contact is None or contact.changekey != expect_change_key:
+            (contact,) = self._fetch([item_id], where)
+        if contact is None:
+            raise Stale(f"mailbox {self.mailbox}: {where}: the item was deleted or moved out of the sync folder")
+        if contact.changekey != expect_change_key:
+            raise Stale(f"mailbox {self.mailbox}: {where}: ChangeKey changed since it was read")
+        try:
+            fields = apply_changes(contact, changes)
+        except BadRecord as e:
+            raise BadRecord(f"mailbox {self.mailbox}: {where}: {e}") from None
+        if crm_key is not None and getattr(contact, CRM_KEY_ATTR, None) != crm_key:
+            setattr(contact, CRM_KEY_ATTR, crm_key)
+            fields.append(CRM_KEY_ATTR)
+        if fields:
+            with ews_errors(self.mailbox, where):
+                try:
+                    contact.save(update_fields=fields, conflict_resolution=NEVER_OVERWRITE)
+                except ErrorItemNotFound:
+                    raise Stale(f"mailbox {self.mailbox}: {where}: the item was deleted meanwhile") from None
+            # LastModifiedTime is the server's; unknown until the next read.
+            contact.last_modified_time = None
+        self._remember(contact)
+        return self._record(contact)
+
+    def delete(self, item_id: str, change_key: str | None) -> None:
+        """Move the contact to Deleted Items (recoverable). Gone or moved away: nothing to do.
+
+        Stale when ``change_key`` is given and the item has changed since (someone edited it).
+        """
+        where = f"deleting item {item_id}"
+        self._take(item_id)
+        (item,) = self._fetch([item_id], where)
+        if item is None:
+            return
+        if change_key is not None and item.changekey != change_key:
+            raise Stale(f"mailbox {self.mailbox}: {where}: the contact changed since it was read")
+        with ews_errors(self.mailbox, where):
+            (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)], delete_type=MOVE_TO_DELETED_ITEMS)
+        if isinstance(res, ErrorItemNotFound):
+            return
+        if isinstance(res, Exception):
+            raise translate(res, self.mailbox, where)
+

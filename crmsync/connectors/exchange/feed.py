@@ -1,0 +1,132 @@
+"""The Exchange change feed of one mailbox's sync folder: SyncFolderItems pages + a doorbell.
+
+One ``changes`` call is one SyncFolderItems request: the caller (the producer) turns the
+changes into event rows and commits them *with* the returned sync state, then asks again while
+``more`` is true (DESIGN §5). Only ids travel: no field of a contact is requested here, so
+nothing of a private contact can reach the event log through the feed.
+
+exchangelib's ``folder.sync_items`` loops over every page itself and only exposes the new state
+after the generator ends; we drive its ``SyncFolderItems`` service for exactly one page so the
+state can be stored per page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from exchangelib import Account
+from exchangelib.errors import (
+    ErrorExpiredSubscription,
+    ErrorInvalidSubscription,
+    ErrorInvalidSyncStateData,
+    ErrorInvalidWatermark,
+    ErrorSubscriptionNotFound,
+)
+from exchangelib.items import ID_ONLY
+from exchangelib.services import SyncFolderItems
+
+from crmsync.connectors.exchange.faults import ews_errors, translate
+from crmsync.errors import CrmsyncError
+
+log = structlog.get_logger(__name__)
+
+_DOORBELL_EVENTS = ("CreatedEvent", "DeletedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent")
+_SUBSCRIPTION_MINUTES = 10  # the server drops a pull subscription not polled for this long
+
+
+@dataclass(frozen=True)
+class ExchangeChange:
+    """One change reported by SyncFolderItems: an item created/updated ("upsert") or deleted."""
+
+    item_id: str
+    change_key: str | None  # None for a delete
+    op: Literal["upsert", "delete"]
+
+
+class SyncStateExpired(CrmsyncError):
+    """The stored sync state is refused by the server: restart from None (a full listing)."""
+
+
+class ExchangeFeed:
+    """Changes of one folder since a sync state, and an optional doorbell."""
+
+    def __init__(self, account: Account, folder) -> None:
+        self.account = account
+        self.folder = folder
+        self.mailbox: str = account.primary_smtp_address
+        self._subscription: str | None = None
+
+    def changes(self, sync_state: str | None, max_changes: int = 500) -> tuple[list[ExchangeChange], str, bool]:
+        """(changes, new sync state, more) for one page after ``sync_state`` (None: from the start).
+
+        Creates and updates are both "upsert" (the worker re-reads anyway). Store the new
+        state only after the events are committed; call again at once while ``more``.
+        Raises SyncStateExpired when the server no longer accepts ``sync_state``.
+        """
+        svc = SyncFolderItems(account=self.account)
+        out: list[ExchangeChange] = []
+        with ews_errors(self.mailbox, "reading changes (SyncFolderItems)"):
+            try:
+                for change_type, item in svc.call(folder=self.folder, shape=ID_ONLY, additional_fields=set(),
+                                                  sync_state=sync_state, ignore=None,
+                                                  max_changes_returned=max_changes, sync_scope=None):
+                    if isinstance(change_type, Exception):
+                        raise translate(change_type, self.mailbox, "reading changes")
+                    if change_type in (svc.CREATE, svc.UPDATE):
+                        out.append(ExchangeChange(item_id=item.id, change_key=item.changekey, op="upsert"))
+                    elif change_type == svc.DELETE:
+                        out.append(ExchangeChange(item_id=item.id, change_key=None, op="delete"))
+                    # read-flag changes do not concern contacts
+            except ErrorInvalidSyncStateData:
+                raise SyncStateExpired(
+                    f"mailbox {self.mailbox}: the stored Exchange sync state was refused; "
+                    "restart the folder's feed from the beginning (sync state None)"
+                ) from None
+        new_state = svc.sync_state
+        more = not svc.includes_last_item_in_range
+        if new_state is None:  # defensive: a reply without SyncState cannot advance the cursor
+            new_state, more = sync_state or "", False
+        return out, new_state, bool(more)
+
+    def wait_for_change(self, timeout_s: float, poll_s: float = 1.0) -> bool:
+        """Block up to ``timeout_s`` for a change in the folder (a pull-subscription doorbell).
+
+        True when the server reported an event (then read ``changes``); False on timeout. The
+        subscription is made on first use and polled with GetEvents every ``poll_s``; a lost
+        subscription (expired, server restarted) rings once and is made again. The truth stays
+        SyncFolderItems: a missed doorbell only delays a change until the caller's next poll.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with ews_errors(self.mailbox, "waiting for changes (pull subscription)"):
+            while True:
+                if self._subscription is None:
+                    self._subscription, self._watermark = self.folder.subscribe_to_pull(
+                        event_types=_DOORBELL_EVENTS, timeout=_SUBSCRIPTION_MINUTES)
+                try:
+                    rang = False
+                    for notification in self.folder.get_events(self._subscription, self._watermark):
+                        for event in notification.events:
+                            self._watermark = getattr(event, "watermark", None) or self._watermark
+                            rang |= type(event).__name__ != "StatusEvent"
+                except (ErrorSubscriptionNotFound, ErrorInvalidSubscription, ErrorInvalidWatermark,
+                        ErrorExpiredSubscription):
+                    self._subscription = None
+                    return True  # events may have been missed: let the caller look
+                if rang:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                time.sleep(min(poll_s, left))
+
+    def close(self) -> None:
+        """Drop the doorbell's subscription (best effort)."""
+        if self._subscription is not None:
+            sub, self._subscription = self._subscription, None
+            try:
+                self.folder.unsubscribe(sub)
+            except Exception as exc:  # the subscription expires on its own anyway
+                log.info("exchange.unsubscribe_failed", mailbox=self.mailbox, error=type(exc).__name__)

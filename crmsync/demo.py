@@ -1,0 +1,231 @@
+"""``crmsync demo``: the whole pipeline on one machine, with nothing to set up.
+
+An Exchange emulator on a free port, a seeded SQLite CRM, the producers in this process and a
+real Celery worker in a child process. It uses Redis when the configured broker answers and
+otherwise kombu's SQLAlchemy transport on a SQLite file, so it runs where no Redis is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from crmsync.config import load_settings, mask_url
+from crmsync.status import redis_answers
+
+DEMO_MAILBOX = "demo@example.com"
+DEMO_FOLDER = "CRM Accounts"
+DEMO_QUEUE = "crmsync.demo"
+
+
+def _config_text(directory: Path, endpoint: str, broker_url: str) -> str:
+    return f"""# Written by `crmsync demo`. Use it with: crmsync --config {directory / 'crmsync.toml'} status
+[crm]
+url = "sqlite:///{directory / 'crm.db'}"
+
+[state]
+url = "sqlite:///{directory / 'state.db'}"
+
+[broker]
+url = "{broker_url}"
+
+[exchange]
+endpoint = "{endpoint}"
+auth = "noauth"
+access = "delegate"
+max_wait_s = 5
+
+[[mailbox]]
+address = "{DEMO_MAILBOX}"
+folder = "{DEMO_FOLDER}"
+
+[sync]
+poll_interval_s = 1
+redrive_after_s = 30
+
+[worker]
+concurrency = 2
+queue = "{DEMO_QUEUE}"
+
+[log]
+level = "WARNING"
+"""
+
+
+def seed_crm(crm_db: Path) -> tuple[int, int]:
+    """Create the reference schema and insert the demo accounts and their contacts."""
+    from crmsync.dbsetup import init_crm, make_engine
+    from crmsync.demo_data import demo_accounts, demo_secondary_contacts
+
+    engine = make_engine(f"sqlite:///{crm_db}")
+    init_crm(engine)
+    engine.dispose()
+    accounts = demo_accounts(30)
+    contacts = demo_secondary_contacts(accounts)
+    now = datetime.now(UTC).isoformat(sep=" ")
+    with sqlite3.connect(crm_db) as db:
+        for row in accounts:
+            cols = [c for c in row if c != "id"] + ["updated_at"]
+            db.execute(f"INSERT INTO accounts ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                       [row[c] for c in cols[:-1]] + [now])
+        ids = dict(db.execute("SELECT account_no, id FROM accounts"))
+        for row in contacts:
+            values = {k: v for k, v in row.items() if k != "account_no"}
+            values["account_id"] = ids[row["account_no"]]
+            values["updated_at"] = now
+            db.execute(f"INSERT INTO contacts ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                       list(values.values()))
+    return len(accounts), len(contacts)
+
+
+def _choose_broker(directory: Path, console: Console) -> str:
+    configured = load_settings().broker.url
+    if redis_answers(configured):
+        console.print(f"broker: Redis at {mask_url(configured)} (queue {DEMO_QUEUE})")
+        return configured
+    url = f"sqla+sqlite:///{directory / 'broker.db'}"
+    console.print(f"[yellow]broker: Redis at {mask_url(configured)} does not answer; using the "
+                  f"embedded broker (kombu SQLAlchemy transport) at {directory / 'broker.db'}[/]")
+    return url
+
+
+def _purge_queue(broker_url: str) -> None:
+    """Drop messages a previous demo left in its own queue (they name events of old data)."""
+    if broker_url.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(broker_url, socket_timeout=2).delete(DEMO_QUEUE)
+
+
+def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
+             console: Console | None = None) -> None:
+    from crmsync.bootstrap import Container
+    from crmsync.dbsetup import init_state
+    from crmsync.demo_data import demo_exchange_contacts
+    from crmsync.processes import build_producer_loop, spawn_worker, stop_process
+    from crmsync.status import applied_events_after, event_totals
+    from ews_emulator import build_app
+
+    console = console or Console()
+    root = Path(directory).resolve()
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    emulator = build_app(root / "exchange", no_auth=True, mailboxes=[DEMO_MAILBOX], port=0)
+    emulator.start()
+    console.print(f"Exchange emulator: {emulator.url} (mailbox {DEMO_MAILBOX}, no auth)")
+
+    broker_url = _choose_broker(root, console)
+    config_path = root / "crmsync.toml"
+    config_path.write_text(_config_text(root, emulator.url, broker_url))
+    settings = load_settings(str(config_path))
+    container = Container(settings)
+    _purge_queue(settings.broker.dsn())
+
+    n_accounts, n_contacts = (0, 0)
+    if fresh or not (root / "crm.db").exists():
+        n_accounts, n_contacts = seed_crm(root / "crm.db")
+    init_state(container.state_engine)
+    console.print(f"CRM (SQLite): {root / 'crm.db'} — {n_accounts} accounts, {n_contacts} secondary contacts")
+
+    n_exchange = 0
+    if fresh:
+        from crmsync.connectors.exchange.seed import seed_contacts
+
+        account, folder = container.exchange_account(DEMO_MAILBOX)
+        n_exchange = seed_contacts(folder, demo_exchange_contacts(10))
+        console.print(f"Exchange mailbox {DEMO_MAILBOX}, folder Contacts/{DEMO_FOLDER}: "
+                      f"{n_exchange} contacts (one is private and stays out of the CRM)")
+
+    log_path = root / "worker.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 - closed in finally
+    worker = spawn_worker(str(config_path), ["--concurrency", "2"], stdout=log_file, stderr=log_file)
+    loop = build_producer_loop(container)
+    producer = threading.Thread(target=loop.run, name="producers", daemon=True)
+    producer.start()
+    console.print(f"worker: pid {worker.pid} (log {log_path}); producers running")
+
+    expected = n_accounts + n_contacts + n_exchange
+    try:
+        last_id = _initial_sync(container, expected, console, started, duration, worker)
+        console.print(
+            "\n[bold]Now edit either side and watch the change arrive on the other.[/]\n"
+            f"  CRM:      sqlite3 {root / 'crm.db'} \"UPDATE accounts SET phone_business = "
+            "'+1 212 555 0199' WHERE account_no = 'ACC-1001'\"\n"
+            f"  Exchange: {emulator.url} (exchangelib, no auth, mailbox {DEMO_MAILBOX}, "
+            f"folder Contacts/{DEMO_FOLDER})\n"
+            f"  Status:   crmsync --config {config_path} status\n"
+            "Ctrl-C stops the demo." + (f" (stopping by itself after {duration:.0f} s)" if duration else ""))
+        _follow(container, last_id, console, started, duration, worker)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    finally:
+        loop.stop.set()
+        producer.join(timeout=10)
+        stop_process(worker)
+        log_file.close()
+        emulator.stop()
+        container.dispose()
+        totals = event_totals(container.state_engine)
+        console.print(f"demo stopped: {totals.get('applied', 0)} events applied, "
+                      f"{totals.get('dead', 0)} dead letters. Files kept in {root}")
+
+
+def _time_left(started: float, duration: float) -> bool:
+    return not duration or time.monotonic() - started < duration
+
+
+def _check_worker(worker) -> None:
+    if worker.poll() is not None:
+        raise RuntimeError(f"the worker exited with code {worker.returncode}; see worker.log")
+
+
+def _initial_sync(container, expected: int, console: Console, started: float, duration: float,
+                  worker) -> int:
+    from crmsync.status import event_totals
+
+    columns = (TextColumn("initial sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("sync", total=max(expected, 1))
+        while _time_left(started, duration):
+            _check_worker(worker)
+            totals = event_totals(container.state_engine)
+            done = totals.get("applied", 0) + totals.get("dead", 0)
+            total = max(expected, sum(totals.values()))
+            progress.update(task, completed=done, total=total)
+            if done >= total and done >= expected:
+                break
+            time.sleep(0.5)
+    links = sum(1 for _ in container.store.links_for_mailbox(DEMO_MAILBOX))
+    console.print(f"initial sync complete: {links} linked contacts in {DEMO_MAILBOX}")
+    return event_totals(container.state_engine, max_id=True).get("max_id", 0)
+
+
+def _follow(container, last_id: int, console: Console, started: float, duration: float, worker) -> None:
+    """Print every event that finishes from now on (events finish out of order, so a window
+    below the newest id is re-scanned and what was shown is remembered)."""
+    from crmsync.status import applied_events_after
+
+    floor = max(last_id - 500, 0)
+    seen = {e["id"] for e in applied_events_after(container.state_engine, floor, limit=100_000)}
+    while _time_left(started, duration):
+        _check_worker(worker)
+        for event in applied_events_after(container.state_engine, floor, limit=100_000):
+            if event["id"] in seen:
+                continue
+            seen.add(event["id"])
+            direction = "CRM → Exchange" if event["source"] == "crm" else "Exchange → CRM"
+            what = event["crm_key"] or event["item_id"] or ""
+            outcome = event.get("outcome") or event["status"]
+            console.print(f"{datetime.now().strftime('%H:%M:%S')}  {direction}  {event['op']:<6} "
+                          f"{what}  [{outcome}]")
+        time.sleep(0.5)

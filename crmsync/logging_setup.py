@@ -1,0 +1,141 @@
+"""Logging for every crmsync process: structlog in front, the stdlib ``logging`` behind it.
+
+Why this shape: crmsync's own events are structured (``log.info("applied", event_id=7)``), while
+Celery, kombu and exchangelib log through the stdlib. Both go through one ``ProcessorFormatter``
+so that they share one format (console or JSON lines) and, above all, one redaction step: no
+password, client secret, token or Authorization header reaches a log line, whoever logged it.
+
+Nothing happens at import; a process calls :func:`configure_logging` once at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "***"
+
+#: Keys whose values are always hidden, whatever they hold.
+SECRET_KEY_PATTERN = re.compile(r"password|passwd|secret|token|authorization|api[_-]?key|credential", re.I)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.I)
+_MIN_SUBSTRING = 4  # shorter secrets are only redacted where a whole value equals them
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_HANDLER_MARK = "_crmsync_handler"
+
+
+def register_secret(value: str | None) -> None:
+    """Hide this exact string wherever it appears in a log event from now on (e.g. a password
+    read from the environment)."""
+    if value:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with registered secrets and URL passwords replaced by ``***``."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if text == secret:
+            return REDACTED
+        if len(secret) >= _MIN_SUBSTRING and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{REDACTED}@", text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: (REDACTED if _secret_key(k) else _redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_redact_value(v) for v in value)
+    return value
+
+
+def _secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(SECRET_KEY_PATTERN.search(key))
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: hide values under secret-looking keys and any registered secret."""
+    for key, value in list(event_dict.items()):
+        if _secret_key(key) and value is not None:
+            event_dict[key] = REDACTED
+        elif key not in ("_record", "_from_structlog"):
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+
+
+def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO | None = None,
+                      quiet_loggers: Iterable[str] = ("exchangelib",)) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr) at ``level``, rendered as JSON
+    lines or for a console, with secrets redacted. Safe to call again (it replaces its handler).
+
+    ``quiet_loggers`` are held at WARNING unless ``level`` is DEBUG (exchangelib logs every
+    SOAP body at DEBUG)."""
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    shared = _shared_processors()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(default=str) if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, redact_secrets],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact_secrets,  # again, after exc_info became text
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in quiet_loggers:
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            redact_secrets,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger (thin alias so callers need not import structlog)."""
+    return structlog.get_logger(name)

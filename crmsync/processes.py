@@ -1,0 +1,109 @@
+"""Wiring of the long-running processes (producer loop, Celery worker) from a Container.
+
+Together with ``crmsync.cli`` this is the composition root: the only place that imports both
+``producers`` and ``workers`` (which never import each other).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+import structlog
+
+from crmsync.bootstrap import Container
+from crmsync.config import Settings
+
+log = structlog.get_logger("crmsync.processes")
+
+
+class LazyFeed:
+    """Opens the mailbox's Exchange feed on first use, so a producer starts (and keeps feeding
+    the CRM side) while Exchange is unreachable; the loop logs and retries each cycle."""
+
+    def __init__(self, container: Container, mailbox: str) -> None:
+        self.container = container
+        self.mailbox = mailbox
+        self._feed = None
+
+    def changes(self, sync_state, max_changes=500):
+        if self._feed is None:
+            self._feed = self.container.exchange_feed(self.mailbox)
+        return self._feed.changes(sync_state, max_changes)
+
+
+def build_doorbell(settings: Settings):
+    from producers.doorbells import NullDoorbell, PostgresListenDoorbell, SqliteFileDoorbell
+
+    url = settings.crm.dsn()
+    if url.startswith("sqlite"):
+        return SqliteFileDoorbell(url)
+    if url.startswith("postgresql"):
+        return PostgresListenDoorbell(url)
+    return NullDoorbell()
+
+
+def build_producer_loop(container: Container):
+    from producers.crm_feed import CrmProducer
+    from producers.exchange_feed import ExchangeProducer
+    from producers.loop import ProducerLoop
+    from producers.publisher import CeleryPublisher
+
+    settings = container.settings
+    mailboxes = [m.address for m in settings.mailboxes]
+    crm_producer = CrmProducer(container.changelog, container.crm, container.store, mailboxes,
+                               fan_out_contacts=True, batch_size=settings.sync.batch_size)
+    exchange_producers = [ExchangeProducer(mb, LazyFeed(container, mb), container.store)
+                          for mb in mailboxes]
+    return ProducerLoop(crm_producer, exchange_producers, CeleryPublisher.from_settings(settings),
+                        container.store, build_doorbell(settings),
+                        poll_interval_s=settings.sync.poll_interval_s,
+                        redrive_after_s=settings.sync.redrive_after_s)
+
+
+def run_producer(container: Container, stop: threading.Event | None = None) -> None:
+    """Run the producer loop in this thread until SIGTERM/SIGINT (or ``stop``)."""
+    loop = build_producer_loop(container)
+    if stop is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop.set())
+    loop.run(stop or loop.stop)
+
+
+def worker_argv(settings: Settings, extra: Sequence[str]) -> list[str]:
+    """Celery worker arguments: ours first, so the administrator's own options win."""
+    argv = ["worker", "--loglevel", settings.log.level, "-Q", settings.worker.queue,
+            "--concurrency", str(settings.worker.concurrency)]
+    return argv + list(extra)
+
+
+def run_worker(settings: Settings, extra: Sequence[str] = ()) -> None:
+    """A real Celery worker in this process (any celery worker option passes through)."""
+    from crmsync import testhooks
+    from workers.celery_app import create_app
+
+    testhooks.arm_from_env()
+    app = create_app(settings)
+    app.worker_main(argv=worker_argv(settings, extra))
+
+
+def spawn_worker(config_path: str, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+                 stdout=None, stderr=None) -> subprocess.Popen:
+    """Start ``crmsync worker`` as a child process (for ``run`` and ``demo``)."""
+    cmd = [sys.executable, "-m", "crmsync", "--config", config_path, "worker", *extra]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -1,0 +1,188 @@
+"""Three-way, field-level reconciliation of a CRM record and its Exchange contact (pure).
+
+Data in, data out: no session, no client, no clock (timestamps come in as values). A worker
+reads both sides and the link's base, calls ``reconcile`` and applies the ``Plan``.
+
+Per field, with "changed" meaning "not normalized-equal to the base" (``normalize.same``):
+
+* unchanged on both sides: nothing;
+* changed on one side only: that side's raw value goes to the other side;
+* changed on both to normalized-equal values: no conflict, no write;
+* changed on both differently: a ``Conflict`` resolved by ``Policy.conflict``; the loser's value
+  is recorded in it. ``newest-wins`` compares ``crm_modified_at`` and ``exchange_modified_at``
+  (record-level times; a naive datetime is taken as UTC); the strictly newer side wins, and on a
+  tie or when either time is missing the CRM wins (it is the system of record);
+* a field in ``Policy.crm_readonly``: the CRM value goes to Exchange whenever the two differ and
+  the CRM is never written. When Exchange had edited it, the discarded Exchange value is kept as a
+  ``Conflict`` with reason ``"crm-readonly"``;
+* ``base=None`` (first pairing): a field empty on one side takes the other side's value; both
+  non-empty and different is a conflict by policy (``base_value=None``).
+
+A write is left out whenever its target already holds a normalized-equal value: the server's
+reformatting ("+15550102000" for "+1 (555) 010-2000") and our own echoes cause no write.
+
+``Plan.base`` is what both sides hold once the plan is applied: per field the winning raw value;
+where no write happens because both sides are normalized-equal, the CRM's raw value. Canonical
+fields outside ``fields`` are ``None`` in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Literal
+
+from crmsync.normalize import normalize_field
+from schemas.canonical import CanonicalContact
+
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
+_POLICIES = ("newest-wins", "crm-wins", "exchange-wins")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A field both sides changed differently (or an Exchange edit of a CRM-read-only field)."""
+
+    field: str
+    crm_value: str | None
+    exchange_value: str | None
+    base_value: str | None
+    chosen: str  # "crm" | "exchange"
+    reason: str
+
+    @property
+    def losing_value(self) -> str | None:
+        return self.exchange_value if self.chosen == "crm" else self.crm_value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How to resolve conflicts, which fields the CRM never takes, and the phone region."""
+
+    conflict: ConflictPolicy = "newest-wins"
+    crm_readonly: frozenset[str] = frozenset()
+    region: str = "US"
+
+    def __post_init__(self) -> None:
+        if self.conflict not in _POLICIES:
+            raise ValueError(f"conflict policy {self.conflict!r} is not one of {', '.join(_POLICIES)}")
+        object.__setattr__(self, "crm_readonly", frozenset(self.crm_readonly))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Field writes for each side, the record both will hold afterwards, and the conflicts."""
+
+    to_crm: Mapping[str, str | None]
+    to_exchange: Mapping[str, str | None]
+    base: CanonicalContact
+    conflicts: tuple[Conflict, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "to_crm", MappingProxyType(dict(self.to_crm)))
+        object.__setattr__(self, "to_exchange", MappingProxyType(dict(self.to_exchange)))
+        object.__setattr__(self, "conflicts", tuple(self.conflicts))
+
+    @property
+    def is_noop(self) -> bool:
+        """Nothing to write on either side."""
+        return not self.to_crm and not self.to_exchange
+
+
+def _check_fields(fields: tuple[str, ...]) -> None:
+    unknown = [f for f in fields if f not in CanonicalContact.model_fields]
+    if unknown:
+        raise ValueError(f"unknown canonical field(s): {', '.join(map(repr, unknown))}")
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _resolve(policy: Policy, crm_at: datetime | None, exchange_at: datetime | None) -> tuple[str, str]:
+    """(chosen side, reason) for a field both sides changed differently."""
+    if policy.conflict == "crm-wins":
+        return "crm", "crm-wins"
+    if policy.conflict == "exchange-wins":
+        return "exchange", "exchange-wins"
+    if crm_at is None or exchange_at is None:
+        return "crm", "newest-wins: a modification time is unknown, the CRM wins"
+    crm_at, exchange_at = _utc(crm_at), _utc(exchange_at)
+    if exchange_at > crm_at:
+        return "exchange", "newest-wins: Exchange was modified later"
+    if crm_at > exchange_at:
+        return "crm", "newest-wins: the CRM was modified later"
+    return "crm", "newest-wins: same modification time, the CRM wins"
+
+
+def reconcile(
+    base: CanonicalContact | None,
+    crm: CanonicalContact,
+    exchange: CanonicalContact,
+    policy: Policy,
+    *,
+    fields: tuple[str, ...],
+    crm_modified_at: datetime | None = None,
+    exchange_modified_at: datetime | None = None,
+) -> Plan:
+    """Merge both sides against the base, field by field (rules in the module docstring)."""
+    _check_fields(fields)
+    to_crm: dict[str, str | None] = {}
+    to_exchange: dict[str, str | None] = {}
+    merged: dict[str, str | None] = {}
+    conflicts: list[Conflict] = []
+
+    for f in fields:
+        c, e = getattr(crm, f), getattr(exchange, f)
+        b = getattr(base, f) if base is not None else None
+        nc = normalize_field(f, c, region=policy.region)
+        ne = normalize_field(f, e, region=policy.region)
+        nb = normalize_field(f, b, region=policy.region)
+        # On a first pairing "changed" means "holds something": empty takes the other side.
+        crm_changed = nc != nb if base is not None else nc is not None
+        exchange_changed = ne != nb if base is not None else ne is not None
+
+        if nc == ne:
+            merged[f] = c  # already equal: no write; the base keeps the CRM's raw value
+            continue
+        if f in policy.crm_readonly:
+            merged[f] = to_exchange[f] = c
+            if exchange_changed:
+                conflicts.append(Conflict(f, c, e, b, "crm", "crm-readonly"))
+            continue
+        if crm_changed and exchange_changed:
+            chosen, reason = _resolve(policy, crm_modified_at, exchange_modified_at)
+            conflicts.append(Conflict(f, c, e, b, chosen, reason))
+        else:
+            chosen = "crm" if crm_changed else "exchange"
+        if chosen == "crm":
+            merged[f] = to_exchange[f] = c
+        else:
+            merged[f] = to_crm[f] = e
+
+    return Plan(to_crm, to_exchange, CanonicalContact(**merged), tuple(conflicts))
+
+
+def _present(record: CanonicalContact, fields: tuple[str, ...]) -> dict[str, str]:
+    _check_fields(fields)
+    values = {f: getattr(record, f) for f in fields}
+    return {f: v for f, v in values.items() if v is not None and v.strip()}
+
+
+def plan_create_exchange(crm: CanonicalContact, fields: tuple[str, ...]) -> Plan:
+    """Create the Exchange contact from a CRM record: every non-empty field goes to Exchange."""
+    values = _present(crm, fields)
+    return Plan({}, values, CanonicalContact(**values), ())
+
+
+def plan_create_crm(exchange: CanonicalContact, fields: tuple[str, ...], policy: Policy) -> Plan:
+    """Create the CRM record from an Exchange contact, leaving out CRM-read-only fields.
+
+    The base holds every non-empty Exchange field, read-only ones included: the next reconcile
+    then sees the Exchange side unchanged and simply sends the CRM's own value there if it differs.
+    """
+    values = _present(exchange, fields)
+    to_crm = {f: v for f, v in values.items() if f not in policy.crm_readonly}
+    return Plan(to_crm, {}, CanonicalContact(**values), ())

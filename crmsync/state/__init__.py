@@ -1,0 +1,1 @@
+"""The state database adapter (SqlStateStore): links, event log, cursors, conflicts."""

@@ -1,0 +1,363 @@
+"""The state database through SQLAlchemy Core: ``StateStore`` of crmsync.ports.
+
+Every method is one short transaction (BEGIN IMMEDIATE on SQLite for writes); leases are a
+compare-and-set on the link row and are never held as a database lock (DESIGN.md §3.1).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from crmsync.dbsetup import read_tx, write_tx
+from crmsync.errors import BadRecord, LeaseTaken, Stale
+from crmsync.ports import Event, Link, LinkUpdate, NewEvent
+from schemas.canonical import CanonicalContact
+from schemas.state_tables import conflicts, cursors, events, links
+
+BATCH = 500
+
+PENDING, PUBLISHED, APPLIED, DEAD = "pending", "published", "applied", "dead"
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    """One line of ``crmsync status``."""
+
+    mailbox: str
+    links: int                 # live links (not deleted)
+    pending: int
+    published: int
+    applied: int
+    dead: int
+    last_synced_at: datetime | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _link(m: Mapping[str, Any]) -> Link:
+    base = m["base_json"]
+    return Link(
+        id=int(m["id"]),
+        mailbox=m["mailbox"],
+        crm_key=m["crm_key"],
+        item_id=m["item_id"],
+        change_key=m["change_key"],
+        crm_version=m["crm_version"],
+        base=None if base is None else CanonicalContact.model_validate_json(base),
+        crm_hash=m["crm_hash"],
+        exchange_hash=m["exchange_hash"],
+        lease_token=m["lease_token"],
+        deleted=bool(m["deleted"]),
+        synced_at=m["synced_at"],
+    )
+
+
+def _event(m: Mapping[str, Any]) -> Event:
+    return Event(
+        id=int(m["id"]),
+        source=m["source"],
+        mailbox=m["mailbox"],
+        op=m["op"],
+        crm_key=m["crm_key"],
+        item_id=m["item_id"],
+        status=m["status"],
+        attempts=int(m["attempts"]),
+        last_error=m["last_error"],
+        created_at=m["created_at"],
+    )
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), BATCH):
+        yield ids[i:i + BATCH]
+
+
+class SqlStateStore:
+    """Links, the event log, cursors and conflicts in a SQLite or PostgreSQL state database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    # ----------------------------------------------------------------------------- events
+    def add_events(self, new: list[NewEvent], cursor: tuple[str, str] | None = None) -> list[int]:
+        """Insert events, skipping dedup_keys already present, and set ``cursor`` (name, value)
+        in the same transaction. Returns the ids inserted now, ascending."""
+        now = _now()
+        rows = [
+            {"source": e.source, "mailbox": e.mailbox, "op": e.op, "crm_key": e.crm_key,
+             "item_id": e.item_id, "dedup_key": e.dedup_key, "status": PENDING, "attempts": 0,
+             "created_at": now}
+            for e in new
+        ]
+        ids: list[int] = []
+        with write_tx(self.engine) as conn:
+            for i in range(0, len(rows), BATCH):
+                stmt = (self._insert(events).values(rows[i:i + BATCH])
+                        .on_conflict_do_nothing(index_elements=["dedup_key"])
+                        .returning(events.c.id))
+                ids.extend(int(x) for x in conn.execute(stmt).scalars())
+            if cursor is not None:
+                self._set_cursor(conn, cursor[0], cursor[1], now)
+        return sorted(ids)
+
+    def get_event(self, event_id: int) -> Event | None:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).first()
+        return None if row is None else _event(row._mapping)
+
+    def mark_published(self, event_ids: list[int]) -> None:
+        """pending -> published; a re-published (re-driven) event gets a new published_at.
+        Never moves an applied or dead event back."""
+        now = _now()
+        with write_tx(self.engine) as conn:
+            for chunk in _chunks(list(event_ids)):
+                conn.execute(
+                    update(events)
+                    .where(events.c.id.in_(chunk), events.c.status.in_((PENDING, PUBLISHED)))
+                    .values(status=PUBLISHED, published_at=now)
+                )
+
+    def mark_applied(self, event_id: int) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(update(events).where(events.c.id == event_id)
+                         .values(status=APPLIED, applied_at=_now()))
+
+    def record_attempt(self, event_id: int, error: str | None) -> int:
+        """Count one more attempt (and keep its error); returns the attempts so far."""
+        with write_tx(self.engine) as conn:
+            got = conn.execute(
+                update(events).where(events.c.id == event_id)
+                .values(attempts=events.c.attempts + 1, last_error=error)
+                .returning(events.c.attempts)
+            ).scalar()
+        if got is None:
+            raise BadRecord(f"event {event_id}: no such event in the state database")
+        return int(got)
+
+    def mark_dead(self, event_id: int, error: str) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(update(events).where(events.c.id == event_id)
+                         .values(status=DEAD, last_error=error))
+
+    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]:
+        """Pending or published events whose last publish (or creation, if never published) is
+        before ``older_than``: Redis may have lost them. Oldest first."""
+        last = func.coalesce(events.c.published_at, events.c.created_at)
+        stmt = (select(events).where(events.c.status.in_((PENDING, PUBLISHED)), last < older_than)
+                .order_by(events.c.id).limit(limit))
+        with read_tx(self.engine) as conn:
+            return [_event(r._mapping) for r in conn.execute(stmt)]
+
+    def dead_letters(self, limit: int = 100) -> list[Event]:
+        """Dead events, newest first."""
+        stmt = select(events).where(events.c.status == DEAD).order_by(events.c.id.desc()).limit(limit)
+        with read_tx(self.engine) as conn:
+            return [_event(r._mapping) for r in conn.execute(stmt)]
+
+    def requeue(self, event_ids: list[int]) -> list[int]:
+        """Dead -> pending with attempts reset (replay); returns the ids actually requeued.
+        The caller publishes them (or the re-drive will)."""
+        out: list[int] = []
+        with write_tx(self.engine) as conn:
+            for chunk in _chunks(list(event_ids)):
+                out.extend(int(x) for x in conn.execute(
+                    update(events).where(events.c.id.in_(chunk), events.c.status == DEAD)
+                    .values(status=PENDING, attempts=0, published_at=None)
+                    .returning(events.c.id)
+                ).scalars())
+        return sorted(out)
+
+    def purge_events(self, applied_before: datetime) -> int:
+        """Delete applied events older than ``applied_before``; returns how many."""
+        from sqlalchemy import delete
+
+        with write_tx(self.engine) as conn:
+            res = conn.execute(delete(events).where(events.c.status == APPLIED,
+                                                    events.c.applied_at < applied_before))
+            return res.rowcount or 0
+
+    # ----------------------------------------------------------------------------- cursors
+    def get_cursor(self, name: str) -> str | None:
+        with read_tx(self.engine) as conn:
+            return conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()
+
+    def set_cursor(self, name: str, value: str) -> None:
+        """Set a cursor on its own (prefer ``add_events(..., cursor=)`` when events go with it)."""
+        with write_tx(self.engine) as conn:
+            self._set_cursor(conn, name, value, _now())
+
+    def _set_cursor(self, conn: Connection, name: str, value: str, now: datetime) -> None:
+        stmt = self._insert(cursors).values(name=name, value=value, updated_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=["name"],
+                                          set_={"value": value, "updated_at": now})
+        conn.execute(stmt)
+
+    # ----------------------------------------------------------------------------- links
+    def find_link(self, mailbox: str, *, crm_key: str | None = None,
+                  item_id: str | None = None) -> Link | None:
+        """The link of this mailbox by CRM key (if given) else by Exchange ItemId."""
+        if crm_key is not None:
+            where = and_(links.c.mailbox == mailbox, links.c.crm_key == crm_key)
+        elif item_id is not None:
+            where = and_(links.c.mailbox == mailbox, links.c.item_id == item_id)
+        else:
+            raise ValueError("find_link needs crm_key or item_id")
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(links).where(where)).first()
+        return None if row is None else _link(row._mapping)
+
+    def links_for_mailbox(self, mailbox: str) -> list[Link]:
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(select(links).where(links.c.mailbox == mailbox).order_by(links.c.id))
+            return [_link(r._mapping) for r in rows]
+
+    def acquire(self, mailbox: str, crm_key: str, item_id: str | None, owner: str,
+                ttl_seconds: float, now: datetime) -> Link:
+        """Lease the (mailbox, crm_key) link, creating it when missing.
+
+        Compare-and-set: the lease is taken iff it is free, expired, or already this owner's;
+        LeaseTaken otherwise (also when a concurrent acquire created the row first). Every
+        acquire issues a fresh token, so an earlier holder's ``commit`` fails with Stale.
+        """
+        token = uuid.uuid4().hex
+        until = now + timedelta(seconds=ttl_seconds)
+        where_link = f"link ({mailbox}, {crm_key})"
+        try:
+            with write_tx(self.engine) as conn:
+                row = conn.execute(select(links).where(
+                    links.c.mailbox == mailbox, links.c.crm_key == crm_key)).first()
+                if row is None:
+                    if item_id is not None:
+                        other = conn.execute(select(links.c.crm_key).where(
+                            links.c.mailbox == mailbox, links.c.item_id == item_id)).scalar()
+                        if other is not None:
+                            raise BadRecord(
+                                f"{where_link}: Exchange item {item_id} is already linked to "
+                                f"{other} in this mailbox")
+                    conn.execute(links.insert().values(
+                        mailbox=mailbox, crm_key=crm_key, item_id=item_id, deleted=False,
+                        lease_owner=owner, lease_token=token, lease_until=until, created_at=now))
+                else:
+                    res = conn.execute(
+                        update(links)
+                        .where(links.c.id == row.id, or_(
+                            links.c.lease_owner.is_(None), links.c.lease_until.is_(None),
+                            links.c.lease_until <= now, links.c.lease_owner == owner))
+                        .values(lease_owner=owner, lease_token=token, lease_until=until))
+                    if res.rowcount != 1:
+                        raise LeaseTaken(
+                            f"{where_link} is leased by {row.lease_owner} until "
+                            f"{row.lease_until.isoformat() if row.lease_until else '?'}")
+                got = conn.execute(select(links).where(
+                    links.c.mailbox == mailbox, links.c.crm_key == crm_key)).first()
+        except IntegrityError:
+            raise LeaseTaken(f"{where_link} was created by a concurrent worker; retry") from None
+        assert got is not None
+        return _link(got._mapping)
+
+    def commit(self, link: Link, update_: LinkUpdate, now: datetime) -> Link:
+        """Write the new link state iff ``link.lease_token`` still holds the lease (Stale if
+        not), and release the lease in the same statement."""
+        if link.lease_token is None:
+            raise Stale(f"link ({link.mailbox}, {link.crm_key}): commit without a lease")
+        values = {
+            "item_id": update_.item_id,
+            "change_key": update_.change_key,
+            "crm_version": update_.crm_version,
+            "base_json": None if update_.base is None else update_.base.model_dump_json(),
+            "crm_hash": update_.crm_hash,
+            "exchange_hash": update_.exchange_hash,
+            "deleted": update_.deleted,
+            "synced_at": now,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_until": None,
+        }
+        try:
+            with write_tx(self.engine) as conn:
+                res = conn.execute(update(links).where(
+                    links.c.id == link.id, links.c.lease_token == link.lease_token).values(**values))
+                if res.rowcount != 1:
+                    raise Stale(f"link ({link.mailbox}, {link.crm_key}): the lease was lost "
+                                "(expired and taken over) before commit")
+                got = conn.execute(select(links).where(links.c.id == link.id)).first()
+        except IntegrityError:
+            raise BadRecord(f"link ({link.mailbox}, {link.crm_key}): Exchange item "
+                            f"{update_.item_id} is already linked to another CRM record") from None
+        assert got is not None
+        return _link(got._mapping)
+
+    def release(self, link: Link) -> None:
+        """Give the lease back (no-op if it was lost meanwhile)."""
+        if link.lease_token is None:
+            return
+        with write_tx(self.engine) as conn:
+            conn.execute(update(links).where(links.c.id == link.id,
+                                             links.c.lease_token == link.lease_token)
+                         .values(lease_owner=None, lease_token=None, lease_until=None))
+
+    # ----------------------------------------------------------------------------- conflicts
+    def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
+                        exchange_value: str | None, chosen: str, now: datetime) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(conflicts.insert().values(
+                mailbox=mailbox, crm_key=crm_key, field=field, crm_value=crm_value,
+                exchange_value=exchange_value, chosen=chosen, at=now))
+
+    def conflicts_for(self, mailbox: str, crm_key: str) -> list[dict[str, Any]]:
+        """The conflict log of one record, oldest first (for history and tests)."""
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(select(conflicts).where(
+                conflicts.c.mailbox == mailbox, conflicts.c.crm_key == crm_key).order_by(conflicts.c.id))
+            return [dict(r._mapping) for r in rows]
+
+    # ----------------------------------------------------------------------------- status
+    def status_summary(self) -> list[MailboxStatus]:
+        """Per mailbox: live links, events by status, last sync time. Sorted by mailbox."""
+        with read_tx(self.engine) as conn:
+            link_rows = conn.execute(
+                select(links.c.mailbox,
+                       func.count().filter(links.c.deleted.is_(False)),
+                       func.max(links.c.synced_at))
+                .group_by(links.c.mailbox)).all()
+            ev_rows = conn.execute(
+                select(events.c.mailbox, events.c.status, func.count())
+                .group_by(events.c.mailbox, events.c.status)).all()
+        acc: dict[str, dict[str, Any]] = {}
+
+        def slot(mb: str) -> dict[str, Any]:
+            return acc.setdefault(mb, {"links": 0, PENDING: 0, PUBLISHED: 0, APPLIED: 0, DEAD: 0,
+                                       "last": None})
+
+        for mb, n, last in link_rows:
+            s = slot(mb)
+            s["links"], s["last"] = int(n or 0), last
+        for mb, status, n in ev_rows:
+            s = slot(mb)
+            if status in s:
+                s[status] = int(n)
+        return [MailboxStatus(mailbox=mb, links=s["links"], pending=s[PENDING],
+                              published=s[PUBLISHED], applied=s[APPLIED], dead=s[DEAD],
+                              last_synced_at=_as_utc(s["last"]))
+                for mb, s in sorted(acc.items())]
+
+
+def _as_utc(ts: Any) -> datetime | None:
+    """MAX() over a TypeDecorator column comes back untyped on SQLite; make it aware UTC."""
+    if ts is None:
+        return None
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

@@ -1,0 +1,59 @@
+"""Read-only views for ``crmsync status`` and the demo."""
+
+from __future__ import annotations
+
+from crmsync.config import Settings
+
+
+def queue_depth(settings: Settings) -> tuple[int | None, str]:
+    """Messages waiting in the events queue: (count, "") or (None, why it is unknown)."""
+    url = settings.broker.dsn()
+    if not url.startswith(("redis://", "rediss://")):
+        return None, "only known for a Redis broker"
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        return int(client.llen(settings.worker.queue)), ""
+    except redis.RedisError as exc:
+        return None, f"broker unreachable: {type(exc).__name__}"
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """True when a Redis broker at ``url`` answers PING."""
+    if not url.startswith(("redis://", "rediss://")):
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                         socket_timeout=timeout_s).ping())
+    except redis.RedisError:
+        return False
+
+
+def event_totals(engine, max_id: bool = False) -> dict[str, int]:
+    """Events per status (and, with ``max_id``, the highest event id as ``max_id``)."""
+    from sqlalchemy import func, select
+
+    from schemas.state_tables import events
+
+    with engine.connect() as conn:
+        if max_id:
+            return {"max_id": conn.execute(select(func.max(events.c.id))).scalar() or 0}
+        rows = conn.execute(select(events.c.status, func.count()).group_by(events.c.status))
+        return {status: count for status, count in rows}
+
+
+def applied_events_after(engine, after_id: int, limit: int = 200) -> list[dict]:
+    """Finished events (applied or dead) with an id above ``after_id``, oldest first."""
+    from sqlalchemy import select
+
+    from schemas.state_tables import events
+
+    query = (select(events.c.id, events.c.source, events.c.mailbox, events.c.op, events.c.crm_key,
+                    events.c.item_id, events.c.status, events.c.last_error)
+             .where(events.c.id > after_id, events.c.status.in_(("applied", "dead")))
+             .order_by(events.c.id).limit(limit))
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,60 @@
+"""Command line: python -m ews_emulator --host 127.0.0.1 --port 8443 --data DIR --user a@x:pw ..."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ews_emulator",
+        description="Exchange Web Services emulator for contacts (endpoint /EWS/Exchange.asmx). "
+                    "Admin API (loopback only): POST/DELETE /_emulator/faults, GET /_emulator/stats, "
+                    "POST /_emulator/stats/reset.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    p.add_argument("--data", required=True, metavar="DIR", help="directory holding the SQLite store")
+    p.add_argument("--user", action="append", default=[], metavar="ADDRESS:PASSWORD",
+                   help="create a mailbox with Basic credentials (repeatable)")
+    p.add_argument("--impersonator", action="append", default=[], metavar="ADDRESS",
+                   help="grant ApplicationImpersonation over every mailbox (repeatable)")
+    p.add_argument("--delegate", action="append", default=[], metavar="OWNER:DELEGATE",
+                   help="grant DELEGATE access to OWNER's mailbox (repeatable)")
+    p.add_argument("--no-auth", action="store_true", help="accept unauthenticated requests")
+    p.add_argument("--mailbox", action="append", default=[], metavar="ADDRESS",
+                   help="create a mailbox without credentials (for --no-auth; repeatable)")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    p.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser().error("--tls-cert and --tls-key go together")
+    if not args.user and not args.mailbox:
+        parser().error("no mailbox: give --user ADDRESS:PASSWORD or --no-auth --mailbox ADDRESS")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import build_app
+
+    try:
+        emu = build_app(args.data, host=args.host, port=args.port, users=args.user,
+                        impersonators=args.impersonator, delegates=args.delegate, no_auth=args.no_auth,
+                        mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except (ValueError, OSError) as e:
+        print(f"ews_emulator: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        emu.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Item operations: CreateItem, GetItem, FindItem, UpdateItem, DeleteItem, MoveItem."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from .contact_xml import (ITEM_CLASS_BY_TAG, INDEXED, apply_child, ext_key, field_value, item_to_xml,
+                          localname, parse_item, parse_shape, uri_to_element)
+from .folder_ops import page
+from .folders import default_mailbox, resolve_folder, resolve_item
+from .registry import Context, EwsError, m, operation, t
+from .restrictions import apply_sort, compile_restriction
+from .soap import error_message, new_response, ok_message
+
+DEFAULT_FOLDER_BY_TAG = {"Contact": "contacts", "DistributionList": "contacts", "CalendarItem": "calendar",
+                         "Task": "tasks"}
+URI_TAGS = ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")
+
+
+def _children(elem: etree._Element | None) -> list[etree._Element]:
+    return [c for c in elem if isinstance(c.tag, str)] if elem is not None else []
+
+
+def _id_only(item: dict) -> etree._Element:
+    out = etree.Element(t(item["data"].get("tag", "Contact")))
+    etree.SubElement(out, t("ItemId"), Id=item["id"], ChangeKey=item["change_key"])
+    return out
+
+
+@operation("CreateItem")
+def create_item(ctx: Context, req: etree._Element) -> etree._Element:
+    resp, messages = new_response("CreateItem")
+    saved = req.find(m("SavedItemFolderId"))
+    items = _children(req.find(m("Items")))
+    target = None
+    if saved is not None:
+        try:
+            target = resolve_folder(ctx, saved)
+        except EwsError as e:
+            for _ in items:
+                error_message(messages, "CreateItem", e)
+            return resp
+    results: list[tuple[etree._Element | None, EwsError | None]] = []
+    with ctx.store.write() as tx:
+        for elem in items:
+            try:
+                data = parse_item(elem)
+                folder = target
+                if folder is None:
+                    mailbox = default_mailbox(ctx)
+                    folder = ctx.store.distinguished_folder(
+                        mailbox, DEFAULT_FOLDER_BY_TAG.get(data["tag"], "drafts"))
+                item_class = data["t"].pop("ItemClass", None) or ITEM_CLASS_BY_TAG.get(data["tag"], "IPM.Item")
+                item = tx.insert_item(folder["mailbox"], folder["id"], item_class, data)
+                results.append((_id_only(item), None))
+            except EwsError as e:
+                results.append((None, e))
+    for out, err in results:
+        if err is not None:
+            error_message(messages, "CreateItem", err)
+        else:
+            msg = ok_message(messages, "CreateItem")
+            etree.SubElement(msg, m("Items")).append(out)
+    return resp
+
+
+@operation("GetItem")
+def get_item(ctx: Context, req: etree._Element) -> etree._Element:
+    shape = parse_shape(req.find(m("ItemShape")))
+    resp, messages = new_response("GetItem")
+    for iid in _children(req.find(m("ItemIds"))):
+        try:
+            item = resolve_item(ctx, iid)
+        except EwsError as e:
+            error_message(messages, "GetItem", e)
+            continue
+        msg = ok_message(messages, "GetItem")
+        etree.SubElement(msg, m("Items")).append(item_to_xml(item, shape))
+    return resp
+
+
+@operation("FindItem")
+def find_item(ctx: Context, req: etree._Element) -> etree._Element:
+    shape = parse_shape(req.find(m("ItemShape")))
+    restriction = req.find(m("Restriction"))
+    order = req.find(m("SortOrder"))
+    view = req.find(m("IndexedPageItemView"))
+    pred = compile_restriction(restriction, field_value)
+    resp, messages = new_response("FindItem")
+    for fid in _children(req.find(m("ParentFolderIds"))):
+        try:
+            folder = resolve_folder(ctx, fid)
+        except EwsError as e:
+            error_message(messages, "FindItem", e)
+            continue
+        if restriction is None and order is None and not shape.all and not shape.fields and not shape.ext:
+            # IdOnly listing: no need to decode item data.
+            ids = ctx.store.folder_item_ids(folder["id"])
+            chunk, nxt, last = page(ids, view)
+            total = len(ids)
+            elems = []
+            for id_, ck in chunk:
+                e = etree.Element(t("Contact"))
+                etree.SubElement(e, t("ItemId"), Id=id_, ChangeKey=ck)
+                elems.append(e)
+        else:
+            items = [i for i in ctx.store.folder_items(folder["id"]) if pred(i)]
+            apply_sort(items, order, field_value)
+            chunk, nxt, last = page(items, view)
+            total = len(items)
+            elems = [item_to_xml(i, shape) for i in chunk]
+        msg = ok_message(messages, "FindItem")
+        rf = etree.SubElement(msg, m("RootFolder"), IndexedPagingOffset=str(nxt), TotalItemsInView=str(total),
+                              IncludesLastItemInRange="true" if last else "false")
+        container = etree.SubElement(rf, t("Items"))
+        for e in elems:
+            container.append(e)
+    return resp
+
+
+def _uri_and_value(update: etree._Element) -> tuple[etree._Element, etree._Element | None]:
+    uri, value = None, None
+    for c in update:
+        if not isinstance(c.tag, str):
+            continue
+        if localname(c.tag) in URI_TAGS:
+            uri = c
+        else:
+            value = c
+    if uri is None:
+        raise EwsError("ErrorSchemaValidation", f"{localname(update.tag)} has no field URI.")
+    return uri, value
+
+
+def _value_child(value: etree._Element | None, what: str) -> etree._Element:
+    kids = _children(value)
+    if len(kids) != 1:
+        raise EwsError("ErrorIncorrectUpdatePropertyCount",
+                       f"An object within a change description must contain one and only one property to modify"
+                       f" ({what}).")
+    return kids[0]
+
+
+def _delete_field(data: dict, uri: etree._Element) -> None:
+    kind = localname(uri.tag)
+    if kind == "ExtendedFieldURI":
+        data.get("ext", {}).pop(ext_key(dict(uri.attrib)), None)
+        return
+    furi = uri.get("FieldURI", "")
+    name = uri_to_element(furi)
+    if kind == "IndexedFieldURI":
+        coll = data.get("idx", {}).get(name, {})
+        key = uri.get("FieldIndex")
+        parts = furi.split(":")
+        if key in coll and len(parts) > 2 and "s" in coll[key]:
+            coll[key]["s"].pop(parts[2], None)
+            if not coll[key]["s"]:
+                del coll[key]
+        else:
+            coll.pop(key, None)
+        return
+    if name in INDEXED:
+        data.get("idx", {}).pop(name, None)
+    data.get("t", {}).pop(name, None)
+    data.get("x", {}).pop(name, None)
+
+
+def _append_field(data: dict, child: etree._Element) -> None:
+    name = localname(child.tag)
+    if name in data.get("t", {}) and len(child) == 0:
+        data["t"][name] += child.text or ""
+        return
+    frag = data.get("x", {}).get(name)
+    if frag is None:
+        apply_child(data, child)
+        return
+    existing = etree.fromstring(frag)
+    if len(existing):
+        for c in child:
+            existing.append(c)
+    else:
+        existing.text = (existing.text or "") + (child.text or "")
+    apply_child(data, existing)
+
+
+def apply_updates(data: dict, updates: etree._Element) -> None:
+    """Apply Set/Append/DeleteItemField changes to an item's data dict in place."""
+    for upd in _children(updates):
+        kind = localname(upd.tag)
+        uri, value = _uri_and_value(upd)
+        if kind in ("DeleteItemField", "DeleteFolderField"):
+            _delete_field(data, uri)
+            continue
+        child = _value_child(value, uri.get("FieldURI") or uri.get("PropertyName") or "field")
+        if kind == "AppendToItemField":
+            _append_field(data, child)
+        else:
+            apply_child(data, child, merge_indexed=localname(uri.tag) == "IndexedFieldURI")
+
+
+@operation("UpdateItem")
+def update_item(ctx: Context, req: etree._Element) -> etree._Element:
+    conflict = req.get("ConflictResolution", "AutoResolve")
+    resp, messages = new_response("UpdateItem")
+    results: list[tuple[dict | None, EwsError | None]] = []
+    with ctx.store.write() as tx:
+        for change in _children(req.find(m("ItemChanges"))):
+            try:
+                iid = change.find(t("ItemId"))
+                if iid is None:
+                    raise EwsError("ErrorInvalidIdEmpty", "The item id is empty.")
+                item = resolve_item(ctx, iid)
+                sent_ck = iid.get("ChangeKey")
+                if sent_ck and sent_ck != item["change_key"] and conflict == "NeverOverwrite":
+                    raise EwsError("ErrorIrresolvableConflict",
+                                   "The send or update operation could not be performed because the change key"
+                                   " passed in the request does not match the current change key for the item.")
+                data = item["data"]
+                apply_updates(data, change.find(t("Updates")))
+                tx.update_item(item, data)
+                results.append((item, None))
+            except EwsError as e:
+                results.append((None, e))
+    for item, err in results:
+        if err is not None:
+            error_message(messages, "UpdateItem", err)
+            continue
+        msg = ok_message(messages, "UpdateItem")
+        etree.SubElement(msg, m("Items")).append(_id_only(item))
+        cr = etree.SubElement(msg, m("ConflictResults"))
+        etree.SubElement(cr, t("Count")).text = "0"
+    return resp
+
+
+@operation("DeleteItem")
+def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
+    delete_type = req.get("DeleteType", "HardDelete")
+    resp, messages = new_response("DeleteItem")
+    results: list[EwsError | None] = []
+    with ctx.store.write() as tx:
+        for iid in _children(req.find(m("ItemIds"))):
+            try:
+                item = resolve_item(ctx, iid)
+                if delete_type == "HardDelete":
+                    tx.delete_item(item)
+                else:
+                    trash = ctx.store.distinguished_folder(item["mailbox"], "deleteditems")
+                    if delete_type == "SoftDelete" or item["folder_id"] == trash["id"]:
+                        trash = ctx.store.distinguished_folder(item["mailbox"], "recoverableitemsdeletions")
+                    tx.move_item(item, trash["id"])
+                results.append(None)
+            except EwsError as e:
+                results.append(e)
+    for err in results:
+        if err is not None:
+            error_message(messages, "DeleteItem", err)
+        else:
+            ok_message(messages, "DeleteItem")
+    return resp
+
+
+@operation("MoveItem")
+def move_item(ctx: Context, req: etree._Element) -> etree._Element:
+    resp, messages = new_response("MoveItem")
+    ids = _children(req.find(m("ItemIds")))
+    try:
+        target = resolve_folder(ctx, req.find(m("ToFolderId")))
+    except EwsError as e:
+        for _ in ids:
+            error_message(messages, "MoveItem", e)
+        return resp
+    results: list[tuple[dict | None, EwsError | None]] = []
+    with ctx.store.write() as tx:
+        for iid in ids:
+            try:
+                item = resolve_item(ctx, iid)
+                if item["mailbox"] != target["mailbox"]:
+                    raise EwsError("ErrorCrossMailboxMoveCopy", "Cross-mailbox moves are not supported.")
+                tx.move_item(item, target["id"])
+                results.append((item, None))
+            except EwsError as e:
+                results.append((None, e))
+    for item, err in results:
+        if err is not None:
+            error_message(messages, "MoveItem", err)
+            continue
+        msg = ok_message(messages, "MoveItem")
+        etree.SubElement(msg, m("Items")).append(_id_only(item))
+    return resp

@@ -1,0 +1,229 @@
+"""Doorbells: wake the producer loop early when something probably changed (DESIGN.md §5).
+
+A doorbell is never the truth: the changelog and the Exchange sync state are, and the loop's
+poll interval catches anything a doorbell missed (a dropped inotify event, a lost NOTIFY while
+reconnecting). So every doorbell here fails soft: it logs and keeps trying, or stays quiet.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sqlalchemy.engine import make_url
+
+log = structlog.get_logger(__name__)
+
+
+class _Bell:
+    """A ``threading.Event`` that can be rung, waited on (consuming the ring) and forwarded."""
+
+    def __init__(self) -> None:
+        self._rung = threading.Event()
+        self._forward: Callable[[], None] | None = None
+
+    def ring(self) -> None:
+        self._rung.set()
+        if self._forward is not None:
+            self._forward()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s; True if rung since the last wait."""
+        rung = self._rung.wait(timeout)
+        if rung:
+            self._rung.clear()   # before the caller polls, so a ring during the poll counts
+        return rung
+
+    def start(self) -> None:
+        """Nothing to start for a bell that is only rung by hand."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+
+class NullDoorbell(_Bell):
+    """No early wake-up: the loop relies on its poll interval (and ``ring()`` by hand)."""
+
+
+# ----------------------------------------------------------------------------- SQLite file
+
+def sqlite_path(url_or_path: str | Path) -> Path:
+    """The database file of a SQLAlchemy SQLite URL (or a plain path)."""
+    text = str(url_or_path)
+    if "://" in text:
+        database = make_url(text).database
+        if not database or database == ":memory:":
+            raise ValueError(f"SQLite URL {make_url(text).render_as_string()} has no database "
+                             "file to watch")
+        text = database
+    return Path(text).resolve()
+
+
+class SqliteFileDoorbell(_Bell):
+    """Watchdog on the database file's directory: rings when the file, its ``-wal`` or its
+    ``-journal`` is modified, created, moved or deleted. Opens, closes and the ``-shm`` file are
+    ignored: readers (this producer included) touch those, which would ring forever."""
+
+    _EVENT_TYPES = frozenset({"modified", "created", "moved", "deleted"})
+
+    def __init__(self, db_path: str | Path) -> None:
+        super().__init__()
+        self.db_path = sqlite_path(db_path)
+        self._names = {self.db_path.name, f"{self.db_path.name}-wal",
+                       f"{self.db_path.name}-journal"}
+        self._observer = None
+
+    def _on_event(self, event) -> None:  # watchdog FileSystemEvent
+        if event.is_directory or event.event_type not in self._EVENT_TYPES:
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+        for raw in paths:
+            path = Path(raw.decode() if isinstance(raw, bytes) else raw)
+            if path.name in self._names and path.parent == self.db_path.parent:
+                self.ring()
+                return
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        if self._observer is not None:
+            return
+        bell = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                bell._on_event(event)
+
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(Handler(), str(self.db_path.parent), recursive=False)
+        observer.start()
+        self._observer = observer
+        log.debug("doorbell.started", kind="sqlite-file", path=str(self.db_path))
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+class PostgresListenDoorbell(_Bell):
+    """``LISTEN <channel>`` on its own autocommit connection in a thread; each NOTIFY rings.
+
+    Reconnects with back-off after a lost connection and rings once on every (re)connect, since
+    notifications sent while it was away are gone.
+    """
+
+    def __init__(self, url: str, channel: str = "crm_changelog", *,
+                 reconnect_max_s: float = 30.0) -> None:
+        super().__init__()
+        sa_url = make_url(url)
+        self._conninfo = sa_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._safe_url = sa_url.render_as_string(hide_password=True)
+        self.channel = channel
+        self.reconnect_max_s = reconnect_max_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()   # set while LISTEN is active (tests wait on it)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"pg-listen-{self.channel}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self.listening.set()
+                    delay = 0.5
+                    self.ring()
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self.ring()
+            except Exception as exc:  # noqa: BLE001 - a doorbell never dies; the poll is the net
+                self.listening.clear()
+                log.warning("doorbell.listen_failed", url=self._safe_url, channel=self.channel,
+                            error=type(exc).__name__, retry_in_s=delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+        self.listening.clear()
+
+
+# ----------------------------------------------------------------------------- others
+
+class CallbackDoorbell(_Bell):
+    """Rings when ``check(timeout_s)`` returns True, called over and over in a thread — e.g. an
+    Exchange feed's ``wait_for_change`` on a pull/streaming subscription."""
+
+    def __init__(self, check: Callable[[float], bool], name: str, timeout_s: float = 30.0,
+                 error_backoff_s: float = 10.0) -> None:
+        super().__init__()
+        self.check = check
+        self.name = name
+        self.timeout_s = timeout_s
+        self.error_backoff_s = error_backoff_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"doorbell-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.timeout_s + 1)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.check(self.timeout_s):
+                    self.ring()
+            except Exception as exc:  # noqa: BLE001 - fail soft, the poll interval is the net
+                log.warning("doorbell.check_failed", doorbell=self.name, error=type(exc).__name__,
+                            detail=str(exc)[:200])
+                self._stopping.wait(self.error_backoff_s)
+
+
+class CombinedDoorbell(_Bell):
+    """Any of several doorbells rings this one."""
+
+    def __init__(self, *doorbells: _Bell) -> None:
+        super().__init__()
+        self.doorbells = list(doorbells)
+        for bell in self.doorbells:
+            bell._forward = self.ring
+
+    def start(self) -> None:
+        for bell in self.doorbells:
+            bell.start()
+
+    def stop(self) -> None:
+        for bell in self.doorbells:
+            bell.stop()

@@ -1,0 +1,55 @@
+"""Exchange feed: SyncFolderItems changes of one mailbox → event rows (DESIGN.md §5).
+
+The new sync state is committed only in the same state-database transaction as the events it
+produced: a crash before that commit replays the same changes from the old state next time.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from crmsync.ports import NewEvent
+from producers.ports import EventStore, ExchangeChangeLike, FeedPort
+
+log = structlog.get_logger(__name__)
+
+#: Guard against a feed that keeps saying "more" without moving on.
+MAX_ROUNDS_PER_POLL = 1000
+
+
+def sync_cursor_name(mailbox: str) -> str:
+    return f"exchange-sync:{mailbox}"
+
+
+class ExchangeProducer:
+    """One mailbox's sync folder, read through its feed; Exchange is only read."""
+
+    def __init__(self, mailbox: str, feed: FeedPort, store: EventStore) -> None:
+        self.mailbox = mailbox
+        self.feed = feed
+        self.store = store
+        self.cursor_name = sync_cursor_name(mailbox)
+
+    def _event(self, change: ExchangeChangeLike) -> NewEvent:
+        op = "delete" if change.op == "delete" else "upsert"
+        # Event identity (DESIGN.md §3.1): (mailbox, ItemId, ChangeKey | delete).
+        version = "delete" if op == "delete" else (change.change_key or "delete")
+        return NewEvent(source="exchange", mailbox=self.mailbox, op=op, item_id=change.item_id,
+                        dedup_key=f"ex:{self.mailbox}:{change.item_id}:{version}")
+
+    def poll(self, max_changes: int = 500) -> list[int]:
+        """Read changes since the stored sync state until the feed has no more; returns the ids
+        of the events created now."""
+        created: list[int] = []
+        for _ in range(MAX_ROUNDS_PER_POLL):
+            state = self.store.get_cursor(self.cursor_name)
+            changes, new_state, more = self.feed.changes(state, max_changes)
+            events = [self._event(change) for change in changes]
+            if events or new_state != state:
+                created.extend(self.store.add_events(events, cursor=(self.cursor_name, new_state)))
+            if not more:
+                break
+        if created:
+            log.info("producer.events_created", count=len(created), source="exchange",
+                     mailbox=self.mailbox)
+        return created

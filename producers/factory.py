@@ -1,0 +1,61 @@
+"""Wiring the producer loop from settings and adapters (used by the CLI and the tests).
+
+The adapters come in from the composition root (``crmsync.bootstrap``); this module only knows
+which doorbell fits which database and how the settings map onto the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from producers.crm_feed import CrmProducer
+from producers.doorbells import (
+    CallbackDoorbell,
+    CombinedDoorbell,
+    NullDoorbell,
+    PostgresListenDoorbell,
+    SqliteFileDoorbell,
+    _Bell,
+)
+from producers.exchange_feed import ExchangeProducer
+from producers.loop import ProducerLoop
+from producers.ports import ChangelogPort, CrmKeysPort, EventStore, FeedPort, Publisher
+from producers.publisher import CeleryPublisher
+
+
+def crm_doorbell(crm_url: str) -> _Bell:
+    """Watchdog on a SQLite file, LISTEN/NOTIFY on PostgreSQL, nothing elsewhere (poll only)."""
+    url = make_url(crm_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+        return SqliteFileDoorbell(url.database)
+    if backend == "postgresql":
+        return PostgresListenDoorbell(crm_url)
+    return NullDoorbell()
+
+
+def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, store: EventStore,
+               feeds: Mapping[str, FeedPort], publisher: Publisher | None = None,
+               doorbell: _Bell | None = None, crm_url: str | None = None) -> ProducerLoop:
+    """A ``ProducerLoop`` for every mailbox of ``settings`` (``crmsync.config.Settings``).
+
+    ``feeds`` maps a mailbox address to its Exchange feed (mailboxes without one get no Exchange
+    poll). ``crm_url`` is the CRM URL with its password (defaults to ``settings.crm.dsn()``).
+    Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell.
+    """
+    mailboxes = [m.address for m in settings.mailboxes]
+    sync = settings.sync
+    crm_producer = CrmProducer(changelog, crm, store, mailboxes,
+                               fan_out_contacts=True, batch_size=sync.batch_size)
+    exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
+    if doorbell is None:
+        bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
+        bells += [CallbackDoorbell(feed.wait_for_change, name=f"exchange:{mb}")
+                  for mb, feed in feeds.items() if callable(getattr(feed, "wait_for_change", None))]
+        doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
+    return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),
+                        store, doorbell, poll_interval_s=sync.poll_interval_s,
+                        redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size)

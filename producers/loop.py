@@ -1,0 +1,146 @@
+"""The producer loop: initial syncs, CRM poll, Exchange polls, publish, re-drive; then sleep
+until a doorbell rings or the poll interval passes.
+
+Each step is isolated: an exception is logged with its step and mailbox and the loop carries on
+(a dead Exchange server must not stop the CRM feed). Events created by a step are published
+right after it; whatever is not published (broker down, crash) is found again by the re-drive.
+Signals belong to the CLI: it sets ``loop.stop``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+
+from producers.crm_feed import CrmProducer
+from producers.doorbells import NullDoorbell
+from producers.exchange_feed import ExchangeProducer
+from producers.ports import Doorbell, EventStore, Publisher
+from producers.redrive import redrive
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProducerLoop:
+    def __init__(self, crm_producer: CrmProducer | None,
+                 exchange_producers: Sequence[ExchangeProducer], publisher: Publisher,
+                 store: EventStore, doorbell: Doorbell | None = None,
+                 poll_interval_s: float = 5.0, redrive_after_s: float = 300.0,
+                 clock: Callable[[], datetime] = utcnow, *,
+                 exchange_max_changes: int = 500, max_crm_batches_per_cycle: int = 20,
+                 redrive_limit: int = 1000) -> None:
+        self.crm_producer = crm_producer
+        self.exchange_producers = list(exchange_producers)
+        self.publisher = publisher
+        self.store = store
+        self.doorbell: Doorbell = doorbell or NullDoorbell()
+        self.poll_interval_s = poll_interval_s
+        self.redrive_after_s = redrive_after_s
+        self.clock = clock
+        self.exchange_max_changes = exchange_max_changes
+        self.max_crm_batches_per_cycle = max_crm_batches_per_cycle
+        self.redrive_limit = redrive_limit
+        #: Set it (e.g. from a SIGTERM handler) to end ``run`` after the current step.
+        self.stop = threading.Event()
+        self._initial_done: set[str] = set()
+        self._last_redrive: datetime | None = None
+        self._backlog = False
+
+    # ------------------------------------------------------------------ one cycle
+    def _guarded(self, step: str, mailbox: str | None, fn: Callable[[], T], failed: T) -> T:
+        """Run one step; log its failure with step and mailbox and return ``failed``."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - one failing feed must not stop the others
+            log.exception("producer.step_failed", step=step, mailbox=mailbox,
+                          error=type(exc).__name__)
+            return failed
+
+    def _publish(self, step: str, ids: list[int], mailbox: str | None) -> None:
+        if ids:   # the publisher swallows broker errors; anything else is logged here
+            self._guarded(f"publish:{step}", mailbox,
+                          lambda: self.publisher.publish(self.store, ids), 0)
+
+    def _initial(self, mailbox: str) -> int:
+        assert self.crm_producer is not None
+        created = 0
+        for ids in self.crm_producer.initial_batches(mailbox):  # publish while writing
+            self._publish("crm-initial", ids, mailbox)
+            created += len(ids)
+        self._initial_done.add(mailbox)
+        return created
+
+    def run_once(self) -> int:
+        """One cycle; returns the number of events created."""
+        created = 0
+        self._backlog = False
+        crm = self.crm_producer
+        if crm is not None:
+            for mailbox in crm.mailboxes:
+                if mailbox not in self._initial_done:
+                    created += self._guarded("crm-initial", mailbox,
+                                             lambda mb=mailbox: self._initial(mb), 0)
+            for batch in range(self.max_crm_batches_per_cycle):
+                ids = self._guarded("crm", None, crm.poll, None)
+                if ids is None:
+                    break
+                self._publish("crm", ids, None)
+                created += len(ids)
+                if not crm.more:
+                    break
+                self._backlog = batch == self.max_crm_batches_per_cycle - 1
+        for producer in self.exchange_producers:
+            ids = self._guarded("exchange", producer.mailbox,
+                                lambda p=producer: p.poll(self.exchange_max_changes), [])
+            self._publish("exchange", ids, producer.mailbox)
+            created += len(ids)
+        self._maybe_redrive()
+        return created
+
+    def _maybe_redrive(self) -> None:
+        now = self.clock()
+        due = (self._last_redrive is None
+               or (now - self._last_redrive).total_seconds() >= self.redrive_after_s / 2)
+        if not due:
+            return
+        self._last_redrive = now
+        try:
+            redrive(self.store, self.publisher, self.redrive_after_s, now, self.redrive_limit)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("producer.step_failed", step="redrive", mailbox=None,
+                          error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ forever
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Cycle until ``stop`` (or ``self.stop``) is set; between cycles sleep until the
+        doorbell rings or the poll interval passes."""
+        stop = stop or self.stop
+        self.doorbell.start()
+        log.info("producer.started", mailboxes=[p.mailbox for p in self.exchange_producers],
+                 poll_interval_s=self.poll_interval_s)
+        try:
+            while not stop.is_set() and not self.stop.is_set():
+                self.run_once()
+                if not self._backlog:
+                    self._sleep(stop)
+        finally:
+            self.doorbell.stop()
+            log.info("producer.stopped")
+
+    def _sleep(self, stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.poll_interval_s
+        while not stop.is_set() and not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.doorbell.wait(min(remaining, 0.25)):
+                return

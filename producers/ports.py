@@ -1,0 +1,89 @@
+"""The small shapes the producers need from their neighbours.
+
+Real adapters (``crmsync.connectors.crm.changelog.Changelog``, ``SqlCrm``, ``SqlStateStore``,
+``ExchangeFeed``) satisfy them structurally; the unit tests plug in in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from crmsync.ports import Event, NewEvent
+
+
+class ChangeRowLike(Protocol):
+    """One ``crm_changelog`` row: which CRM record changed, and how."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def table_name(self) -> str: ...          # "accounts" | "contacts"
+
+    @property
+    def op(self) -> str: ...                  # "insert" | "update" | "delete"
+
+    @property
+    def crm_key(self) -> str: ...             # account:<account_no> | contact:<id>
+
+
+class ChangelogPort(Protocol):
+    def pending(self, limit: int) -> Sequence[ChangeRowLike]:
+        """Changelog rows not yet turned into events, oldest first."""
+
+    def mark_processed(self, ids: Sequence[int]) -> None: ...
+
+
+class CrmKeysPort(Protocol):
+    def all_keys(self) -> list[str]: ...
+
+    def contact_keys_of_account(self, account_no: str) -> list[str]: ...
+
+
+class ExchangeChangeLike(Protocol):
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def change_key(self) -> str | None: ...
+
+    @property
+    def op(self) -> str: ...                  # "upsert" | "delete"
+
+
+class FeedPort(Protocol):
+    def changes(self, sync_state: str | None,
+                max_changes: int = 500) -> tuple[Sequence[ExchangeChangeLike], str, bool]:
+        """Changes since ``sync_state``: (changes, new sync state, more to come)."""
+
+
+class EventStore(Protocol):
+    """The part of ``crmsync.ports.StateStore`` the producers use."""
+
+    def add_events(self, events: list[NewEvent],
+                   cursor: tuple[str, str] | None = None) -> list[int]: ...
+
+    def mark_published(self, event_ids: list[int]) -> None: ...
+
+    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]: ...
+
+    def get_cursor(self, name: str) -> str | None: ...
+
+
+class Publisher(Protocol):
+    def publish(self, store: EventStore, event_ids: Sequence[int]) -> int:
+        """Send one message per event id, mark the sent ones published; never raises for a
+        broker outage (the unsent stay pending for the re-drive). Returns how many were sent."""
+
+
+class Doorbell(Protocol):
+    """Wakes the loop early when something probably changed; never the source of truth."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s; True if rung (and the ring is consumed)."""

@@ -1,0 +1,142 @@
+"""Publish event ids as Celery tasks: event rows first, publish second, mark published third.
+
+Redis only carries messages (DESIGN.md §4): when the broker is down the unsent events simply
+stay ``pending`` in the state database and the re-drive sends them later, so a broker outage is
+logged and never raised into the producer loop. Publishing is bounded in time (a couple of quick
+retries per call, short socket timeouts) so a dead Redis costs seconds per cycle, not per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.utils.url import maybe_sanitize_url, url_to_parts
+
+from schemas.events import APPLY_EVENT_TASK, EVENTS_QUEUE, EventMessage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from celery import Celery
+
+    from producers.ports import EventStore
+
+log = structlog.get_logger(__name__)
+
+#: Mark rows published after every this many sends, so a broker failure mid-way re-sends little.
+MARK_EVERY = 500
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the broker URL's password masked (error texts may echo the URL)."""
+    try:
+        password = url_to_parts(url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL has nothing we can mask reliably
+        password = None
+    text = text.replace(url, maybe_sanitize_url(url))
+    return text.replace(password, "**") if password else text
+
+
+def client_config(celery_config: Mapping[str, Any] | None, *, connect_timeout_s: float,
+                  socket_timeout_s: float, publish_retries: int) -> dict[str, Any]:
+    """The workers' Celery settings (same transport options, e.g. visibility_timeout) plus
+    client-only bounds on connecting and publishing."""
+    conf = dict(celery_config or {})
+    transport = dict(conf.get("broker_transport_options") or {})
+    transport.setdefault("visibility_timeout", 3600)
+    transport.update(
+        # kombu's ensure_connection on channel creation (Connection._extract_failover_opts)
+        max_retries=publish_retries, interval_start=0, interval_step=0.2, interval_max=0.5,
+        socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s,
+    )
+    conf.update(
+        broker_transport_options=transport,
+        broker_connection_timeout=connect_timeout_s,
+        broker_connection_max_retries=publish_retries,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": publish_retries, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+    )
+    return conf
+
+
+class CeleryPublisher:
+    """A Celery *client*: sends ``crmsync.apply_event(event_id=...)`` to the events queue.
+
+    Nothing connects at construction; the Celery app is built on first publish.
+    """
+
+    def __init__(self, broker_url: str, queue: str = EVENTS_QUEUE,
+                 celery_config: Mapping[str, Any] | None = None, *,
+                 connect_timeout_s: float = 2.0, socket_timeout_s: float = 5.0,
+                 publish_retries: int = 1) -> None:
+        self.broker_url = broker_url
+        self.queue = queue
+        self._config = client_config(celery_config, connect_timeout_s=connect_timeout_s,
+                                     socket_timeout_s=socket_timeout_s,
+                                     publish_retries=publish_retries)
+        self._app: Celery | None = None
+        self._errors: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> CeleryPublisher:
+        """Build from ``crmsync.config.Settings``, with the workers' Celery settings."""
+        from crmsync.celery_settings import celery_settings
+
+        queue = getattr(getattr(settings, "worker", None), "queue", None) or EVENTS_QUEUE
+        broker_url = settings.broker.dsn()   # with the password from broker.password_env
+        return cls(broker_url, queue, celery_settings(broker_url, queue), **kwargs)
+
+    @property
+    def safe_broker_url(self) -> str:
+        return maybe_sanitize_url(self.broker_url)
+
+    def _client(self) -> Celery:
+        if self._app is None:
+            from celery import Celery
+
+            app = Celery("crmsync-producer", broker=self.broker_url, set_as_current=False)
+            app.conf.update(self._config)
+            with app.connection_for_write() as conn:  # builds the transport; does not connect
+                self._errors = (KombuOperationalError, OSError,
+                                *conn.connection_errors, *conn.channel_errors)
+            self._app = app
+        return self._app
+
+    def publish(self, store: EventStore, event_ids: Sequence[int]) -> int:
+        """Send each id, marking the sent ones published; on a broker error log it and leave
+        the rest ``pending`` for the re-drive. Returns how many were sent."""
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        sent = 0
+        unmarked: list[int] = []
+        try:
+            app = self._client()
+            with app.producer_or_acquire() as producer:
+                for event_id in ids:
+                    app.send_task(APPLY_EVENT_TASK,
+                                  kwargs=EventMessage(event_id=event_id).model_dump(),
+                                  queue=self.queue, producer=producer, add_to_parent=False)
+                    unmarked.append(event_id)
+                    sent += 1
+                    if len(unmarked) >= MARK_EVERY:
+                        store.mark_published(unmarked)
+                        unmarked = []
+        except self._errors as exc:
+            log.warning("producer.publish_failed", broker=self.safe_broker_url, queue=self.queue,
+                        sent=sent, unsent=len(ids) - sent, error=type(exc).__name__,
+                        detail=redact(str(exc), self.broker_url))
+        finally:
+            if unmarked:
+                store.mark_published(unmarked)
+        if sent:
+            log.debug("producer.published", count=sent, queue=self.queue)
+        return sent
+
+    def close(self) -> None:
+        """Release the broker connections (pool) of the client app, if it was built."""
+        if self._app is not None:
+            self._app.close()
+            self._app = None

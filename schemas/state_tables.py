@@ -1,0 +1,130 @@
+"""The state database: links, the event log, cursors and the conflict log (DESIGN.md §1, §3).
+
+Created and evolved only by the Alembic migrations in ``schemas/migrations``; this module is
+their ``target_metadata`` and what the state store queries.
+
+Privacy: events carry ids only (crm_key, item_id), never contact data, so a private Exchange
+contact leaves no trace of its content here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.types import TypeDecorator
+
+state_metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on every dialect.
+
+    SQLite keeps no offset, so values are stored as naive UTC and tagged UTC on the way out.
+    A naive datetime is refused: a local time stored as UTC would silently shift leases.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(
+                f"state database timestamps must be timezone-aware datetimes, got {value!r}; "
+                "use datetime.now(UTC)"
+            )
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+links = Table(
+    "links",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("item_id", Text),
+    Column("change_key", Text),
+    Column("crm_version", Text),
+    Column("base_json", Text),
+    Column("crm_hash", Text),
+    Column("exchange_hash", Text),
+    Column("lease_owner", Text),
+    Column("lease_token", Text),
+    Column("lease_until", UtcDateTime),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("synced_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("mailbox", "crm_key"),
+    UniqueConstraint("mailbox", "item_id"),
+)
+
+events = Table(
+    "events",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),      # crm | exchange
+    Column("mailbox", Text, nullable=False),
+    Column("op", Text, nullable=False),          # upsert | delete
+    Column("crm_key", Text),
+    Column("item_id", Text),
+    Column("dedup_key", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False, server_default="pending"),  # pending|published|applied|dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime),
+    Column("applied_at", UtcDateTime),
+    Index("ix_events_status_created_at", "status", "created_at"),
+    sqlite_autoincrement=True,
+)
+
+cursors = Table(
+    "cursors",
+    state_metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text),
+    Column("updated_at", UtcDateTime),
+)
+
+conflicts = Table(
+    "conflicts",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("crm_value", Text),
+    Column("exchange_value", Text),
+    Column("chosen", Text, nullable=False),      # crm | exchange | held
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_conflicts_mailbox_crm_key", "mailbox", "crm_key"),
+)

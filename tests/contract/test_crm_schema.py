@@ -1,0 +1,147 @@
+"""The reference CRM schema and its change capture, on SQLite and PostgreSQL.
+
+Writes go through a plain DBAPI connection (sqlite3 / psycopg), as any other program would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from crmsync.connectors.crm.changelog import Changelog
+from crmsync.dbsetup import SchemaMismatch, check_crm_schema, init_crm, make_engine
+
+
+def run_sql(connect: Callable[[], Any], *statements: str) -> None:
+    conn = connect()
+    try:
+        for sql in statements:
+            conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def log_rows(engine: Engine) -> list[tuple[str, str, str, int | None]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT table_name, row_key, op, account_id FROM crm_changelog ORDER BY id"))]
+
+
+def test_init_crm_is_idempotent_and_keeps_data(crm_engine: Engine, crm_dbapi) -> None:
+    run_sql(crm_dbapi, "INSERT INTO accounts (account_no, company_name) VALUES ('A1', 'Acme')")
+    init_crm(crm_engine)
+    init_crm(crm_engine)
+    check_crm_schema(crm_engine)
+    assert log_rows(crm_engine) == [("accounts", "A1", "insert", None)]
+
+
+def test_plain_sql_insert_update_delete_are_captured(crm_engine: Engine, crm_dbapi) -> None:
+    run_sql(crm_dbapi,
+            "INSERT INTO accounts (id, account_no, company_name) VALUES (10, 'A1', 'Acme')",
+            "INSERT INTO contacts (id, account_id, first_name) VALUES (7, 10, 'Ann')")
+    run_sql(crm_dbapi, "UPDATE accounts SET phone_business = '+1 555 0100' WHERE id = 10",
+            "UPDATE contacts SET last_name = 'Lee' WHERE id = 7")
+    run_sql(crm_dbapi, "DELETE FROM contacts WHERE id = 7", "DELETE FROM accounts WHERE id = 10")
+    assert log_rows(crm_engine) == [
+        ("accounts", "A1", "insert", None),
+        ("contacts", "7", "insert", 10),
+        ("accounts", "A1", "update", None),
+        ("contacts", "7", "update", 10),
+        ("contacts", "7", "delete", 10),
+        ("accounts", "A1", "delete", None),
+    ]
+    rows = Changelog(crm_engine).pending()
+    assert [r.crm_key for r in rows] == ["account:A1", "contact:7", "account:A1", "contact:7",
+                                          "contact:7", "account:A1"]
+    assert all(r.changed_at is not None and r.changed_at.tzinfo is not None for r in rows)
+
+
+def test_rolled_back_change_is_not_captured(crm_engine: Engine, crm_dbapi) -> None:
+    conn = crm_dbapi()
+    try:
+        conn.execute("INSERT INTO accounts (account_no) VALUES ('A1')")
+        conn.rollback()
+    finally:
+        conn.close()
+    assert log_rows(crm_engine) == []
+
+
+def test_update_that_changes_nothing_is_not_logged(crm_engine: Engine, crm_dbapi) -> None:
+    run_sql(crm_dbapi,
+            "INSERT INTO accounts (id, account_no, email) VALUES (1, 'A1', 'a@example.com')",
+            "INSERT INTO contacts (id, account_id, email) VALUES (2, 1, NULL)")
+    run_sql(crm_dbapi, "UPDATE accounts SET email = email, notes = NULL WHERE id = 1",
+            "UPDATE contacts SET email = NULL WHERE id = 2")
+    assert [op for _t, _k, op, _a in log_rows(crm_engine)] == ["insert", "insert"]
+
+
+def test_account_no_rename_is_a_delete_and_an_insert(crm_engine: Engine, crm_dbapi) -> None:
+    run_sql(crm_dbapi, "INSERT INTO accounts (id, account_no) VALUES (1, 'OLD-1')")
+    run_sql(crm_dbapi, "UPDATE accounts SET account_no = 'NEW-1', city = 'Oslo' WHERE id = 1")
+    assert log_rows(crm_engine) == [
+        ("accounts", "OLD-1", "insert", None),
+        ("accounts", "OLD-1", "delete", None),
+        ("accounts", "NEW-1", "insert", None),
+    ]
+
+
+def test_processed_rows_are_not_pending_and_purge_removes_them(crm_engine: Engine, crm_dbapi) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    run_sql(crm_dbapi, "INSERT INTO accounts (account_no) VALUES ('A1')",
+            "INSERT INTO accounts (account_no) VALUES ('A2')")
+    log = Changelog(crm_engine)
+    first, second = log.pending()
+    log.mark_processed([first.id])
+    assert [r.id for r in log.pending()] == [second.id]
+    assert log.purge(datetime.now(UTC) + timedelta(seconds=5)) == 1
+    assert log.count() == 1
+    assert log.purge(datetime.now(UTC) + timedelta(seconds=5)) == 0
+
+
+def test_init_adds_missing_triggers_to_existing_tables(sql_url: str, crm_dbapi) -> None:
+    engine = make_engine(sql_url)
+    try:
+        from schemas.crm_tables import crm_metadata
+
+        crm_metadata.create_all(engine)       # tables exist, triggers do not
+        with pytest.raises(SchemaMismatch, match="trigger"):
+            check_crm_schema(engine)
+        init_crm(engine)
+        check_crm_schema(engine)
+        run_sql(crm_dbapi, "INSERT INTO accounts (account_no) VALUES ('A1')")
+        assert log_rows(engine) == [("accounts", "A1", "insert", None)]
+    finally:
+        engine.dispose()
+
+
+def test_check_names_the_missing_column(sql_url: str, crm_dbapi) -> None:
+    run_sql(crm_dbapi, "CREATE TABLE accounts (id INTEGER PRIMARY KEY, account_no TEXT NOT NULL)")
+    engine = make_engine(sql_url)
+    try:
+        with pytest.raises(SchemaMismatch, match="'accounts' is missing column.*'company_name'"):
+            check_crm_schema(engine)
+        with pytest.raises(SchemaMismatch, match="'company_name'"):
+            init_crm(engine)               # never alters an existing table
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_notifies_each_change(crm_engine: Engine, crm_dbapi) -> None:
+    log = Changelog(crm_engine)
+    if not log.doorbell_supported:
+        assert crm_engine.dialect.name == "sqlite"
+        with pytest.raises(RuntimeError):
+            log.listen(0.1)
+        return
+    try:
+        assert log.listen(0.2) is False        # opens the LISTEN connection; nothing yet
+        run_sql(crm_dbapi, "INSERT INTO accounts (account_no) VALUES ('A1')")
+        assert log.listen(5) is True
+        assert log.listen(0.2) is False
+    finally:
+        log.close()

@@ -1,0 +1,276 @@
+"""Producers on real parts: a SQLite / PostgreSQL CRM with its triggers, the state database,
+redis-server and a real Celery client. No fakes: a plain SQL write in the CRM must end up as a
+published event row and a message on the Redis list of the events queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+import structlog
+from structlog.testing import capture_logs
+
+from crmsync.connectors.crm.changelog import Changelog
+from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+from crmsync.dbsetup import init_crm, init_state, make_engine
+from crmsync.ports import NewEvent
+from crmsync.state.sqlalchemy_store import SqlStateStore
+from producers.crm_feed import CrmProducer
+from producers.doorbells import PostgresListenDoorbell, SqliteFileDoorbell
+from producers.factory import crm_doorbell
+from producers.loop import ProducerLoop
+from producers.publisher import CeleryPublisher
+from producers.redrive import redrive
+from schemas.events import APPLY_EVENT_TASK
+
+REDIS_DB = 9
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+MAILBOX = "alice@example.com"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def redis_db():
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("redis-server is not running on 127.0.0.1:6379 (start it: redis-server --daemonize yes)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue of this test's own, so tests running beside it cannot add to its list."""
+    return f"crmsync.events.test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def publisher(queue):
+    pub = CeleryPublisher(REDIS_URL, queue)
+    yield pub
+    pub.close()
+
+
+def seed(execute) -> None:
+    """Two accounts, one with a secondary contact, written with plain SQL like any CRM client."""
+    execute("INSERT INTO accounts (account_no, company_name, first_name, last_name, email, is_active) "
+            "VALUES ('A-1', 'Acme Ltd', 'Ada', 'Lovelace', 'ada@acme.example', true)")
+    execute("INSERT INTO accounts (account_no, company_name, first_name, last_name, is_active) "
+            "VALUES ('A-2', 'Globex', 'Hank', 'Scorpio', true)")
+    execute("INSERT INTO contacts (account_id, first_name, last_name, email) "
+            "SELECT id, 'Charles', 'Babbage', 'cb@acme.example' FROM accounts WHERE account_no = 'A-1'")
+
+
+@pytest.fixture
+def sqlite_dbs(tmp_path: Path):
+    crm_path = tmp_path / "crm.db"
+    crm_engine = make_engine(f"sqlite:///{crm_path}")
+    state_engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    init_crm(crm_engine)
+    init_state(state_engine)
+    yield crm_path, crm_engine, state_engine
+    crm_engine.dispose()
+    state_engine.dispose()
+
+
+def sqlite_exec(path: Path, *statements: str) -> None:
+    """Plain sqlite3, another connection: what any program writing to the CRM does."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        with conn:
+            for sql in statements:
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def make_producer_loop(crm_engine, state_engine, publisher, mailboxes=(MAILBOX,)):
+    store = SqlStateStore(state_engine)
+    crm_producer = CrmProducer(Changelog(crm_engine), SqlCrm(crm_engine), store, list(mailboxes),
+                               batch_size=2)
+    return ProducerLoop(crm_producer, [], publisher, store, None, poll_interval_s=0.2,
+                        redrive_after_s=300), store
+
+
+def queued_event_ids(client: redis.Redis, queue: str) -> list[int]:
+    """The event ids of the Celery messages on the queue's Redis list (protocol 2, json)."""
+    ids = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        assert message["headers"]["task"] == APPLY_EVENT_TASK
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert args == []
+        ids.append(kwargs["event_id"])
+    return sorted(ids)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- stories
+
+def check_sql_update_is_published(loop, store, redis_db, queue, write_sql) -> None:
+    created = loop.run_once()
+    # initial sync (3 records) + the three inserts of the seed, for one mailbox
+    assert created == 6
+    assert redis_db.llen(queue) == 6
+
+    write_sql("UPDATE accounts SET phone_business = '+1 555 0100' WHERE account_no = 'A-1'")
+    ids = []
+    deadline = time.monotonic() + 5
+    while not ids and time.monotonic() < deadline:   # PostgreSQL: the commit is immediate, but
+        ids += [] if loop.run_once() == 0 else [1]   # keep the loop honest about timing anyway
+    events = [store.get_event(i) for i in range(7, 9)]
+
+    assert [(e.source, e.mailbox, e.op, e.crm_key) for e in events] == [
+        ("crm", MAILBOX, "upsert", "account:A-1"),
+        ("crm", MAILBOX, "upsert", events[1].crm_key)]
+    assert events[1].crm_key.startswith("contact:")          # fan-out to the secondary contact
+    assert {e.status for e in events} == {"published"}
+    assert redis_db.llen(queue) == 8
+    assert queued_event_ids(redis_db, queue) == list(range(1, 9))
+    assert loop.run_once() == 0                               # nothing new, nothing re-sent
+    assert redis_db.llen(queue) == 8
+
+
+def test_a_plain_sql_update_in_a_sqlite_crm_becomes_a_published_celery_message(
+        sqlite_dbs, redis_db, queue, publisher):
+    crm_path, crm_engine, state_engine = sqlite_dbs
+    seed(lambda sql: sqlite_exec(crm_path, sql))
+    loop, store = make_producer_loop(crm_engine, state_engine, publisher)
+
+    check_sql_update_is_published(loop, store, redis_db, queue,
+                                  lambda sql: sqlite_exec(crm_path, sql))
+
+
+def test_the_sqlite_doorbell_rings_within_a_second_of_a_write_from_another_connection(sqlite_dbs):
+    crm_path, crm_engine, _ = sqlite_dbs
+    seed(lambda sql: sqlite_exec(crm_path, sql))
+    reader = sqlite3.connect(crm_path)          # a long-lived reader, like the producer's pool
+    reader.execute("SELECT count(*) FROM accounts").fetchone()
+    bell = crm_doorbell(f"sqlite:///{crm_path}")
+    assert isinstance(bell, SqliteFileDoorbell)
+    bell.start()
+    try:
+        time.sleep(0.2)
+        bell.wait(0.3)                          # consume anything left from the set-up
+        (crm_path.parent / "unrelated.txt").write_text("not the database")
+        reader.execute("SELECT * FROM accounts").fetchall()
+        assert bell.wait(0.5) is False          # reads and other files do not ring
+
+        started = time.monotonic()
+        sqlite_exec(crm_path, "UPDATE accounts SET city = 'Leeds' WHERE account_no = 'A-2'")
+        assert bell.wait(1.0) is True
+        assert time.monotonic() - started < 1.0
+    finally:
+        bell.stop()
+        reader.close()
+
+
+def test_a_broker_outage_costs_seconds_leaks_no_password_and_the_redrive_recovers(
+        sqlite_dbs, redis_db, queue):
+    _, _, state_engine = sqlite_dbs
+    store = SqlStateStore(state_engine)
+    ids = store.add_events([NewEvent("crm", MAILBOX, "upsert", f"test:{i}", crm_key=f"account:A-{i}")
+                            for i in range(3)])
+    dead = CeleryPublisher(f"redis://:s3cret-pw@127.0.0.1:{free_port()}/{REDIS_DB}", queue)
+
+    started = time.monotonic()
+    with capture_logs() as logs:
+        sent = dead.publish(store, ids)
+    elapsed = time.monotonic() - started
+    dead.close()
+
+    assert sent == 0
+    assert elapsed < 10, f"publishing to a dead broker took {elapsed:.1f} s"
+    assert {store.get_event(i).status for i in ids} == {"pending"}
+    [failure] = [entry for entry in logs if entry["event"] == "producer.publish_failed"]
+    assert failure["unsent"] == 3 and "127.0.0.1" in failure["broker"]
+    assert "s3cret-pw" not in repr(logs)
+
+    live = CeleryPublisher(REDIS_URL, queue)
+    try:
+        resent = redrive(store, live, older_than_s=60, now=datetime.now(UTC) + timedelta(seconds=61))
+    finally:
+        live.close()
+    assert resent == 3
+    assert {store.get_event(i).status for i in ids} == {"published"}
+    assert queued_event_ids(redis_db, queue) == ids
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+@pytest.fixture
+def pg_dbs():
+    """Two throwaway databases (CRM and state) on the local PostgreSQL, dropped after."""
+    suffix = uuid.uuid4().hex[:10]
+    names = [f"crmsync_prod_crm_{suffix}", f"crmsync_prod_state_{suffix}"]
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
+    for name in names:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    crm_url, state_url = (f"postgresql+psycopg://postgres@127.0.0.1:5432/{n}" for n in names)
+    crm_engine, state_engine = make_engine(crm_url), make_engine(state_url)
+    try:
+        init_crm(crm_engine)
+        init_state(state_engine)
+        yield crm_url, crm_engine, state_engine
+    finally:
+        crm_engine.dispose()
+        state_engine.dispose()
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pg_exec(url: str, sql: str) -> None:
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def test_a_plain_sql_update_in_a_postgresql_crm_becomes_a_published_celery_message(
+        pg_dbs, redis_db, queue, publisher):
+    crm_url, crm_engine, state_engine = pg_dbs
+    seed(lambda sql: pg_exec(crm_url, sql))
+    loop, store = make_producer_loop(crm_engine, state_engine, publisher)
+
+    check_sql_update_is_published(loop, store, redis_db, queue, lambda sql: pg_exec(crm_url, sql))
+
+
+def test_the_postgresql_doorbell_rings_on_a_changelog_notify(pg_dbs):
+    crm_url, _, _ = pg_dbs
+    seed(lambda sql: pg_exec(crm_url, sql))
+    bell = crm_doorbell(crm_url)
+    assert isinstance(bell, PostgresListenDoorbell)
+    bell.start()
+    try:
+        assert bell.listening.wait(5)
+        bell.wait(0.2)                          # the ring every (re)connect gives
+        assert bell.wait(0.3) is False
+
+        pg_exec(crm_url, "UPDATE accounts SET city = 'Leeds' WHERE account_no = 'A-2'")
+        assert bell.wait(2.0) is True
+    finally:
+        bell.stop()

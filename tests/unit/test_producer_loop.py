@@ -1,0 +1,476 @@
+"""The producers' loop with in-memory fakes of their ports (producers.ports).
+
+Stories: a CRM change fans out per mailbox; an account update reaches its secondary contacts;
+crashes between the steps duplicate nothing and lose nothing; a broker outage is healed by the
+re-drive; a dead feed does not stop the others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from crmsync.ports import Event, NewEvent
+from producers.crm_feed import CrmProducer
+from producers.doorbells import NullDoorbell
+from producers.exchange_feed import ExchangeProducer
+from producers.loop import ProducerLoop
+from producers.publisher import redact
+from producers.redrive import redrive
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+class Crash(Exception):
+    """A simulated process death at a side-effect boundary."""
+
+
+# ----------------------------------------------------------------------------- fakes
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeStore:
+    """The event log and cursors; add_events is all-or-nothing like one DB transaction."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.events: dict[int, Event] = {}
+        self.dedup: set[str] = set()
+        self.cursors: dict[str, str] = {}
+        self.add_calls: list[tuple[int, tuple[str, str] | None]] = []
+        self.crash_on_add = 0          # crash on the next N add_events calls
+
+    def add_events(self, events, cursor=None):
+        if self.crash_on_add:
+            self.crash_on_add -= 1
+            raise Crash("state database gone before commit")
+        self.add_calls.append((len(events), cursor))
+        ids = []
+        for new in events:
+            if new.dedup_key in self.dedup:
+                continue
+            self.dedup.add(new.dedup_key)
+            event_id = len(self.events) + 1
+            self.events[event_id] = Event(
+                id=event_id, source=new.source, mailbox=new.mailbox, op=new.op,
+                crm_key=new.crm_key, item_id=new.item_id, status="pending", attempts=0,
+                last_error=None, created_at=self.clock())
+            ids.append(event_id)
+        if cursor is not None:
+            self.cursors[cursor[0]] = cursor[1]
+        return ids
+
+    def mark_published(self, event_ids):
+        for event_id in event_ids:
+            if self.events[event_id].status == "pending":
+                self.events[event_id] = replace(self.events[event_id], status="published")
+
+    def events_to_redrive(self, older_than, limit):
+        late = [e for e in self.events.values()
+                if e.status in ("pending", "published") and e.created_at < older_than]
+        return late[:limit]
+
+    def get_cursor(self, name):
+        return self.cursors.get(name)
+
+    def status(self, status: str) -> list[Event]:
+        return [e for e in self.events.values() if e.status == status]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    table_name: str
+    row_key: str
+    op: str
+
+    @property
+    def crm_key(self) -> str:
+        return f"{'account' if self.table_name == 'accounts' else 'contact'}:{self.row_key}"
+
+
+class FakeChangelog:
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.processed: set[int] = set()
+        self.crash_on_mark = False
+
+    def add(self, table: str, key: str, op: str) -> Row:
+        row = Row(len(self.rows) + 1, table, key, op)
+        self.rows.append(row)
+        return row
+
+    def pending(self, limit):
+        return [r for r in self.rows if r.id not in self.processed][:limit]
+
+    def mark_processed(self, ids):
+        if self.crash_on_mark:
+            self.crash_on_mark = False
+            raise Crash("producer killed before marking the changelog")
+        self.processed.update(ids)
+
+
+class FakeCrm:
+    def __init__(self, accounts: dict[str, list[str]]) -> None:
+        self.accounts = accounts          # account_no -> secondary contact ids
+
+    def all_keys(self):
+        return ([f"account:{no}" for no in self.accounts]
+                + [f"contact:{cid}" for ids in self.accounts.values() for cid in ids])
+
+    def contact_keys_of_account(self, account_no):
+        return [f"contact:{cid}" for cid in self.accounts.get(account_no, [])]
+
+
+@dataclass(frozen=True)
+class Change:
+    item_id: str
+    change_key: str | None
+    op: str
+
+
+class FakeFeed:
+    """SyncFolderItems over a list of changes; the sync state is the index of the next one."""
+
+    def __init__(self) -> None:
+        self.log: list[Change] = []
+        self.calls: list[str | None] = []
+        self.down = False
+
+    def changes(self, sync_state, max_changes=500):
+        self.calls.append(sync_state)
+        if self.down:
+            raise ConnectionError("EWS endpoint unreachable")
+        start = int(sync_state or 0)
+        batch = self.log[start:start + max_changes]
+        end = start + len(batch)
+        return batch, str(end), end < len(self.log)
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.down = False
+
+    def publish(self, store, event_ids):
+        if self.down:   # like CeleryPublisher: broker errors are swallowed, nothing marked
+            return 0
+        self.sent.extend(event_ids)
+        store.mark_published(list(event_ids))
+        return len(event_ids)
+
+
+MAILBOXES = ["alice@example.com", "bob@example.com"]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock) -> FakeStore:
+    return FakeStore(clock)
+
+
+@pytest.fixture
+def changelog() -> FakeChangelog:
+    return FakeChangelog()
+
+
+@pytest.fixture
+def crm() -> FakeCrm:
+    return FakeCrm({"A-1": ["11", "12"], "A-2": []})
+
+
+def make_loop(changelog, crm, store, clock, feeds=None, publisher=None, **kwargs):
+    crm_producer = CrmProducer(changelog, crm, store, MAILBOXES, batch_size=kwargs.pop("batch_size", 500))
+    exchange = [ExchangeProducer(mb, feed, store) for mb, feed in (feeds or {}).items()]
+    return ProducerLoop(crm_producer, exchange, publisher or FakePublisher(), store,
+                        NullDoorbell(), poll_interval_s=0.05, redrive_after_s=300, clock=clock,
+                        **kwargs)
+
+
+def mark_initial_done(store: FakeStore) -> None:
+    for mailbox in MAILBOXES:
+        store.cursors[f"crm-initial:{mailbox}"] = "done"
+
+
+# ----------------------------------------------------------------------------- CRM feed
+
+def test_a_crm_change_becomes_one_event_per_mailbox(changelog, crm, store):
+    row = changelog.add("accounts", "A-2", "insert")
+    ids = CrmProducer(changelog, crm, store, MAILBOXES).poll(100)
+
+    assert len(ids) == 2
+    assert {(e.mailbox, e.crm_key, e.op, e.source) for e in store.events.values()} == {
+        ("alice@example.com", "account:A-2", "upsert", "crm"),
+        ("bob@example.com", "account:A-2", "upsert", "crm"),
+    }
+    assert row.id in changelog.processed
+
+
+def test_an_account_update_fans_out_to_its_secondary_contacts_in_every_mailbox(changelog, crm, store):
+    changelog.add("accounts", "A-1", "update")
+    CrmProducer(changelog, crm, store, MAILBOXES).poll(100)
+
+    got = sorted((e.mailbox, e.crm_key, e.op) for e in store.events.values())
+    assert got == sorted((mb, key, "upsert") for mb in MAILBOXES
+                         for key in ("account:A-1", "contact:11", "contact:12"))
+    assert "crm:1:alice@example.com:contact:11" in store.dedup
+
+
+def test_fan_out_is_only_for_account_updates_and_can_be_switched_off(changelog, crm, store):
+    changelog.add("accounts", "A-1", "insert")
+    changelog.add("contacts", "11", "update")
+    CrmProducer(changelog, crm, store, ["alice@example.com"]).poll(100)
+    assert sorted(e.crm_key for e in store.events.values()) == ["account:A-1", "contact:11"]
+
+    changelog.add("accounts", "A-1", "update")
+    CrmProducer(changelog, crm, store, ["alice@example.com"], fan_out_contacts=False).poll(100)
+    assert sorted(e.crm_key for e in store.events.values()) == [
+        "account:A-1", "account:A-1", "contact:11"]
+
+
+def test_a_crm_delete_becomes_a_delete_event(changelog, crm, store):
+    changelog.add("accounts", "A-2", "delete")
+    CrmProducer(changelog, crm, store, ["alice@example.com"]).poll(100)
+    [event] = store.events.values()
+    assert (event.op, event.crm_key) == ("delete", "account:A-2")
+
+
+def test_a_crash_between_add_events_and_mark_processed_duplicates_nothing(changelog, crm, store):
+    changelog.add("accounts", "A-1", "update")
+    changelog.add("contacts", "12", "update")
+    producer = CrmProducer(changelog, crm, store, MAILBOXES)
+    changelog.crash_on_mark = True
+    with pytest.raises(Crash):
+        producer.poll(100)
+    assert len(store.events) == 8 and not changelog.processed   # events durable, rows not marked
+
+    again = producer.poll(100)                                  # the restarted producer re-reads
+
+    assert again == []
+    assert len(store.events) == 8
+    assert changelog.processed == {1, 2}
+
+
+def test_a_crash_before_add_events_commits_leaves_the_rows_pending(changelog, crm, store):
+    changelog.add("accounts", "A-2", "update")
+    producer = CrmProducer(changelog, crm, store, MAILBOXES)
+    store.crash_on_add = 1
+    with pytest.raises(Crash):
+        producer.poll(100)
+    assert not store.events and not changelog.processed
+
+    assert len(producer.poll(100)) == 2
+    assert changelog.processed == {1}
+
+
+def test_poll_reports_more_when_it_read_a_full_batch(changelog, crm, store):
+    for _ in range(3):
+        changelog.add("accounts", "A-2", "update")
+    producer = CrmProducer(changelog, crm, store, ["alice@example.com"])
+    assert len(producer.poll(2)) == 2 and producer.more
+    assert len(producer.poll(2)) == 1 and not producer.more
+
+
+# ----------------------------------------------------------------------------- initial sync
+
+def test_initial_sync_creates_one_upsert_per_crm_record_once_per_mailbox_in_batches(crm, store):
+    producer = CrmProducer(FakeChangelog(), crm, store, MAILBOXES, batch_size=2)
+
+    ids = producer.initial("alice@example.com")
+
+    assert sorted(store.events[i].crm_key for i in ids) == [
+        "account:A-1", "account:A-2", "contact:11", "contact:12"]
+    assert {store.events[i].op for i in ids} == {"upsert"}
+    # two batches of two; the "done" cursor only with the last one
+    assert store.add_calls == [(2, None), (2, ("crm-initial:alice@example.com", "done"))]
+    assert producer.initial("alice@example.com") == []
+    assert len(producer.initial("bob@example.com")) == 4
+
+
+def test_initial_sync_of_an_empty_crm_is_marked_done(store):
+    producer = CrmProducer(FakeChangelog(), FakeCrm({}), store, ["alice@example.com"])
+    assert producer.initial("alice@example.com") == []
+    assert producer.initial_done("alice@example.com")
+
+
+def test_an_initial_sync_interrupted_mid_way_resumes_without_duplicates(crm, store):
+    producer = CrmProducer(FakeChangelog(), crm, store, ["alice@example.com"], batch_size=3)
+    batches = producer.initial_batches("alice@example.com")
+    first = next(batches)
+    store.crash_on_add = 1
+    with pytest.raises(Crash):
+        next(batches)
+    assert not producer.initial_done("alice@example.com")
+
+    rest = producer.initial("alice@example.com")
+
+    assert len(first) == 3 and len(rest) == 1
+    assert len(store.events) == 4 and producer.initial_done("alice@example.com")
+
+
+# ----------------------------------------------------------------------------- Exchange feed
+
+def test_exchange_changes_become_events_with_their_sync_state(store):
+    feed = FakeFeed()
+    feed.log += [Change("I1", "ck1", "upsert"), Change("I2", "ck1", "upsert"),
+                 Change("I1", None, "delete")]
+    producer = ExchangeProducer("alice@example.com", feed, store)
+
+    ids = producer.poll(2)                          # two rounds: "more" after the first
+
+    assert [(store.events[i].item_id, store.events[i].op) for i in ids] == [
+        ("I1", "upsert"), ("I2", "upsert"), ("I1", "delete")]
+    assert {store.events[i].source for i in ids} == {"exchange"}
+    assert feed.calls == [None, "2"]
+    assert store.cursors["exchange-sync:alice@example.com"] == "3"
+    assert "ex:alice@example.com:I1:delete" in store.dedup
+
+
+def test_the_exchange_sync_state_is_stored_only_with_its_events(store):
+    feed = FakeFeed()
+    feed.log += [Change("I1", "ck1", "upsert")]
+    producer = ExchangeProducer("alice@example.com", feed, store)
+    store.crash_on_add = 1
+    with pytest.raises(Crash):
+        producer.poll()
+    assert store.get_cursor("exchange-sync:alice@example.com") is None   # state unchanged
+
+    ids = producer.poll()                           # restarted: same changes from the old state
+
+    assert feed.calls == [None, None]
+    assert [store.events[i].item_id for i in ids] == ["I1"]
+    assert store.get_cursor("exchange-sync:alice@example.com") == "1"
+
+
+def test_the_same_exchange_change_seen_twice_is_one_event(store):
+    feed = FakeFeed()
+    feed.log += [Change("I1", "ck1", "upsert"), Change("I1", "ck1", "upsert"),
+                 Change("I1", "ck2", "upsert")]
+    ids = ExchangeProducer("alice@example.com", feed, store).poll()
+    assert len(ids) == 2
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def test_run_once_runs_initial_then_the_feeds_and_publishes_everything(changelog, crm, store, clock):
+    feed = FakeFeed()
+    feed.log.append(Change("I9", "ck", "upsert"))
+    publisher = FakePublisher()
+    loop = make_loop(changelog, crm, store, clock, {"alice@example.com": feed}, publisher)
+    changelog.add("accounts", "A-2", "update")
+
+    created = loop.run_once()
+
+    assert created == 2 * 4 + 2 + 1
+    assert sorted(publisher.sent) == sorted(store.events)
+    assert not store.status("pending")
+    assert loop.run_once() == 0                     # initial sync is not repeated
+
+
+def test_a_broker_outage_leaves_events_pending_and_the_redrive_sends_them(changelog, crm, store, clock):
+    mark_initial_done(store)
+    publisher = FakePublisher()
+    loop = make_loop(changelog, crm, store, clock, publisher=publisher)
+    loop.run_once()                                 # first cycle: nothing to re-drive yet
+    publisher.down = True
+    changelog.add("accounts", "A-2", "update")
+
+    assert loop.run_once() == 2
+    assert len(store.status("pending")) == 2 and publisher.sent == []
+
+    publisher.down = False
+    clock.now += timedelta(seconds=100)             # redrive not due yet (every ~150 s)
+    loop.run_once()
+    assert publisher.sent == []
+    clock.now += timedelta(seconds=250)             # events now older than redrive_after_s
+    loop.run_once()
+    assert sorted(publisher.sent) == [1, 2]
+    assert not store.status("pending")
+
+
+def test_redrive_republishes_only_events_not_applied_in_time(store, clock):
+    store.add_events([NewEvent("crm", "alice@example.com", "upsert", f"k{i}", crm_key=f"account:{i}")
+                      for i in range(3)])
+    store.events[3] = replace(store.events[3], status="applied")
+    publisher = FakePublisher()
+
+    assert redrive(store, publisher, 60, clock.now + timedelta(seconds=30)) == 0
+    assert redrive(store, publisher, 60, clock.now + timedelta(seconds=61)) == 2
+    assert publisher.sent == [1, 2]
+
+
+def test_a_dead_exchange_server_does_not_stop_the_crm_feed(changelog, crm, store, clock):
+    mark_initial_done(store)
+    dead, alive = FakeFeed(), FakeFeed()
+    dead.down = True
+    alive.log.append(Change("I1", "ck", "upsert"))
+    publisher = FakePublisher()
+    loop = make_loop(changelog, crm, store, clock,
+                     {"alice@example.com": dead, "bob@example.com": alive}, publisher)
+    changelog.add("accounts", "A-2", "update")
+
+    assert loop.run_once() == 3
+    assert {(e.source, e.mailbox) for e in store.events.values()} == {
+        ("crm", "alice@example.com"), ("crm", "bob@example.com"), ("exchange", "bob@example.com")}
+    assert len(publisher.sent) == 3
+
+
+def test_a_failing_crm_feed_does_not_stop_the_exchange_feed(crm, store, clock):
+    class BrokenChangelog(FakeChangelog):
+        def pending(self, limit):
+            raise OSError("CRM database is locked")
+
+    mark_initial_done(store)
+    feed = FakeFeed()
+    feed.log.append(Change("I1", "ck", "upsert"))
+    loop = make_loop(BrokenChangelog(), crm, store, clock, {"alice@example.com": feed})
+    assert loop.run_once() == 1
+
+
+def test_the_loop_drains_a_changelog_backlog_in_one_cycle(changelog, crm, store, clock):
+    mark_initial_done(store)
+    for _ in range(7):
+        changelog.add("accounts", "A-2", "update")
+    loop = make_loop(changelog, crm, store, clock, batch_size=3)
+    assert loop.run_once() == 14
+    assert not changelog.pending(10)
+
+
+def test_run_wakes_early_on_the_doorbell_and_stops_on_request(changelog, crm, store, clock):
+    mark_initial_done(store)
+    loop = make_loop(changelog, crm, store, clock)
+    loop.poll_interval_s = 60                       # only the doorbell can wake it in time
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    changelog.add("accounts", "A-2", "update")
+    loop.doorbell.ring()
+
+    deadline = time.monotonic() + 5
+    while len(store.events) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(store.events) == 2
+
+    loop.stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_broker_urls_in_error_texts_are_redacted():
+    url = "redis://:s3cret@redis.internal:6379/0"
+    text = redact(f"Cannot connect to {url}: auth s3cret refused", url)
+    assert "s3cret" not in text and "redis.internal" in text

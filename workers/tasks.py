@@ -1,0 +1,64 @@
+"""Thin Celery tasks: deserialize, call the service, map errors to retry or dead letter.
+
+The broker keeps no attempt count, so attempts are counted in the event row; after
+``sync.max_attempts`` the event is a dead letter with its last error, to be replayed with
+``crmsync replay``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import structlog
+from celery import Celery, Task
+
+from crmsync import service
+from crmsync.bootstrap import container_for
+from crmsync.celery_settings import MAX_RETRY_COUNTDOWN_S
+from crmsync.errors import BadRecord, LeaseTaken, Transient
+from schemas.events import APPLY_EVENT_TASK
+
+log = structlog.get_logger("crmsync.worker")
+
+
+def retry_countdown(attempts: int, retry_after: float | None, rng: random.Random = random) -> float:
+    """Exponential back-off with full jitter; a server's own back-off (ErrorServerBusy) wins
+    when it asks for longer."""
+    backoff = min(MAX_RETRY_COUNTDOWN_S, 2.0 ** min(attempts, 12))
+    countdown = rng.uniform(backoff / 2, backoff)
+    if retry_after is not None:
+        countdown = max(countdown, retry_after)
+    return min(countdown, MAX_RETRY_COUNTDOWN_S)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              max_retries=None)
+    def apply_event(self: Task, event_id: int) -> str:
+        container = container_for(self.app.crmsync_settings)
+        store = container.store
+        try:
+            return service.apply_event(container.sync_services, int(event_id))
+        except LeaseTaken:
+            raise self.retry(countdown=random.uniform(0.2, 1.5)) from None
+        except BadRecord as exc:
+            store.record_attempt(event_id, describe(exc))
+            store.mark_dead(event_id, describe(exc))
+            log.error("event.dead", event_id=event_id, error=describe(exc))
+            return "dead"
+        except Exception as exc:  # noqa: BLE001 - every other failure is retried, then dead
+            attempts = store.record_attempt(event_id, describe(exc))
+            max_attempts = self.app.crmsync_settings.sync.max_attempts
+            if attempts >= max_attempts:
+                store.mark_dead(event_id, describe(exc))
+                log.error("event.dead", event_id=event_id, attempts=attempts, error=describe(exc))
+                return "dead"
+            retry_after = exc.retry_after if isinstance(exc, Transient) else None
+            countdown = retry_countdown(attempts, retry_after)
+            log.warning("event.retry", event_id=event_id, attempts=attempts,
+                        countdown=round(countdown, 2), error=describe(exc))
+            raise self.retry(countdown=countdown) from None
