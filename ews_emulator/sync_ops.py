@@ -22,7 +22,7 @@ from lxml import etree
 from .contact_xml import folder_to_xml, item_to_xml, parse_shape
 from .folders import resolve_folder
 from .registry import Context, EwsError, m, operation, t
-from .soap import new_response, ok_message
+from .soap import error_message, new_response, ok_message
 
 # SyncFolderItems returns at most 512 changes per call (MS-OXWSSYNC, MaxSyncChangesReturnedType).
 MAX_CHANGES = 512
@@ -64,6 +64,16 @@ def response_message(op: str) -> tuple[etree._Element, etree._Element]:
 
 def _bool(v: bool) -> str:
     return "true" if v else "false"
+
+
+def _sync_error(op: str, last_in_range: str, err: EwsError) -> etree._Element:
+    """An error message as Exchange sends it for the Sync operations: with an empty SyncState and
+    IncludesLast...InRange=true (exchangelib reads both before it looks at the ResponseCode)."""
+    resp, messages = new_response(op)
+    msg = error_message(messages, op, err)
+    etree.SubElement(msg, m("SyncState"))
+    etree.SubElement(msg, m(last_in_range)).text = "true"
+    return resp
 
 
 # -- SyncFolderItems ----------------------------------------------------------------------------
@@ -120,6 +130,13 @@ def _fetch_items(store, ids: list[str]) -> dict[str, dict]:
 @operation("SyncFolderItems")
 def sync_folder_items(ctx: Context, req: etree._Element) -> etree._Element:
     """Item changes in one folder since a SyncState (all items as Create without one)."""
+    try:
+        return _sync_folder_items(ctx, req)
+    except EwsError as err:
+        return _sync_error("SyncFolderItems", "IncludesLastItemInRange", err)
+
+
+def _sync_folder_items(ctx: Context, req: etree._Element) -> etree._Element:
     store = ctx.store
     folder_elem = req.find(m("SyncFolderId"))
     if folder_elem is None:
@@ -186,6 +203,13 @@ def _ck_hash(change_key: str) -> str:
 @operation("SyncFolderHierarchy")
 def sync_folder_hierarchy(ctx: Context, req: etree._Element) -> etree._Element:
     """Folder changes below a folder (msgfolderroot when no SyncFolderId) since a SyncState."""
+    try:
+        return _sync_folder_hierarchy(ctx, req)
+    except EwsError as err:
+        return _sync_error("SyncFolderHierarchy", "IncludesLastFolderInRange", err)
+
+
+def _sync_folder_hierarchy(ctx: Context, req: etree._Element) -> etree._Element:
     store = ctx.store
     folder_elem = req.find(m("SyncFolderId"))
     if folder_elem is None:

@@ -8,6 +8,7 @@ reconnecting). So every doorbell here fails soft: it logs and keeps trying, or s
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,16 +65,42 @@ def sqlite_path(url_or_path: str | Path) -> Path:
 class SqliteFileDoorbell(_Bell):
     """Watchdog on the database file's directory: rings when the file, its ``-wal`` or its
     ``-journal`` is modified, created, moved or deleted. Opens, closes and the ``-shm`` file are
-    ignored: readers (this producer included) touch those, which would ring forever."""
+    ignored: readers (this producer included) touch those, which would ring forever.
+
+    The ring is debounced on the trailing edge (``settle_s`` after the last write): the file is
+    written *before* the transaction is visible (WAL frames first, then the wal-index in -shm;
+    a long transaction writes for a while before its commit frame), so ringing on the first
+    write would make the loop read too early and then sleep through the commit.
+    """
 
     _EVENT_TYPES = frozenset({"modified", "created", "moved", "deleted"})
 
-    def __init__(self, db_path: str | Path) -> None:
+    def __init__(self, db_path: str | Path, settle_s: float = 0.05) -> None:
         super().__init__()
         self.db_path = sqlite_path(db_path)
+        self.settle_s = settle_s
         self._names = {self.db_path.name, f"{self.db_path.name}-wal",
                        f"{self.db_path.name}-journal"}
         self._observer = None
+        self._last_write = 0.0
+        self._written = threading.Event()
+        self._stopping = threading.Event()
+        self._debouncer: threading.Thread | None = None
+
+    def _debounce(self) -> None:
+        while not self._stopping.is_set():
+            if not self._written.wait(0.5):
+                continue
+            while not self._stopping.is_set():      # until settle_s passed with no new write
+                quiet_for = time.monotonic() - self._last_write
+                if quiet_for >= self.settle_s:
+                    break
+                time.sleep(self.settle_s - quiet_for)
+            self._written.clear()
+            if time.monotonic() - self._last_write < self.settle_s:
+                self._written.set()                 # a write slipped in between: go again
+                continue
+            self.ring()
 
     def _on_event(self, event) -> None:  # watchdog FileSystemEvent
         if event.is_directory or event.event_type not in self._EVENT_TYPES:
@@ -82,7 +109,8 @@ class SqliteFileDoorbell(_Bell):
         for raw in paths:
             path = Path(raw.decode() if isinstance(raw, bytes) else raw)
             if path.name in self._names and path.parent == self.db_path.parent:
-                self.ring()
+                self._last_write = time.monotonic()
+                self._written.set()
                 return
 
     def start(self) -> None:
@@ -97,6 +125,10 @@ class SqliteFileDoorbell(_Bell):
             def on_any_event(self, event) -> None:
                 bell._on_event(event)
 
+        self._stopping.clear()
+        self._debouncer = threading.Thread(target=self._debounce, daemon=True,
+                                           name=f"doorbell-{self.db_path.name}")
+        self._debouncer.start()
         observer = Observer()
         observer.daemon = True
         observer.schedule(Handler(), str(self.db_path.parent), recursive=False)
@@ -109,6 +141,10 @@ class SqliteFileDoorbell(_Bell):
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
+        self._stopping.set()
+        debouncer, self._debouncer = self._debouncer, None
+        if debouncer is not None:
+            debouncer.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

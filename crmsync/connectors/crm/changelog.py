@@ -126,11 +126,12 @@ class ChangelogListener:
     """
 
     def __init__(self, engine: Engine) -> None:
-        raw = engine.raw_connection()
-        raw.detach()  # not returned to the pool: it lives in autocommit, listening
-        self._raw = raw
-        self._conn: Any = raw.driver_connection
-        self._conn.autocommit = True
+        import psycopg
+
+        # its own connection, outside the pool: it stays in autocommit, listening
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        cparams = {**cparams, "autocommit": True}
+        self._conn: Any = psycopg.connect(*cargs, **cparams)
         self._conn.execute(f"LISTEN {CHANNEL}")
 
     def wait(self, timeout: float) -> bool:
@@ -143,7 +144,7 @@ class ChangelogListener:
         return got
 
     def close(self) -> None:
-        self._raw.close()
+        self._conn.close()
 
     def __enter__(self) -> ChangelogListener:
         return self

@@ -31,7 +31,7 @@ from exchangelib import (
     OAuth2Credentials,
 )
 from exchangelib.errors import ErrorFolderNotFound
-from exchangelib.folders import Contacts, ContactsFolder
+from exchangelib.folders import Contacts, Folder
 from exchangelib.protocol import NoVerifyHTTPAdapter, Protocol
 from exchangelib.transport import NOAUTH
 
@@ -130,7 +130,7 @@ def _split(path: str) -> list[str]:
     return parts
 
 
-def open_folder(account: Account, path: str, create: bool = True) -> ContactsFolder:
+def open_folder(account: Account, path: str, create: bool = True) -> Folder:
     """The contacts folder at ``path`` ("CRM Accounts", "A/B") under the mailbox's Contacts.
 
     Missing parts are created when ``create`` is true; otherwise ConfigError says which part is
@@ -153,9 +153,9 @@ def open_folder(account: Account, path: str, create: bool = True) -> ContactsFol
                         f"mailbox {mailbox}: folder {name!r} does not exist under {where} (path {path!r}). "
                         "Create it in Outlook, or set create_folder = true for this mailbox."
                     )
-                child = ContactsFolder(parent=folder, name=name)
-                child.save()
-            elif not isinstance(child, (ContactsFolder, Contacts)) and getattr(child, "folder_class", None) != "IPF.Contact":
+                Folder(parent=folder, name=name, folder_class="IPF.Contact").save()
+                child = folder // name  # typed by its container class: a Contacts folder
+            if not isinstance(child, Contacts) and getattr(child, "folder_class", None) != "IPF.Contact":
                 raise ConfigError(
                     f"mailbox {mailbox}: folder {'/'.join([*walked, name])!r} under Contacts is not a contacts folder "
                     f"(class {getattr(child, 'folder_class', None)!r}); pick another folder name"

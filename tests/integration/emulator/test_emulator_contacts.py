@@ -9,7 +9,7 @@ from conftest import make_account
 from exchangelib import Contact, ExtendedProperty, Folder, HTMLBody
 from exchangelib.errors import ErrorFolderExists, ErrorIrresolvableConflict, ErrorItemNotFound
 from exchangelib.ewsdatetime import EWSDate, EWSDateTime, UTC
-from exchangelib.folders import Contacts
+from exchangelib.folders import DEEP, Contacts, FolderCollection, SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, ImAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import ALWAYS_OVERWRITE, AUTO_RESOLVE, NEVER_OVERWRITE
 
@@ -251,7 +251,9 @@ def test_folders_create_find_and_delete(account):
     assert [f.name for f in account.contacts.walk()] == ["CRM Accounts", "Archive"]
     assert [f.name for f in account.contacts.children] == ["CRM Accounts"]
     assert [f.name for f in account.root.glob("**/Archive")] == ["Archive"]
-    assert [f.name for f in account.contacts.walk().filter(name="Archive")] == ["Archive"]
+    deep = SingleFolderQuerySet(account=account, folder=account.contacts).depth(DEEP)
+    assert [f.name for f in deep.filter(name="Archive")] == ["Archive"]
+    assert [f.name for f in deep.filter(name__icontains="crm")] == ["CRM Accounts"]
     c = Contact(folder=crm, display_name="in sub")
     c.save()
     crm.delete()
@@ -266,9 +268,10 @@ def test_find_folder_pages_through_many_folders(account):
     parent.save()
     for i in range(30):
         Contacts(parent=parent, name=f"F{i:02d}").save()
-    qs = account.root.refresh() or parent.walk()
-    qs.page_size = 7
-    assert sorted(f.name for f in qs) == [f"F{i:02d}" for i in range(30)]
+    found = FolderCollection(account=account, folders=[parent]).find_folders(page_size=7)
+    assert sorted(f.name for f in found) == [f"F{i:02d}" for i in range(30)]
+    page = list(FolderCollection(account=account, folders=[parent]).find_folders(max_items=5, offset=28))
+    assert len(page) == 2
 
 
 def test_delegate_sees_owner_contacts(emulator):

@@ -1,0 +1,422 @@
+"""Contract of the EWS adapter (``EwsExchange``, ``ExchangeFeed``, ``connect``/``open_folder``)
+against the project's EWS emulator, run as a subprocess and driven by unmodified exchangelib.
+
+Contacts "made in Outlook" are created with plain exchangelib, as a user's client would.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from exchangelib import Contact
+from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
+
+from crmsync.connectors.exchange.connect import connect, open_folder
+from crmsync.connectors.exchange.ews import EwsExchange
+from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed
+from crmsync.errors import BadRecord, ConfigError, Stale, Transient
+from crmsync.ports import ExchangeRecord
+from schemas.canonical import CanonicalContact
+from tests.support.emulator_proc import EmulatorProcess, start_emulator
+
+ALICE, ALICE_PW = "alice@example.com", "secret1"
+BOB, BOB_PW = "bob@example.com", "secret2"
+SVC, SVC_PW = "svc@example.com", "svc-secret"
+MAX_WAIT = 1.0  # exchangelib may sleep at most this long on a back-off before we raise Transient
+
+FULL = CanonicalContact(
+    first_name="Zoë", last_name="O'Brien & <Sons>", company_name="Müller \"GmbH\" & Co. <KG>",
+    job_title="Head of R&D", department="Ünits ]]> & more", email="zoe@example.com", email2="z.obrien@example.org",
+    phone_business="+41 44 123 45 67", phone_mobile="+41 79 765 43 21", phone_home="+41 44 000 00 00",
+    fax="+41 44 123 45 68", street="Bahnhofstrasse 1\nPostfach 12", city="Zürich", state="ZH",
+    postal_code="8001", country="Switzerland", website="https://example.com/a?b=1&c=2",
+    notes="Line 1 <b>not html</b> & 'quotes'\nLine 2 — 名前 🙂\n\n\tindented",
+)
+
+
+@pytest.fixture(scope="module")
+def emulator_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    emu = start_emulator(tmp_path_factory.mktemp("ews"), {ALICE: ALICE_PW, BOB: BOB_PW, SVC: SVC_PW},
+                         extra_args=["--impersonator", SVC])
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="module")
+def ews_account(emulator_proc: EmulatorProcess):
+    return connect(endpoint=emulator_proc.endpoint, mailbox=ALICE, auth="basic", username=ALICE, password=ALICE_PW,
+                   access="delegate", max_wait=MAX_WAIT, timeout_s=30)
+
+
+@pytest.fixture
+def ews_folder(ews_account):
+    """A fresh sync folder per test, so tests never see each other's contacts."""
+    return open_folder(ews_account, f"CRM {uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def ews_side(ews_account, ews_folder, emulator_proc: EmulatorProcess) -> Iterator[EwsExchange]:
+    yield EwsExchange(ews_account, ews_folder)
+    emulator_proc.clear_faults()
+
+
+def outlook_contact(folder, **kwargs) -> Contact:
+    """A contact as a user's Outlook would save it (no crmsync stamp)."""
+    kwargs.setdefault("display_name", "Someone")
+    return Contact(account=folder.account, folder=folder, **kwargs).save()
+
+
+def folder_ids(folder) -> set[str]:
+    return {i for (i,) in folder.all().values_list("id")}
+
+
+# --------------------------------------------------------------------------- create / find / read
+
+
+def test_a_created_contact_is_stamped_and_found_by_its_crm_key(ews_side):
+    created = ews_side.create("account:A-100", {"first_name": "Ada", "last_name": "Lovelace"})
+    found = ews_side.find_by_crm_key("account:A-100")
+    assert found is not None
+    assert (found.item_id, found.change_key, found.crm_key) == (created.item_id, created.change_key, "account:A-100")
+    assert found.record == CanonicalContact(first_name="Ada", last_name="Lovelace")
+    assert ews_side.find_by_crm_key("account:nope") is None
+
+
+def test_every_mapped_field_survives_the_trip_through_exchange(ews_side):
+    created = ews_side.create("account:FULL", FULL.model_dump())
+    assert created.record == FULL
+    read = ews_side.read(created.item_id)
+    assert read is not None
+    assert read.record == FULL
+    assert read.change_key == created.change_key
+    assert read.private is False and read.modified_at is not None
+
+
+def test_reading_an_unknown_item_id_gives_none(ews_side):
+    created = ews_side.create("account:X", {"first_name": "X"})
+    ews_side.delete(created.item_id, None)
+    assert ews_side.read(created.item_id) is None
+
+
+def test_a_contact_of_another_folder_is_not_read_through_this_one(ews_account, ews_side):
+    other = open_folder(ews_account, f"Other {uuid.uuid4().hex[:6]}")
+    item = outlook_contact(other, given_name="Elsewhere")
+    assert ews_side.read(item.id) is None
+
+
+def test_display_name_is_derived_on_create(ews_account, ews_side):
+    created = ews_side.create("account:D", {"first_name": "Grace", "last_name": "Hopper", "company_name": "Navy"})
+    (item,) = ews_account.fetch(ids=[(created.item_id, None)], only_fields=["display_name", "file_as"])
+    assert (item.display_name, item.file_as) == ("Grace Hopper", "Hopper, Grace")
+
+
+# --------------------------------------------------------------------------- update
+
+
+def test_update_with_the_current_change_key_writes_only_the_changes(ews_side):
+    created = ews_side.create("account:U", {"first_name": "Ada", "city": "London", "phone_business": "+44 1"})
+    updated = ews_side.update(created.item_id, {"job_title": "Analyst", "city": None, "postal_code": "N1"},
+                              created.change_key)
+    assert updated.change_key != created.change_key
+    expected = CanonicalContact(first_name="Ada", job_title="Analyst", postal_code="N1", phone_business="+44 1")
+    assert updated.record == expected
+    assert ews_side.read(created.item_id).record == expected
+
+
+def test_update_keeps_the_users_own_phone_email_and_address_entries(ews_side, ews_folder):
+    item = outlook_contact(
+        ews_folder, given_name="Ada",
+        phone_numbers=[PhoneNumber(label="BusinessPhone", phone_number="+44 1"),
+                       PhoneNumber(label="HomePhone2", phone_number="+44 9")],
+        email_addresses=[EmailAddress(label="EmailAddress3", email="private@example.net")],
+        physical_addresses=[PhysicalAddress(label="Home", street="1 Home Lane", city="Bath"),
+                            PhysicalAddress(label="Business", city="London")],
+    )
+    before = ews_side.read(item.id)
+    ews_side.update(item.id, {"phone_business": "+44 2", "email": "ada@example.com", "city": "Leeds"},
+                    before.change_key)
+    (fresh,) = ews_side.account.fetch(ids=[(item.id, None)],
+                                      only_fields=["phone_numbers", "email_addresses", "physical_addresses"])
+    phones = {p.label: p.phone_number for p in fresh.phone_numbers}
+    assert phones == {"BusinessPhone": "+44 2", "HomePhone2": "+44 9"}
+    emails = {e.label: e.email for e in fresh.email_addresses}
+    assert emails == {"EmailAddress1": "ada@example.com", "EmailAddress3": "private@example.net"}
+    addresses = {a.label: (a.street, a.city) for a in fresh.physical_addresses}
+    assert addresses == {"Home": ("1 Home Lane", "Bath"), "Business": (None, "Leeds")}
+
+
+def test_update_with_a_stale_change_key_is_stale_and_writes_nothing(ews_side):
+    created = ews_side.create("account:S", {"first_name": "Ada"})
+    newer = ews_side.update(created.item_id, {"job_title": "One"}, created.change_key)
+    with pytest.raises(Stale, match=created.item_id):
+        ews_side.update(created.item_id, {"job_title": "Two"}, created.change_key)
+    assert ews_side.read(created.item_id).record.job_title == "One"
+    assert ews_side.read(created.item_id).change_key == newer.change_key
+
+
+def test_a_concurrent_edit_in_outlook_makes_our_update_stale(ews_side, ews_account):
+    created = ews_side.create("account:C", {"first_name": "Ada"})
+    ews_side.read(created.item_id)  # the adapter now holds this version
+    (theirs,) = ews_account.fetch(ids=[(created.item_id, None)], only_fields=["job_title"])
+    theirs.job_title = "Edited in Outlook"
+    theirs.save(update_fields=["job_title"])
+    with pytest.raises(Stale):
+        ews_side.update(created.item_id, {"job_title": "From the CRM"}, created.change_key)
+    assert ews_side.read(created.item_id).record.job_title == "Edited in Outlook"
+
+
+def test_update_of_a_deleted_contact_is_stale(ews_side):
+    created = ews_side.create("account:G", {"first_name": "Gone"})
+    ews_side.delete(created.item_id, created.change_key)
+    with pytest.raises(Stale, match="deleted or moved"):
+        ews_side.update(created.item_id, {"job_title": "x"}, created.change_key)
+
+
+def test_update_can_restamp_the_crm_key(ews_side, ews_folder):
+    item = outlook_contact(ews_folder, given_name="Made in Outlook")
+    before = ews_side.read(item.id)
+    assert before.crm_key is None
+    after = ews_side.update(item.id, {}, before.change_key, crm_key="account:NEW-1")
+    assert after.crm_key == "account:NEW-1"
+    assert ews_side.find_by_crm_key("account:NEW-1").item_id == item.id
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_delete_moves_the_contact_to_deleted_items(ews_side, ews_account, ews_folder):
+    created = ews_side.create("account:DEL", {"first_name": "Temporary", "last_name": f"T{uuid.uuid4().hex[:6]}"})
+    ews_side.delete(created.item_id, created.change_key)
+    assert ews_side.read(created.item_id) is None
+    assert created.item_id not in folder_ids(ews_folder)
+    assert ews_side.find_by_crm_key("account:DEL") is None
+    in_trash = ews_account.trash.filter(surname=created.record.last_name)
+    assert [c.given_name for c in in_trash] == ["Temporary"]
+
+
+def test_deleting_a_contact_that_is_already_gone_is_not_an_error(ews_side):
+    created = ews_side.create("account:TWICE", {"first_name": "Twice"})
+    ews_side.delete(created.item_id, None)
+    ews_side.delete(created.item_id, None)
+    assert ews_side.read(created.item_id) is None
+
+
+def test_delete_with_an_outdated_change_key_is_stale_and_keeps_the_contact(ews_side):
+    created = ews_side.create("account:KEEP", {"first_name": "Keep"})
+    ews_side.update(created.item_id, {"job_title": "edited"}, created.change_key)
+    with pytest.raises(Stale):
+        ews_side.delete(created.item_id, created.change_key)
+    assert ews_side.read(created.item_id) is not None
+
+
+# --------------------------------------------------------------------------- privacy
+
+
+def test_a_private_contact_reads_as_private_with_an_empty_record(ews_side, ews_folder):
+    item = outlook_contact(ews_folder, given_name="Secret", surname="Person", sensitivity="Private",
+                           body="my doctor", email_addresses=[EmailAddress(label="EmailAddress1", email="s@x.org")])
+    rec = ews_side.read(item.id)
+    assert rec.private is True
+    assert rec.record == CanonicalContact()
+    assert "Secret" not in repr(rec) and "doctor" not in repr(rec)
+    (many,) = ews_side.read_many([item.id])
+    assert many.private is True and many.record == CanonicalContact()
+
+
+def test_the_private_set_is_configurable(ews_account, ews_folder):
+    item = outlook_contact(ews_folder, given_name="Conf", sensitivity="Confidential")
+    assert EwsExchange(ews_account, ews_folder).read(item.id).private is False
+    strict = EwsExchange(ews_account, ews_folder, private_sensitivities={"Private", "Confidential"})
+    rec = strict.read(item.id)
+    assert rec.private is True and rec.record == CanonicalContact()
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_bulk_create_of_200_contacts_is_one_call_in_two_requests(ews_side, emulator_proc):
+    entries = [(f"account:B{i:03d}", {"first_name": f"Bulk{i}", "email": f"bulk{i}@example.com"}) for i in range(200)]
+    emulator_proc.reset_stats()
+    results = ews_side.create_many(entries)
+    assert emulator_proc.stats().get("CreateItem") == 2  # chunks of 100
+    assert all(isinstance(r, ExchangeRecord) for r in results)
+    assert [r.crm_key for r in results] == [k for k, _ in entries]
+    assert [r.record.first_name for r in results] == [f"Bulk{i}" for i in range(200)]
+    read = ews_side.read_many([r.item_id for r in results])
+    assert [r.record.email for r in read] == [f"bulk{i}@example.com" for i in range(200)]
+    assert ews_side.find_by_crm_key("account:B123").record.first_name == "Bulk123"
+    assert len(ews_side.stamped_items()) == 200
+
+
+def test_bulk_create_reports_a_bad_entry_alone(ews_side):
+    results = ews_side.create_many([("account:OK1", {"first_name": "Fine"}),
+                                    ("account:BAD", {"first_name": "x" * 300}),
+                                    ("account:OK2", {"first_name": "Also fine"})])
+    assert isinstance(results[0], ExchangeRecord) and isinstance(results[2], ExchangeRecord)
+    assert isinstance(results[1], BadRecord)
+    assert "account:BAD" in str(results[1]) and "first_name" in str(results[1])
+
+
+def test_read_many_keeps_the_order_and_marks_missing_items(ews_side):
+    a = ews_side.create("account:RA", {"first_name": "A"})
+    b = ews_side.create("account:RB", {"first_name": "B"})
+    ews_side.delete(a.item_id, None)
+    out = ews_side.read_many([b.item_id, a.item_id])
+    assert out[0].record.first_name == "B" and out[1] is None
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_server_busy_beyond_max_wait_is_transient_with_the_servers_back_off(ews_side, emulator_proc):
+    emulator_proc.inject_fault("CreateItem", "server_busy", count=1, back_off_ms=2000)
+    t0 = time.monotonic()
+    with pytest.raises(Transient) as info:
+        ews_side.create("account:BUSY", {"first_name": "Busy"})
+    assert time.monotonic() - t0 < 5  # exchangelib did not sit out the back-off itself
+    assert info.value.retry_after == pytest.approx(2.0, abs=0.01)
+    assert ALICE in str(info.value)
+    assert ews_side.find_by_crm_key("account:BUSY") is None
+    assert ews_side.create("account:BUSY", {"first_name": "Busy"}).crm_key == "account:BUSY"
+
+
+def test_a_short_server_busy_is_retried_inside_exchangelib(ews_side, emulator_proc):
+    emulator_proc.inject_fault("CreateItem", "server_busy", count=1, back_off_ms=200)
+    created = ews_side.create("account:BRIEF", {"first_name": "Brief"})
+    assert ews_side.read(created.item_id).record.first_name == "Brief"
+
+
+def test_http_503_is_transient(ews_side, emulator_proc):
+    emulator_proc.inject_fault("GetItem", "http_503", count=1)
+    with pytest.raises(Transient):
+        ews_side.read("AAAA-some-id")
+
+
+def test_a_busy_bulk_create_marks_every_entry_transient(ews_side, emulator_proc):
+    emulator_proc.inject_fault("CreateItem", "server_busy", count=1, back_off_ms=5000)
+    results = ews_side.create_many([(f"account:T{i}", {"first_name": f"T{i}"}) for i in range(3)])
+    assert all(isinstance(r, Transient) and r.retry_after == pytest.approx(5.0) for r in results)
+
+
+# --------------------------------------------------------------------------- feed
+
+
+def test_the_feed_reports_creates_updates_and_deletes_incrementally(ews_side, ews_account, ews_folder):
+    feed = ExchangeFeed(ews_account, ews_folder)
+    first, state, more = feed.changes(None)
+    assert (first, more) == ([], False)
+
+    a = ews_side.create("account:FA", {"first_name": "A"})
+    b = ews_side.create("account:FB", {"first_name": "B"})
+    changes, state, more = feed.changes(state)
+    assert not more
+    assert changes == [ExchangeChange(a.item_id, a.change_key, "upsert"), ExchangeChange(b.item_id, b.change_key, "upsert")]
+
+    changes, state2, _ = feed.changes(state)
+    assert changes == []
+
+    b2 = ews_side.update(b.item_id, {"job_title": "x"}, b.change_key)
+    ews_side.delete(a.item_id, None)
+    changes, state3, _ = feed.changes(state2)
+    assert ExchangeChange(b.item_id, b2.change_key, "upsert") in changes
+    assert ExchangeChange(a.item_id, None, "delete") in changes
+    assert len(changes) == 2
+
+    # The stored state is what counts: a new feed object (a restarted producer) resumes from it.
+    again, _, _ = ExchangeFeed(ews_account, ews_folder).changes(state3)
+    assert again == []
+
+
+def test_the_feed_pages_with_more(ews_side, ews_account, ews_folder):
+    ews_side.create_many([(f"account:P{i}", {"first_name": f"P{i}"}) for i in range(5)])
+    feed = ExchangeFeed(ews_account, ews_folder)
+    seen, state, rounds = [], None, 0
+    while True:
+        changes, state, more = feed.changes(state, max_changes=2)
+        seen += changes
+        rounds += 1
+        assert len(changes) <= 2
+        if not more:
+            break
+    assert rounds == 3 and len({c.item_id for c in seen}) == 5
+
+
+def test_the_feed_carries_ids_only(ews_side, ews_account, ews_folder, emulator_proc):
+    ews_side.create("account:IDS", {"first_name": "Ids"})
+    feed = ExchangeFeed(ews_account, ews_folder)
+    changes, _, _ = feed.changes(None)
+    assert all(set(vars(c)) == {"item_id", "change_key", "op"} for c in changes)
+
+
+def test_the_doorbell_rings_on_a_change(ews_side, ews_account, ews_folder):
+    feed = ExchangeFeed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is False  # subscribes; nothing happened yet
+        ews_side.create("account:BELL", {"first_name": "Bell"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        feed.close()
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def test_open_folder_without_create_names_the_missing_folder(ews_account):
+    with pytest.raises(ConfigError, match=r"mailbox alice@example.com: folder 'Nope' does not exist under Contacts"):
+        open_folder(ews_account, "Nope", create=False)
+
+
+def test_open_folder_creates_a_nested_path_once(ews_account):
+    name = f"Top {uuid.uuid4().hex[:6]}"
+    made = open_folder(ews_account, f"{name}/Sub")
+    again = open_folder(ews_account, f"{name.upper()}/sub", create=False)
+    assert made.id == again.id and made.name == "Sub"
+    with pytest.raises(ConfigError, match=r"folder 'Missing' does not exist under Contacts/" + name):
+        open_folder(ews_account, f"{name}/Missing", create=False)
+
+
+def test_a_wrong_password_is_a_config_error_that_does_not_show_it(emulator_proc):
+    account = connect(endpoint=emulator_proc.endpoint, mailbox=BOB, auth="basic", username=BOB,
+                      password="wrong-pass-123", access="delegate", max_wait=MAX_WAIT)
+    with pytest.raises(ConfigError) as info:
+        open_folder(account, "CRM Accounts")
+    assert BOB in str(info.value)
+    assert "wrong-pass-123" not in str(info.value) and "wrong-pass-123" not in repr(info.value)
+
+
+def test_impersonation_through_a_service_account(emulator_proc):
+    account = connect(endpoint=emulator_proc.endpoint, mailbox=BOB, auth="basic", username=SVC, password=SVC_PW,
+                      access="impersonation", max_wait=MAX_WAIT)
+    folder = open_folder(account, "Impersonated")
+    side = EwsExchange(account, folder)
+    rec = side.create("account:IMP", {"first_name": "Via service"})
+    assert side.read(rec.item_id).record.first_name == "Via service"
+
+
+def test_impersonation_without_the_right_is_a_config_error_naming_the_mailbox(emulator_proc):
+    account = connect(endpoint=emulator_proc.endpoint, mailbox=BOB, auth="basic", username=ALICE,
+                      password=ALICE_PW, access="impersonation", max_wait=MAX_WAIT)
+    with pytest.raises(ConfigError, match=BOB):
+        open_folder(account, "CRM Accounts")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"auth": "kerberos"}, "exchange.auth"),
+        ({"access": "owner"}, "exchange.access"),
+        ({"password": ""}, "password_env"),
+        ({"auth": "oauth"}, "client_id"),
+        ({"mailbox": "not-an-address"}, "not an email address"),
+    ],
+)
+def test_bad_connection_settings_are_named(kwargs, message):
+    args = {"endpoint": "https://mail.example.com/EWS/Exchange.asmx", "mailbox": ALICE, "auth": "basic",
+            "username": ALICE, "password": "pw", **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        connect(**args)

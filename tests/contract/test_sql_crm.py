@@ -1,0 +1,176 @@
+"""The CRM adapter (SqlCrm) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from crmsync.connectors.crm.changelog import Changelog
+from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+from crmsync.errors import BadRecord, Stale
+
+
+def run_sql(connect: Callable[[], Any], *statements: str) -> None:
+    conn = connect()
+    try:
+        for sql in statements:
+            conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+A1 = "(SELECT id FROM accounts WHERE account_no = 'A-1')"
+
+
+@pytest.fixture
+def crm(crm_engine: Engine, crm_dbapi) -> SqlCrm:
+    run_sql(
+        crm_dbapi,
+        "INSERT INTO accounts (account_no, company_name, first_name, last_name, email, "
+        "phone_business, postal_code) VALUES "
+        "('A-1', 'Acme GmbH', 'Anna', 'Berg', 'anna@acme.example', '+49 30 1234', '10115')",
+        "INSERT INTO accounts (account_no, company_name, is_active) VALUES ('A-2', 'Old Co', false)",
+        "INSERT INTO contacts (id, account_id, first_name, last_name, email) VALUES "
+        f"(5, {A1}, 'Carl', 'Dahl', 'carl@acme.example')",
+        f"INSERT INTO contacts (id, account_id, first_name) VALUES (6, {A1}, 'Dora')",
+    )
+    return SqlCrm(crm_engine)
+
+
+def test_read_an_account_and_a_secondary_contact(crm: SqlCrm) -> None:
+    acc = crm.read("account:A-1")
+    assert acc is not None and acc.active and acc.account_key is None
+    assert (acc.record.company_name, acc.record.first_name, acc.record.postal_code) == (
+        "Acme GmbH", "Anna", "10115")
+    con = crm.read("contact:5")
+    assert con is not None and con.account_key == "account:A-1"
+    assert (con.record.first_name, con.record.company_name) == ("Carl", "Acme GmbH")
+    assert crm.read("account:nope") is None and crm.read("contact:999") is None
+    assert crm.read("account:A-2").active is False
+    with pytest.raises(BadRecord, match="contact:x"):
+        crm.read("contact:x")
+
+
+def test_read_many_matches_read(crm: SqlCrm) -> None:
+    keys = ["account:A-1", "account:A-2", "contact:5", "contact:6", "account:missing", "contact:404"]
+    many = crm.read_many(keys)
+    assert set(many) == {"account:A-1", "account:A-2", "contact:5", "contact:6"}
+    for key, rec in many.items():
+        assert crm.read(key) == rec
+
+
+def test_update_writes_and_changes_the_version(crm: SqlCrm, crm_engine: Engine) -> None:
+    before = crm.read("account:A-1")
+    after = crm.update("account:A-1", {"phone_business": "+49 30 9999", "city": "Berlin"}, before.version)
+    assert (after.record.phone_business, after.record.city) == ("+49 30 9999", "Berlin")
+    assert after.version != before.version and after.modified_at is not None
+    assert crm.read("account:A-1") == after
+
+
+def test_update_with_a_stale_version_is_refused(crm: SqlCrm, crm_dbapi) -> None:
+    before = crm.read("account:A-1")
+    run_sql(crm_dbapi, "UPDATE accounts SET notes = 'edited by a person' WHERE account_no = 'A-1'")
+    with pytest.raises(Stale, match="account:A-1"):
+        crm.update("account:A-1", {"city": "Berlin"}, before.version)
+    assert crm.read("account:A-1").record.city is None
+
+
+def test_contact_version_follows_its_account_company_name(crm: SqlCrm, crm_dbapi) -> None:
+    before = crm.read("contact:5")
+    run_sql(crm_dbapi, "UPDATE accounts SET company_name = 'Acme AG' WHERE account_no = 'A-1'")
+    now = crm.read("contact:5")
+    assert now.record.company_name == "Acme AG" and now.version != before.version
+    with pytest.raises(Stale):
+        crm.update("contact:5", {"job_title": "CTO"}, before.version)
+
+
+def test_contact_update_never_writes_company_name(crm: SqlCrm) -> None:
+    before = crm.read("contact:5")
+    after = crm.update("contact:5", {"job_title": "CTO", "company_name": "Other"}, before.version)
+    assert after.record.job_title == "CTO" and after.record.company_name == "Acme GmbH"
+    assert crm.read("account:A-1").record.company_name == "Acme GmbH"
+
+
+def test_update_with_nothing_new_writes_nothing(crm: SqlCrm, crm_engine: Engine) -> None:
+    log = Changelog(crm_engine)
+    before_rows = log.count()
+    rec = crm.read("account:A-1")
+    same = crm.update("account:A-1", {"email": "anna@acme.example"}, rec.version)
+    assert same == rec and log.count() == before_rows
+
+
+def test_update_of_an_unknown_field_names_the_record(crm: SqlCrm) -> None:
+    rec = crm.read("account:A-1")
+    with pytest.raises(BadRecord, match="account:A-1.*shoe_size"):
+        crm.update("account:A-1", {"shoe_size": "44"}, rec.version)
+
+
+def test_create_account_is_idempotent(crm: SqlCrm, crm_engine: Engine) -> None:
+    no = crm.new_account_no()
+    assert no.startswith("EX-") and len(no) == 13 and crm.read(f"account:{no}") is None
+    first = crm.create_account(no, {"first_name": "Eve", "company_name": "Eve Ltd"})
+    again = crm.create_account(no, {"first_name": "Someone else"})
+    assert first == again and first.key == f"account:{no}" and first.active
+    assert first.record.first_name == "Eve"
+    with crm_engine.connect() as conn:
+        n = conn.execute(text("SELECT count(*) FROM accounts WHERE account_no = :n"), {"n": no}).scalar()
+    assert n == 1
+
+
+def test_concurrent_create_account_makes_one_row(crm: SqlCrm, crm_engine: Engine) -> None:
+    no = crm.new_account_no()
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            results.append(crm.create_account(no, {"last_name": "Race"}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 4 and len({r.version for r in results}) == 1
+    with crm_engine.connect() as conn:
+        n = conn.execute(text("SELECT count(*) FROM accounts WHERE account_no = :n"), {"n": no}).scalar()
+    assert n == 1
+
+
+def test_deactivate_keeps_the_row(crm: SqlCrm, crm_engine: Engine) -> None:
+    rec = crm.read("account:A-1")
+    gone = crm.deactivate("account:A-1", rec.version)
+    assert gone is not None and gone.active is False
+    assert crm.read("account:A-1").active is False
+    assert crm.deactivate("account:A-1", None).active is False          # idempotent
+    assert crm.deactivate("account:missing", None) is None
+    with crm_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM accounts WHERE account_no = 'A-1'")).scalar() == 1
+    assert "account:A-1" not in crm.all_keys()
+
+
+def test_deactivate_with_a_stale_version_is_refused(crm: SqlCrm, crm_dbapi) -> None:
+    rec = crm.read("account:A-1")
+    run_sql(crm_dbapi, "UPDATE accounts SET city = 'Hamburg' WHERE account_no = 'A-1'")
+    with pytest.raises(Stale):
+        crm.deactivate("account:A-1", rec.version)
+    assert crm.read("account:A-1").active is True
+
+
+def test_keys_for_the_initial_sync_and_the_fan_out(crm: SqlCrm) -> None:
+    assert crm.all_keys() == ["account:A-1", "contact:5", "contact:6"]
+    assert crm.contact_keys_of_account("A-1") == ["contact:5", "contact:6"]
+    assert crm.contact_keys_of_account("A-2") == []
+
+
+def test_timestamps_written_by_other_programs_are_read(crm: SqlCrm, crm_dbapi) -> None:
+    run_sql(crm_dbapi, "UPDATE accounts SET updated_at = '2026-01-02 03:04:05' WHERE account_no = 'A-1'")
+    rec = crm.read("account:A-1")
+    assert rec.modified_at is not None and rec.modified_at.isoformat() == "2026-01-02T03:04:05+00:00"

@@ -1,0 +1,1 @@
+"""Test helpers shared by contract, e2e and reliability tests (real processes, no mocks)."""

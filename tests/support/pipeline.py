@@ -1,0 +1,251 @@
+"""A whole crmsync deployment on this machine, from real parts, for e2e/reliability/bench.
+
+The EWS emulator and the crmsync producer and worker run as child processes, Redis is the
+machine's redis-server (one database number per pipeline, flushed), the CRM is a SQLite file or
+a fresh PostgreSQL database. Tests act like people: plain SQL on the CRM, exchangelib as the
+mailbox owner in Outlook.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from tests.support.emulator_proc import EmulatorProcess
+
+REDIS_HOST = "127.0.0.1"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MAILBOX = "alice@example.com"
+MAILBOX_PASSWORD = "alice-pw"
+SERVICE_USER = "svc@example.com"
+SERVICE_PASSWORD = "svc-secret-pw"
+FOLDER = "CRM Accounts"
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class CrmDatabase:
+    """A throwaway CRM database: a SQLite file or a new PostgreSQL database."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.url = f"sqlite:///{tmp / 'crm.db'}"
+            self.state_url = f"sqlite:///{tmp / 'state.db'}"
+            self._pg_names: list[str] = []
+        else:
+            suffix = uuid.uuid4().hex[:10]
+            self._pg_names = [f"crmsync_crm_{suffix}", f"crmsync_state_{suffix}"]
+            admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for name in self._pg_names:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            admin.dispose()
+            self.url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self._pg_names[0]}"
+            self.state_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self._pg_names[1]}"
+        self.engine = sa.create_engine(self.url)
+
+    def execute(self, sql: str, **params: Any) -> None:
+        """Plain SQL, as any other program writing to the CRM would."""
+        if self.kind == "sqlite":
+            path = self.url.removeprefix("sqlite:///")
+            with sqlite3.connect(path, timeout=30) as db:
+                db.execute(sql, params)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(sql), params)
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        if self._pg_names:
+            admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for name in self._pg_names:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+class Pipeline:
+    def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
+                 poll_interval_s: float = 0.5, max_attempts: int = 8) -> None:
+        self.tmp = tmp
+        self.crm = CrmDatabase(crm_kind, tmp)
+        self.redis_db = next(_redis_dbs)
+        self.broker_url = f"redis://{REDIS_HOST}:6379/{self.redis_db}"
+        self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
+        redis.Redis.from_url(self.broker_url).flushdb()
+        self.emulator = EmulatorProcess(
+            tmp / "exchange",
+            users=[f"{MAILBOX}:{MAILBOX_PASSWORD}", f"{SERVICE_USER}:{SERVICE_PASSWORD}"],
+            impersonators=[SERVICE_USER],
+        )
+        self.emulator.start()
+        self.config_path = tmp / "crmsync.toml"
+        self.config_path.write_text(f"""
+[crm]
+url = "{self.crm.url}"
+[state]
+url = "{self.crm.state_url}"
+[broker]
+url = "{self.broker_url}"
+[exchange]
+endpoint = "{self.emulator.endpoint}"
+auth = "basic"
+username = "{SERVICE_USER}"
+password_env = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
+access = "impersonation"
+max_wait_s = 2
+[[mailbox]]
+address = "{MAILBOX}"
+folder = "{FOLDER}"
+[sync]
+poll_interval_s = {poll_interval_s}
+redrive_after_s = 10
+max_attempts = {max_attempts}
+lease_ttl_s = 20
+[worker]
+concurrency = {worker_concurrency}
+queue = "{self.queue}"
+[log]
+level = "INFO"
+""")
+        self.env = {**os.environ, "CRMSYNC_TEST_EXCHANGE_PASSWORD": SERVICE_PASSWORD,
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.pop("CRMSYNC_CONFIG", None)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._state_engine = sa.create_engine(self.crm.state_url)
+        self._outlook = None
+        self.cli("init")
+
+    # processes -----------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "crmsync", "--config", str(self.config_path), *args]
+        done = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"crmsync {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        cmd = [sys.executable, "-m", "crmsync", "--config", str(self.config_path), *args]
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=log,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, name: str = "worker", env: dict[str, str] | None = None,
+                     *extra: str) -> subprocess.Popen:
+        return self.start(name, "worker", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", *extra, env=env)
+
+    def start_producer(self, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start("producer", "producer", env=env)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def kill(self, name: str) -> None:
+        self.stop(name, signal.SIGKILL)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        self.emulator.stop()
+        self._state_engine.dispose()
+        self.crm.drop()
+
+    # state ---------------------------------------------------------------------------------
+    def state(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self._state_engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+    def unfinished_events(self) -> int:
+        return self.state("SELECT count(*) AS n FROM events WHERE status NOT IN ('applied', 'dead')")[0]["n"]
+
+    def dead_events(self) -> list[dict[str, Any]]:
+        return self.state("SELECT * FROM events WHERE status = 'dead'")
+
+    def settle(self, timeout: float = 60, quiet_s: float = 2.0) -> None:
+        """Wait until every event is finished and no new one appeared for ``quiet_s``."""
+        def quiet() -> bool:
+            before = self.state("SELECT count(*) AS n FROM events")[0]["n"]
+            if self.unfinished_events():
+                return False
+            time.sleep(quiet_s)
+            after = self.state("SELECT count(*) AS n FROM events")[0]["n"]
+            return before == after and not self.unfinished_events()
+        wait_until(quiet, timeout, what="the pipeline to settle")
+
+    # the mailbox owner's Outlook -------------------------------------------------------------
+    def outlook(self):
+        """An exchangelib Account as the mailbox owner, and the sync folder (created by crmsync)."""
+        if self._outlook is None:
+            from exchangelib import BASIC, Account, Configuration, Credentials, DELEGATE
+
+            config = Configuration(service_endpoint=self.emulator.endpoint,
+                                   credentials=Credentials(MAILBOX, MAILBOX_PASSWORD), auth_type=BASIC)
+            account = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
+            self._outlook = account
+        account = self._outlook
+        folder = wait_until(lambda: next((f for f in account.contacts.children if f.name == FOLDER), None),
+                            30, what=f"folder {FOLDER}")
+        return account, folder
+
+    def contacts(self) -> list:
+        _, folder = self.outlook()
+        return list(folder.all())
+
+    def ews_writes(self) -> int:
+        stats = self.emulator.admin("GET", "/_emulator/stats")["requests"]
+        return sum(stats.get(op, 0) for op in ("CreateItem", "UpdateItem", "DeleteItem", "MoveItem"))
+
+    def crm_changelog_count(self) -> int:
+        return self.crm.query("SELECT count(*) AS n FROM crm_changelog")[0]["n"]

@@ -1,0 +1,196 @@
+"""In-memory sides and state store: the ports, without servers, for the service's unit tests."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from crmsync.errors import LeaseTaken, Stale
+from crmsync.ports import CrmRecord, Event, ExchangeRecord, Link, LinkUpdate, NewEvent
+from schemas.canonical import CanonicalContact, parse_crm_key
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class FakeCrm:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.writes = 0
+        self._counter = itertools.count(1)
+
+    def put(self, key: str, active: bool = True, **values) -> None:
+        self.rows[key] = {"record": CanonicalContact(**values), "active": active, "v": next(self._counter)}
+
+    def read(self, key: str) -> CrmRecord | None:
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        return CrmRecord(key=key, record=row["record"], version=str(row["v"]), active=row["active"],
+                         modified_at=NOW)
+
+    def update(self, key, changes, expect):
+        row = self.rows.get(key)
+        if row is None or str(row["v"]) != expect:
+            raise Stale(f"{key} changed")
+        data = row["record"].model_dump()
+        kind, _ = parse_crm_key(key)
+        data.update({k: v for k, v in changes.items() if not (kind == "contact" and k == "company_name")})
+        row.update(record=CanonicalContact(**data), v=next(self._counter))
+        self.writes += 1
+        return self.read(key)
+
+    def create_account(self, account_no, values):
+        key = f"account:{account_no}"
+        if key not in self.rows:
+            self.put(key, **values)
+            self.writes += 1
+        return self.read(key)
+
+    def deactivate(self, key, expect):
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        row.update(active=False, v=next(self._counter))
+        self.writes += 1
+        return self.read(key)
+
+    def new_account_no(self) -> str:
+        return f"EX-{uuid.uuid4().hex[:10].upper()}"
+
+
+class FakeExchange:
+    mailbox = "alice@example.com"
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict] = {}
+        self.trash: dict[str, dict] = {}
+        self.writes = 0
+
+    def put(self, private: bool = False, crm_key: str | None = None, **values) -> str:
+        item_id = f"item-{len(self.items) + len(self.trash) + 1}"
+        self.items[item_id] = {"record": CanonicalContact(**values), "ck": uuid.uuid4().hex,
+                               "crm_key": crm_key, "private": private}
+        return item_id
+
+    def _rec(self, item_id: str) -> ExchangeRecord:
+        it = self.items[item_id]
+        return ExchangeRecord(item_id=item_id, change_key=it["ck"],
+                              record=CanonicalContact() if it["private"] else it["record"],
+                              crm_key=it["crm_key"], private=it["private"], modified_at=NOW)
+
+    def read(self, item_id):
+        return self._rec(item_id) if item_id in self.items else None
+
+    def find_by_crm_key(self, crm_key):
+        return next((self._rec(i) for i, it in self.items.items() if it["crm_key"] == crm_key), None)
+
+    def create(self, crm_key, values):
+        item_id = self.put(crm_key=crm_key, **values)
+        self.writes += 1
+        return self._rec(item_id)
+
+    def update(self, item_id, changes, expect_change_key, crm_key=None):
+        it = self.items.get(item_id)
+        if it is None or it["ck"] != expect_change_key:
+            raise Stale(f"{item_id} changed")
+        data = it["record"].model_dump()
+        data.update(changes)
+        it.update(record=CanonicalContact(**data), ck=uuid.uuid4().hex)
+        if crm_key is not None:
+            it["crm_key"] = crm_key
+        self.writes += 1
+        return self._rec(item_id)
+
+    def delete(self, item_id, change_key):
+        if item_id in self.items:
+            self.trash[item_id] = self.items.pop(item_id)
+            self.writes += 1
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.events: dict[int, dict] = {}
+        self.links: dict[int, Link] = {}
+        self.conflicts: list[tuple] = []
+        self._ids = itertools.count(1)
+
+    # events
+    def add_events(self, events: list[NewEvent], cursor=None) -> list[int]:
+        ids = []
+        for e in events:
+            if any(x["dedup_key"] == e.dedup_key for x in self.events.values()):
+                continue
+            i = next(self._ids)
+            self.events[i] = {**e.__dict__, "id": i, "status": "pending", "attempts": 0, "last_error": None}
+            ids.append(i)
+        return ids
+
+    def event(self, **kw) -> int:
+        kw.setdefault("dedup_key", uuid.uuid4().hex)
+        kw.setdefault("mailbox", FakeExchange.mailbox)
+        return self.add_events([NewEvent(**kw)])[0]
+
+    def get_event(self, event_id):
+        e = self.events.get(event_id)
+        if e is None:
+            return None
+        return Event(id=e["id"], source=e["source"], mailbox=e["mailbox"], op=e["op"],
+                     crm_key=e["crm_key"], item_id=e["item_id"], status=e["status"],
+                     attempts=e["attempts"], last_error=e["last_error"], created_at=NOW)
+
+    def mark_applied(self, event_id):
+        self.events[event_id]["status"] = "applied"
+
+    def record_attempt(self, event_id, error):
+        self.events[event_id]["attempts"] += 1
+        self.events[event_id]["last_error"] = error
+        return self.events[event_id]["attempts"]
+
+    def mark_dead(self, event_id, error):
+        self.events[event_id].update(status="dead", last_error=error)
+
+    # links
+    def find_link(self, mailbox, *, crm_key=None, item_id=None):
+        for link in self.links.values():
+            if link.mailbox == mailbox and ((crm_key and link.crm_key == crm_key)
+                                            or (item_id and link.item_id == item_id)):
+                return link
+        return None
+
+    def links_for_mailbox(self, mailbox):
+        return [link for link in self.links.values() if link.mailbox == mailbox]
+
+    def acquire(self, mailbox, crm_key, item_id, owner, ttl_seconds, now):
+        link = self.find_link(mailbox, crm_key=crm_key)
+        if link is None:
+            if item_id and self.find_link(mailbox, item_id=item_id):
+                raise LeaseTaken("item linked concurrently")
+            link = Link(id=len(self.links) + 1, mailbox=mailbox, crm_key=crm_key, item_id=item_id,
+                        change_key=None, crm_version=None, base=None, crm_hash=None, exchange_hash=None)
+        token = getattr(self, "_lease", {}).get(link.id)
+        if token and token[1] > now:
+            raise LeaseTaken(f"{crm_key} leased")
+        self._lease = getattr(self, "_lease", {})
+        new_token = uuid.uuid4().hex
+        self._lease[link.id] = (new_token, now + timedelta(seconds=ttl_seconds))
+        link = replace(link, lease_token=new_token)
+        self.links[link.id] = replace(link, lease_token=None)
+        return link
+
+    def commit(self, link, update: LinkUpdate, now):
+        held = self._lease.get(link.id)
+        if held is None or held[0] != link.lease_token:
+            raise Stale("lease lost")
+        del self._lease[link.id]
+        self.links[link.id] = replace(link, lease_token=None, **update.__dict__, synced_at=now)
+        return self.links[link.id]
+
+    def release(self, link):
+        held = getattr(self, "_lease", {}).get(link.id)
+        if held and held[0] == link.lease_token:
+            del self._lease[link.id]
+
+    def record_conflict(self, *args):
+        self.conflicts.append(args)
