@@ -183,5 +183,6 @@ def main() -> None:
     try:
         app()
     except CrmsyncError as exc:
-        err.print(f"crmsync: {exc}", markup=False, highlight=False)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"crmsync: {line}", markup=False, highlight=False)
         sys.exit(2)

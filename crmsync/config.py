@@ -205,6 +205,13 @@ class ExchangeSettings(_Section):
             return None
         return _read_secret(self.password_env, "exchange.password_env", self._env)
 
+    def require_endpoint(self) -> str:
+        """The endpoint, for commands that talk to Exchange; ConfigError saying how to set it."""
+        if not self.endpoint:
+            raise ConfigError("config key exchange.endpoint: is required to reach Exchange; set it in "
+                              "[exchange] or with CRMSYNC_EXCHANGE_ENDPOINT")
+        return self.endpoint
+
     def client_secret(self) -> str:
         """The OAuth client secret, read now from ``client_secret_env``."""
         return _read_secret(self.client_secret_env, "exchange.client_secret_env", self._env)
@@ -322,6 +329,13 @@ class Settings(BaseModel):
     def config_path(self) -> str | None:
         """The TOML file these settings were loaded from (None: defaults and environment only)."""
         return self._config_path
+
+    def require_mailboxes(self) -> tuple[MailboxSettings, ...]:
+        """The mailboxes, for commands that sync; ConfigError when none is configured."""
+        if not self.mailboxes:
+            raise ConfigError("config key mailbox: no mailbox is configured; add a [[mailbox]] table with "
+                              "an address, or set CRMSYNC_MAILBOXES")
+        return self.mailboxes
 
     def mailbox(self, address: str) -> MailboxSettings:
         """The settings of one mailbox by address (case-insensitive); ConfigError if not listed."""

@@ -36,37 +36,20 @@ class LazyFeed:
         return self._feed.changes(sync_state, max_changes)
 
 
-def build_doorbell(settings: Settings):
-    from producers.doorbells import NullDoorbell, PostgresListenDoorbell, SqliteFileDoorbell
-
-    url = settings.crm.dsn()
-    if url.startswith("sqlite"):
-        return SqliteFileDoorbell(url)
-    if url.startswith("postgresql"):
-        return PostgresListenDoorbell(url)
-    return NullDoorbell()
-
-
 def build_producer_loop(container: Container):
-    from producers.crm_feed import CrmProducer
-    from producers.exchange_feed import ExchangeProducer
-    from producers.loop import ProducerLoop
-    from producers.publisher import CeleryPublisher
+    from producers.factory import build_loop
 
     settings = container.settings
-    mailboxes = [m.address for m in settings.mailboxes]
-    crm_producer = CrmProducer(container.changelog, container.crm, container.store, mailboxes,
-                               fan_out_contacts=True, batch_size=settings.sync.batch_size)
-    exchange_producers = [ExchangeProducer(mb, LazyFeed(container, mb), container.store)
-                          for mb in mailboxes]
-    return ProducerLoop(crm_producer, exchange_producers, CeleryPublisher.from_settings(settings),
-                        container.store, build_doorbell(settings),
-                        poll_interval_s=settings.sync.poll_interval_s,
-                        redrive_after_s=settings.sync.redrive_after_s)
+    feeds = {m.address: LazyFeed(container, m.address) for m in settings.mailboxes}
+    return build_loop(settings, changelog=container.changelog, crm=container.crm,
+                      store=container.store, feeds=feeds)
 
 
 def run_producer(container: Container, stop: threading.Event | None = None) -> None:
     """Run the producer loop in this thread until SIGTERM/SIGINT (or ``stop``)."""
+    from crmsync import testhooks
+
+    testhooks.arm_from_env()
     loop = build_producer_loop(container)
     if stop is None and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

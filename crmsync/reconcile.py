@@ -73,7 +73,11 @@ class Policy:
 
 @dataclass(frozen=True)
 class Plan:
-    """Field writes for each side, the record both will hold afterwards, and the conflicts."""
+    """Field writes for each side, the record both will hold afterwards, and the conflicts.
+
+    ``to_crm``/``to_exchange`` are read-only views (``MappingProxyType``) in field order; take
+    ``dict(...)`` of them to serialize.
+    """
 
     to_crm: Mapping[str, str | None]
     to_exchange: Mapping[str, str | None]

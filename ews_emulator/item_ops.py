@@ -93,16 +93,19 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
         except EwsError as e:
             error_message(messages, "FindItem", e)
             continue
-        if restriction is None and order is None and not shape.all and not shape.fields and not shape.ext:
-            # IdOnly listing: no need to decode item data.
+        if restriction is None and order is None:
+            # Page over ids first; decode only the items of this page.
             ids = ctx.store.folder_item_ids(folder["id"])
             chunk, nxt, last = page(ids, view)
             total = len(ids)
-            elems = []
-            for id_, ck in chunk:
-                e = etree.Element(t("Contact"))
-                etree.SubElement(e, t("ItemId"), Id=id_, ChangeKey=ck)
-                elems.append(e)
+            if not shape.all and not shape.fields and not shape.ext:
+                elems = []
+                for id_, ck in chunk:
+                    e = etree.Element(t("Contact"))
+                    etree.SubElement(e, t("ItemId"), Id=id_, ChangeKey=ck)
+                    elems.append(e)
+            else:
+                elems = [item_to_xml(i, shape) for i in ctx.store.get_items([i for i, _ in chunk])]
         else:
             items = [i for i in ctx.store.folder_items(folder["id"]) if pred(i)]
             apply_sort(items, order, field_value)

@@ -105,6 +105,8 @@ class Store:
         self.listeners: list[Callable[[list[dict]], None]] = []
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self.generation = 0          # bumped after every committed write (read caches key on it)
+        self._ids_cache: dict[str, tuple[int, list[tuple[str, str]]]] = {}
         conn = self._conn()
         conn.executescript(SCHEMA)
 
@@ -145,6 +147,7 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self.generation += 1
         if tx.journal_rows:
             for listener in list(self.listeners):
                 try:
@@ -220,15 +223,34 @@ class Store:
         row = self.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
         return self._item(row) if row else None
 
+    def get_items(self, item_ids: list[str]) -> list[dict]:
+        """The stored items among ``item_ids``, in the order given (missing ids skipped)."""
+        found: dict[str, dict] = {}
+        for start in range(0, len(item_ids), 500):
+            batch = item_ids[start:start + 500]
+            marks = ",".join("?" * len(batch))
+            for r in self.execute(f"SELECT * FROM items WHERE id IN ({marks})", batch):
+                found[r["id"]] = self._item(r)
+        return [found[i] for i in item_ids if i in found]
+
     def folder_items(self, folder_id: str) -> list[dict]:
         """Every item of the folder in creation order."""
         return [self._item(r) for r in self.execute(
             "SELECT * FROM items WHERE folder_id=? ORDER BY created, rowid", (folder_id,))]
 
     def folder_item_ids(self, folder_id: str) -> list[tuple[str, str]]:
-        """(id, change_key) of every item in the folder, cheap (no JSON decoding)."""
-        return [(r[0], r[1]) for r in self.execute(
+        """(id, change_key) of every item in the folder, cheap (no JSON decoding); cached until the
+        next write so paging through a large folder stays linear."""
+        gen = self.generation
+        hit = self._ids_cache.get(folder_id)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        ids = [(r[0], r[1]) for r in self.execute(
             "SELECT id, change_key FROM items WHERE folder_id=? ORDER BY created, rowid", (folder_id,))]
+        if len(self._ids_cache) > 64:
+            self._ids_cache.clear()
+        self._ids_cache[folder_id] = (gen, ids)
+        return ids
 
     # -- journal ----------------------------------------------------------------------------
     def journal_since(self, mailbox: str, seq: int, folder_id: str | None = None) -> list[dict]:
@@ -292,7 +314,7 @@ class WriteTx:
         """Delete a folder, its subfolders and their items (journalling every removal)."""
         for child in self.store.child_folders(folder["id"]):
             self.delete_folder(child)
-        for item_id, _ck in self.store.folder_item_ids(folder["id"]):
+        for (item_id,) in self.conn.execute("SELECT id FROM items WHERE folder_id=?", (folder["id"],)).fetchall():
             self.conn.execute("DELETE FROM items WHERE id=?", (item_id,))
             self._journal(folder["mailbox"], folder["id"], item_id, "delete", None)
         self.conn.execute("DELETE FROM folders WHERE id=?", (folder["id"],))

@@ -2,12 +2,16 @@
 
 The new sync state is committed only in the same state-database transaction as the events it
 produced: a crash before that commit replays the same changes from the old state next time.
+A sync state the server no longer accepts restarts the feed from a full listing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import structlog
 
+from crmsync.connectors.exchange.feed import SyncStateExpired
 from crmsync.ports import NewEvent
 from producers.ports import EventStore, ExchangeChangeLike, FeedPort
 
@@ -37,19 +41,37 @@ class ExchangeProducer:
         return NewEvent(source="exchange", mailbox=self.mailbox, op=op, item_id=change.item_id,
                         dedup_key=f"ex:{self.mailbox}:{change.item_id}:{version}")
 
+    def _changes(self, state: str | None, max_changes: int):
+        try:
+            return self.feed.changes(state, max_changes)
+        except SyncStateExpired:
+            if state is None:
+                raise
+            # A full listing reports every item again as a change; the dedup keys skip those
+            # whose ChangeKey already has an event, so only real changes become new events.
+            log.warning("producer.sync_state_expired", mailbox=self.mailbox,
+                        action="restarting the folder's feed from a full listing")
+            return self.feed.changes(None, max_changes)
+
+    def poll_batches(self, max_changes: int = 500) -> Iterator[list[int]]:
+        """Page by page while the feed says "more": each page's events are committed with its
+        sync state, then their ids are yielded (so the caller can publish them at once)."""
+        total = 0
+        for _ in range(MAX_ROUNDS_PER_POLL):
+            state = self.store.get_cursor(self.cursor_name)
+            changes, new_state, more = self._changes(state, max_changes)
+            events = [self._event(change) for change in changes]
+            if events or new_state != state:
+                ids = self.store.add_events(events, cursor=(self.cursor_name, new_state))
+                total += len(ids)
+                yield ids
+            if not more:
+                break
+        if total:
+            log.info("producer.events_created", count=total, source="exchange",
+                     mailbox=self.mailbox)
+
     def poll(self, max_changes: int = 500) -> list[int]:
         """Read changes since the stored sync state until the feed has no more; returns the ids
         of the events created now."""
-        created: list[int] = []
-        for _ in range(MAX_ROUNDS_PER_POLL):
-            state = self.store.get_cursor(self.cursor_name)
-            changes, new_state, more = self.feed.changes(state, max_changes)
-            events = [self._event(change) for change in changes]
-            if events or new_state != state:
-                created.extend(self.store.add_events(events, cursor=(self.cursor_name, new_state)))
-            if not more:
-                break
-        if created:
-            log.info("producer.events_created", count=len(created), source="exchange",
-                     mailbox=self.mailbox)
-        return created
+        return [event_id for ids in self.poll_batches(max_changes) for event_id in ids]

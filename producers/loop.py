@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+MAX_UNSENT_KEPT = 100_000
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -53,9 +55,13 @@ class ProducerLoop:
         self.redrive_limit = redrive_limit
         #: Set it (e.g. from a SIGTERM handler) to end ``run`` after the current step.
         self.stop = threading.Event()
+        self._external_stop: threading.Event | None = None
         self._initial_done: set[str] = set()
         self._last_redrive: datetime | None = None
         self._backlog = False
+        #: Ids the broker refused lately, retried every cycle so a Redis that comes back is
+        #: caught up within a poll interval (the re-drive covers them after a restart too).
+        self._unsent: list[int] = []
 
     # ------------------------------------------------------------------ one cycle
     def _guarded(self, step: str, mailbox: str | None, fn: Callable[[], T], failed: T) -> T:
@@ -67,10 +73,22 @@ class ProducerLoop:
                           error=type(exc).__name__)
             return failed
 
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or bool(self._external_stop and self._external_stop.is_set())
+
     def _publish(self, step: str, ids: list[int], mailbox: str | None) -> None:
-        if ids:   # the publisher swallows broker errors; anything else is logged here
-            self._guarded(f"publish:{step}", mailbox,
-                          lambda: self.publisher.publish(self.store, ids), 0)
+        if not ids:
+            return
+        # The publisher swallows broker errors and sends in order; anything else is logged.
+        sent = self._guarded(f"publish:{step}", mailbox,
+                             lambda: self.publisher.publish(self.store, ids), 0)
+        if sent < len(ids) and len(self._unsent) < MAX_UNSENT_KEPT:
+            self._unsent.extend(ids[sent:])
+
+    def _retry_unsent(self) -> None:
+        if self._unsent:
+            ids, self._unsent = self._unsent, []
+            self._publish("retry", ids, None)
 
     def _initial(self, mailbox: str) -> int:
         assert self.crm_producer is not None
@@ -78,19 +96,33 @@ class ProducerLoop:
         for ids in self.crm_producer.initial_batches(mailbox):  # publish while writing
             self._publish("crm-initial", ids, mailbox)
             created += len(ids)
+            if self._stopping():   # resumed at the next start; the dedup keys skip the done part
+                return created
         self._initial_done.add(mailbox)
+        return created
+
+    def _exchange(self, producer: ExchangeProducer) -> int:
+        created = 0
+        for ids in producer.poll_batches(self.exchange_max_changes):  # publish page by page
+            self._publish("exchange", ids, producer.mailbox)
+            created += len(ids)
+            if self._stopping():   # the sync state is stored with each page: resume from there
+                break
         return created
 
     def run_once(self) -> int:
         """One cycle; returns the number of events created."""
         created = 0
         self._backlog = False
+        self._retry_unsent()
         crm = self.crm_producer
         if crm is not None:
             for mailbox in crm.mailboxes:
                 if mailbox not in self._initial_done:
                     created += self._guarded("crm-initial", mailbox,
                                              lambda mb=mailbox: self._initial(mb), 0)
+                if self._stopping():     # a long initial sync must not delay a SIGTERM
+                    return created
             for batch in range(self.max_crm_batches_per_cycle):
                 ids = self._guarded("crm", None, crm.poll, None)
                 if ids is None:
@@ -101,10 +133,8 @@ class ProducerLoop:
                     break
                 self._backlog = batch == self.max_crm_batches_per_cycle - 1
         for producer in self.exchange_producers:
-            ids = self._guarded("exchange", producer.mailbox,
-                                lambda p=producer: p.poll(self.exchange_max_changes), [])
-            self._publish("exchange", ids, producer.mailbox)
-            created += len(ids)
+            created += self._guarded("exchange", producer.mailbox,
+                                     lambda p=producer: self._exchange(p), 0)
         self._maybe_redrive()
         return created
 
@@ -125,22 +155,22 @@ class ProducerLoop:
     def run(self, stop: threading.Event | None = None) -> None:
         """Cycle until ``stop`` (or ``self.stop``) is set; between cycles sleep until the
         doorbell rings or the poll interval passes."""
-        stop = stop or self.stop
+        self._external_stop = stop
         self.doorbell.start()
         log.info("producer.started", mailboxes=[p.mailbox for p in self.exchange_producers],
                  poll_interval_s=self.poll_interval_s)
         try:
-            while not stop.is_set() and not self.stop.is_set():
+            while not self._stopping():
                 self.run_once()
                 if not self._backlog:
-                    self._sleep(stop)
+                    self._sleep()
         finally:
             self.doorbell.stop()
             log.info("producer.stopped")
 
-    def _sleep(self, stop: threading.Event) -> None:
+    def _sleep(self) -> None:
         deadline = time.monotonic() + self.poll_interval_s
-        while not stop.is_set() and not self.stop.is_set():
+        while not self._stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.doorbell.wait(min(remaining, 0.25)):
                 return

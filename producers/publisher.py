@@ -15,6 +15,7 @@ import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
+from crmsync.testhooks import crash_point
 from schemas.events import APPLY_EVENT_TASK, EVENTS_QUEUE, EventMessage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,6 +122,7 @@ class CeleryPublisher:
                                   queue=self.queue, producer=producer, add_to_parent=False)
                     unmarked.append(event_id)
                     sent += 1
+                    crash_point("after_publish")   # reliability tests: sent, not yet marked
                     if len(unmarked) >= MARK_EVERY:
                         store.mark_published(unmarked)
                         unmarked = []

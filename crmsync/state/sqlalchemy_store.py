@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -28,17 +27,41 @@ BATCH = 500
 PENDING, PUBLISHED, APPLIED, DEAD = "pending", "published", "applied", "dead"
 
 
-@dataclass(frozen=True)
-class MailboxStatus:
-    """One line of ``crmsync status``."""
-
-    mailbox: str
-    links: int                 # live links (not deleted)
-    pending: int
-    published: int
-    applied: int
-    dead: int
-    last_synced_at: datetime | None
+# Hot-path statements, built once: a worker runs several of these per event, and building a
+# statement costs more Python time than executing it on SQLite.
+_LINK_BY_KEY = select(links).where(links.c.mailbox == bindparam("mb"),
+                                   links.c.crm_key == bindparam("key"))
+_LINK_BY_ITEM = select(links).where(links.c.mailbox == bindparam("mb"),
+                                    links.c.item_id == bindparam("item"))
+_TAKE_LEASE = (
+    update(links)
+    .where(links.c.id == bindparam("lid"), or_(
+        links.c.lease_owner.is_(None), links.c.lease_until.is_(None),
+        links.c.lease_until <= bindparam("now"), links.c.lease_owner == bindparam("owner")))
+    .values(lease_owner=bindparam("owner"), lease_token=bindparam("token"),
+            lease_until=bindparam("until"))
+    .returning(*links.c)
+)
+_NEW_LINK = links.insert().returning(*links.c)
+_COMMIT_LINK = (
+    update(links)
+    .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
+    .values(item_id=bindparam("v_item_id"), change_key=bindparam("v_change_key"),
+            crm_version=bindparam("v_crm_version"), base_json=bindparam("v_base_json"),
+            crm_hash=bindparam("v_crm_hash"), exchange_hash=bindparam("v_exchange_hash"),
+            deleted=bindparam("v_deleted"), synced_at=bindparam("v_synced_at"),
+            lease_owner=None, lease_token=None, lease_until=None)
+    .returning(*links.c)
+)
+_RELEASE = (update(links)
+            .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
+            .values(lease_owner=None, lease_token=None, lease_until=None))
+_EVENT_BY_ID = select(events).where(events.c.id == bindparam("eid"))
+_MARK_APPLIED = (update(events).where(events.c.id == bindparam("eid"))
+                 .values(status=APPLIED, applied_at=bindparam("at")))
+_COUNT_ATTEMPT = (update(events).where(events.c.id == bindparam("eid"))
+                  .values(attempts=events.c.attempts + 1, last_error=bindparam("err"))
+                  .returning(events.c.attempts))
 
 
 def _now() -> datetime:
@@ -103,18 +126,17 @@ class SqlStateStore:
         ]
         ids: list[int] = []
         with write_tx(self.engine) as conn:
-            for i in range(0, len(rows), BATCH):
-                stmt = (self._insert(events).values(rows[i:i + BATCH])
-                        .on_conflict_do_nothing(index_elements=["dedup_key"])
+            if rows:  # executemany: SQLAlchemy batches it into multi-row INSERT ... RETURNING
+                stmt = (self._insert(events).on_conflict_do_nothing(index_elements=["dedup_key"])
                         .returning(events.c.id))
-                ids.extend(int(x) for x in conn.execute(stmt).scalars())
+                ids.extend(int(x) for x in conn.execute(stmt, rows).scalars())
             if cursor is not None:
                 self._set_cursor(conn, cursor[0], cursor[1], now)
         return sorted(ids)
 
     def get_event(self, event_id: int) -> Event | None:
         with read_tx(self.engine) as conn:
-            row = conn.execute(select(events).where(events.c.id == event_id)).first()
+            row = conn.execute(_EVENT_BY_ID, {"eid": event_id}).first()
         return None if row is None else _event(row._mapping)
 
     def mark_published(self, event_ids: list[int]) -> None:
@@ -131,17 +153,12 @@ class SqlStateStore:
 
     def mark_applied(self, event_id: int) -> None:
         with write_tx(self.engine) as conn:
-            conn.execute(update(events).where(events.c.id == event_id)
-                         .values(status=APPLIED, applied_at=_now()))
+            conn.execute(_MARK_APPLIED, {"eid": event_id, "at": _now()})
 
     def record_attempt(self, event_id: int, error: str | None) -> int:
         """Count one more attempt (and keep its error); returns the attempts so far."""
         with write_tx(self.engine) as conn:
-            got = conn.execute(
-                update(events).where(events.c.id == event_id)
-                .values(attempts=events.c.attempts + 1, last_error=error)
-                .returning(events.c.attempts)
-            ).scalar()
+            got = conn.execute(_COUNT_ATTEMPT, {"eid": event_id, "err": error}).scalar()
         if got is None:
             raise BadRecord(f"event {event_id}: no such event in the state database")
         return int(got)
@@ -181,8 +198,6 @@ class SqlStateStore:
 
     def purge_events(self, applied_before: datetime) -> int:
         """Delete applied events older than ``applied_before``; returns how many."""
-        from sqlalchemy import delete
-
         with write_tx(self.engine) as conn:
             res = conn.execute(delete(events).where(events.c.status == APPLIED,
                                                     events.c.applied_at < applied_before))
@@ -209,13 +224,13 @@ class SqlStateStore:
                   item_id: str | None = None) -> Link | None:
         """The link of this mailbox by CRM key (if given) else by Exchange ItemId."""
         if crm_key is not None:
-            where = and_(links.c.mailbox == mailbox, links.c.crm_key == crm_key)
+            stmt, params = _LINK_BY_KEY, {"mb": mailbox, "key": crm_key}
         elif item_id is not None:
-            where = and_(links.c.mailbox == mailbox, links.c.item_id == item_id)
+            stmt, params = _LINK_BY_ITEM, {"mb": mailbox, "item": item_id}
         else:
             raise ValueError("find_link needs crm_key or item_id")
         with read_tx(self.engine) as conn:
-            row = conn.execute(select(links).where(where)).first()
+            row = conn.execute(stmt, params).first()
         return None if row is None else _link(row._mapping)
 
     def links_for_mailbox(self, mailbox: str) -> list[Link]:
@@ -236,32 +251,25 @@ class SqlStateStore:
         where_link = f"link ({mailbox}, {crm_key})"
         try:
             with write_tx(self.engine) as conn:
-                row = conn.execute(select(links).where(
-                    links.c.mailbox == mailbox, links.c.crm_key == crm_key)).first()
+                row = conn.execute(_LINK_BY_KEY, {"mb": mailbox, "key": crm_key}).first()
                 if row is None:
                     if item_id is not None:
-                        other = conn.execute(select(links.c.crm_key).where(
-                            links.c.mailbox == mailbox, links.c.item_id == item_id)).scalar()
+                        other = conn.execute(_LINK_BY_ITEM, {"mb": mailbox, "item": item_id}).first()
                         if other is not None:
                             raise BadRecord(
                                 f"{where_link}: Exchange item {item_id} is already linked to "
-                                f"{other} in this mailbox")
-                    conn.execute(links.insert().values(
-                        mailbox=mailbox, crm_key=crm_key, item_id=item_id, deleted=False,
-                        lease_owner=owner, lease_token=token, lease_until=until, created_at=now))
+                                f"{other.crm_key} in this mailbox")
+                    got = conn.execute(_NEW_LINK, {
+                        "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id,
+                        "deleted": False, "lease_owner": owner, "lease_token": token,
+                        "lease_until": until, "created_at": now}).first()
                 else:
-                    res = conn.execute(
-                        update(links)
-                        .where(links.c.id == row.id, or_(
-                            links.c.lease_owner.is_(None), links.c.lease_until.is_(None),
-                            links.c.lease_until <= now, links.c.lease_owner == owner))
-                        .values(lease_owner=owner, lease_token=token, lease_until=until))
-                    if res.rowcount != 1:
+                    got = conn.execute(_TAKE_LEASE, {"lid": row.id, "now": now, "owner": owner,
+                                                     "token": token, "until": until}).first()
+                    if got is None:
                         raise LeaseTaken(
                             f"{where_link} is leased by {row.lease_owner} until "
                             f"{row.lease_until.isoformat() if row.lease_until else '?'}")
-                got = conn.execute(select(links).where(
-                    links.c.mailbox == mailbox, links.c.crm_key == crm_key)).first()
         except IntegrityError:
             raise LeaseTaken(f"{where_link} was created by a concurrent worker; retry") from None
         assert got is not None
@@ -272,31 +280,27 @@ class SqlStateStore:
         not), and release the lease in the same statement."""
         if link.lease_token is None:
             raise Stale(f"link ({link.mailbox}, {link.crm_key}): commit without a lease")
-        values = {
-            "item_id": update_.item_id,
-            "change_key": update_.change_key,
-            "crm_version": update_.crm_version,
-            "base_json": None if update_.base is None else update_.base.model_dump_json(),
-            "crm_hash": update_.crm_hash,
-            "exchange_hash": update_.exchange_hash,
-            "deleted": update_.deleted,
-            "synced_at": now,
-            "lease_owner": None,
-            "lease_token": None,
-            "lease_until": None,
+        params = {
+            "lid": link.id,
+            "token": link.lease_token,
+            "v_item_id": update_.item_id,
+            "v_change_key": update_.change_key,
+            "v_crm_version": update_.crm_version,
+            "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
+            "v_crm_hash": update_.crm_hash,
+            "v_exchange_hash": update_.exchange_hash,
+            "v_deleted": update_.deleted,
+            "v_synced_at": now,
         }
         try:
             with write_tx(self.engine) as conn:
-                res = conn.execute(update(links).where(
-                    links.c.id == link.id, links.c.lease_token == link.lease_token).values(**values))
-                if res.rowcount != 1:
+                got = conn.execute(_COMMIT_LINK, params).first()
+                if got is None:
                     raise Stale(f"link ({link.mailbox}, {link.crm_key}): the lease was lost "
                                 "(expired and taken over) before commit")
-                got = conn.execute(select(links).where(links.c.id == link.id)).first()
         except IntegrityError:
             raise BadRecord(f"link ({link.mailbox}, {link.crm_key}): Exchange item "
                             f"{update_.item_id} is already linked to another CRM record") from None
-        assert got is not None
         return _link(got._mapping)
 
     def release(self, link: Link) -> None:
@@ -304,9 +308,7 @@ class SqlStateStore:
         if link.lease_token is None:
             return
         with write_tx(self.engine) as conn:
-            conn.execute(update(links).where(links.c.id == link.id,
-                                             links.c.lease_token == link.lease_token)
-                         .values(lease_owner=None, lease_token=None, lease_until=None))
+            conn.execute(_RELEASE, {"lid": link.id, "token": link.lease_token})
 
     # ----------------------------------------------------------------------------- conflicts
     def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
@@ -324,8 +326,10 @@ class SqlStateStore:
             return [dict(r._mapping) for r in rows]
 
     # ----------------------------------------------------------------------------- status
-    def status_summary(self) -> list[MailboxStatus]:
-        """Per mailbox: live links, events by status, last sync time. Sorted by mailbox."""
+    def status_summary(self) -> list[dict[str, Any]]:
+        """One dict per mailbox, sorted by mailbox, for ``crmsync status``: ``mailbox``,
+        ``links`` (live, not deleted), ``pending``, ``published``, ``applied``, ``dead`` (event
+        counts) and ``last_synced_at`` (aware UTC or None)."""
         with read_tx(self.engine) as conn:
             link_rows = conn.execute(
                 select(links.c.mailbox,
@@ -348,9 +352,9 @@ class SqlStateStore:
             s = slot(mb)
             if status in s:
                 s[status] = int(n)
-        return [MailboxStatus(mailbox=mb, links=s["links"], pending=s[PENDING],
-                              published=s[PUBLISHED], applied=s[APPLIED], dead=s[DEAD],
-                              last_synced_at=_as_utc(s["last"]))
+        return [{"mailbox": mb, "links": s["links"], "pending": s[PENDING],
+                 "published": s[PUBLISHED], "applied": s[APPLIED], "dead": s[DEAD],
+                 "last_synced_at": _as_utc(s["last"])}
                 for mb, s in sorted(acc.items())]
 
 

@@ -5,24 +5,12 @@ Writes go through a plain DBAPI connection (sqlite3 / psycopg), as any other pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 from sqlalchemy import Engine, text
 
 from crmsync.connectors.crm.changelog import Changelog
 from crmsync.dbsetup import SchemaMismatch, check_crm_schema, init_crm, make_engine
-
-
-def run_sql(connect: Callable[[], Any], *statements: str) -> None:
-    conn = connect()
-    try:
-        for sql in statements:
-            conn.execute(sql)
-        conn.commit()
-    finally:
-        conn.close()
+from tests.contract.dbhelpers import run_sql
 
 
 def log_rows(engine: Engine) -> list[tuple[str, str, str, int | None]]:
@@ -145,3 +133,49 @@ def test_postgresql_notifies_each_change(crm_engine: Engine, crm_dbapi) -> None:
         assert log.listen(0.2) is False
     finally:
         log.close()
+
+
+def test_a_row_committed_late_with_a_smaller_id_is_still_read(crm_engine: Engine, crm_dbapi) -> None:
+    """PostgreSQL hands out sequence ids at insert, not at commit: a reader keyed on
+    ``id > last seen`` would skip the slow transaction's row forever; the processed flag does not."""
+    if crm_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has a single writer: changelog ids commit in order")
+    log = Changelog(crm_engine)
+    slow = crm_dbapi()
+    try:
+        slow.execute("INSERT INTO accounts (account_no) VALUES ('SLOW')")   # takes the smaller id
+        run_sql(crm_dbapi, "INSERT INTO accounts (account_no) VALUES ('FAST')")
+        (fast,) = log.pending()
+        assert fast.row_key == "FAST"
+        log.mark_processed([fast.id])
+        slow.commit()
+    finally:
+        slow.close()
+    (late,) = log.pending()
+    assert late.row_key == "SLOW" and late.id < fast.id
+
+
+def test_sqlite_write_transactions_take_the_write_lock_up_front(crm_engine: Engine, crm_dbapi) -> None:
+    """``write_tx`` begins with BEGIN IMMEDIATE on SQLite, so a read-then-write compare-and-set
+    cannot be overtaken by another writer between its read and its write."""
+    import sqlite3
+
+    from crmsync.dbsetup import read_tx, write_tx
+
+    if crm_engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL uses row locks (SELECT ... FOR UPDATE) instead")
+    path = crm_engine.url.database
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with read_tx(crm_engine) as conn:
+            conn.execute(text("SELECT count(*) FROM accounts"))
+            other.execute("BEGIN IMMEDIATE")          # a reader does not hold the write lock
+            other.execute("ROLLBACK")
+        with write_tx(crm_engine):
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")      # the writer holds it from BEGIN on
+        with crm_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        other.close()

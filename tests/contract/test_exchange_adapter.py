@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 from exchangelib import Contact
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 
 from crmsync.connectors.exchange.connect import connect, open_folder
@@ -19,8 +21,8 @@ from crmsync.connectors.exchange.ews import EwsExchange
 from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
-from schemas.canonical import CanonicalContact
-from tests.support.emulator_proc import EmulatorProcess, start_emulator
+from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
+from tests.support.emulator_proc import EmulatorProcess, self_signed_cert, start_emulator
 
 ALICE, ALICE_PW = "alice@example.com", "secret1"
 BOB, BOB_PW = "bob@example.com", "secret2"
@@ -33,7 +35,7 @@ FULL = CanonicalContact(
     phone_business="+41 44 123 45 67", phone_mobile="+41 79 765 43 21", phone_home="+41 44 000 00 00",
     fax="+41 44 123 45 68", street="Bahnhofstrasse 1\nPostfach 12", city="Zürich", state="ZH",
     postal_code="8001", country="Switzerland", website="https://example.com/a?b=1&c=2",
-    notes="Line 1 <b>not html</b> & 'quotes'\nLine 2 — 名前 🙂\n\n\tindented",
+    notes="Line 1 <b>not html</b> & 'quotes'\r\nLine 2 — 名前 🙂\n\n\tindented &amp; &#13; ",
 )
 
 
@@ -420,3 +422,67 @@ def test_bad_connection_settings_are_named(kwargs, message):
             "username": ALICE, "password": "pw", **kwargs}
     with pytest.raises(ConfigError, match=message):
         connect(**args)
+
+
+# --------------------------------------------------------------------------- the round trip, generated
+
+_xml_chars = st.characters(
+    blacklist_categories=("Cs",),
+    blacklist_characters=[chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), *range(0xFDD0, 0xFDE0), 0xFFFE, 0xFFFF)
+                          if c not in (0x09, 0x0A, 0x0D, 0x85)],
+)
+_text = st.text(_xml_chars, min_size=1, max_size=40) | st.sampled_from(["<&>", "]]>", "a\r\nb", " padded ", "名前🙂"])
+_records = st.builds(
+    CanonicalContact,
+    **{f: st.none() | _text for f in ACCOUNT_FIELDS},
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=_records)
+def test_generated_records_survive_create_read_and_update_through_exchange(ews_side, record):
+    created = ews_side.create("account:GEN", record.model_dump())
+    assert ews_side.read(created.item_id).record == record
+    cleared = ews_side.update(created.item_id, {f: None for f in ACCOUNT_FIELDS}, created.change_key)
+    assert cleared.record == CanonicalContact() == ews_side.read(created.item_id).record
+    ews_side.delete(created.item_id, None)
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    data = tmp_path_factory.mktemp("ews-tls")
+    cert, key = self_signed_cert(data / "tls")
+    emu = start_emulator(data, {ALICE: ALICE_PW}, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)])
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_an_untrusted_certificate_is_a_config_error_unless_verify_tls_is_off(tls_emulator):
+    assert tls_emulator.endpoint.startswith("https://")
+    strict = connect(endpoint=tls_emulator.endpoint, mailbox=ALICE, username=ALICE, password=ALICE_PW,
+                     access="delegate", max_wait=MAX_WAIT)
+    with pytest.raises(ConfigError, match="verify_tls"):
+        open_folder(strict, "CRM Accounts")
+    # Another (endpoint, credentials) pair: verification stays on for everybody else.
+    relaxed = connect(endpoint=tls_emulator.endpoint.replace("127.0.0.1", "localhost"), mailbox=ALICE,
+                      username=ALICE, password=ALICE_PW, access="delegate", verify_tls=False, max_wait=MAX_WAIT)
+    folder = open_folder(relaxed, "CRM Accounts")
+    assert EwsExchange(relaxed, folder).create("account:TLS", {"first_name": "Tls"}).crm_key == "account:TLS"
+    with pytest.raises(ConfigError, match="verify_tls"):
+        open_folder(connect(endpoint=tls_emulator.endpoint, mailbox=ALICE, username=ALICE, password=ALICE_PW,
+                            access="delegate", max_wait=MAX_WAIT), "CRM Accounts")
+
+
+def test_a_server_that_stays_busy_is_given_up_after_max_wait_in_total(ews_side, emulator_proc):
+    emulator_proc.inject_fault("CreateItem", "server_busy", count=20, back_off_ms=400)
+    t0 = time.monotonic()
+    with pytest.raises(Transient) as info:
+        ews_side.create("account:STAYS-BUSY", {"first_name": "Busy"})
+    assert time.monotonic() - t0 < MAX_WAIT + 2
+    assert info.value.retry_after == pytest.approx(0.4)

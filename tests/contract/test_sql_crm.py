@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,17 +11,7 @@ from sqlalchemy import Engine, text
 from crmsync.connectors.crm.changelog import Changelog
 from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
 from crmsync.errors import BadRecord, Stale
-
-
-def run_sql(connect: Callable[[], Any], *statements: str) -> None:
-    conn = connect()
-    try:
-        for sql in statements:
-            conn.execute(sql)
-        conn.commit()
-    finally:
-        conn.close()
-
+from tests.contract.dbhelpers import race, run_sql
 
 A1 = "(SELECT id FROM accounts WHERE account_no = 'A-1')"
 
@@ -174,3 +163,17 @@ def test_timestamps_written_by_other_programs_are_read(crm: SqlCrm, crm_dbapi) -
     run_sql(crm_dbapi, "UPDATE accounts SET updated_at = '2026-01-02 03:04:05' WHERE account_no = 'A-1'")
     rec = crm.read("account:A-1")
     assert rec.modified_at is not None and rec.modified_at.isoformat() == "2026-01-02T03:04:05+00:00"
+
+
+def test_concurrent_updates_from_one_version_have_one_winner(crm: SqlCrm) -> None:
+    """The compare-and-set is safe under concurrency: of N writers that read the same version,
+    exactly one writes, the others get Stale (BEGIN IMMEDIATE / SELECT ... FOR UPDATE)."""
+    for round_ in range(3):
+        rec = crm.read("account:A-1")
+        results = race([
+            lambda city=f"City {round_}-{i}", v=rec.version: crm.update("account:A-1", {"city": city}, v)
+            for i in range(4)])
+        won = [r for r in results if not isinstance(r, BaseException)]
+        stale = [r for r in results if isinstance(r, Stale)]
+        assert len(won) == 1 and len(stale) == 3, results
+        assert crm.read("account:A-1") == won[0]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from crmsync.dbsetup import init_state, state_revision
 from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import LinkUpdate, NewEvent
 from crmsync.state.sqlalchemy_store import SqlStateStore
 from schemas.canonical import CanonicalContact
+from tests.contract.dbhelpers import race
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 MB = "alice@example.com"
@@ -41,6 +42,19 @@ def test_init_state_is_idempotent(state_engine: Engine) -> None:
     assert state_revision(state_engine) == "0001_state_tables"
 
 
+def test_migrations_create_exactly_the_models(state_engine: Engine) -> None:
+    """The hand-written revision and schemas.state_tables must not drift apart."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from schemas.state_tables import state_metadata
+
+    with state_engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": "crmsync_alembic_version"})
+        assert compare_metadata(ctx, state_metadata) == []
+
+
 # ------------------------------------------------------------------------------------ events
 
 def test_duplicate_events_are_skipped(store: SqlStateStore) -> None:
@@ -65,7 +79,7 @@ def test_cursor_is_written_with_its_events(store: SqlStateStore) -> None:
 def test_cursor_is_not_moved_when_the_events_fail(store: SqlStateStore) -> None:
     store.add_events([crm_event(1)], cursor=("crm", "1"))
     broken = NewEvent(source="crm", mailbox=None, op="upsert", dedup_key="crm:2:x")  # type: ignore[arg-type]
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         store.add_events([crm_event(2), broken], cursor=("crm", "2"))
     assert store.get_cursor("crm") == "1"
     assert store.add_events([crm_event(2)]) != []        # event 2 was rolled back with it
@@ -114,11 +128,13 @@ def test_status_summary_per_mailbox(store: SqlStateStore) -> None:
     store.mark_dead(e3, "x")
     link = store.acquire(MB, "account:A1", None, "w1", 60, T0)
     store.commit(link, update_for(link), T0 + timedelta(seconds=1))
-    summary = {s.mailbox: s for s in store.status_summary()}
-    alice, bob = summary[MB], summary["bob@example.com"]
-    assert (alice.links, alice.pending, alice.published, alice.applied, alice.dead) == (1, 1, 1, 0, 0)
-    assert alice.last_synced_at == T0 + timedelta(seconds=1)
-    assert (bob.links, bob.dead, bob.last_synced_at) == (0, 1, None)
+    summary = store.status_summary()
+    assert [s["mailbox"] for s in summary] == [MB, "bob@example.com"]
+    alice, bob = summary
+    assert {k: alice[k] for k in ("links", "pending", "published", "applied", "dead")} == {
+        "links": 1, "pending": 1, "published": 1, "applied": 0, "dead": 0}
+    assert alice["last_synced_at"] == T0 + timedelta(seconds=1)
+    assert (bob["links"], bob["dead"], bob["last_synced_at"]) == (0, 1, None)
 
 
 # ------------------------------------------------------------------------------------ links
@@ -176,27 +192,11 @@ def test_an_item_linked_elsewhere_is_refused(store: SqlStateStore) -> None:
 def test_concurrent_acquire_has_exactly_one_winner(store: SqlStateStore) -> None:
     for round_ in range(5):
         key = f"account:R{round_}"
-        barrier = threading.Barrier(4)
-        won: list[str] = []
-        lost: list[str] = []
-        other: list[BaseException] = []
-
-        def worker(owner: str) -> None:
-            barrier.wait()
-            try:
-                store.acquire(MB, key, None, owner, 60, T0)
-                won.append(owner)
-            except LeaseTaken:
-                lost.append(owner)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                other.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert other == [] and len(won) == 1 and len(lost) == 3, (won, lost, other)
+        results = race([lambda owner=f"w{i}", k=key: store.acquire(MB, k, None, owner, 60, T0)
+                        for i in range(4)])
+        won = [r for r in results if not isinstance(r, BaseException)]
+        lost = [r for r in results if isinstance(r, LeaseTaken)]
+        assert len(won) == 1 and len(lost) == 3, results
 
 
 def test_conflicts_are_recorded(store: SqlStateStore) -> None:

@@ -31,12 +31,12 @@ def _phone(contact, label: str) -> str | None:
 
 def _assert_no_writes_for_two_cycles(pipeline) -> None:
     pipeline.settle()
-    pipeline.emulator.admin("POST", "/_emulator/stats/reset")
+    pipeline.emulator.reset_stats()
     changelog_before = pipeline.crm_changelog_count()
     events_before = pipeline.state("SELECT count(*) AS n FROM events")[0]["n"]
     time.sleep(3 * 0.5 + 2)  # more than two producer cycles
     pipeline.settle()
-    assert pipeline.ews_writes() == 0, pipeline.emulator.admin("GET", "/_emulator/stats")
+    assert pipeline.ews_writes() == 0, pipeline.emulator.stats()
     assert pipeline.crm_changelog_count() == changelog_before
     assert pipeline.state("SELECT count(*) AS n FROM events")[0]["n"] == events_before
 

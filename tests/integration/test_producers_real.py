@@ -9,6 +9,7 @@ import base64
 import json
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from structlog.testing import capture_logs
 
 from crmsync.connectors.crm.changelog import Changelog
 from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+from crmsync.celery_settings import celery_settings
 from crmsync.dbsetup import init_crm, init_state, make_engine
 from crmsync.ports import NewEvent
 from crmsync.state.sqlalchemy_store import SqlStateStore
@@ -62,7 +64,7 @@ def queue() -> str:
 
 @pytest.fixture
 def publisher(queue):
-    pub = CeleryPublisher(REDIS_URL, queue)
+    pub = CeleryPublisher(REDIS_URL, queue, celery_settings(REDIS_URL, queue))  # the workers' settings
     yield pub
     pub.close()
 
@@ -245,6 +247,53 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    wait_for(lambda: _pings(client), 10, f"redis-server on port {port}")
+    client.close()
+    return proc
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_publisher_survives_its_redis_dying_and_coming_back(sqlite_dbs, tmp_path, queue):
+    _, _, state_engine = sqlite_dbs
+    store = SqlStateStore(state_engine)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    pub = CeleryPublisher(url, queue, celery_settings(url, queue))
+    proc = start_redis(port, tmp_path)
+    try:
+        first = store.add_events([NewEvent("crm", MAILBOX, "upsert", "t:1", crm_key="account:A-1")])
+        assert pub.publish(store, first) == 1           # pooled connection now open
+
+        proc.terminate()                                # Redis dies under the open connection
+        proc.wait(timeout=10)
+        lost = store.add_events([NewEvent("crm", MAILBOX, "upsert", f"t:{i}", crm_key="account:A-2")
+                                 for i in (2, 3)])
+        started = time.monotonic()
+        assert pub.publish(store, lost) == 0
+        assert time.monotonic() - started < 10
+        assert {store.get_event(i).status for i in lost} == {"pending"}
+
+        proc = start_redis(port, tmp_path)              # back, empty (no persistence)
+        assert pub.publish(store, lost) == 2            # the same publisher reconnects
+        assert queued_event_ids(redis.Redis(port=port), queue) == lost
+    finally:
+        pub.close()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

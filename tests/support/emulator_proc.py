@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,12 +52,16 @@ class EmulatorProcess:
     start_timeout: float = 30.0
 
     @property
+    def scheme(self) -> str:
+        return "https" if "--tls-cert" in self.extra_args else "http"
+
+    @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/EWS/Exchange.asmx"
+        return f"{self.base_url}/EWS/Exchange.asmx"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -139,7 +144,9 @@ class EmulatorProcess:
         req = urllib.request.Request(self.base_url + path, data=data, method=method.upper(),
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            # Loopback to our own test server: its certificate (if any) is a throwaway self-signed one.
+            context = ssl._create_unverified_context() if self.scheme == "https" else None
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"emulator admin {method} {path}: HTTP {e.code}: {e.read()[:500]!r}") from None
@@ -182,3 +189,32 @@ def running_emulator(data_dir: str | Path, users: Mapping[str, str] | None = Non
         yield emu
     finally:
         emu.stop()
+
+
+def self_signed_cert(directory: str | Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for ``host`` (for ``--tls-cert``/``--tls-key``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from tests.support.emulator_proc import EmulatorProcess
+from tests.support.emulator_proc import start_emulator
 
 REDIS_HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -99,19 +99,18 @@ class CrmDatabase:
 
 class Pipeline:
     def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
-                 poll_interval_s: float = 0.5, max_attempts: int = 8) -> None:
+                 poll_interval_s: float = 0.5, max_attempts: int = 8,
+                 broker_url: str | None = None, batch_size: int = 200) -> None:
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.crm = CrmDatabase(crm_kind, tmp)
         self.redis_db = next(_redis_dbs)
-        self.broker_url = f"redis://{REDIS_HOST}:6379/{self.redis_db}"
+        self.broker_url = broker_url or f"redis://{REDIS_HOST}:6379/{self.redis_db}"
         self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
         redis.Redis.from_url(self.broker_url).flushdb()
-        self.emulator = EmulatorProcess(
-            tmp / "exchange",
-            users=[f"{MAILBOX}:{MAILBOX_PASSWORD}", f"{SERVICE_USER}:{SERVICE_PASSWORD}"],
-            impersonators=[SERVICE_USER],
-        )
-        self.emulator.start()
+        self.emulator = start_emulator(
+            tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD},
+            extra_args=["--impersonator", SERVICE_USER])
         self.config_path = tmp / "crmsync.toml"
         self.config_path.write_text(f"""
 [crm]
@@ -134,6 +133,7 @@ folder = "{FOLDER}"
 poll_interval_s = {poll_interval_s}
 redrive_after_s = 10
 max_attempts = {max_attempts}
+batch_size = {batch_size}
 lease_ttl_s = 20
 [worker]
 concurrency = {worker_concurrency}
@@ -244,7 +244,7 @@ level = "INFO"
         return list(folder.all())
 
     def ews_writes(self) -> int:
-        stats = self.emulator.admin("GET", "/_emulator/stats")["requests"]
+        stats = self.emulator.stats()
         return sum(stats.get(op, 0) for op in ("CreateItem", "UpdateItem", "DeleteItem", "MoveItem"))
 
     def crm_changelog_count(self) -> int:

@@ -309,3 +309,28 @@ def test_loading_twice_does_not_share_the_environment() -> None:
     assert a.exchange.password() == "first-one"
     with pytest.raises(ConfigError):
         b.exchange.password()
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "crmsync.example.toml"
+
+
+def test_the_example_config_loads_and_documents_every_key() -> None:
+    s = load_settings(str(EXAMPLE), env={})
+    assert [m.address for m in s.mailboxes] == ["alice@example.com", "bob@example.com"]
+    text = EXAMPLE.read_text(encoding="utf-8")
+    for section, model in [("crm", type(s.crm)), ("state", type(s.state)), ("broker", type(s.broker)),
+                           ("exchange", type(s.exchange)), ("sync", type(s.sync)), ("worker", type(s.worker)),
+                           ("log", type(s.log)), ("mailbox", type(s.mailboxes[0]))]:
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} is not in {EXAMPLE.name}"
+
+
+def test_commands_that_need_exchange_or_mailboxes_say_which_key_is_missing() -> None:
+    s = load_settings(env={})
+    with pytest.raises(ConfigError, match="^config key exchange.endpoint: is required"):
+        s.exchange.require_endpoint()
+    with pytest.raises(ConfigError, match="^config key mailbox: no mailbox is configured"):
+        s.require_mailboxes()
+    with pytest.raises(ConfigError, match="^mailbox nobody@example.com: not in the configuration"):
+        s.mailbox("nobody@example.com")

@@ -20,10 +20,11 @@ from crmsync.connectors.exchange.mapping import (
 from crmsync.errors import BadRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
 
-# Text XML 1.0 can carry: no surrogates, no C0 controls other than tab/newline/CR.
+# Text exchangelib sends unchanged: no surrogates, no controls (but tab, newline, CR, NEL), no U+FDD0..FDDF/FFFE/FFFF.
 xml_chars = st.characters(
     blacklist_categories=("Cs",),
-    blacklist_characters=[chr(c) for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)] + ["\ufffe", "\uffff"],
+    blacklist_characters=[chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), *range(0xFDD0, 0xFDE0), 0xFFFE, 0xFFFF)
+                          if c not in (0x09, 0x0A, 0x0D, 0x85)],
 )
 specials = st.sampled_from(["<", ">", "&", '"', "'", "&amp;", "]]>", "<b>x</b>", "Ünïcödé", "名前", "🙂"])
 text = st.lists(st.one_of(st.text(xml_chars, min_size=1, max_size=20), specials), min_size=1, max_size=5).map("".join)
@@ -167,3 +168,8 @@ def test_an_html_body_reads_as_its_text_with_line_breaks():
 
 def test_a_text_body_that_looks_like_html_is_kept_verbatim():
     assert body_text(Body("<p>not markup, the user typed it</p>")) == "<p>not markup, the user typed it</p>"
+
+
+def test_characters_xml_cannot_carry_are_written_as_exchangelib_sends_them():
+    contact = Contact(**contact_kwargs({"first_name": "a\x7fb", "notes": "x\ufffey"}))
+    assert to_canonical(contact) == CanonicalContact(first_name="a?b", notes="x?y")

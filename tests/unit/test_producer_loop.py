@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crmsync.connectors.exchange.feed import SyncStateExpired
 from crmsync.ports import Event, NewEvent
 from producers.crm_feed import CrmProducer
-from producers.doorbells import NullDoorbell
+from producers.doorbells import CombinedDoorbell, NullDoorbell
 from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
 from producers.publisher import redact
@@ -364,6 +365,30 @@ def test_the_same_exchange_change_seen_twice_is_one_event(store):
     assert len(ids) == 2
 
 
+def test_an_expired_sync_state_restarts_from_a_full_listing_without_duplicate_events(store):
+    class ExpiringFeed(FakeFeed):
+        expire = False
+
+        def changes(self, sync_state, max_changes=500):
+            if self.expire and sync_state is not None:
+                self.calls.append(sync_state)
+                raise SyncStateExpired("mailbox alice@example.com: the stored sync state was refused")
+            return super().changes(sync_state, max_changes)
+
+    feed = ExpiringFeed()
+    feed.log += [Change("I1", "ck1", "upsert"), Change("I2", "ck1", "upsert")]
+    producer = ExchangeProducer("alice@example.com", feed, store)
+    assert len(producer.poll()) == 2
+    feed.log.append(Change("I2", "ck2", "upsert"))     # a real change while the state expired
+    feed.expire = True
+
+    ids = producer.poll()
+
+    assert feed.calls == [None, "2", None]
+    assert [(store.events[i].item_id) for i in ids] == ["I2"]     # only the new ChangeKey
+    assert store.get_cursor("exchange-sync:alice@example.com") == "3"
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def test_run_once_runs_initial_then_the_feeds_and_publishes_everything(changelog, crm, store, clock):
@@ -381,22 +406,41 @@ def test_run_once_runs_initial_then_the_feeds_and_publishes_everything(changelog
     assert loop.run_once() == 0                     # initial sync is not repeated
 
 
-def test_a_broker_outage_leaves_events_pending_and_the_redrive_sends_them(changelog, crm, store, clock):
+def test_a_broker_outage_leaves_events_pending_and_the_next_cycle_sends_them(changelog, crm, store, clock):
     mark_initial_done(store)
     publisher = FakePublisher()
     loop = make_loop(changelog, crm, store, clock, publisher=publisher)
-    loop.run_once()                                 # first cycle: nothing to re-drive yet
     publisher.down = True
     changelog.add("accounts", "A-2", "update")
 
     assert loop.run_once() == 2
     assert len(store.status("pending")) == 2 and publisher.sent == []
+    loop.run_once()                                 # still down: still pending, nothing lost
+    assert len(store.status("pending")) == 2
 
     publisher.down = False
-    clock.now += timedelta(seconds=100)             # redrive not due yet (every ~150 s)
+    loop.run_once()                                 # back: sent within one poll interval
+    assert sorted(publisher.sent) == [1, 2]
+    assert not store.status("pending")
+
+
+def test_events_left_unpublished_by_a_crashed_producer_are_sent_by_the_redrive(changelog, crm, store, clock):
+    mark_initial_done(store)
+    publisher = FakePublisher()
+    publisher.down = True
+    make_loop(changelog, crm, store, clock, publisher=publisher).run_once()
+    changelog.add("accounts", "A-2", "update")
+    make_loop(changelog, crm, store, clock, publisher=publisher).run_once()
+    assert len(store.status("pending")) == 2        # and that producer process dies now
+
+    publisher.down = False
+    loop = make_loop(changelog, crm, store, clock, publisher=publisher)   # the restarted one
     loop.run_once()
-    assert publisher.sent == []
-    clock.now += timedelta(seconds=250)             # events now older than redrive_after_s
+    assert publisher.sent == []                     # too young to be re-driven
+    clock.now += timedelta(seconds=100)
+    loop.run_once()
+    assert publisher.sent == []                     # re-drive runs every ~redrive_after_s / 2
+    clock.now += timedelta(seconds=250)             # now older than redrive_after_s
     loop.run_once()
     assert sorted(publisher.sent) == [1, 2]
     assert not store.status("pending")
@@ -411,6 +455,33 @@ def test_redrive_republishes_only_events_not_applied_in_time(store, clock):
     assert redrive(store, publisher, 60, clock.now + timedelta(seconds=30)) == 0
     assert redrive(store, publisher, 60, clock.now + timedelta(seconds=61)) == 2
     assert publisher.sent == [1, 2]
+
+
+def test_redrive_drains_a_backlog_larger_than_its_limit_in_one_call(store, clock):
+    class RepublishingStore(FakeStore):
+        """Like the SQL store: a re-published event gets a new published_at."""
+
+        def __init__(self, clock):
+            super().__init__(clock)
+            self.published_at: dict[int, datetime] = {}
+
+        def mark_published(self, event_ids):
+            super().mark_published(event_ids)
+            self.published_at.update(dict.fromkeys(event_ids, self.clock()))
+
+        def events_to_redrive(self, older_than, limit):
+            late = [e for e in self.events.values() if e.status in ("pending", "published")
+                    and self.published_at.get(e.id, e.created_at) < older_than]
+            return late[:limit]
+
+    store = RepublishingStore(clock)
+    store.add_events([NewEvent("crm", "alice@example.com", "upsert", f"k{i}", crm_key=f"account:{i}")
+                      for i in range(25)])
+    publisher = FakePublisher()
+    clock.now += timedelta(seconds=120)
+
+    assert redrive(store, publisher, 60, clock.now, limit=10) == 25
+    assert sorted(publisher.sent) == list(range(1, 26))
 
 
 def test_a_dead_exchange_server_does_not_stop_the_crm_feed(changelog, crm, store, clock):
@@ -468,6 +539,33 @@ def test_run_wakes_early_on_the_doorbell_and_stops_on_request(changelog, crm, st
     loop.stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_loop_stopped_during_the_initial_sync_resumes_it_at_the_next_start(changelog, crm, store, clock):
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)
+    publisher = loop.publisher
+
+    def stop_after_first(store_, ids):
+        loop.stop.set()
+        return FakePublisher.publish(publisher, store_, ids)
+
+    publisher.publish = stop_after_first
+    assert loop.run_once() == 1                     # one batch, then it noticed the stop
+    assert not loop.crm_producer.initial_done("alice@example.com")
+
+    restarted = make_loop(changelog, crm, store, clock, batch_size=1)
+    restarted.run_once()
+    assert all(restarted.crm_producer.initial_done(mb) for mb in MAILBOXES)
+    assert len([e for e in store.events.values() if e.mailbox == "alice@example.com"]) == 4
+
+
+def test_any_doorbell_of_a_combined_doorbell_wakes_the_loop():
+    crm_bell, exchange_bell = NullDoorbell(), NullDoorbell()
+    combined = CombinedDoorbell(crm_bell, exchange_bell)
+    assert combined.wait(0.01) is False
+    exchange_bell.ring()
+    assert combined.wait(0.01) is True
+    assert combined.wait(0.01) is False             # a ring is consumed by one wait
 
 
 def test_broker_urls_in_error_texts_are_redacted():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from crmsync.dbsetup import read_tx, safe_url, write_tx
@@ -80,8 +80,6 @@ class Changelog:
 
     def count(self) -> int:
         """Rows in the changelog (tests and `status` count CRM writes with it)."""
-        from sqlalchemy import func
-
         with read_tx(self.engine) as conn:
             return int(conn.execute(select(func.count()).select_from(crm_changelog)).scalar_one())
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, exists, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.crm_mapping import (
@@ -57,6 +57,13 @@ def _contact_select() -> Select[Any]:
     return select(*_CONTACT_COLS, accounts.c.company_name.label("account_company_name"),
                   accounts.c.account_no.label("account_account_no")).join(
         accounts, accounts.c.id == contacts.c.account_id)
+
+
+# built once: the worker reads a record on every event
+_ACCOUNT_BY_NO = select(*_ACCOUNT_COLS).where(accounts.c.account_no == bindparam("no"))
+_CONTACT_BY_ID = _contact_select().where(contacts.c.id == bindparam("cid"))
+_ACCOUNT_BY_NO_LOCKED = _ACCOUNT_BY_NO.with_for_update()
+_CONTACT_BY_ID_LOCKED = _CONTACT_BY_ID.with_for_update()  # locks the contact and its account
 
 
 def _account_record(row: Mapping[str, Any]) -> CrmRecord:
@@ -243,15 +250,11 @@ class SqlCrm:
     def _read(self, conn: Connection, key: str, *, lock: bool = False) -> CrmRecord | None:
         kind, ident = self._parse(key)
         if kind == "account":
-            stmt = select(*_ACCOUNT_COLS).where(accounts.c.account_no == ident)
-            if lock:
-                stmt = stmt.with_for_update()
-            row = conn.execute(stmt).first()
+            stmt = _ACCOUNT_BY_NO_LOCKED if lock else _ACCOUNT_BY_NO
+            row = conn.execute(stmt, {"no": ident}).first()
             return None if row is None else _account_record(row._mapping)
-        stmt = _contact_select().where(contacts.c.id == _contact_id(key, ident))
-        if lock:
-            stmt = stmt.with_for_update()  # locks the contact and its account (company_name)
-        row = conn.execute(stmt).first()
+        stmt = _CONTACT_BY_ID_LOCKED if lock else _CONTACT_BY_ID
+        row = conn.execute(stmt, {"cid": _contact_id(key, ident)}).first()
         return None if row is None else _contact_record(row._mapping)
 
     @staticmethod

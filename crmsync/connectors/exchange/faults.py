@@ -10,6 +10,8 @@ they never contain a password (exchangelib's own messages hold URLs and user nam
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import requests
@@ -18,19 +20,51 @@ from exchangelib.protocol import FaultTolerance
 
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 
-#: Default seconds exchangelib itself may sleep on a back-off before giving the retry to Celery.
+#: Default seconds exchangelib itself may sleep on back-offs (in total, per request) before the
+#: retry is handed to Celery.
 DEFAULT_MAX_WAIT = 10.0
 
 
 class BoundedFaultTolerance(FaultTolerance):
-    """exchangelib's FaultTolerance with a short patience, and 401 as a login failure.
+    """exchangelib's FaultTolerance with a short, *total* patience, and 401 as a login failure.
 
-    FaultTolerance sleeps and retries in-process while a server back-off stays below
-    ``max_wait``; above it, it raises RateLimitError, which we turn into Transient so the
-    Celery retry (with back-off) takes over instead of a worker blocking for minutes.
-    Stock FaultTolerance treats HTTP 401 as throttling and retries it until max_wait; a
-    wrong password would then look transient for ever, so 401 fails at once here.
+    FaultTolerance sleeps and retries in-process while one server back-off stays below
+    ``max_wait``, but it keeps doing so for as long as the server answers "busy" with short
+    back-offs. Here the back-offs of one run of retries (in one thread) add up, and once the
+    sum would pass ``max_wait`` it raises RateLimitError (-> Transient with the server's
+    back-off), so the Celery retry takes over instead of a worker blocking for minutes.
+    Stock FaultTolerance also treats HTTP 401 as throttling and retries it; a wrong password
+    would then look transient for ever, so 401 fails at once here (-> ConfigError).
     """
+
+    #: Back-offs further apart than max_wait + this many seconds start a new run of retries.
+    RUN_GAP = 30.0
+
+    def __init__(self, max_wait: float = DEFAULT_MAX_WAIT) -> None:
+        super().__init__(max_wait=max_wait)
+        self._runs = threading.local()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_runs", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._runs = threading.local()
+
+    def back_off(self, seconds):
+        if seconds is None:
+            seconds = self.DEFAULT_BACKOFF
+        now = time.monotonic()
+        last = getattr(self._runs, "last", None)
+        if last is None or now - last > self.max_wait + self.RUN_GAP:
+            self._runs.started = now
+        self._runs.last = now
+        if (now - self._runs.started) + seconds > self.max_wait:
+            self._runs.last = None
+            raise ex.RateLimitError("Max timeout reached", wait=seconds)
+        super().back_off(seconds)
 
     def raise_response_errors(self, response):
         if response.status_code == 401:

@@ -3,6 +3,10 @@
 Pure (no I/O). exchangelib types appear here because this module lives inside the Exchange
 adapter; nothing outside ``crmsync.connectors.exchange`` sees them.
 
+Values are written as Exchange can hold them: exchangelib replaces characters that XML 1.0
+cannot carry (C0/C1 controls other than tab/newline/CR, U+FDD0-U+FDDF, U+FFFE, U+FFFF) by '?';
+the mapping does the same up front, so that is the one place the round trip is not lossless.
+
 Field map (canonical -> exchangelib ``Contact`` attribute):
 
 =================  ==========================================================
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 from exchangelib import Contact
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.properties import Body, HTMLBody
+from exchangelib.util import safe_xml_value
 from lxml import html as lxml_html
 
 from crmsync.errors import BadRecord
@@ -103,6 +108,13 @@ def _clean(value: str | None) -> str | None:
     return value if value else None
 
 
+def _storable(value: str | None) -> str | None:
+    """``value`` as Exchange will hold it: exchangelib replaces characters XML cannot carry
+    (C1 controls, U+FDD0..U+FDEF-style non-characters) by '?' when it writes. Doing the same here
+    keeps the record we report after a write equal to what a later read returns."""
+    return safe_xml_value(value) if value else None
+
+
 def _check_known(fields: Iterable[str]) -> None:
     unknown = sorted(set(fields) - set(ACCOUNT_FIELDS))
     if unknown:
@@ -141,7 +153,7 @@ def contact_kwargs(values: Mapping[str, str | None]) -> dict[str, object]:
     naming the field when a value cannot be stored in Exchange.
     """
     _check_known(values)
-    v = {k: _clean(x) for k, x in values.items()}
+    v = {k: _storable(x) for k, x in values.items()}
     kwargs: dict[str, object] = {}
     for field, attr in SIMPLE_FIELDS.items():
         if v.get(field) is not None:
@@ -197,7 +209,7 @@ def apply_changes(contact: Contact, changes: Mapping[str, str | None]) -> list[s
     as read from Exchange (see CONTACT_READ_FIELDS), otherwise the user's entries are lost.
     """
     _check_known(changes)
-    ch = {k: _clean(x) for k, x in changes.items()}
+    ch = {k: _storable(x) for k, x in changes.items()}
     updated: list[str] = []
 
     old_name = (contact.given_name, contact.surname, contact.company_name)

@@ -7,15 +7,15 @@ Create Date: 2026-11-27
 Written out by hand (not imported from schemas.state_tables) so that this revision keeps
 creating exactly these tables however the models evolve later.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0001_state_tables"
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _Ts = sa.DateTime(timezone=True)

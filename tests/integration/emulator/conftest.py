@@ -1,7 +1,7 @@
 """Shared fixtures for the EWS emulator tests (also used by the sync/notification tests).
 
-The emulator runs for real on a free port (in a background thread of the test process, or as a
-subprocess with ``spawn_emulator``); tests talk to it only through exchangelib over HTTP and plain
+The emulator runs for real on a free port as a subprocess (``python -m ews_emulator``), stopped
+by its own pid; tests talk to it only through exchangelib over HTTP and plain
 HTTP for the admin API.
 """
 
@@ -22,7 +22,6 @@ from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credent
 from exchangelib.protocol import FailFast
 from exchangelib.transport import BASIC, NOAUTH
 
-from ews_emulator import build_app
 
 USERS = {
     "alice@example.com": "secret1",
@@ -35,37 +34,69 @@ DELEGATES = ["alice@example.com:bob@example.com"]   # bob may act on alice's mai
 
 @dataclass
 class RunningEmulator:
-    """A started emulator: its endpoint, admin URL and how to stop or restart it."""
+    """A started emulator subprocess (``python -m ews_emulator``): its endpoint, admin URL and how
+    to stop or restart it. Tests reach it over HTTP only; it is stopped by its own pid."""
 
     data_dir: Path
     kwargs: dict = field(default_factory=dict)
-    app: object = None
-
-    @property
-    def url(self) -> str:
-        return self.app.url
+    proc: subprocess.Popen | None = None
+    url: str = ""
 
     @property
     def port(self) -> int:
-        return self.app.port
+        return int(self.url.split(":")[2].split("/")[0])
 
     @property
     def admin(self) -> str:
-        return self.app.url.rsplit("/EWS/", 1)[0] + "/_emulator"
+        return self.url.rsplit("/EWS/", 1)[0] + "/_emulator"
 
-    def start(self) -> "RunningEmulator":
-        self.app = build_app(self.data_dir, **self.kwargs)
-        self.app.start()
+    def args(self, port: int) -> list[str]:
+        kw = self.kwargs
+        args = [sys.executable, "-m", "ews_emulator", "--host", kw.get("host", "127.0.0.1"),
+                "--port", str(port), "--data", str(self.data_dir)]
+        for flag, key in (("--user", "users"), ("--impersonator", "impersonators"),
+                          ("--delegate", "delegates"), ("--mailbox", "mailboxes")):
+            for value in kw.get(key, ()):
+                args += [flag, value]
+        if kw.get("no_auth"):
+            args.append("--no-auth")
+        if kw.get("tls_cert"):
+            args += ["--tls-cert", kw["tls_cert"], "--tls-key", kw["tls_key"]]
+        return args
+
+    def start(self, port: int | None = None) -> "RunningEmulator":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "emulator.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(self.args(port if port is not None else self.kwargs.get("port", 0)),
+                                     stdout=subprocess.PIPE, stderr=log, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        line = self.proc.stdout.readline()
+        match = re.search(r"(https?://\S+/EWS/Exchange\.asmx)", line)
+        if not match:
+            self.proc.kill()
+            self.proc.wait()
+            tail = (self.data_dir / "emulator.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"emulator did not start: {line!r}\n{tail}")
+        self.url = match.group(1).replace("0.0.0.0", "127.0.0.1")
         return self
 
     def stop(self) -> None:
-        if self.app is not None:
-            self.app.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout:
+            self.proc.stdout.close()
 
     def restart(self) -> "RunningEmulator":
-        """Stop, then start a new server on the same data directory (new port)."""
+        """Stop, then start again on the same port and data directory."""
+        port = self.port
         self.stop()
-        return self.start()
+        return self.start(port=port)
 
 
 def default_kwargs(**overrides) -> dict:
@@ -77,7 +108,9 @@ def default_kwargs(**overrides) -> dict:
 
 @pytest.fixture
 def start_emulator(tmp_path: Path):
-    """Factory: start_emulator(**build_app kwargs) -> RunningEmulator; all are stopped at teardown."""
+    """Factory: start_emulator(users=[...], no_auth=True, mailboxes=[...], tls_cert=..., tls_key=...,
+    host=...) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
+    All are stopped at teardown."""
     started: list[RunningEmulator] = []
 
     def start(data_dir: Path | None = None, **overrides) -> RunningEmulator:
@@ -101,7 +134,7 @@ def emulator(start_emulator) -> RunningEmulator:
 
 def make_account(emu: RunningEmulator, user: str | None = "alice@example.com", mailbox: str | None = None,
                  access_type: str = DELEGATE, password: str | None = None, retry_policy=None,
-                 auth_type: str = BASIC) -> Account:
+                 auth_type: str = BASIC, max_connections: int | None = None) -> Account:
     """An exchangelib Account on ``mailbox`` (default: the user's own) as ``user``; the version is
     probed from the server (version=None). ``auth_type=NOAUTH`` with user None for --no-auth."""
     mailbox = mailbox or user
@@ -109,7 +142,8 @@ def make_account(emu: RunningEmulator, user: str | None = "alice@example.com", m
     if auth_type != NOAUTH:
         credentials = Credentials(user, password if password is not None else USERS[user])
     config = Configuration(service_endpoint=emu.url, credentials=credentials, auth_type=auth_type,
-                           version=None, retry_policy=retry_policy or FailFast())
+                           version=None, retry_policy=retry_policy or FailFast(),
+                           max_connections=max_connections)
     return Account(primary_smtp_address=mailbox, config=config, autodiscover=False, access_type=access_type)
 
 
@@ -128,56 +162,16 @@ def admin_call(emu: RunningEmulator, method: str, path: str, payload: dict | Non
         return json.loads(resp.read() or b"{}")
 
 
-@dataclass
-class EmulatorProcess:
-    """An emulator started as a subprocess (python -m ews_emulator), e.g. to measure its CPU."""
-
-    proc: subprocess.Popen
-    url: str
-
-    @property
-    def admin(self) -> str:
-        return self.url.rsplit("/EWS/", 1)[0] + "/_emulator"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def spawn_emulator(data_dir: Path, extra_args: list[str] | None = None) -> EmulatorProcess:
-    """Start ``python -m ews_emulator`` on a free port with the standard users; the caller stops
-    it with ``.stop()`` (it kills only this process, by its own pid)."""
-    args = [sys.executable, "-m", "ews_emulator", "--host", "127.0.0.1", "--port", "0",
-            "--data", str(data_dir)]
-    for a, p in USERS.items():
-        args += ["--user", f"{a}:{p}"]
-    for a in IMPERSONATORS:
-        args += ["--impersonator", a]
-    for d in DELEGATES:
-        args += ["--delegate", d]
-    args += extra_args or []
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line = proc.stdout.readline()
-    match = re.search(r"(https?://\S+/EWS/Exchange\.asmx)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"emulator did not start: {line!r} {proc.stderr.read()}")
-    return EmulatorProcess(proc=proc, url=match.group(1))
+def spawn_emulator(data_dir: Path, **overrides) -> RunningEmulator:
+    """Start an emulator subprocess outside a fixture (the caller stops it with ``.stop()``)."""
+    return RunningEmulator(data_dir, default_kwargs(**overrides)).start()
 
 
 @pytest.fixture
-def emulator_process(tmp_path: Path) -> Iterator[EmulatorProcess]:
-    """The emulator as a subprocess, stopped (by pid) at teardown."""
-    ep = spawn_emulator(tmp_path / "emu-proc")
-    yield ep
-    ep.stop()
+def emulator_process(start_emulator) -> RunningEmulator:
+    """Alias of ``emulator`` (it is a subprocess): ``.proc.pid`` lets a benchmark read its CPU."""
+    return start_emulator()
 
 
 __all__ = ["USERS", "IMPERSONATORS", "DELEGATES", "RunningEmulator", "make_account", "admin_call",
-           "spawn_emulator", "EmulatorProcess", "DELEGATE", "IMPERSONATION", "NOAUTH"]
+           "spawn_emulator", "DELEGATE", "IMPERSONATION", "NOAUTH"]

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import IMPERSONATION, NOAUTH, make_account
+from .conftest import IMPERSONATION, NOAUTH, make_account
 from exchangelib import Contact
 from exchangelib.errors import (ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorNonExistentMailbox,
                                 UnauthorizedError)

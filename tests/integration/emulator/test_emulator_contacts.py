@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from conftest import make_account
+from .conftest import make_account
 from exchangelib import Contact, ExtendedProperty, Folder, HTMLBody
 from exchangelib.errors import ErrorFolderExists, ErrorIrresolvableConflict, ErrorItemNotFound
 from exchangelib.ewsdatetime import EWSDate, EWSDateTime, UTC

@@ -4,7 +4,7 @@ report created, renamed and deleted folders, and the state survives a restart.""
 from __future__ import annotations
 
 import pytest
-from conftest import make_account
+from .conftest import make_account
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Contacts
 

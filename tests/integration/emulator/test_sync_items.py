@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import admin_call, make_account
+from .conftest import admin_call, make_account
 from exchangelib import Contact
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Contacts
