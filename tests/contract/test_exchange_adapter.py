@@ -22,7 +22,7 @@ from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
-from tests.support.emulator_proc import EmulatorProcess, self_signed_cert, start_emulator
+from tests.support.emulator_proc import EmulatorProcess, free_port, self_signed_cert, start_emulator
 
 ALICE, ALICE_PW = "alice@example.com", "secret1"
 BOB, BOB_PW = "bob@example.com", "secret2"
@@ -486,3 +486,22 @@ def test_a_server_that_stays_busy_is_given_up_after_max_wait_in_total(ews_side, 
         ews_side.create("account:STAYS-BUSY", {"first_name": "Busy"})
     assert time.monotonic() - t0 < MAX_WAIT + 2
     assert info.value.retry_after == pytest.approx(0.4)
+
+
+def test_a_mailbox_that_does_not_exist_is_a_config_error_naming_it(emulator_proc):
+    account = connect(endpoint=emulator_proc.endpoint, mailbox="nobody@example.com", auth="basic", username=SVC,
+                      password=SVC_PW, access="impersonation", max_wait=MAX_WAIT)
+    with pytest.raises(ConfigError, match="nobody@example.com"):
+        open_folder(account, "CRM Accounts")
+
+
+def test_noauth_reaches_a_mailbox_of_an_open_server(tmp_path):
+    emu = EmulatorProcess(data_dir=tmp_path, port=free_port(), users={},
+                          extra_args=["--no-auth", "--mailbox", "carol@example.com"]).start()
+    try:
+        account = connect(endpoint=emu.endpoint, mailbox="carol@example.com", auth="noauth", max_wait=MAX_WAIT)
+        side = EwsExchange(account, open_folder(account, "CRM Accounts"))
+        created = side.create("account:OPEN", {"first_name": "Open"})
+        assert side.read(created.item_id).record.first_name == "Open"
+    finally:
+        emu.stop()

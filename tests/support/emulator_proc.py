@@ -13,7 +13,7 @@ Its output goes to ``<data>/emulator.log``; a failed start raises with the log's
 from __future__ import annotations
 
 import contextlib
-import json
+import json as _json
 import socket
 import ssl
 import subprocess
@@ -131,7 +131,7 @@ class EmulatorProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def admin(self, path: str, method: str = "GET", json_body: Any = None, timeout: float = 10.0) -> Any:
+    def admin(self, path: str, method: str = "GET", json: Any = None, timeout: float = 10.0) -> Any:
         """Call the loopback admin API (``/_emulator/...``); returns the decoded JSON reply.
 
         Raises RuntimeError with the status and body on a non-2xx answer.
@@ -140,7 +140,7 @@ class EmulatorProcess:
             path = "/" + path
         if not path.startswith("/_emulator/"):
             path = "/_emulator" + path
-        data = None if json_body is None else json.dumps(json_body).encode()
+        data = None if json is None else _json.dumps(json).encode()
         req = urllib.request.Request(self.base_url + path, data=data, method=method.upper(),
                                      headers={"Content-Type": "application/json"})
         try:
@@ -150,7 +150,7 @@ class EmulatorProcess:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"emulator admin {method} {path}: HTTP {e.code}: {e.read()[:500]!r}") from None
-        return json.loads(raw) if raw else None
+        return _json.loads(raw) if raw else None
 
     # Conveniences over the admin API ------------------------------------------------------
     def inject_fault(self, operation: str, kind: str, count: int = 1, **extra: Any) -> Any:

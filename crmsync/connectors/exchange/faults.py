@@ -22,7 +22,7 @@ from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transien
 
 #: Default seconds exchangelib itself may sleep on back-offs (in total, per request) before the
 #: retry is handed to Celery.
-DEFAULT_MAX_WAIT = 10.0
+DEFAULT_MAX_WAIT = 5.0  # below exchangelib's RETRY_WAIT (10 s): connection errors and 5xx go straight to Celery
 
 
 class BoundedFaultTolerance(FaultTolerance):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import structlog
-from exchangelib import Account
+from exchangelib import Account, Contact
 from exchangelib.errors import (
     ErrorExpiredSubscription,
     ErrorInvalidSubscription,
@@ -76,6 +76,8 @@ class ExchangeFeed:
                     if isinstance(change_type, Exception):
                         raise translate(change_type, self.mailbox, "reading changes")
                     if change_type in (svc.CREATE, svc.UPDATE):
+                        if not isinstance(item, Contact):
+                            continue  # a distribution list or other item type: not ours to sync
                         out.append(ExchangeChange(item_id=item.id, change_key=item.changekey, op="upsert"))
                     elif change_type == svc.DELETE:
                         out.append(ExchangeChange(item_id=item.id, change_key=None, op="delete"))
