@@ -113,6 +113,9 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     from crmsync.status import applied_events_after, event_totals
     from ews_emulator import build_app
 
+    from crmsync.logging_setup import configure_logging
+
+    configure_logging("WARNING")   # the demo's own lines are the show; the worker logs to a file
     console = console or Console()
     root = Path(directory).resolve()
     if fresh and root.exists():
@@ -223,9 +226,30 @@ def _follow(container, last_id: int, console: Console, started: float, duration:
             if event["id"] in seen:
                 continue
             seen.add(event["id"])
-            direction = "CRM → Exchange" if event["source"] == "crm" else "Exchange → CRM"
-            what = event["crm_key"] or event["item_id"] or ""
-            outcome = event.get("outcome") or event["status"]
-            console.print(f"{datetime.now().strftime('%H:%M:%S')}  {direction}  {event['op']:<6} "
-                          f"{what}  [{outcome}]")
+            console.print(_describe(event), markup=False, highlight=False,
+                          style="dim" if event.get("outcome") in _QUIET else None)
         time.sleep(0.5)
+
+
+_QUIET = {"noop", "done-already", "gone"}
+_OUTCOMES = {
+    "updated": "applied",
+    "noop": "nothing to write (already in sync: an echo of crmsync's own write)",
+    "created-exchange": "created in Exchange",
+    "created-crm": "created a CRM account",
+    "deleted-exchange": "moved the Exchange contact to Deleted Items",
+    "deactivated-crm": "deactivated the CRM account (kept, is_active = false)",
+    "unlinked": "unlinked",
+    "private-skipped": "private contact: not read into the CRM",
+    "gone": "nothing to do (gone, or private)",
+}
+
+
+def _describe(event: dict) -> str:
+    direction = "CRM → Exchange" if event["source"] == "crm" else "Exchange → CRM"
+    what = event["crm_key"] or f"item {str(event['item_id'])[:16]}…"
+    if event["status"] == "dead":
+        result = f"DEAD LETTER: {event['last_error']}"
+    else:
+        result = _OUTCOMES.get(event.get("outcome") or "", event.get("outcome") or "applied")
+    return f"{datetime.now().strftime('%H:%M:%S')}  {direction}  {event['op']:<6} {what:<22} {result}"

@@ -143,7 +143,8 @@ class StateStore(Protocol):
 
     def mark_published(self, event_ids: list[int]) -> None: ...
 
-    def mark_applied(self, event_id: int) -> None: ...
+    def mark_applied(self, event_id: int, outcome: str | None = None) -> None:
+        """Done; ``outcome`` says what the worker did (updated, noop, created-exchange, ...)."""
 
     def record_attempt(self, event_id: int, error: str | None) -> int:
         """Count one more attempt (and its error); returns the attempts so far."""

@@ -73,7 +73,7 @@ def apply_event(svc: SyncServices, event_id: int) -> Outcome:
     if event.status in ("applied", "dead"):
         return "done-already"
     outcome = _apply(svc, event)
-    svc.store.mark_applied(event.id)
+    svc.store.mark_applied(event.id, outcome)
     log.info("event.applied", event_id=event.id, mailbox=event.mailbox, source=event.source,
              outcome=outcome)
     return outcome

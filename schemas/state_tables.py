@@ -103,6 +103,7 @@ events = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("published_at", UtcDateTime),
     Column("applied_at", UtcDateTime),
+    Column("outcome", Text),                     # what the worker did: updated, noop, ...
     Index("ix_events_status_created_at", "status", "created_at"),
     sqlite_autoincrement=True,
 )

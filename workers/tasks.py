@@ -36,7 +36,7 @@ def describe(exc: BaseException) -> str:
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(name=APPLY_EVENT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+    @app.task(name=APPLY_EVENT_TASK, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
               max_retries=None)
     def apply_event(self: Task, event_id: int) -> str:
         container = container_for(self.app.crmsync_settings)

@@ -58,7 +58,7 @@ _RELEASE = (update(links)
             .values(lease_owner=None, lease_token=None, lease_until=None))
 _EVENT_BY_ID = select(events).where(events.c.id == bindparam("eid"))
 _MARK_APPLIED = (update(events).where(events.c.id == bindparam("eid"))
-                 .values(status=APPLIED, applied_at=bindparam("at")))
+                 .values(status=APPLIED, applied_at=bindparam("at"), outcome=bindparam("outcome")))
 _COUNT_ATTEMPT = (update(events).where(events.c.id == bindparam("eid"))
                   .values(attempts=events.c.attempts + 1, last_error=bindparam("err"))
                   .returning(events.c.attempts))
@@ -151,9 +151,9 @@ class SqlStateStore:
                     .values(status=PUBLISHED, published_at=now)
                 )
 
-    def mark_applied(self, event_id: int) -> None:
+    def mark_applied(self, event_id: int, outcome: str | None = None) -> None:
         with write_tx(self.engine) as conn:
-            conn.execute(_MARK_APPLIED, {"eid": event_id, "at": _now()})
+            conn.execute(_MARK_APPLIED, {"eid": event_id, "at": _now(), "outcome": outcome})
 
     def record_attempt(self, event_id: int, error: str | None) -> int:
         """Count one more attempt (and keep its error); returns the attempts so far."""

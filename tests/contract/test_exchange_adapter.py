@@ -18,7 +18,7 @@ from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAd
 
 from crmsync.connectors.exchange.connect import connect, open_folder
 from crmsync.connectors.exchange.ews import EwsExchange
-from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed
+from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed, SyncStateExpired
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
@@ -505,3 +505,45 @@ def test_noauth_reaches_a_mailbox_of_an_open_server(tmp_path):
         assert side.read(created.item_id).record.first_name == "Open"
     finally:
         emu.stop()
+
+
+def test_a_refused_sync_state_asks_for_a_restart(ews_account, ews_folder):
+    with pytest.raises(SyncStateExpired, match="alice@example.com"):
+        ExchangeFeed(ews_account, ews_folder).changes("not-a-sync-state")
+
+
+def test_a_value_exchangelib_refuses_fails_alone_in_a_bulk_create(ews_side, emulator_proc):
+    emulator_proc.reset_stats()
+    results = ews_side.create_many([("account:V1", {"first_name": "One"}),
+                                    (12345, {"first_name": "Not a string key"}),  # type: ignore[list-item]
+                                    ("account:V3", {"first_name": "Three"})])
+    assert [type(r).__name__ for r in results] == ["ExchangeRecord", "BadRecord", "ExchangeRecord"]
+    assert emulator_proc.stats().get("CreateItem") == 2  # the bad one was never sent
+    assert ews_side.find_by_crm_key("account:V3").record.first_name == "Three"
+
+
+def test_contacts_survive_an_emulator_restart_and_the_adapter_reconnects(tmp_path):
+    emu = start_emulator(tmp_path, {"carl@example.com": "pw-carl"})
+    try:
+        account = connect(endpoint=emu.endpoint, mailbox="carl@example.com", username="carl@example.com",
+                          password="pw-carl", access="delegate", max_wait=MAX_WAIT)
+        side = EwsExchange(account, open_folder(account, "CRM Accounts"))
+        created = side.create("account:R", {"first_name": "Restarted"})
+        old_pid = emu.pid
+        emu.restart()
+        assert emu.pid != old_pid and emu.running
+        try:
+            rec = side.read(created.item_id)
+        except Transient:  # the pooled connection died with the old process: one retry, as Celery would
+            rec = side.read(created.item_id)
+        assert rec.record.first_name == "Restarted"
+    finally:
+        emu.stop()
+    assert not emu.running
+
+
+def test_a_rename_from_the_crm_moves_the_derived_display_name_along(ews_side, ews_account):
+    created = ews_side.create("account:REN", {"first_name": "Ada", "last_name": "Byron"})
+    ews_side.update(created.item_id, {"last_name": "Lovelace"}, created.change_key)
+    (item,) = ews_account.fetch(ids=[(created.item_id, None)], only_fields=["display_name", "file_as"])
+    assert (item.display_name, item.file_as) == ("Ada Lovelace", "Lovelace, Ada")

@@ -140,8 +140,8 @@ class FakeStore:
                      crm_key=e["crm_key"], item_id=e["item_id"], status=e["status"],
                      attempts=e["attempts"], last_error=e["last_error"], created_at=NOW)
 
-    def mark_applied(self, event_id):
-        self.events[event_id]["status"] = "applied"
+    def mark_applied(self, event_id, outcome=None):
+        self.events[event_id].update(status="applied", outcome=outcome)
 
     def record_attempt(self, event_id, error):
         self.events[event_id]["attempts"] += 1

@@ -14,6 +14,9 @@ exchangelib facts that shape this module:
   using exchangelib's ``NoVerifyHTTPAdapter``. So it is scoped to the (endpoint, credentials)
   pair, never to one mailbox, and never to other endpoints.
 * No autodiscover; the server version is probed by exchangelib on first use.
+* exchangelib's DEBUG logging (loggers ``exchangelib`` and ``exchangelib.util.xml_log``) prints
+  request headers (the Basic ``Authorization`` header, i.e. the password) and whole SOAP bodies
+  (contact data). The logging setup must keep them at INFO or above outside a debugging session.
 """
 
 from __future__ import annotations
@@ -67,9 +70,11 @@ def connect(
     """An exchangelib Account for ``mailbox`` at ``endpoint``; no request is sent yet.
 
     ``password`` (basic/ntlm) and ``client_secret`` (oauth) are secrets: they go into
-    exchangelib's credentials only, never into a message. ``max_wait`` bounds how long
-    exchangelib may sleep on a server back-off before raising (then Transient, and the Celery
-    retry takes over); ``timeout_s`` bounds one HTTP request. OAuth builds exchangelib's
+    exchangelib's credentials only, never into a message. ``max_wait`` bounds how long, in
+    total, exchangelib may sleep on server back-offs within one request before raising (then
+    Transient with the server's back-off, and the Celery retry takes over; the default 5 s is
+    below exchangelib's 10 s connection-retry wait, so connection errors and HTTP 5xx are
+    handed over at once); ``timeout_s`` bounds one HTTP request. OAuth builds exchangelib's
     client-credentials ``OAuth2Credentials`` for ``tenant_id`` (not testable against the
     emulator, which speaks Basic only).
     """

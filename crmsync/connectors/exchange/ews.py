@@ -21,6 +21,8 @@ Decisions worth knowing:
   reads as ``private=True`` with an EMPTY record, so nothing of it reaches the CRM, the state
   database or a log line. Its ItemId, ChangeKey and our own stamp are kept. Writing to it is
   allowed (the worker's policy decides) but what is returned is still empty.
+* **Records after a write** (``create``, ``update``) hold what was written (no extra GetItem)
+  and ``modified_at=None``; the next ``read`` has the server's LastModifiedTime.
 * **Errors** are crmsync's (see faults.py): Transient (retry_after from the server's back-off
   once exchangelib's bounded patience is exhausted), Stale, ConfigError (rights, mailbox),
   BadRecord (a value Exchange refuses).
@@ -41,7 +43,7 @@ from exchangelib.properties import ItemId
 
 from crmsync.connectors.exchange.faults import ews_errors, translate
 from crmsync.connectors.exchange.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
-from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact
 
@@ -233,8 +235,10 @@ class EwsExchange:
 
         Returns, in input order, an ExchangeRecord or the error for that entry (BadRecord for a
         value Exchange cannot hold, Transient for a chunk the server did not take). Never raises
-        for one entry; once a chunk fails as a whole, the remaining chunks are not sent and
-        carry the same Transient, so the caller knows exactly which ones to retry.
+        for one entry. A chunk refused as a whole for a non-transient reason is retried one
+        contact per request so only the bad entry fails; once a chunk fails transiently, the
+        remaining chunks are not sent and carry the same Transient, so the caller knows exactly
+        which entries to retry (look them up by their stamp first: a lost reply may hide a create).
         """
         results: list[ExchangeRecord | CrmsyncError | None] = [None] * len(entries)
         pending: list[tuple[int, str, Contact]] = []
@@ -243,28 +247,51 @@ class EwsExchange:
                 pending.append((i, crm_key, self._new_contact(crm_key, values)))
             except CrmsyncError as e:
                 results[i] = e
-        failed: CrmsyncError | None = None
+        failed: Transient | None = None
         for start in range(0, len(pending), self.chunk_size):
             chunk = pending[start:start + self.chunk_size]
             if failed is None:
                 try:
-                    with ews_errors(self.mailbox, f"creating {len(chunk)} contacts"):
-                        created = self.account.bulk_create(folder=self.folder, items=[c for _, _, c in chunk],
-                                                           chunk_size=self.chunk_size)
-                except CrmsyncError as e:
+                    self._create_chunk(chunk, results)
+                except Transient as e:
                     failed = e
+                except CrmsyncError as e:
+                    if len(chunk) == 1:
+                        results[chunk[0][0]] = e
+                        continue
+                    # The request as a whole was refused (e.g. a schema error in one value):
+                    # send the contacts one by one so the bad one alone carries the error.
+                    for one in chunk:
+                        try:
+                            self._create_chunk([one], results)
+                        except Transient as e:
+                            failed = e
+                            break
+                        except CrmsyncError as e:
+                            results[one[0]] = e
             if failed is not None:
                 for i, _, _ in chunk:
-                    results[i] = failed
-                continue
-            for (i, crm_key, contact), res in zip(chunk, created, strict=True):
-                if isinstance(res, Exception):
-                    err = translate(res, self.mailbox, f"creating {crm_key}")
-                    results[i] = err if isinstance(err, CrmsyncError) else BadRecord(
-                        f"mailbox {self.mailbox}: creating {crm_key}: {type(res).__name__}: {res}")
-                else:
-                    results[i] = self._created(contact, res.id, res.changekey, crm_key)
+                    if results[i] is None:
+                        results[i] = failed
         return results  # type: ignore[return-value]
+
+    def _create_chunk(self, chunk: list[tuple[int, str, Contact]],
+                      results: list[ExchangeRecord | CrmsyncError | None]) -> None:
+        """One CreateItem request; per-item outcomes go into ``results``, request errors raise."""
+        doing = f"creating {len(chunk)} contact(s)" + (f" ({chunk[0][1]})" if len(chunk) == 1 else "")
+        with ews_errors(self.mailbox, doing):
+            try:
+                created = self.account.bulk_create(folder=self.folder, items=[c for _, _, c in chunk],
+                                                   chunk_size=self.chunk_size)
+            except (ValueError, TypeError) as e:  # exchangelib's own validation of a value
+                raise BadRecord(f"mailbox {self.mailbox}: {doing}: {e}") from None
+        for (i, crm_key, contact), res in zip(chunk, created, strict=True):
+            if isinstance(res, Exception):
+                err = translate(res, self.mailbox, f"creating {crm_key}")
+                results[i] = err if isinstance(err, CrmsyncError) else BadRecord(
+                    f"mailbox {self.mailbox}: creating {crm_key}: {type(res).__name__}: {res}")
+            else:
+                results[i] = self._created(contact, res.id, res.changekey, crm_key)
 
     def update(self, item_id: str, changes: Changes, expect_change_key: str,
                crm_key: str | None = None) -> ExchangeRecord:

@@ -28,7 +28,7 @@ from exchangelib.errors import (
 from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
 
-from crmsync.connectors.exchange.faults import ews_errors, translate
+from crmsync.connectors.exchange.faults import ews_errors
 from crmsync.errors import CrmsyncError
 
 log = structlog.get_logger(__name__)
@@ -70,11 +70,12 @@ class ExchangeFeed:
         out: list[ExchangeChange] = []
         with ews_errors(self.mailbox, "reading changes (SyncFolderItems)"):
             try:
-                for change_type, item in svc.call(folder=self.folder, shape=ID_ONLY, additional_fields=set(),
-                                                  sync_state=sync_state, ignore=None,
-                                                  max_changes_returned=max_changes, sync_scope=None):
-                    if isinstance(change_type, Exception):
-                        raise translate(change_type, self.mailbox, "reading changes")
+                for res in svc.call(folder=self.folder, shape=ID_ONLY, additional_fields=set(),
+                                    sync_state=sync_state, ignore=None,
+                                    max_changes_returned=max_changes, sync_scope=None):
+                    if isinstance(res, Exception):
+                        raise res
+                    change_type, item = res
                     if change_type in (svc.CREATE, svc.UPDATE):
                         if not isinstance(item, Contact):
                             continue  # a distribution list or other item type: not ours to sync

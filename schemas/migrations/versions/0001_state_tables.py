@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("created_at", _Ts, nullable=False),
         sa.Column("published_at", _Ts),
         sa.Column("applied_at", _Ts),
+        sa.Column("outcome", sa.Text()),
         sa.PrimaryKeyConstraint("id", name="pk_events"),
         sa.UniqueConstraint("dedup_key", name="uq_events_dedup_key"),
         sqlite_autoincrement=True,
