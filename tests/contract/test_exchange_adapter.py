@@ -6,6 +6,7 @@ Contacts "made in Outlook" are created with plain exchangelib, as a user's clien
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,7 +156,7 @@ def test_update_keeps_the_users_own_phone_email_and_address_entries(ews_side, ew
 def test_update_with_a_stale_change_key_is_stale_and_writes_nothing(ews_side):
     created = ews_side.create("account:S", {"first_name": "Ada"})
     newer = ews_side.update(created.item_id, {"job_title": "One"}, created.change_key)
-    with pytest.raises(Stale, match=created.item_id):
+    with pytest.raises(Stale, match=re.escape(created.item_id)):
         ews_side.update(created.item_id, {"job_title": "Two"}, created.change_key)
     assert ews_side.read(created.item_id).record.job_title == "One"
     assert ews_side.read(created.item_id).change_key == newer.change_key

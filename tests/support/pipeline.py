@@ -235,9 +235,12 @@ level = "INFO"
             account = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
             self._outlook = account
         account = self._outlook
-        folder = wait_until(lambda: next((f for f in account.contacts.children if f.name == FOLDER), None),
-                            30, what=f"folder {FOLDER}")
-        return account, folder
+        if getattr(self, "_folder", None) is None:
+            def find():
+                account.root.clear_cache()   # exchangelib caches the folder tree
+                return next((f for f in account.contacts.children if f.name == FOLDER), None)
+            self._folder = wait_until(find, 60, what=f"folder {FOLDER} (created by the producer)")
+        return account, self._folder
 
     def contacts(self) -> list:
         _, folder = self.outlook()
