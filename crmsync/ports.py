@@ -46,6 +46,9 @@ class CrmSide(Protocol):
     def update(self, key: str, changes: Changes, expect: str) -> CrmRecord:
         """Write ``changes`` if the row still has version ``expect``; else raise Stale."""
 
+    def read_many(self, keys: list[str]) -> dict[str, CrmRecord]:
+        """``read`` for a batch; missing keys are absent from the result."""
+
     def create_account(self, account_no: str, values: Changes) -> CrmRecord:
         """Create an account with this account_no, or return the existing one (idempotent)."""
 
@@ -59,6 +62,14 @@ class ExchangeSide(Protocol):
     def read(self, item_id: str) -> ExchangeRecord | None: ...
 
     def find_by_crm_key(self, crm_key: str) -> ExchangeRecord | None: ...
+
+    def read_many(self, item_ids: list[str]) -> list[ExchangeRecord | None]:
+        """``read`` for a batch, in the order of ``item_ids``."""
+
+    def find_many_by_crm_key(self, crm_keys: list[str]) -> dict[str, ExchangeRecord]: ...
+
+    def create_many(self, entries: list[tuple[str, Changes]]) -> list[ExchangeRecord | Exception]:
+        """Bulk create, stamped; per entry the record or that entry's error, in order."""
 
     def create(self, crm_key: str, values: Changes) -> ExchangeRecord:
         """Create a contact stamped with ``crm_key`` in the mailbox's sync folder."""
@@ -172,6 +183,18 @@ class StateStore(Protocol):
         Releases the lease."""
 
     def release(self, link: Link) -> None: ...
+
+    # batches (one transaction each) ---------------------------------------------------------
+    def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
+                     ttl_seconds: float, now: datetime) -> tuple[dict[str, Link], dict[str, str]]:
+        """Leased links by crm_key, and why each other key could not be leased now."""
+
+    def commit_many(self, commits: list[tuple[Link, LinkUpdate]], now: datetime) -> dict[str, str]:
+        """Commit each; returns why each failed crm_key failed (the others are committed)."""
+
+    def release_many(self, links: list[Link]) -> None: ...
+
+    def mark_applied_many(self, outcomes: Mapping[int, str | None]) -> None: ...
 
     def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
                         exchange_value: str | None, chosen: str, now: datetime) -> None: ...

@@ -16,7 +16,7 @@ from typing import Literal
 
 import structlog
 
-from crmsync.errors import BadRecord, Stale
+from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.normalize import content_hash
 from crmsync.ports import (
     CrmRecord,
@@ -47,6 +47,17 @@ Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "private-skipped", "gone",
 ]
+
+
+Reads = tuple["CrmRecord | None", "ExchangeRecord | None"]
+
+
+@dataclass(frozen=True)
+class PendingCreate:
+    """An Exchange create that a batch sends in one bulk request with others."""
+
+    plan: Plan
+    crm: CrmRecord
 
 
 @dataclass
@@ -82,33 +93,38 @@ def apply_event(svc: SyncServices, event_id: int) -> Outcome:
 def _apply(svc: SyncServices, event: Event) -> Outcome:
     exchange = svc.exchange_for(event.mailbox)
     crm_key = event.crm_key
-    item_id = event.item_id
     if crm_key is None:
-        link = svc.store.find_link(event.mailbox, item_id=item_id)
+        link = svc.store.find_link(event.mailbox, item_id=event.item_id)
         if link is not None:
             crm_key = link.crm_key
         else:
-            crm_key = _key_for_unlinked_item(svc, exchange, item_id)
+            crm_key = _key_for_unlinked_item(svc, exchange, event.item_id)
             if crm_key is None:
                 return "gone"
-    link = svc.store.acquire(event.mailbox, crm_key, item_id, svc.owner, svc.lease_ttl_s, svc.clock())
+    link = svc.store.acquire(event.mailbox, crm_key, event.item_id, svc.owner, svc.lease_ttl_s,
+                             svc.clock())
+    return _apply_link(svc, exchange, link)
+
+
+def _apply_link(svc: SyncServices, exchange: ExchangeSide, link: Link,
+                first_read: Reads | None = None) -> Outcome:
+    """Read → reconcile → apply → commit for one leased link, re-reading after a lost race.
+    Always ends with the lease committed or released."""
     committed = False
     try:
         for _ in range(MAX_STALE_ROUNDS):
             try:
-                outcome, update = _sync_link(svc, exchange, link)
+                outcome, update = _sync_link(svc, exchange, link, first_read)
             except Stale as lost:
-                log.info("apply.stale_reread", mailbox=event.mailbox, crm_key=crm_key, why=str(lost))
+                log.info("apply.stale_reread", mailbox=link.mailbox, crm_key=link.crm_key, why=str(lost))
+                first_read = None
                 continue
             crash_point("before_link_commit")
-            if update is None:
-                break
-            svc.store.commit(link, update, svc.clock())
-            committed = True
+            if update is not None:
+                svc.store.commit(link, update, svc.clock())
+                committed = True
             return outcome
-        else:
-            raise Stale(f"{crm_key} in {event.mailbox}: still changing after {MAX_STALE_ROUNDS} re-reads")
-        return outcome
+        raise Stale(f"{link.crm_key} in {link.mailbox}: still changing after {MAX_STALE_ROUNDS} re-reads")
     finally:
         if not committed:
             svc.store.release(link)
@@ -129,13 +145,19 @@ def _key_for_unlinked_item(svc: SyncServices, exchange: ExchangeSide, item_id: s
     return make_crm_key("account", new_no)
 
 
-def _sync_link(svc: SyncServices, exchange: ExchangeSide, link: Link) -> tuple[Outcome, LinkUpdate | None]:
+def _sync_link(svc: SyncServices, exchange: ExchangeSide, link: Link, first_read: Reads | None = None,
+               defer_create: bool = False) -> tuple[Outcome, LinkUpdate | PendingCreate | None]:
     """One round of read → reconcile → apply. Returns the outcome and the link's new state
-    (None: nothing to commit). Raises Stale when a precondition failed (caller re-reads)."""
+    (None: nothing to commit; a PendingCreate when ``defer_create`` leaves an Exchange create
+    to the caller's bulk request). Raises Stale when a precondition failed (caller re-reads).
+    ``first_read`` holds both sides as a batch just read them, saving the two reads."""
     kind, ident = parse_crm_key(link.crm_key)
     fields = fields_for(kind)
-    crm = svc.crm.read(link.crm_key)
-    ex = exchange.read(link.item_id) if link.item_id else exchange.find_by_crm_key(link.crm_key)
+    if first_read is not None:
+        crm, ex = first_read
+    else:
+        crm = svc.crm.read(link.crm_key)
+        ex = exchange.read(link.item_id) if link.item_id else exchange.find_by_crm_key(link.crm_key)
     crm_live = crm is not None and crm.active
     was_synced = link.base is not None and not link.deleted
 
@@ -170,6 +192,8 @@ def _sync_link(svc: SyncServices, exchange: ExchangeSide, link: Link) -> tuple[O
                 return "deactivated-crm", _deleted_update(link)
             return "unlinked", _deleted_update(link)
         plan = plan_create_exchange(crm.record, fields)
+        if defer_create:
+            return "created-exchange", PendingCreate(plan, crm)
         created = exchange.create(link.crm_key, plan.to_exchange)
         crash_point("after_exchange_write")
         return "created-exchange", _update(svc, link, fields, plan.base, created, crm)
@@ -236,3 +260,142 @@ def _deleted_update(link: Link) -> LinkUpdate:
 
 def _fresh(link: Link) -> Link:
     return replace(link, item_id=None, change_key=None, base=None, deleted=False)
+
+
+# --------------------------------------------------------------------------------- batches
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per event: what was done, or the error that the task maps to a retry or dead letter."""
+
+    outcomes: dict[int, Outcome]
+    errors: dict[int, BaseException]
+
+
+def apply_events(svc: SyncServices, event_ids: list[int]) -> BatchResult:
+    """Apply many events with few round trips: leases, reads, Exchange creates and link commits
+    each go as one batch; everything else follows the single-event protocol per link. An event
+    that cannot be done in the batch comes back in ``errors`` (LeaseTaken, Stale, Transient ...)
+    so the caller retries it alone."""
+    outcomes: dict[int, Outcome] = {}
+    errors: dict[int, BaseException] = {}
+    by_mailbox: dict[str, list[Event]] = {}
+    for event_id in dict.fromkeys(event_ids):
+        event = svc.store.get_event(event_id)
+        if event is None or event.status in ("applied", "dead"):
+            outcomes[event_id] = "missing" if event is None else "done-already"
+            continue
+        by_mailbox.setdefault(event.mailbox, []).append(event)
+    for mailbox, events in by_mailbox.items():
+        try:
+            _apply_mailbox_batch(svc, mailbox, events, outcomes, errors)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed (e.g. Exchange down)
+            for event in events:
+                if event.id not in outcomes:
+                    errors.setdefault(event.id, exc)
+    done = {eid: outcome for eid, outcome in outcomes.items()
+            if outcome not in ("missing", "done-already")}
+    svc.store.mark_applied_many(done)
+    if done:
+        log.info("events.applied", count=len(done), failed=len(errors))
+    return BatchResult(outcomes, errors)
+
+
+def _apply_mailbox_batch(svc: SyncServices, mailbox: str, events: list[Event],
+                         outcomes: dict[int, Outcome], errors: dict[int, BaseException]) -> None:
+    exchange = svc.exchange_for(mailbox)
+    keyed: dict[str, list[Event]] = {}
+    item_of: dict[str, str | None] = {}
+    for event in events:
+        key = event.crm_key
+        if key is None:
+            link = svc.store.find_link(mailbox, item_id=event.item_id)
+            if link is None:      # a contact new in Outlook: the careful single-event path
+                _single(svc, event, outcomes, errors)
+                continue
+            key = link.crm_key
+        keyed.setdefault(key, []).append(event)
+        item_of.setdefault(key, event.item_id)
+    if not keyed:
+        return
+    leased, refused = svc.store.acquire_many(mailbox, list(item_of.items()), svc.owner,
+                                             svc.lease_ttl_s, svc.clock())
+    for key, why in refused.items():
+        for event in keyed[key]:
+            errors[event.id] = LeaseTaken(why)
+    if not leased:
+        return
+    reads = _read_batch(svc, exchange, leased)
+    results: dict[str, Outcome | BaseException] = {}
+    commits: list[tuple[Link, LinkUpdate]] = []
+    creates: list[tuple[Link, PendingCreate]] = []
+    to_release: list[Link] = []
+    for key, link in leased.items():
+        try:
+            outcome, update = _sync_link(svc, exchange, link, reads[key], defer_create=True)
+        except Stale:
+            results[key] = _guarded(lambda link=link: _apply_link(svc, exchange, link))
+            continue
+        except Exception as exc:  # noqa: BLE001 - this link only; the batch carries on
+            results[key] = exc
+            to_release.append(link)
+            continue
+        results[key] = outcome
+        if isinstance(update, PendingCreate):
+            creates.append((link, update))
+        elif update is None:
+            to_release.append(link)
+        else:
+            commits.append((link, update))
+    if creates:
+        created = exchange.create_many([(link.crm_key, pending.plan.to_exchange)
+                                        for link, pending in creates])
+        crash_point("after_exchange_write")
+        for (link, pending), rec in zip(creates, created, strict=True):
+            if isinstance(rec, BaseException):
+                results[link.crm_key] = rec
+                to_release.append(link)
+            else:
+                fields = fields_for(parse_crm_key(link.crm_key)[0])
+                commits.append((link, _update(svc, link, fields, pending.plan.base, rec, pending.crm)))
+    crash_point("before_link_commit")
+    failed = svc.store.commit_many(commits, svc.clock()) if commits else {}
+    for key, why in failed.items():
+        results[key] = Stale(why)
+    svc.store.release_many(to_release)
+    for key, result in results.items():
+        for event in keyed[key]:
+            if isinstance(result, BaseException):
+                errors[event.id] = result
+            else:
+                outcomes[event.id] = result
+
+
+def _read_batch(svc: SyncServices, exchange: ExchangeSide, leased: dict[str, Link]) -> dict[str, Reads]:
+    """Both sides of every leased link, in bulk: CRM rows by key, Exchange items by id, and by
+    stamped key where the link has no item yet."""
+    crm = svc.crm.read_many(list(leased))
+    with_item = [link for link in leased.values() if link.item_id]
+    by_item = dict(zip([link.crm_key for link in with_item],
+                       exchange.read_many([link.item_id for link in with_item]), strict=True)
+                   ) if with_item else {}
+    without = [key for key, link in leased.items() if not link.item_id]
+    by_key = exchange.find_many_by_crm_key(without) if without else {}
+    return {key: (crm.get(key), by_item.get(key) if link.item_id else by_key.get(key))
+            for key, link in leased.items()}
+
+
+def _single(svc: SyncServices, event: Event, outcomes: dict[int, Outcome],
+            errors: dict[int, BaseException]) -> None:
+    result = _guarded(lambda: _apply(svc, event))
+    if isinstance(result, BaseException):
+        errors[event.id] = result
+    else:
+        outcomes[event.id] = result
+
+
+def _guarded(step: Callable[[], Outcome]) -> Outcome | BaseException:
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - reported per event by the caller
+        return exc

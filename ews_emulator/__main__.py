@@ -13,7 +13,11 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m ews_emulator",
         description="Exchange Web Services emulator for contacts (endpoint /EWS/Exchange.asmx). "
                     "Admin API (loopback only): POST/DELETE /_emulator/faults, GET /_emulator/stats, "
-                    "POST /_emulator/stats/reset.")
+                    "POST /_emulator/stats/reset.",
+        epilog='example: python -m ews_emulator --port 8080 --data ./emu --user alice@example.com:secret '
+               '--user svc@example.com:pw --impersonator svc@example.com; then '
+               'curl -X POST localhost:8080/_emulator/faults -d \'{"operation": "CreateItem", '
+               '"kind": "server_busy", "count": 1, "back_off_ms": 500}\'')
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     p.add_argument("--data", required=True, metavar="DIR", help="directory holding the SQLite store")

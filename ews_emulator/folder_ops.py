@@ -5,9 +5,9 @@ from __future__ import annotations
 from lxml import etree
 
 from .contact_xml import folder_to_xml, localname, parse_shape
-from .folders import check_mailbox_access, resolve_folder
+from .folders import resolve_folder
 from .registry import Context, EwsError, m, operation, t
-from .restrictions import apply_sort, compile_restriction
+from .restrictions import compile_restriction
 from .soap import error_message, new_response, ok_message
 
 FOLDER_URIS = {"folder:DisplayName": "display_name", "folder:FolderClass": "folder_class",
@@ -176,5 +176,3 @@ def update_folder(ctx: Context, req: etree._Element) -> etree._Element:
         etree.SubElement(out, t("FolderId"), Id=folder["id"], ChangeKey=ck)
     return resp
 
-
-__all__ = ["page", "folder_field", "check_mailbox_access"]

@@ -7,6 +7,8 @@ checks that the acting identity may use that mailbox; ``check_mailbox_access`` i
 
 from __future__ import annotations
 
+import base64
+
 from lxml import etree
 
 from .contact_xml import localname
@@ -81,9 +83,15 @@ def resolve_folder(ctx: Context, elem: etree._Element) -> dict:
 
 
 def resolve_item(ctx: Context, elem: etree._Element) -> dict:
-    """<t:ItemId Id=..> -> stored item (access checked); ErrorItemNotFound if absent."""
-    item = ctx.store.get_item(elem.get("Id") or "")
+    """<t:ItemId Id=..> -> stored item (access checked); ErrorInvalidIdMalformed for an id that
+    is not base64, ErrorItemNotFound if absent."""
+    id_ = elem.get("Id") or ""
+    item = ctx.store.get_item(id_)
     if item is None:
+        try:
+            base64.b64decode(id_, validate=True)
+        except ValueError:
+            raise EwsError("ErrorInvalidIdMalformed", "Id is malformed.") from None
         raise EwsError("ErrorItemNotFound", "The specified object was not found in the store.")
     check_mailbox_access(ctx, item["mailbox"])
     return item

@@ -230,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._admin("GET")
         if self.path.lower().split("?")[0] == EWS_PATH:
             # Exchange answers GET on the endpoint after auth; clients use it as a probe.
-            if not self._authenticate(self._read_body):
+            if self._authenticate() is False:
                 return
             return self._send(200, b"<html><body>EWS emulator</body></html>", "text/html")
         self._send(404, b"Not Found", "text/plain")
@@ -247,12 +247,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             return self._send(404, b"Not Found", "text/plain")
         body = self._read_body()
-        caller = self._authenticate(lambda: body)
+        caller = self._authenticate()
         if caller is False:
             return
         self._soap(body, caller)
 
-    def _authenticate(self, _consume: Any) -> str | None | bool:
+    def _authenticate(self) -> str | None | bool:
         """The caller's address (None with --no-auth), or False after answering 401."""
         cfg = self.emu.config
         if cfg.no_auth:
@@ -336,10 +336,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._fault(EwsError(
                     "ErrorServerBusy", "The server cannot service this request right now. Try again later.",
                     {"BackOffMilliseconds": str(f.back_off_ms)}))
-            elif f.kind == "http_500":
-                return self._send(500, _ASPNET_500, "text/html")
-            elif f.kind == "http_503":
+            elif f.kind in ("http_500", "http_503"):
+                # back_off_ms, when given, is sent as Retry-After (whole seconds, at least 1).
                 headers = {"Retry-After": str(max(1, round(f.back_off_ms / 1000)))} if f.back_off_ms else {}
+                if f.kind == "http_500":
+                    return self._send(500, _ASPNET_500, "text/html", headers)
                 return self._send(503, b"<html><body>Service Unavailable</body></html>", "text/html", headers)
         header = root.find(f"{{{NS_SOAP}}}Header")
         version = "Exchange2016"
@@ -359,8 +360,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._fault(e)
         handler = OPERATIONS.get(op)
         if handler is None:
-            return self._fault(EwsError("ErrorInvalidRequest", f"The operation {op} is not supported by the"
-                                                               " emulator."))
+            return self._fault(EwsError("ErrorSchemaValidation", f"The request failed schema validation: the"
+                                                                  f" operation {op} is not supported by the emulator."))
         ctx = Context(store=emu.store, caller=caller, mailbox=mailbox, request_version=version, app=emu)
         try:
             result = handler(ctx, request)

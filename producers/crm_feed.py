@@ -102,6 +102,14 @@ class CrmProducer:
         log.info("producer.events_created", count=total, source="crm-initial", mailbox=mailbox,
                  crm_records=len(keys))
 
+    def covered_by_first_sync(self, limit: int = 1_000_000) -> list[int]:
+        """Changelog rows pending before the very first initial sync (no mailbox has one yet).
+        The initial sync reads every record's current state after them, so once it is done for
+        every mailbox they can be marked processed instead of becoming a second event each."""
+        if any(self.initial_done(mb) for mb in self.mailboxes):
+            return []
+        return [row.id for row in self.changelog.pending(limit)]
+
     def initial(self, mailbox: str) -> list[int]:
         """Once per mailbox (cursor ``crm-initial:<mailbox>`` = "done"): all CRM keys as events."""
         return [event_id for ids in self.initial_batches(mailbox) for event_id in ids]

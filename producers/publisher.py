@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
 from crmsync.testhooks import crash_point
-from schemas.events import APPLY_EVENT_TASK, EVENTS_QUEUE, EventMessage
+from schemas.events import APPLY_EVENTS_TASK, EVENTS_QUEUE, EventBatchMessage
 
 if TYPE_CHECKING:  # pragma: no cover
     from celery import Celery
@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from producers.ports import EventStore
 
 log = structlog.get_logger(__name__)
+
+#: Events per task message: the worker applies them as one batch (bulk reads and creates).
+TASK_BATCH = 100
 
 #: Mark rows published after every this many sends, so a broker failure mid-way re-sends little.
 MARK_EVERY = 500
@@ -116,12 +119,13 @@ class CeleryPublisher:
         try:
             app = self._client()
             with app.producer_or_acquire() as producer:
-                for event_id in ids:
-                    app.send_task(APPLY_EVENT_TASK,
-                                  kwargs=EventMessage(event_id=event_id).model_dump(),
+                for start in range(0, len(ids), TASK_BATCH):
+                    chunk = ids[start:start + TASK_BATCH]
+                    app.send_task(APPLY_EVENTS_TASK,
+                                  kwargs=EventBatchMessage(event_ids=chunk).model_dump(),
                                   queue=self.queue, producer=producer, add_to_parent=False)
-                    unmarked.append(event_id)
-                    sent += 1
+                    unmarked.extend(chunk)
+                    sent += len(chunk)
                     crash_point("after_publish")   # reliability tests: sent, not yet marked
                     if len(unmarked) >= MARK_EVERY:
                         store.mark_published(unmarked)

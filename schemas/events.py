@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 APPLY_EVENT_TASK = "crmsync.apply_event"
+APPLY_EVENTS_TASK = "crmsync.apply_events"
 REDRIVE_TASK = "crmsync.redrive"
 EVENTS_QUEUE = "crmsync.events"
 
@@ -19,3 +20,11 @@ class EventMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_id: int
+
+
+class EventBatchMessage(BaseModel):
+    """The Celery task payload (kwargs) for APPLY_EVENTS_TASK: events applied as one batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_ids: list[int]

@@ -246,69 +246,76 @@ class SqlStateStore:
         LeaseTaken otherwise (also when a concurrent acquire created the row first). Every
         acquire issues a fresh token, so an earlier holder's ``commit`` fails with Stale.
         """
-        token = uuid.uuid4().hex
         until = now + timedelta(seconds=ttl_seconds)
-        where_link = f"link ({mailbox}, {crm_key})"
         try:
             with write_tx(self.engine) as conn:
-                row = conn.execute(_LINK_BY_KEY, {"mb": mailbox, "key": crm_key}).first()
-                if row is None:
-                    if item_id is not None:
-                        other = conn.execute(_LINK_BY_ITEM, {"mb": mailbox, "item": item_id}).first()
-                        if other is not None:
-                            raise BadRecord(
-                                f"{where_link}: Exchange item {item_id} is already linked to "
-                                f"{other.crm_key} in this mailbox")
-                    got = conn.execute(_NEW_LINK, {
-                        "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id,
-                        "deleted": False, "lease_owner": owner, "lease_token": token,
-                        "lease_until": until, "created_at": now}).first()
-                else:
-                    got = conn.execute(_TAKE_LEASE, {"lid": row.id, "now": now, "owner": owner,
-                                                     "token": token, "until": until}).first()
-                    if got is None:
-                        raise LeaseTaken(
-                            f"{where_link} is leased by {row.lease_owner} until "
-                            f"{row.lease_until.isoformat() if row.lease_until else '?'}")
+                return _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)
         except IntegrityError:
-            raise LeaseTaken(f"{where_link} was created by a concurrent worker; retry") from None
-        assert got is not None
-        return _link(got._mapping)
+            raise LeaseTaken(f"link ({mailbox}, {crm_key}) was created by a concurrent worker; "
+                             "retry") from None
+
+    def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
+                     ttl_seconds: float, now: datetime) -> tuple[dict[str, Link], dict[str, str]]:
+        """``acquire`` for a batch in one transaction: (leased links by crm_key, the reason
+        for each key that could not be leased now)."""
+        until = now + timedelta(seconds=ttl_seconds)
+        leased: dict[str, Link] = {}
+        refused: dict[str, str] = {}
+        with write_tx(self.engine) as conn:
+            for crm_key, item_id in wanted:
+                if crm_key in leased or crm_key in refused:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        leased[crm_key] = _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)
+                except (LeaseTaken, BadRecord) as exc:
+                    refused[crm_key] = str(exc)
+                except IntegrityError:
+                    refused[crm_key] = f"link ({mailbox}, {crm_key}) was created concurrently"
+        return leased, refused
 
     def commit(self, link: Link, update_: LinkUpdate, now: datetime) -> Link:
         """Write the new link state iff ``link.lease_token`` still holds the lease (Stale if
         not), and release the lease in the same statement."""
-        if link.lease_token is None:
-            raise Stale(f"link ({link.mailbox}, {link.crm_key}): commit without a lease")
-        params = {
-            "lid": link.id,
-            "token": link.lease_token,
-            "v_item_id": update_.item_id,
-            "v_change_key": update_.change_key,
-            "v_crm_version": update_.crm_version,
-            "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
-            "v_crm_hash": update_.crm_hash,
-            "v_exchange_hash": update_.exchange_hash,
-            "v_deleted": update_.deleted,
-            "v_synced_at": now,
-        }
         try:
             with write_tx(self.engine) as conn:
-                got = conn.execute(_COMMIT_LINK, params).first()
-                if got is None:
-                    raise Stale(f"link ({link.mailbox}, {link.crm_key}): the lease was lost "
-                                "(expired and taken over) before commit")
+                return _commit_on(conn, link, update_, now)
         except IntegrityError:
             raise BadRecord(f"link ({link.mailbox}, {link.crm_key}): Exchange item "
                             f"{update_.item_id} is already linked to another CRM record") from None
-        return _link(got._mapping)
+
+    def commit_many(self, commits: list[tuple[Link, LinkUpdate]], now: datetime) -> dict[str, str]:
+        """``commit`` for a batch in one transaction; returns the reason for each crm_key that
+        could not be committed (lease lost, item linked elsewhere); the rest are committed."""
+        failed: dict[str, str] = {}
+        with write_tx(self.engine) as conn:
+            for link, update_ in commits:
+                try:
+                    with conn.begin_nested():
+                        _commit_on(conn, link, update_, now)
+                except Stale as exc:
+                    failed[link.crm_key] = str(exc)
+                except IntegrityError:
+                    failed[link.crm_key] = (f"link ({link.mailbox}, {link.crm_key}): Exchange item "
+                                            f"{update_.item_id} is already linked to another record")
+        return failed
 
     def release(self, link: Link) -> None:
         """Give the lease back (no-op if it was lost meanwhile)."""
-        if link.lease_token is None:
-            return
-        with write_tx(self.engine) as conn:
-            conn.execute(_RELEASE, {"lid": link.id, "token": link.lease_token})
+        self.release_many([link])
+
+    def release_many(self, leased: Iterable[Link]) -> None:
+        params = [{"lid": link.id, "token": link.lease_token} for link in leased if link.lease_token]
+        if params:
+            with write_tx(self.engine) as conn:
+                conn.execute(_RELEASE, params)
+
+    def mark_applied_many(self, outcomes: Mapping[int, str | None]) -> None:
+        if outcomes:
+            at = _now()
+            with write_tx(self.engine) as conn:
+                conn.execute(_MARK_APPLIED, [{"eid": eid, "at": at, "outcome": outcome}
+                                             for eid, outcome in outcomes.items()])
 
     # ----------------------------------------------------------------------------- conflicts
     def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
@@ -365,3 +372,42 @@ def _as_utc(ts: Any) -> datetime | None:
     if isinstance(ts, str):
         ts = datetime.fromisoformat(ts)
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | None, owner: str,
+                until: datetime, now: datetime) -> Link:
+    token = uuid.uuid4().hex
+    where_link = f"link ({mailbox}, {crm_key})"
+    row = conn.execute(_LINK_BY_KEY, {"mb": mailbox, "key": crm_key}).first()
+    if row is None:
+        if item_id is not None:
+            other = conn.execute(_LINK_BY_ITEM, {"mb": mailbox, "item": item_id}).first()
+            if other is not None:
+                raise BadRecord(f"{where_link}: Exchange item {item_id} is already linked to "
+                                f"{other.crm_key} in this mailbox")
+        got = conn.execute(_NEW_LINK, {
+            "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id, "deleted": False,
+            "lease_owner": owner, "lease_token": token, "lease_until": until,
+            "created_at": now}).first()
+    else:
+        got = conn.execute(_TAKE_LEASE, {"lid": row.id, "now": now, "owner": owner,
+                                         "token": token, "until": until}).first()
+        if got is None:
+            raise LeaseTaken(f"{where_link} is leased by {row.lease_owner} until "
+                             f"{row.lease_until.isoformat() if row.lease_until else '?'}")
+    return _link(got._mapping)
+
+
+def _commit_on(conn: Connection, link: Link, update_: LinkUpdate, now: datetime) -> Link:
+    if link.lease_token is None:
+        raise Stale(f"link ({link.mailbox}, {link.crm_key}): commit without a lease")
+    got = conn.execute(_COMMIT_LINK, {
+        "lid": link.id, "token": link.lease_token, "v_item_id": update_.item_id,
+        "v_change_key": update_.change_key, "v_crm_version": update_.crm_version,
+        "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
+        "v_crm_hash": update_.crm_hash, "v_exchange_hash": update_.exchange_hash,
+        "v_deleted": update_.deleted, "v_synced_at": now}).first()
+    if got is None:
+        raise Stale(f"link ({link.mailbox}, {link.crm_key}): the lease was lost "
+                    "(expired and taken over) before commit")
+    return _link(got._mapping)

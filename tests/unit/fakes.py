@@ -41,6 +41,9 @@ class FakeCrm:
         self.writes += 1
         return self.read(key)
 
+    def read_many(self, keys):
+        return {k: r for k in keys if (r := self.read(k)) is not None}
+
     def create_account(self, account_no, values):
         key = f"account:{account_no}"
         if key not in self.rows:
@@ -85,6 +88,18 @@ class FakeExchange:
 
     def find_by_crm_key(self, crm_key):
         return next((self._rec(i) for i, it in self.items.items() if it["crm_key"] == crm_key), None)
+
+    def read_many(self, item_ids):
+        self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        return [self.read(i) for i in item_ids]
+
+    def find_many_by_crm_key(self, crm_keys):
+        self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        return {k: r for k in crm_keys if (r := self.find_by_crm_key(k)) is not None}
+
+    def create_many(self, entries):
+        self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        return [self.create(key, values) for key, values in entries]
 
     def create(self, crm_key, values):
         item_id = self.put(crm_key=crm_key, **values)
@@ -191,6 +206,32 @@ class FakeStore:
         held = getattr(self, "_lease", {}).get(link.id)
         if held and held[0] == link.lease_token:
             del self._lease[link.id]
+
+    def acquire_many(self, mailbox, wanted, owner, ttl_seconds, now):
+        leased, refused = {}, {}
+        for key, item_id in wanted:
+            try:
+                leased[key] = self.acquire(mailbox, key, item_id, owner, ttl_seconds, now)
+            except LeaseTaken as exc:
+                refused[key] = str(exc)
+        return leased, refused
+
+    def commit_many(self, commits, now):
+        failed = {}
+        for link, update in commits:
+            try:
+                self.commit(link, update, now)
+            except Stale as exc:
+                failed[link.crm_key] = str(exc)
+        return failed
+
+    def release_many(self, links):
+        for link in links:
+            self.release(link)
+
+    def mark_applied_many(self, outcomes):
+        for event_id, outcome in outcomes.items():
+            self.mark_applied(event_id, outcome)
 
     def record_conflict(self, *args):
         self.conflicts.append(args)

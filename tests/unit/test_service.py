@@ -149,3 +149,68 @@ def test_a_second_worker_on_a_leased_link_is_told_to_retry(world):
     store.acquire("alice@example.com", "account:A1", None, "other", 60, NOW)
     with pytest.raises(LeaseTaken):
         apply_event(svc, crm_event(store, "account:A1"))
+
+
+# ------------------------------------------------------------------------------ batches
+
+def test_a_batch_of_new_accounts_is_created_with_one_bulk_request(world):
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    keys = [f"account:B{i}" for i in range(5)]
+    for i, key in enumerate(keys):
+        crm.put(key, first_name=f"P{i}", company_name="Bulk")
+    ids = [crm_event(store, key) for key in keys]
+    result = apply_events(svc, ids)
+    assert result.errors == {}
+    assert set(result.outcomes.values()) == {"created-exchange"}
+    assert sorted(it["crm_key"] for it in ex.items.values()) == sorted(keys)
+    # one read of the CRM keys' stamps, one bulk create
+    assert ex.batch_calls == 2
+    assert all(store.events[i]["status"] == "applied" for i in ids)
+
+
+def test_a_batch_of_echoes_writes_nothing(world):
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    keys = [f"account:E{i}" for i in range(3)]
+    for key in keys:
+        crm.put(key, first_name="Echo")
+    apply_events(svc, [crm_event(store, key) for key in keys])
+    writes = (crm.writes, ex.writes)
+    echoes = [ex_event(store, item_id) for item_id in ex.items] + [crm_event(store, k) for k in keys]
+    result = apply_events(svc, echoes)
+    assert set(result.outcomes.values()) == {"noop"} and result.errors == {}
+    assert (crm.writes, ex.writes) == writes
+
+
+def test_a_batch_hands_back_a_leased_link_for_a_retry_and_does_the_rest(world):
+    from crmsync.errors import LeaseTaken
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    crm.put("account:L1", first_name="Locked")
+    crm.put("account:L2", first_name="Free")
+    store.acquire("alice@example.com", "account:L1", None, "other", 60, NOW)
+    e1, e2 = crm_event(store, "account:L1"), crm_event(store, "account:L2")
+    result = apply_events(svc, [e1, e2])
+    assert isinstance(result.errors[e1], LeaseTaken)
+    assert result.outcomes[e2] == "created-exchange"
+    assert store.events[e1]["status"] == "pending"
+
+
+def test_a_batch_mixes_updates_deletes_and_new_outlook_contacts(world):
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    crm.put("account:M1", first_name="Mia", job_title="CTO")
+    crm.put("account:M2", first_name="Max")
+    apply_events(svc, [crm_event(store, "account:M1"), crm_event(store, "account:M2")])
+    crm.update("account:M1", {"job_title": "CEO"}, crm.read("account:M1").version)
+    del crm.rows["account:M2"]
+    new_item = ex.put(first_name="Nina", company_name="Outlook Co")
+    result = apply_events(svc, [crm_event(store, "account:M1"), crm_event(store, "account:M2", "delete"),
+                                ex_event(store, new_item)])
+    assert sorted(result.outcomes.values()) == ["created-crm", "deleted-exchange", "updated"]
+    assert any(it["record"].job_title == "CEO" for it in ex.items.values())

@@ -199,6 +199,20 @@ class EwsExchange:
                 return rec
         return None
 
+    def find_many_by_crm_key(self, crm_keys: Sequence[str], chunk: int = 50) -> dict[str, ExchangeRecord]:
+        """``find_by_crm_key`` for a batch: one FindItem per ``chunk`` keys (an Or of
+        IsEqualTo on the stamp), then one GetItem per ``chunk_size`` found contacts."""
+        keys = list(dict.fromkeys(crm_keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), chunk):
+            part = keys[start:start + chunk]
+            with ews_errors(self.mailbox, f"looking up {len(part)} stamped contacts"):
+                rows = self.folder.filter(**{f"{CRM_KEY_ATTR}__in": part}).values_list("id", CRM_KEY_ATTR)
+                for item_id, key in sorted(rows):
+                    found.setdefault(key, item_id)
+        records = self.read_many(list(found.values())) if found else []
+        return {key: rec for key, rec in zip(found, records, strict=True) if rec is not None}
+
     def stamped_items(self) -> dict[str, tuple[str, str]]:
         """crm_key -> (item_id, change_key) for every stamped contact in the folder (rebuilding links)."""
         out: dict[str, tuple[str, str]] = {}

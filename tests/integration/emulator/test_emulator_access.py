@@ -23,6 +23,15 @@ def test_basic_auth_connects_and_reports_an_exchange_2016_build(account):
     assert account.root.tois.name == "Top of Information Store"
 
 
+def test_exchangelib_can_guess_basic_auth_from_the_401_challenge(emulator):
+    from exchangelib import Account, Configuration, Credentials
+
+    config = Configuration(service_endpoint=emulator.url, credentials=Credentials("bob@example.com", "secret2"))
+    acc = Account("bob@example.com", config=config, autodiscover=False)
+    assert acc.protocol.auth_type == "basic"
+    assert acc.contacts.all().count() == 0
+
+
 def test_missing_or_wrong_credentials_get_401_with_basic_challenge(emulator):
     req = urllib.request.Request(emulator.url, data=b"<x/>", method="POST")
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -126,3 +135,13 @@ def test_https_endpoint_with_a_generated_certificate(start_emulator, tmp_path):
         assert [c.display_name for c in acc.contacts.all()] == ["Over TLS"]
     finally:
         BaseProtocol.HTTP_ADAPTER_CLS = saved
+
+
+def test_an_unknown_request_version_is_refused_and_exchangelib_negotiates_down(emulator):
+    from exchangelib import Account, Build, Configuration, Credentials, Version
+
+    config = Configuration(service_endpoint=emulator.url, credentials=Credentials("alice@example.com", "secret1"),
+                           auth_type="basic", version=Version(build=Build(15, 1), api_version="Exchange2099"))
+    acc = Account("alice@example.com", config=config, autodiscover=False)
+    assert acc.contacts.all().count() == 0
+    assert acc.version.api_version != "Exchange2099"

@@ -217,6 +217,18 @@ def test_find_item_restrictions_sort_and_paging(account):
     assert account.contacts.filter(display_name__in=["Person 001", "Person 010"]).count() == 2
 
 
+def test_filter_on_indexed_email_phone_and_address_fields(account):
+    a = full_contact(account.contacts, n=1)
+    b = Contact(folder=account.contacts, display_name="Other",
+                email_addresses=[EmailAddress(email="zoe1@acme.example", label="EmailAddress2")])
+    account.bulk_create(folder=account.contacts, items=[a, b])
+    by_email = account.contacts.filter(email_addresses__EmailAddress1="ZOE1@acme.example")
+    assert [c.display_name for c in by_email] == [a.display_name]
+    assert account.contacts.filter(phone_numbers__MobilePhone__contains="30").count() == 1
+    assert account.contacts.filter(physical_addresses__Business__city="berlin").count() == 1
+    assert account.contacts.filter(physical_addresses__Home__city="berlin").count() == 0
+
+
 def test_delete_kinds_and_move(account):
     hard, soft, trash, moved = (Contact(folder=account.contacts, display_name=n) for n in
                                 ("hard", "soft", "trash", "moved"))
@@ -284,3 +296,28 @@ def test_delegate_sees_owner_contacts(emulator):
     bob = make_account(emulator, user="bob@example.com")
     assert bob.contacts.all().count() == 0
     assert datetime.date.today()
+
+
+def test_concurrent_clients_create_without_losing_or_duplicating(emulator):
+    import threading
+
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            acc = make_account(emulator)
+            made = acc.bulk_create(folder=acc.contacts, items=[
+                Contact(folder=acc.contacts, display_name=f"T{n}-{i}") for i in range(25)])
+            ids.extend(r.id for r in made)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert len(set(ids)) == 100
+    assert make_account(emulator).contacts.all().count() == 100

@@ -1,0 +1,116 @@
+"""Benchmark: the initial sync of N CRM accounts into an empty mailbox, through the pipeline.
+
+Beside it, in the same run and against the same emulator, the baseline: a plain exchangelib
+``bulk_create`` of the same N contacts. Prints both times, their ratio, and the EWS requests
+per synced contact. Not a test: run it as a script.
+
+    python tests/bench/bench_initial_sync.py --n 1000 --n 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests.support.pipeline import Pipeline, wait_until  # noqa: E402
+
+TARGET_RATIO = 1.5
+
+
+def seed_accounts(pipeline: Pipeline, n: int) -> list[dict]:
+    from crmsync.demo_data import demo_accounts
+
+    template = demo_accounts(30)
+    rows = []
+    for i in range(n):
+        row = dict(template[i % len(template)])
+        row["account_no"] = f"B-{i:06d}"
+        row["email"] = f"person{i}@bench{i % 97}.example"
+        row["is_active"] = True
+        rows.append(row)
+    cols = list(rows[0])
+    with pipeline.crm.engine.begin() as conn:
+        import sqlalchemy as sa
+
+        conn.execute(sa.text(f"INSERT INTO accounts ({', '.join(cols)}) VALUES "
+                             f"({', '.join(':' + c for c in cols)})"), rows)
+    return rows
+
+
+def baseline_bulk_create(pipeline: Pipeline, rows: list[dict]) -> float:
+    """The same contacts, created with exchangelib alone, into a folder of their own."""
+    from exchangelib import Contact
+    from exchangelib.folders import Contacts
+
+    from crmsync.connectors.exchange.mapping import contact_kwargs
+    from schemas.canonical import ACCOUNT_FIELDS
+
+    account, _ = pipeline.outlook()
+    folder = Contacts(parent=account.contacts, name=f"Baseline {time.time_ns()}")
+    folder.save()
+    items = [Contact(folder=folder, account=account,
+                     **contact_kwargs({f: r.get(f) for f in ACCOUNT_FIELDS})) for r in rows]
+    started = time.perf_counter()
+    account.bulk_create(folder=folder, items=items, chunk_size=100)
+    elapsed = time.perf_counter() - started
+    assert folder.all().count() == len(rows)
+    return elapsed
+
+
+def pipeline_initial_sync(tmp: Path, n: int, workers: int) -> tuple:
+    p = Pipeline(tmp, "sqlite", worker_concurrency=workers, batch_size=500)
+    rows = seed_accounts(p, n)
+    p.start_worker()
+    p.emulator.reset_stats()
+    started = time.perf_counter()
+    p.start_producer()
+    wait_until(lambda: p.state("SELECT count(*) AS n FROM links WHERE item_id IS NOT NULL")[0]["n"] >= n,
+               timeout=max(600, n), interval=0.5, what=f"{n} links")
+    synced = time.perf_counter() - started
+    p.settle(timeout=max(600, n))
+    settled = time.perf_counter() - started
+    requests = sum(p.emulator.stats().values())
+    _, folder = p.outlook()
+    assert folder.all().count() == n, "every account must arrive exactly once"
+    return synced, settled, requests, p, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, action="append", help="accounts (repeatable; default 1000)")
+    parser.add_argument("--workers", type=int, default=2, help="worker concurrency (default 2)")
+    args = parser.parse_args(argv)
+    sizes = args.n or [1000]
+    console = Console()
+    table = Table(title="initial sync through the pipeline vs plain exchangelib bulk_create")
+    for col in ("N", "pipeline: all linked (s)", "pipeline: settled (s)", "bulk_create (s)",
+                "ratio (linked / bulk)", "EWS requests per contact", f"within {TARGET_RATIO}x"):
+        table.add_column(col, justify="right")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{n}-") as tmp:
+            synced, settled, requests, p, rows = pipeline_initial_sync(Path(tmp), n, args.workers)
+            try:
+                bulk = baseline_bulk_create(p, rows)
+            finally:
+                p.close()
+        ratio = synced / bulk
+        table.add_row(str(n), f"{synced:.1f}", f"{settled:.1f}", f"{bulk:.1f}", f"{ratio:.2f}",
+                      f"{requests / n:.2f}", "yes" if ratio <= TARGET_RATIO else "NO")
+        console.print(f"N={n}: pipeline {synced:.1f}s (settled {settled:.1f}s), bulk_create {bulk:.1f}s, "
+                      f"ratio {ratio:.2f}, {requests / n:.2f} EWS requests per contact")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
