@@ -68,6 +68,9 @@ class ExchangeSide(Protocol):
 
     def find_many_by_crm_key(self, crm_keys: list[str]) -> dict[str, ExchangeRecord]: ...
 
+    def count_stamped(self) -> int:
+        """How many contacts in the folder carry a crmsync stamp."""
+
     def create_many(self, entries: list[tuple[str, Changes]]) -> list[ExchangeRecord | Exception]:
         """Bulk create, stamped; per entry the record or that entry's error, in order."""
 
@@ -186,8 +189,10 @@ class StateStore(Protocol):
 
     # batches (one transaction each) ---------------------------------------------------------
     def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
-                     ttl_seconds: float, now: datetime) -> tuple[dict[str, Link], dict[str, str]]:
-        """Leased links by crm_key, and why each other key could not be leased now."""
+                     ttl_seconds: float, now: datetime
+                     ) -> tuple[dict[str, Link], dict[str, str], set[str]]:
+        """Leased links by crm_key, why each other key could not be leased now, and the keys
+        whose link row this call created (no earlier attempt can have touched Exchange)."""
 
     def commit_many(self, commits: list[tuple[Link, LinkUpdate]], now: datetime) -> dict[str, str]:
         """Commit each; returns why each failed crm_key failed (the others are committed)."""

@@ -72,6 +72,9 @@ class SyncServices:
     lease_ttl_s: float = 60.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     new_account_no: Callable[[], str] | None = None
+    #: Mailboxes whose every stamped contact is linked (checked once per process): a link row
+    #: created just now then cannot have a contact yet, and its lookup can be skipped.
+    trusted_mailboxes: set[str] = field(default_factory=set)
 
 
 def apply_event(svc: SyncServices, event_id: int) -> Outcome:
@@ -318,14 +321,14 @@ def _apply_mailbox_batch(svc: SyncServices, mailbox: str, events: list[Event],
         item_of.setdefault(key, event.item_id)
     if not keyed:
         return
-    leased, refused = svc.store.acquire_many(mailbox, list(item_of.items()), svc.owner,
-                                             svc.lease_ttl_s, svc.clock())
+    leased, refused, created = svc.store.acquire_many(mailbox, list(item_of.items()), svc.owner,
+                                                      svc.lease_ttl_s, svc.clock())
     for key, why in refused.items():
         for event in keyed[key]:
             errors[event.id] = LeaseTaken(why)
     if not leased:
         return
-    reads = _read_batch(svc, exchange, leased)
+    reads = _read_batch(svc, exchange, leased, created)
     results: dict[str, Outcome | BaseException] = {}
     commits: list[tuple[Link, LinkUpdate]] = []
     creates: list[tuple[Link, PendingCreate]] = []
@@ -371,18 +374,36 @@ def _apply_mailbox_batch(svc: SyncServices, mailbox: str, events: list[Event],
                 outcomes[event.id] = result
 
 
-def _read_batch(svc: SyncServices, exchange: ExchangeSide, leased: dict[str, Link]) -> dict[str, Reads]:
+def _read_batch(svc: SyncServices, exchange: ExchangeSide, leased: dict[str, Link],
+                created: set[str]) -> dict[str, Reads]:
     """Both sides of every leased link, in bulk: CRM rows by key, Exchange items by id, and by
-    stamped key where the link has no item yet."""
+    stamped key where the link has no item yet — unless the link row was created just now in a
+    mailbox whose stamped contacts are all linked: no attempt can have created its contact."""
     crm = svc.crm.read_many(list(leased))
     with_item = [link for link in leased.values() if link.item_id]
     by_item = dict(zip([link.crm_key for link in with_item],
                        exchange.read_many([link.item_id for link in with_item]), strict=True)
                    ) if with_item else {}
     without = [key for key, link in leased.items() if not link.item_id]
+    if created and without and _all_stamps_linked(svc, exchange):
+        without = [key for key in without if key not in created]
     by_key = exchange.find_many_by_crm_key(without) if without else {}
     return {key: (crm.get(key), by_item.get(key) if link.item_id else by_key.get(key))
             for key, link in leased.items()}
+
+
+def _all_stamps_linked(svc: SyncServices, exchange: ExchangeSide) -> bool:
+    mailbox = exchange.mailbox
+    if mailbox not in svc.trusted_mailboxes:
+        linked = sum(1 for link in svc.store.links_for_mailbox(mailbox)
+                     if link.item_id and not link.deleted)
+        if exchange.count_stamped() > linked:
+            log.warning("exchange.unlinked_stamps", mailbox=mailbox,
+                        hint="contacts carry crmsync stamps the state database does not know; "
+                             "every new link is looked up in Exchange first")
+            return False
+        svc.trusted_mailboxes.add(mailbox)
+    return True
 
 
 def _single(svc: SyncServices, event: Event, outcomes: dict[int, Outcome],

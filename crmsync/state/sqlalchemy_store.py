@@ -249,30 +249,35 @@ class SqlStateStore:
         until = now + timedelta(seconds=ttl_seconds)
         try:
             with write_tx(self.engine) as conn:
-                return _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)
+                return _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)[0]
         except IntegrityError:
             raise LeaseTaken(f"link ({mailbox}, {crm_key}) was created by a concurrent worker; "
                              "retry") from None
 
     def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
-                     ttl_seconds: float, now: datetime) -> tuple[dict[str, Link], dict[str, str]]:
+                     ttl_seconds: float, now: datetime
+                     ) -> tuple[dict[str, Link], dict[str, str], set[str]]:
         """``acquire`` for a batch in one transaction: (leased links by crm_key, the reason
-        for each key that could not be leased now)."""
+        for each key that could not be leased now, the keys whose link row was created now)."""
         until = now + timedelta(seconds=ttl_seconds)
         leased: dict[str, Link] = {}
         refused: dict[str, str] = {}
+        created: set[str] = set()
         with write_tx(self.engine) as conn:
             for crm_key, item_id in wanted:
                 if crm_key in leased or crm_key in refused:
                     continue
                 try:
                     with conn.begin_nested():
-                        leased[crm_key] = _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)
+                        leased[crm_key], new = _acquire_on(conn, mailbox, crm_key, item_id, owner,
+                                                           until, now)
+                    if new:
+                        created.add(crm_key)
                 except (LeaseTaken, BadRecord) as exc:
                     refused[crm_key] = str(exc)
                 except IntegrityError:
                     refused[crm_key] = f"link ({mailbox}, {crm_key}) was created concurrently"
-        return leased, refused
+        return leased, refused, created
 
     def commit(self, link: Link, update_: LinkUpdate, now: datetime) -> Link:
         """Write the new link state iff ``link.lease_token`` still holds the lease (Stale if
@@ -375,7 +380,8 @@ def _as_utc(ts: Any) -> datetime | None:
 
 
 def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | None, owner: str,
-                until: datetime, now: datetime) -> Link:
+                until: datetime, now: datetime) -> tuple[Link, bool]:
+    """The leased link, and whether its row was created now."""
     token = uuid.uuid4().hex
     where_link = f"link ({mailbox}, {crm_key})"
     row = conn.execute(_LINK_BY_KEY, {"mb": mailbox, "key": crm_key}).first()
@@ -389,13 +395,14 @@ def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | Non
             "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id, "deleted": False,
             "lease_owner": owner, "lease_token": token, "lease_until": until,
             "created_at": now}).first()
+        return _link(got._mapping), True
     else:
         got = conn.execute(_TAKE_LEASE, {"lid": row.id, "now": now, "owner": owner,
                                          "token": token, "until": until}).first()
         if got is None:
             raise LeaseTaken(f"{where_link} is leased by {row.lease_owner} until "
                              f"{row.lease_until.isoformat() if row.lease_until else '?'}")
-    return _link(got._mapping)
+    return _link(got._mapping), False
 
 
 def _commit_on(conn: Connection, link: Link, update_: LinkUpdate, now: datetime) -> Link:

@@ -67,28 +67,52 @@ def baseline_bulk_create(pipeline: Pipeline, rows: list[dict]) -> float:
     return elapsed
 
 
+def _producer_started_at(p: Pipeline) -> float:
+    """When the producer's loop began (its log line), as a POSIX timestamp."""
+    from datetime import datetime
+
+    line = wait_until(lambda: next((ln for ln in p.log("producer").splitlines()
+                                    if "producer.started" in ln), None), 60, what="the producer")
+    return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+
+
 def pipeline_initial_sync(tmp: Path, n: int, workers: int) -> tuple:
+    """Seconds from the producer's start to the last link committed (the sync itself, without
+    the interpreter start-up), the same until every echo settled, and EWS requests made."""
     p = Pipeline(tmp, "sqlite", worker_concurrency=workers, batch_size=500)
     rows = seed_accounts(p, n)
     p.start_worker()
+    wait_until(lambda: "ready" in p.log("worker"), 60, what="the worker")
     p.emulator.reset_stats()
-    started = time.perf_counter()
     p.start_producer()
     wait_until(lambda: p.state("SELECT count(*) AS n FROM links WHERE item_id IS NOT NULL")[0]["n"] >= n,
-               timeout=max(600, n), interval=0.5, what=f"{n} links")
-    synced = time.perf_counter() - started
+               timeout=max(600, n), interval=0.2, what=f"{n} links")
+    started = _producer_started_at(p)
+    last_link = p.state("SELECT max(synced_at) AS t FROM links")[0]["t"]
+    synced = _timestamp(last_link) - started
     p.settle(timeout=max(600, n))
-    settled = time.perf_counter() - started
+    settled = _timestamp(p.state("SELECT max(applied_at) AS t FROM events")[0]["t"]) - started
     requests = sum(p.emulator.stats().values())
     _, folder = p.outlook()
     assert folder.all().count() == n, "every account must arrive exactly once"
     return synced, settled, requests, p, rows
 
 
+def _timestamp(value) -> float:
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, action="append", help="accounts (repeatable; default 1000)")
     parser.add_argument("--workers", type=int, default=2, help="worker concurrency (default 2)")
+    parser.add_argument("--keep-logs", action="store_true", help="print the tail of the process logs")
     args = parser.parse_args(argv)
     sizes = args.n or [1000]
     console = Console()
@@ -101,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             synced, settled, requests, p, rows = pipeline_initial_sync(Path(tmp), n, args.workers)
             try:
                 bulk = baseline_bulk_create(p, rows)
+                if args.keep_logs:
+                    for name in ("producer", "worker"):
+                        console.print(f"--- {name} log (tail)")
+                        console.print("\n".join(p.log(name).splitlines()[-25:]), markup=False)
             finally:
                 p.close()
         ratio = synced / bulk

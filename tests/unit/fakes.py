@@ -97,6 +97,10 @@ class FakeExchange:
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
         return {k: r for k in crm_keys if (r := self.find_by_crm_key(k)) is not None}
 
+    def count_stamped(self):
+        self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        return sum(1 for it in self.items.values() if it["crm_key"])
+
     def create_many(self, entries):
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
         return [self.create(key, values) for key, values in entries]
@@ -208,13 +212,17 @@ class FakeStore:
             del self._lease[link.id]
 
     def acquire_many(self, mailbox, wanted, owner, ttl_seconds, now):
-        leased, refused = {}, {}
+        leased, refused, created = {}, {}, set()
         for key, item_id in wanted:
+            existed = self.find_link(mailbox, crm_key=key) is not None
             try:
                 leased[key] = self.acquire(mailbox, key, item_id, owner, ttl_seconds, now)
             except LeaseTaken as exc:
                 refused[key] = str(exc)
-        return leased, refused
+                continue
+            if not existed:
+                created.add(key)
+        return leased, refused, created
 
     def commit_many(self, commits, now):
         failed = {}

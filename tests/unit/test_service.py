@@ -165,7 +165,7 @@ def test_a_batch_of_new_accounts_is_created_with_one_bulk_request(world):
     assert result.errors == {}
     assert set(result.outcomes.values()) == {"created-exchange"}
     assert sorted(it["crm_key"] for it in ex.items.values()) == sorted(keys)
-    # one read of the CRM keys' stamps, one bulk create
+    # one check that every stamped contact is linked, one bulk create
     assert ex.batch_calls == 2
     assert all(store.events[i]["status"] == "applied" for i in ids)
 
@@ -214,3 +214,25 @@ def test_a_batch_mixes_updates_deletes_and_new_outlook_contacts(world):
                                 ex_event(store, new_item)])
     assert sorted(result.outcomes.values()) == ["created-crm", "deleted-exchange", "updated"]
     assert any(it["record"].job_title == "CEO" for it in ex.items.values())
+
+
+def test_a_new_link_in_a_mailbox_without_unknown_stamps_skips_the_exchange_lookup(world):
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    crm.put("account:F1", first_name="Fresh")
+    apply_events(svc, [crm_event(store, "account:F1")])
+    # count_stamped once (trust check) + create_many; no find_many_by_crm_key
+    assert ex.batch_calls == 2
+    assert "alice@example.com" in svc.trusted_mailboxes
+
+
+def test_unknown_stamped_contacts_make_every_new_link_look_exchange_up_first(world):
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    crm.put("account:S1", first_name="Stamped")
+    ex.put(crm_key="account:S1", first_name="Stamped")   # e.g. the state database was restored
+    result = apply_events(svc, [crm_event(store, "account:S1")])
+    assert result.outcomes and set(result.outcomes.values()) == {"noop"}
+    assert len(ex.items) == 1, "found by its stamp, not created twice"

@@ -213,6 +213,11 @@ class EwsExchange:
         records = self.read_many(list(found.values())) if found else []
         return {key: rec for key, rec in zip(found, records, strict=True) if rec is not None}
 
+    def count_stamped(self) -> int:
+        """How many contacts in the folder carry a crmsync stamp (FindItem, ids only)."""
+        with ews_errors(self.mailbox, "counting stamped contacts"):
+            return self.folder.filter(**{f"{CRM_KEY_ATTR}__exists": True}).count()
+
     def stamped_items(self) -> dict[str, tuple[str, str]]:
         """crm_key -> (item_id, change_key) for every stamped contact in the folder (rebuilding links)."""
         out: dict[str, tuple[str, str]] = {}
