@@ -172,7 +172,7 @@ class ExchangeSettings(_Section):
     access: AccessType = "impersonation"
     verify_tls: bool = True
     timeout_s: float = Field(default=30.0, gt=0)
-    max_wait_s: float = Field(default=300.0, gt=0)
+    max_wait_s: float = Field(default=10.0, gt=0)
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret_env: str = "CRMSYNC_EXCHANGE_CLIENT_SECRET"

@@ -28,7 +28,7 @@ class CrmProducer:
 
     def __init__(self, changelog: ChangelogPort, crm: CrmKeysPort, store: EventStore,
                  mailboxes: Sequence[str], fan_out_contacts: bool = True,
-                 batch_size: int = 500) -> None:
+                 batch_size: int = 500, without_contacts: Sequence[str] = ()) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.changelog = changelog
@@ -36,6 +36,8 @@ class CrmProducer:
         self.store = store
         self.mailboxes = list(mailboxes)
         self.fan_out_contacts = fan_out_contacts
+        #: Mailboxes configured with secondary_contacts = false: no contact:<id> events.
+        self.without_contacts = frozenset(without_contacts)
         self.batch_size = batch_size
         #: True when the last poll read a full batch: more rows are probably waiting.
         self.more = False
@@ -69,6 +71,12 @@ class CrmProducer:
             contact_keys = self.crm.contact_keys_of_account(crm_key[len(ACCOUNT_PREFIX):])
         events: list[NewEvent] = []
         for mailbox in self.mailboxes:
+            if mailbox in self.without_contacts:
+                if crm_key.startswith("contact:"):
+                    continue
+                events.append(NewEvent(source="crm", mailbox=mailbox, op=op, crm_key=crm_key,
+                                       dedup_key=f"crm:{row.id}:{mailbox}:{crm_key}"))
+                continue
             events.append(NewEvent(source="crm", mailbox=mailbox, op=op, crm_key=crm_key,
                                    dedup_key=f"crm:{row.id}:{mailbox}:{crm_key}"))
             events.extend(
@@ -88,6 +96,8 @@ class CrmProducer:
         if self.initial_done(mailbox):
             return
         keys = self.crm.all_keys()
+        if mailbox in self.without_contacts:
+            keys = [key for key in keys if not key.startswith("contact:")]
         name = initial_cursor_name(mailbox)
         total = 0
         starts = range(0, len(keys), self.batch_size) or [0]

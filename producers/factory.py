@@ -49,7 +49,9 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
     mailboxes = [m.address for m in settings.mailboxes]
     sync = settings.sync
     crm_producer = CrmProducer(changelog, crm, store, mailboxes,
-                               fan_out_contacts=True, batch_size=sync.batch_size)
+                               fan_out_contacts=True, batch_size=sync.batch_size,
+                               without_contacts=[m.address for m in settings.mailboxes
+                                                 if not m.secondary_contacts])
     exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
     if doorbell is None:
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]

@@ -575,3 +575,16 @@ def test_broker_urls_in_error_texts_are_redacted():
     url = "redis://:s3cret@redis.internal:6379/0"
     text = redact(f"Cannot connect to {url}: auth s3cret refused", url)
     assert "s3cret" not in text and "redis.internal" in text
+
+
+def test_a_mailbox_without_secondary_contacts_gets_no_contact_events(changelog, crm, store):
+    producer = CrmProducer(changelog, crm, store, ["alice@example.com", "bob@example.com"],
+                           without_contacts=["bob@example.com"])
+    bob_initial = producer.initial("bob@example.com")
+    assert bob_initial and all(not store.events[i].crm_key.startswith("contact:") for i in bob_initial)
+    changelog.add("accounts", "A-1", "update")
+    ids = producer.poll()
+    bob = [store.events[i].crm_key for i in ids if store.events[i].mailbox == "bob@example.com"]
+    alice = [store.events[i].crm_key for i in ids if store.events[i].mailbox == "alice@example.com"]
+    assert bob == ["account:A-1"]
+    assert any(k.startswith("contact:") for k in alice)
