@@ -16,7 +16,7 @@ from functools import cached_property
 from sqlalchemy.engine import Engine
 
 from crmsync.config import MailboxSettings, Settings
-from crmsync.errors import ConfigError
+from crmsync.errors import BadRecord, ConfigError
 from crmsync.reconcile import Policy
 from crmsync.service import SyncServices
 
@@ -82,7 +82,11 @@ class Container:
                     client_id=ex.client_id, tenant_id=ex.tenant_id,
                     client_secret=ex.client_secret() if ex.auth == "oauth" else None,
                 )
-                folder = open_folder(account, mbox.folder, create=True)
+                try:
+                    folder = open_folder(account, mbox.folder, create=True)
+                except BadRecord as exc:
+                    # Not a record's fault: the events must be retried, not dead-lettered.
+                    raise ConfigError(str(exc)) from None
                 self._exchange[address] = (account, folder)
             return self._exchange[address]
 

@@ -8,7 +8,7 @@ from .contact_xml import folder_to_xml, localname, parse_shape
 from .folders import resolve_folder
 from .registry import Context, EwsError, m, operation, t
 from .restrictions import compile_restriction
-from .soap import error_message, new_response, ok_message
+from .soap import error_message, new_response, ok_message, require
 
 FOLDER_URIS = {"folder:DisplayName": "display_name", "folder:FolderClass": "folder_class",
                "folder:FolderId": "id", "folder:ParentFolderId": "parent_id"}
@@ -44,7 +44,7 @@ def _folder_elem(ctx: Context, folder: dict, shape) -> etree._Element:
 def get_folder(ctx: Context, req: etree._Element) -> etree._Element:
     shape = parse_shape(req.find(m("FolderShape")))
     resp, messages = new_response("GetFolder")
-    for fid in req.find(m("FolderIds")):
+    for fid in require(req, m("FolderIds")):
         if not isinstance(fid.tag, str):
             continue
         try:
@@ -64,7 +64,7 @@ def find_folder(ctx: Context, req: etree._Element) -> etree._Element:
     pred = compile_restriction(req.find(m("Restriction")), folder_field)
     view = req.find(m("IndexedPageFolderView"))
     resp, messages = new_response("FindFolder")
-    for fid in req.find(m("ParentFolderIds")):
+    for fid in require(req, m("ParentFolderIds")):
         if not isinstance(fid.tag, str):
             continue
         try:
@@ -92,12 +92,12 @@ DEFAULT_CLASS_BY_TAG = {"ContactsFolder": "IPF.Contact", "CalendarFolder": "IPF.
 def create_folder(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("CreateFolder")
     try:
-        parent = resolve_folder(ctx, req.find(m("ParentFolderId")))
+        parent = resolve_folder(ctx, require(req, m("ParentFolderId")))
     except EwsError as e:
-        for _ in req.find(m("Folders")):
+        for _ in require(req, m("Folders")):
             error_message(messages, "CreateFolder", e)
         return resp
-    for fe in req.find(m("Folders")):
+    for fe in require(req, m("Folders")):
         if not isinstance(fe.tag, str):
             continue
         name = fe.findtext(t("DisplayName")) or ""
@@ -123,7 +123,7 @@ def create_folder(ctx: Context, req: etree._Element) -> etree._Element:
 def delete_folder(ctx: Context, req: etree._Element) -> etree._Element:
     delete_type = req.get("DeleteType", "HardDelete")
     resp, messages = new_response("DeleteFolder")
-    for fid in req.find(m("FolderIds")):
+    for fid in require(req, m("FolderIds")):
         if not isinstance(fid.tag, str):
             continue
         try:
@@ -146,7 +146,7 @@ def delete_folder(ctx: Context, req: etree._Element) -> etree._Element:
 @operation("UpdateFolder")
 def update_folder(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("UpdateFolder")
-    for change in req.find(m("FolderChanges")):
+    for change in require(req, m("FolderChanges")):
         if not isinstance(change.tag, str):
             continue
         try:

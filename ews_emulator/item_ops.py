@@ -10,7 +10,7 @@ from .folder_ops import page
 from .folders import default_mailbox, resolve_folder, resolve_item
 from .registry import Context, EwsError, m, operation, t
 from .restrictions import apply_sort, compile_restriction
-from .soap import error_message, new_response, ok_message
+from .soap import error_message, new_response, ok_message, require
 
 DEFAULT_FOLDER_BY_TAG = {"Contact": "contacts", "DistributionList": "contacts", "CalendarItem": "calendar",
                          "Task": "tasks"}
@@ -31,7 +31,7 @@ def _id_only(item: dict) -> etree._Element:
 def create_item(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("CreateItem")
     saved = req.find(m("SavedItemFolderId"))
-    items = _children(req.find(m("Items")))
+    items = _children(require(req, m("Items")))
     target = None
     if saved is not None:
         try:
@@ -68,7 +68,7 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
 def get_item(ctx: Context, req: etree._Element) -> etree._Element:
     shape = parse_shape(req.find(m("ItemShape")))
     resp, messages = new_response("GetItem")
-    for iid in _children(req.find(m("ItemIds"))):
+    for iid in _children(require(req, m("ItemIds"))):
         try:
             item = resolve_item(ctx, iid)
         except EwsError as e:
@@ -87,7 +87,7 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
     view = req.find(m("IndexedPageItemView"))
     pred = compile_restriction(restriction, field_value)
     resp, messages = new_response("FindItem")
-    for fid in _children(req.find(m("ParentFolderIds"))):
+    for fid in _children(require(req, m("ParentFolderIds"))):
         try:
             folder = resolve_folder(ctx, fid)
         except EwsError as e:
@@ -207,7 +207,7 @@ def update_item(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("UpdateItem")
     results: list[tuple[dict | None, EwsError | None]] = []
     with ctx.store.write() as tx:
-        for change in _children(req.find(m("ItemChanges"))):
+        for change in _children(require(req, m("ItemChanges"))):
             try:
                 iid = change.find(t("ItemId"))
                 if iid is None:
@@ -241,7 +241,7 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("DeleteItem")
     results: list[EwsError | None] = []
     with ctx.store.write() as tx:
-        for iid in _children(req.find(m("ItemIds"))):
+        for iid in _children(require(req, m("ItemIds"))):
             try:
                 item = resolve_item(ctx, iid)
                 if delete_type == "HardDelete":
@@ -265,9 +265,9 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
 @operation("MoveItem")
 def move_item(ctx: Context, req: etree._Element) -> etree._Element:
     resp, messages = new_response("MoveItem")
-    ids = _children(req.find(m("ItemIds")))
+    ids = _children(require(req, m("ItemIds")))
     try:
-        target = resolve_folder(ctx, req.find(m("ToFolderId")))
+        target = resolve_folder(ctx, require(req, m("ToFolderId")))
     except EwsError as e:
         for _ in ids:
             error_message(messages, "MoveItem", e)

@@ -6,7 +6,7 @@ from lxml import etree
 
 from .folders import known_mailboxes
 from .registry import Context, EwsError, m, operation, t
-from .soap import error_message, new_response, ok_message
+from .soap import error_message, new_response, ok_message, require
 
 
 @operation("ConvertId")
@@ -15,7 +15,7 @@ def convert_id(ctx: Context, req: etree._Element) -> etree._Element:
     else is ErrorInvalidIdMalformed, which is what exchangelib's version probe ('DUMMY') gets."""
     dest = req.get("DestinationFormat", "EwsId")
     resp, messages = new_response("ConvertId")
-    for alt in req.find(m("SourceIds")):
+    for alt in require(req, m("SourceIds")):
         if not isinstance(alt.tag, str):
             continue
         id_ = alt.get("Id") or ""

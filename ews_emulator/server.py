@@ -366,6 +366,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             result = handler(ctx, request)
         except EwsError as e:
+            if e.code == "ErrorSchemaValidation":
+                return self._fault(e)
             resp, messages = new_response(op)
             error_message(messages, op, e)
             result = resp

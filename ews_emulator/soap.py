@@ -53,6 +53,17 @@ def error_message(messages: etree._Element, op: str, err: EwsError) -> etree._El
     return msg
 
 
+def require(parent: etree._Element, tag: str) -> etree._Element:
+    """The child ``tag`` (Clark name) of a request element, or ErrorSchemaValidation (which the
+    server sends as a SOAP fault, as Exchange does for an invalid request)."""
+    child = parent.find(tag)
+    if child is None:
+        local = tag.rsplit("}", 1)[-1]
+        raise EwsError("ErrorSchemaValidation",
+                       f"The request failed schema validation: {etree.QName(parent).localname} has no {local}.")
+    return child
+
+
 def envelope(body_elem: etree._Element) -> bytes:
     """A complete response envelope (with ServerVersionInfo) around one body element."""
     return _ENVELOPE_HEAD + etree.tostring(body_elem, encoding="utf-8") + _ENVELOPE_TAIL

@@ -548,3 +548,33 @@ def test_a_rename_from_the_crm_moves_the_derived_display_name_along(ews_side, ew
     ews_side.update(created.item_id, {"last_name": "Lovelace"}, created.change_key)
     (item,) = ews_account.fetch(ids=[(created.item_id, None)], only_fields=["display_name", "file_as"])
     assert (item.display_name, item.file_as) == ("Ada Lovelace", "Lovelace, Ada")
+
+
+def test_processes_opening_a_missing_folder_at_once_all_get_the_one_folder(emulator_proc):
+    """The producer and every worker open the sync folder when they start; when it is missing
+    they race to create it, and the losers must use the winner's folder, not fail."""
+    import threading
+
+    path = f"Race {uuid.uuid4().hex[:6]}"
+    accounts = [connect(endpoint=emulator_proc.endpoint, mailbox=ALICE, auth="basic", username=ALICE,
+                        password=ALICE_PW, access="delegate", max_wait=MAX_WAIT, timeout_s=30)
+                for _ in range(4)]
+    for account in accounts:
+        account.root  # noqa: B018 - load each one's folder tree before the race
+    start = threading.Barrier(len(accounts))
+    opened, failed = [], []
+
+    def open_it(account):
+        start.wait()
+        try:
+            opened.append(open_folder(account, path).id)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_it, args=(a,)) for a in accounts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert failed == []
+    assert len(set(opened)) == 1

@@ -33,7 +33,7 @@ from exchangelib import (
     Identity,
     OAuth2Credentials,
 )
-from exchangelib.errors import ErrorFolderNotFound
+from exchangelib.errors import ErrorFolderExists, ErrorFolderNotFound
 from exchangelib.folders import Contacts, Folder
 from exchangelib.protocol import NoVerifyHTTPAdapter, Protocol
 from exchangelib.transport import NOAUTH
@@ -158,7 +158,11 @@ def open_folder(account: Account, path: str, create: bool = True) -> Folder:
                         f"mailbox {mailbox}: folder {name!r} does not exist under {where} (path {path!r}). "
                         "Create it in Outlook, or set create_folder = true for this mailbox."
                     )
-                Folder(parent=folder, name=name, folder_class="IPF.Contact").save()
+                try:
+                    Folder(parent=folder, name=name, folder_class="IPF.Contact").save()
+                except ErrorFolderExists:
+                    pass  # another crmsync process created it a moment ago: use that one
+                account.root.clear_cache()   # exchangelib caches the folder tree
                 child = folder // name  # typed by its container class: a Contacts folder
             if not isinstance(child, Contacts) and getattr(child, "folder_class", None) != "IPF.Contact":
                 raise ConfigError(

@@ -136,7 +136,12 @@ def make_account(emu: RunningEmulator, user: str | None = "alice@example.com", m
                  access_type: str = DELEGATE, password: str | None = None, retry_policy=None,
                  auth_type: str = BASIC, max_connections: int | None = None) -> Account:
     """An exchangelib Account on ``mailbox`` (default: the user's own) as ``user``; the version is
-    probed from the server (version=None). ``auth_type=NOAUTH`` with user None for --no-auth."""
+    probed from the server (version=None). ``auth_type=NOAUTH`` with user None for --no-auth.
+
+    exchangelib shares one Protocol (and its session pool, 1 session unless ``max_connections``)
+    per endpoint + credentials: while a GetStreamingEvents call holds that session, other calls
+    with the same credentials wait for it. Give a concurrent writer ``max_connections=2`` on both
+    accounts, or other credentials (bob as delegate, svc by impersonation)."""
     mailbox = mailbox or user
     credentials = None
     if auth_type != NOAUTH:
