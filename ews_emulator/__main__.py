@@ -49,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         emu = build_app(args.data, host=args.host, port=args.port, users=args.user,
                         impersonators=args.impersonator, delegates=args.delegate, no_auth=args.no_auth,
                         mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         print(f"ews_emulator: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ews_emulator: cannot listen on {args.host}:{args.port} or use --data {args.data}: {e}",
+              file=sys.stderr)
         return 2
     def on_sigterm(*_: object) -> None:
         raise KeyboardInterrupt

@@ -53,6 +53,13 @@ class ExchangeProducer:
                         action="restarting the folder's feed from a full listing")
             return self.feed.changes(None, max_changes)
 
+    def _unsynced(self, changes):
+        """Leave out versions the link was synced at: crmsync's own writes, read back (the
+        worker would re-read them and write nothing). Event identity is (item, ChangeKey)."""
+        upserts = [c.item_id for c in changes if c.op != "delete" and c.change_key]
+        synced = self.store.synced_change_keys(self.mailbox, upserts) if upserts else {}
+        return [c for c in changes if c.op == "delete" or synced.get(c.item_id) != c.change_key]
+
     def poll_batches(self, max_changes: int = 500) -> Iterator[list[int]]:
         """Page by page while the feed says "more": each page's events are committed with its
         sync state, then their ids are yielded (so the caller can publish them at once)."""
@@ -60,7 +67,7 @@ class ExchangeProducer:
         for _ in range(MAX_ROUNDS_PER_POLL):
             state = self.store.get_cursor(self.cursor_name)
             changes, new_state, more = self._changes(state, max_changes)
-            events = [self._event(change) for change in changes]
+            events = [self._event(change) for change in self._unsynced(changes)]
             if events or new_state != state:
                 ids = self.store.add_events(events, cursor=(self.cursor_name, new_state))
                 total += len(ids)

@@ -71,6 +71,9 @@ class EventStore(Protocol):
 
     def get_cursor(self, name: str) -> str | None: ...
 
+    def synced_change_keys(self, mailbox: str, item_ids: list[str]) -> dict[str, str]:
+        """item_id -> ChangeKey of the version its link was last synced at."""
+
 
 class Publisher(Protocol):
     def publish(self, store: EventStore, event_ids: Sequence[int]) -> int:

@@ -204,6 +204,18 @@ class SqlStateStore:
             return res.rowcount or 0
 
     # ----------------------------------------------------------------------------- cursors
+    def synced_change_keys(self, mailbox: str, item_ids: list[str]) -> dict[str, str]:
+        """item_id -> the ChangeKey its link was last synced at, for the linked ones."""
+        out: dict[str, str] = {}
+        with read_tx(self.engine) as conn:
+            for start in range(0, len(item_ids), BATCH):
+                part = item_ids[start:start + BATCH]
+                rows = conn.execute(select(links.c.item_id, links.c.change_key).where(
+                    links.c.mailbox == mailbox, links.c.item_id.in_(part),
+                    links.c.change_key.is_not(None)))
+                out.update({item_id: change_key for item_id, change_key in rows})
+        return out
+
     def get_cursor(self, name: str) -> str | None:
         with read_tx(self.engine) as conn:
             return conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()

@@ -46,10 +46,14 @@ class FakeStore:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.events: dict[int, Event] = {}
+        self.synced: dict[str, str] = {}     # item_id -> ChangeKey of the links
         self.dedup: set[str] = set()
         self.cursors: dict[str, str] = {}
         self.add_calls: list[tuple[int, tuple[str, str] | None]] = []
         self.crash_on_add = 0          # crash on the next N add_events calls
+
+    def synced_change_keys(self, mailbox, item_ids):
+        return {i: self.synced[i] for i in item_ids if i in self.synced}
 
     def add_events(self, events, cursor=None):
         if self.crash_on_add:
@@ -588,3 +592,14 @@ def test_a_mailbox_without_secondary_contacts_gets_no_contact_events(changelog, 
     alice = [store.events[i].crm_key for i in ids if store.events[i].mailbox == "alice@example.com"]
     assert bob == ["account:A-1"]
     assert any(k.startswith("contact:") for k in alice)
+
+
+def test_an_exchange_version_the_link_was_synced_at_is_not_an_event(store):
+    feed = FakeFeed()
+    feed.log += [Change("I1", "ck-ours", "upsert"), Change("I2", "ck-user", "upsert"),
+                 Change("I1", "ck-ours", "delete")]
+    store.synced["I1"] = "ck-ours"        # the worker wrote I1 at this ChangeKey
+    store.synced["I2"] = "ck-older"
+    producer = ExchangeProducer("alice@example.com", feed, store)
+    ids = producer.poll()
+    assert [(store.events[i].item_id, store.events[i].op) for i in ids] == [("I2", "upsert"), ("I1", "delete")]
