@@ -317,7 +317,10 @@ def subscribe(ctx: Context, req: etree._Element) -> etree._Element:
 def get_events(ctx: Context, req: etree._Element) -> etree._Element:
     """Events of a pull subscription after a watermark (a StatusEvent when there are none)."""
     sub = _load(ctx, req.findtext(m("SubscriptionId")), "pull")
-    after = _watermark_seq(ctx, req.findtext(m("Watermark")), sub["mailbox"])
+    # Like Exchange, the subscription keeps its own position: each event is handed out once, even
+    # to a client that repeats its first watermark (exchangelib's get_events() does while
+    # MoreEvents is true). The watermark must still be a valid one of this mailbox.
+    after = max(_watermark_seq(ctx, req.findtext(m("Watermark")), sub["mailbox"]), sub["seq"])
     tip = ctx.store.last_seq()
     events, last, more = _EventReader(ctx, sub).read(after, MAX_EVENTS)
     reached = last if more else max(last, tip)
