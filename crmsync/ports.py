@@ -155,6 +155,9 @@ class StateStore(Protocol):
 
     def get_event(self, event_id: int) -> Event | None: ...
 
+    def get_events(self, event_ids: list[int]) -> dict[int, Event]:
+        """The events found among ``event_ids``, by id."""
+
     def mark_published(self, event_ids: list[int]) -> None: ...
 
     def mark_applied(self, event_id: int, outcome: str | None = None) -> None:

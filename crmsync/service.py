@@ -283,8 +283,9 @@ def apply_events(svc: SyncServices, event_ids: list[int]) -> BatchResult:
     outcomes: dict[int, Outcome] = {}
     errors: dict[int, BaseException] = {}
     by_mailbox: dict[str, list[Event]] = {}
+    found = svc.store.get_events(list(dict.fromkeys(event_ids)))
     for event_id in dict.fromkeys(event_ids):
-        event = svc.store.get_event(event_id)
+        event = found.get(event_id)
         if event is None or event.status in ("applied", "dead"):
             outcomes[event_id] = "missing" if event is None else "done-already"
             continue

@@ -53,6 +53,15 @@ _COMMIT_LINK = (
             lease_owner=None, lease_token=None, lease_until=None)
     .returning(*links.c)
 )
+_COMMIT_LINK_MANY = (
+    update(links)
+    .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
+    .values(item_id=bindparam("v_item_id"), change_key=bindparam("v_change_key"),
+            crm_version=bindparam("v_crm_version"), base_json=bindparam("v_base_json"),
+            crm_hash=bindparam("v_crm_hash"), exchange_hash=bindparam("v_exchange_hash"),
+            deleted=bindparam("v_deleted"), synced_at=bindparam("v_synced_at"),
+            lease_owner=None, lease_token=None, lease_until=None)
+)
 _RELEASE = (update(links)
             .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
             .values(lease_owner=None, lease_token=None, lease_until=None))
@@ -138,6 +147,15 @@ class SqlStateStore:
         with read_tx(self.engine) as conn:
             row = conn.execute(_EVENT_BY_ID, {"eid": event_id}).first()
         return None if row is None else _event(row._mapping)
+
+    def get_events(self, event_ids: list[int]) -> dict[int, Event]:
+        """``get_event`` for a batch: the events found, by id."""
+        found: dict[int, Event] = {}
+        with read_tx(self.engine) as conn:
+            for chunk in _chunks(list(event_ids)):
+                for row in conn.execute(select(events).where(events.c.id.in_(chunk))):
+                    found[int(row.id)] = _event(row._mapping)
+        return found
 
     def mark_published(self, event_ids: list[int]) -> None:
         """pending -> published; a re-published (re-driven) event gets a new published_at.
@@ -276,6 +294,9 @@ class SqlStateStore:
         refused: dict[str, str] = {}
         created: set[str] = set()
         with write_tx(self.engine) as conn:
+            new = self._insert_new_links(conn, mailbox, wanted, owner, until, now)
+            leased.update(new)
+            created.update(new)
             for crm_key, item_id in wanted:
                 if crm_key in leased or crm_key in refused:
                     continue
@@ -291,6 +312,31 @@ class SqlStateStore:
                     refused[crm_key] = f"link ({mailbox}, {crm_key}) was created concurrently"
         return leased, refused, created
 
+    def _insert_new_links(self, conn: Connection, mailbox: str, wanted: list[tuple[str, str | None]],
+                          owner: str, until: datetime, now: datetime) -> dict[str, Link]:
+        """Create the links none of which exists yet in one INSERT (an initial sync's batch);
+        anything less simple is left to the per-key path."""
+        keys = list(dict.fromkeys(key for key, item_id in wanted if item_id is None))
+        if not keys:
+            return {}
+        existing: set[str] = set()
+        for chunk in _chunks(keys):
+            existing.update(conn.execute(select(links.c.crm_key).where(
+                links.c.mailbox == mailbox, links.c.crm_key.in_(chunk))).scalars())
+        fresh = [key for key in keys if key not in existing]
+        if not fresh:
+            return {}
+        rows = [{"mailbox": mailbox, "crm_key": key, "item_id": None, "deleted": False,
+                 "lease_owner": owner, "lease_token": uuid.uuid4().hex, "lease_until": until,
+                 "created_at": now} for key in fresh]
+        try:
+            with conn.begin_nested():
+                got = conn.execute(links.insert().returning(*links.c, sort_by_parameter_order=True),
+                                   rows).all()
+        except IntegrityError:
+            return {}      # a concurrent worker created some of them: go key by key
+        return {row.crm_key: _link(row._mapping) for row in got}
+
     def commit(self, link: Link, update_: LinkUpdate, now: datetime) -> Link:
         """Write the new link state iff ``link.lease_token`` still holds the lease (Stale if
         not), and release the lease in the same statement."""
@@ -305,6 +351,28 @@ class SqlStateStore:
         """``commit`` for a batch in one transaction; returns the reason for each crm_key that
         could not be committed (lease lost, item linked elsewhere); the rest are committed."""
         failed: dict[str, str] = {}
+        if not commits:
+            return failed
+        try:
+            with write_tx(self.engine) as conn:   # the write lock (SQLite) / row locks (PG) first
+                held = set()
+                for chunk in _chunks([link.id for link, _ in commits]):
+                    held.update((row.id, row.lease_token) for row in conn.execute(
+                        self._for_update(select(links.c.id, links.c.lease_token)
+                                         .where(links.c.id.in_(chunk)))))
+                fine = [(link, update_) for link, update_ in commits
+                        if (link.id, link.lease_token) in held and link.lease_token]
+                for link, _ in commits:
+                    if not ((link.id, link.lease_token) in held and link.lease_token):
+                        failed[link.crm_key] = (f"link ({link.mailbox}, {link.crm_key}): the lease was "
+                                                "lost (expired and taken over) before commit")
+                if fine:
+                    conn.execute(_COMMIT_LINK_MANY, [_commit_params(link, update_, now)
+                                                     for link, update_ in fine])
+            return failed
+        except IntegrityError:
+            pass   # an item linked elsewhere: find out which, one link at a time
+        failed = {}
         with write_tx(self.engine) as conn:
             for link, update_ in commits:
                 try:
@@ -316,6 +384,9 @@ class SqlStateStore:
                     failed[link.crm_key] = (f"link ({link.mailbox}, {link.crm_key}): Exchange item "
                                             f"{update_.item_id} is already linked to another record")
         return failed
+
+    def _for_update(self, stmt):
+        return stmt.with_for_update() if self.engine.dialect.name == "postgresql" else stmt
 
     def release(self, link: Link) -> None:
         """Give the lease back (no-op if it was lost meanwhile)."""
@@ -417,15 +488,18 @@ def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | Non
     return _link(got._mapping), False
 
 
+def _commit_params(link: Link, update_: LinkUpdate, now: datetime) -> dict[str, Any]:
+    return {"lid": link.id, "token": link.lease_token, "v_item_id": update_.item_id,
+            "v_change_key": update_.change_key, "v_crm_version": update_.crm_version,
+            "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
+            "v_crm_hash": update_.crm_hash, "v_exchange_hash": update_.exchange_hash,
+            "v_deleted": update_.deleted, "v_synced_at": now}
+
+
 def _commit_on(conn: Connection, link: Link, update_: LinkUpdate, now: datetime) -> Link:
     if link.lease_token is None:
         raise Stale(f"link ({link.mailbox}, {link.crm_key}): commit without a lease")
-    got = conn.execute(_COMMIT_LINK, {
-        "lid": link.id, "token": link.lease_token, "v_item_id": update_.item_id,
-        "v_change_key": update_.change_key, "v_crm_version": update_.crm_version,
-        "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
-        "v_crm_hash": update_.crm_hash, "v_exchange_hash": update_.exchange_hash,
-        "v_deleted": update_.deleted, "v_synced_at": now}).first()
+    got = conn.execute(_COMMIT_LINK, _commit_params(link, update_, now)).first()
     if got is None:
         raise Stale(f"link ({link.mailbox}, {link.crm_key}): the lease was lost "
                     "(expired and taken over) before commit")

@@ -210,3 +210,49 @@ def test_conflicts_are_recorded(store: SqlStateStore) -> None:
 def test_naive_timestamps_are_refused(store: SqlStateStore) -> None:
     with pytest.raises(Exception, match="timezone-aware"):
         store.acquire(MB, "account:A1", None, "w1", 60, datetime(2026, 1, 1))
+
+
+# ----------------------------------------------------------------------------------- batches
+
+def test_acquire_many_leases_new_and_free_links_and_names_the_rest(store: SqlStateStore) -> None:
+    existing = store.acquire(MB, "account:OLD", None, "w1", 60, T0)
+    store.commit(existing, update_for(existing), T0)
+    store.acquire(MB, "account:BUSY", None, "other", 60, T0)
+    leased, refused, created = store.acquire_many(
+        MB, [("account:NEW", None), ("account:OLD", "ITEM-1"), ("account:BUSY", None)], "w1", 60, T0)
+    assert set(leased) == {"account:NEW", "account:OLD"}
+    assert created == {"account:NEW"}
+    assert list(refused) == ["account:BUSY"] and "leased by other" in refused["account:BUSY"]
+    assert all(link.lease_token for link in leased.values())
+
+
+def test_commit_many_commits_held_leases_and_reports_lost_ones(store: SqlStateStore) -> None:
+    leased, _, _ = store.acquire_many(MB, [("account:C1", None), ("account:C2", None)], "w1", 1, T0)
+    # C2's lease expires and another worker takes it over
+    store.acquire(MB, "account:C2", None, "w2", 60, T0 + timedelta(seconds=5))
+    commits = [(leased["account:C1"], LinkUpdate("ITEM-C1", "CK", "v", CanonicalContact(first_name="A"), "h", "h")),
+               (leased["account:C2"], LinkUpdate("ITEM-C2", "CK", "v", CanonicalContact(first_name="B"), "h", "h"))]
+    failed = store.commit_many(commits, T0 + timedelta(seconds=6))
+    assert list(failed) == ["account:C2"] and "lease was lost" in failed["account:C2"]
+    c1 = store.find_link(MB, crm_key="account:C1")
+    assert c1.item_id == "ITEM-C1" and c1.base.first_name == "A" and c1.lease_token is None
+    assert store.find_link(MB, crm_key="account:C2").item_id is None
+
+
+def test_commit_many_names_the_link_whose_item_is_linked_elsewhere(store: SqlStateStore) -> None:
+    taken = store.acquire(MB, "account:T1", "ITEM-T", "w1", 60, T0)
+    store.commit(taken, LinkUpdate("ITEM-T", "CK", "v", None, None, None), T0)
+    leased, _, _ = store.acquire_many(MB, [("account:T2", None), ("account:T3", None)], "w1", 60, T0)
+    failed = store.commit_many(
+        [(leased["account:T2"], LinkUpdate("ITEM-T", "CK", "v", None, None, None)),
+         (leased["account:T3"], LinkUpdate("ITEM-T3", "CK", "v", None, None, None))], T0)
+    assert list(failed) == ["account:T2"]
+    assert store.find_link(MB, crm_key="account:T3").item_id == "ITEM-T3"
+
+
+def test_get_events_and_mark_applied_many(store: SqlStateStore) -> None:
+    ids = store.add_events([crm_event(1, "account:G1"), crm_event(2, "account:G2")])
+    found = store.get_events(ids + [999_999])
+    assert sorted(found) == sorted(ids)
+    store.mark_applied_many({ids[0]: "updated", ids[1]: "noop"})
+    assert {store.get_event(i).status for i in ids} == {"applied"}

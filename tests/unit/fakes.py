@@ -159,6 +159,9 @@ class FakeStore:
                      crm_key=e["crm_key"], item_id=e["item_id"], status=e["status"],
                      attempts=e["attempts"], last_error=e["last_error"], created_at=NOW)
 
+    def get_events(self, event_ids):
+        return {i: e for i in event_ids if (e := self.get_event(i)) is not None}
+
     def mark_applied(self, event_id, outcome=None):
         self.events[event_id].update(status="applied", outcome=outcome)
 
