@@ -180,7 +180,7 @@ def _print(phases: list[Phase], n: int) -> bool:
         ok &= ratio < 1
         table.add_row(p.name, f"{p.rate:,.0f}", f"{p.wall:.2f}", f"{p.server_cpu:.2f}", f"{p.client_cpu:.2f}",
                       f"{p.server_per * 1000:.3f}", f"{p.client_per * 1000:.3f}", f"{ratio:.2f}")
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     create = phases[0]
     verdict = "PASS" if create.server_per < create.client_per else "FAIL"

@@ -143,13 +143,15 @@ def test_get_events_rejects_a_forged_watermark_and_a_streaming_subscription(fold
         list(folder.get_events(streaming_id, "bm90IGEgd2F0ZXJtYXJr"))
 
 
-def test_a_change_made_while_the_stream_is_open_arrives_at_once(account, folder):
+def test_a_change_made_while_the_stream_is_open_arrives_at_once(emulator, folder):
     sub_id = folder.subscribe_to_streaming()
     made: dict[str, object] = {}
 
     def change_from_another_thread() -> None:
         time.sleep(1.0)
-        other = make_account_like(account)
+        # bob is alice's delegate: another client with its own connection (exchangelib shares
+        # one connection per endpoint and credentials, and the stream holds alice's).
+        other = make_account(emulator, user="bob@example.com", mailbox="alice@example.com")
         c = Contact(folder=other.contacts // folder.name, given_name="Streamed", display_name="Streamed")
         c.save()
         made["id"], made["at"] = c.id, time.monotonic()
@@ -166,17 +168,6 @@ def test_a_change_made_while_the_stream_is_open_arrives_at_once(account, folder)
     assert [(type(e), e.item_id.id) for e in notification.events] == [(CreatedEvent, made["id"])]
     assert received - made["at"] < 2.0, "the event waited for a poll instead of being pushed"
     assert received - started < 10
-
-
-def make_account_like(account):
-    """A second exchangelib Account for the same mailbox and endpoint (its own connections)."""
-    from exchangelib import Account, Configuration
-
-    config = Configuration(service_endpoint=account.protocol.service_endpoint,
-                           credentials=account.protocol.credentials, auth_type=account.protocol.auth_type,
-                           version=account.version)
-    return Account(account.primary_smtp_address, config=config, autodiscover=False,
-                   access_type=account.access_type)
 
 
 def test_streaming_delivers_changes_made_before_connecting_and_unsubscribe_closes_it(folder):
