@@ -22,7 +22,10 @@ def celery_settings(broker_url: str, queue: str = EVENTS_QUEUE) -> dict[str, Any
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # Redis: unacked messages come back after this; other transports take no such option
+        # (kombu's SQLAlchemy transport hands its options to create_engine).
+        "broker_transport_options": ({"visibility_timeout": VISIBILITY_TIMEOUT_S}
+                                     if broker_url.startswith(("redis://", "rediss://")) else {}),
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_backend": None,

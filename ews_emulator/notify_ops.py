@@ -111,7 +111,7 @@ def _load(ctx: Context, sub_id: str | None, kind: str) -> dict:
     if row is None:
         raise EwsError("ErrorSubscriptionNotFound", "The specified subscription was not found.")
     sub = dict(row)
-    if (ctx.mailbox or None) != (sub["owner"] or None) and ctx.mailbox is not None:
+    if ctx.mailbox is not None and ctx.mailbox != sub["owner"]:
         raise EwsError("ErrorSubscriptionAccessDenied",
                        "A subscription can only be used by the account that created it.")
     if sub["kind"] != kind:
@@ -298,12 +298,14 @@ def subscribe(ctx: Context, req: etree._Element) -> etree._Element:
         seq = store.last_seq()
 
     sub_id = base64.b64encode(b"\x17\x00" + os.urandom(30)).decode()
+    now = time.time()
     with store.write() as tx:
+        tx.conn.execute("DELETE FROM ews_subscriptions WHERE last_used + timeout_min * 60 < ?", (now,))
         tx.conn.execute(
             "INSERT INTO ews_subscriptions(id, kind, mailbox, owner, folder_ids, event_types,"
             " timeout_min, seq, last_used) VALUES (?,?,?,?,?,?,?,?,?)",
             (sub_id, kind, mailbox, ctx.mailbox, None if folder_ids is None else json.dumps(folder_ids),
-             json.dumps(event_types), timeout, seq, time.time()))
+             json.dumps(event_types), timeout, seq, now))
 
     resp, msg = response_message("Subscribe")
     etree.SubElement(msg, m("SubscriptionId")).text = sub_id
@@ -408,6 +410,8 @@ def _stream(ctx: Context, subs: list[dict], deadline: float, keepalive: float) -
             if any(n.findtext(t("MoreEvents")) == "true" for n in notifications):
                 continue
         elif now - last_sent >= keepalive:
+            for sub in subs:  # keeps the subscriptions from expiring while the stream is open
+                _save_progress(ctx, sub["id"], cursors[sub["id"]])
             yield _streaming_message("OK", [])
             last_sent = now
         if now >= deadline or (stopping is not None and stopping.is_set()):

@@ -43,17 +43,19 @@ def redact(text: str, url: str) -> str:
 
 
 def client_config(celery_config: Mapping[str, Any] | None, *, connect_timeout_s: float,
-                  socket_timeout_s: float, publish_retries: int) -> dict[str, Any]:
+                  socket_timeout_s: float, publish_retries: int, redis: bool = True) -> dict[str, Any]:
     """The workers' Celery settings (same transport options, e.g. visibility_timeout) plus
-    client-only bounds on connecting and publishing."""
+    client-only bounds on connecting and publishing. The socket options are Redis ones; other
+    transports (the demo's SQLAlchemy one) get only the retry policy."""
     conf = dict(celery_config or {})
     transport = dict(conf.get("broker_transport_options") or {})
-    transport.setdefault("visibility_timeout", 3600)
-    transport.update(
-        # kombu's ensure_connection on channel creation (Connection._extract_failover_opts)
-        max_retries=publish_retries, interval_start=0, interval_step=0.2, interval_max=0.5,
-        socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s,
-    )
+    if redis:
+        transport.setdefault("visibility_timeout", 3600)
+        transport.update(
+            # kombu's ensure_connection on channel creation (Connection._extract_failover_opts)
+            max_retries=publish_retries, interval_start=0, interval_step=0.2, interval_max=0.5,
+            socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s,
+        )
     conf.update(
         broker_transport_options=transport,
         broker_connection_timeout=connect_timeout_s,
@@ -79,7 +81,8 @@ class CeleryPublisher:
         self.queue = queue
         self._config = client_config(celery_config, connect_timeout_s=connect_timeout_s,
                                      socket_timeout_s=socket_timeout_s,
-                                     publish_retries=publish_retries)
+                                     publish_retries=publish_retries,
+                                     redis=broker_url.startswith(("redis://", "rediss://")))
         self._app: Celery | None = None
         self._errors: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
 

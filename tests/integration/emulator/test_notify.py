@@ -13,6 +13,7 @@ from exchangelib import Contact
 from exchangelib.errors import (
     ErrorInvalidPullSubscriptionId,
     ErrorInvalidWatermark,
+    ErrorSubscriptionAccessDenied,
     ErrorSubscriptionNotFound,
 )
 from exchangelib.folders import Contacts
@@ -131,6 +132,14 @@ def test_unsubscribe_ends_a_pull_subscription(folder):
         list(folder.get_events(sub_id, watermark))
     with pytest.raises(ErrorSubscriptionNotFound):
         folder.unsubscribe(sub_id)
+
+
+def test_only_the_account_that_subscribed_may_read_the_events(emulator, folder):
+    sub_id, watermark = folder.subscribe_to_pull()
+    bob = make_account(emulator, user="bob@example.com")
+
+    with pytest.raises(ErrorSubscriptionAccessDenied):
+        list(bob.contacts.get_events(sub_id, watermark))
 
 
 def test_get_events_rejects_a_forged_watermark_and_a_streaming_subscription(folder):

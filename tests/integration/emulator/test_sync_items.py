@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from .conftest import admin_call, make_account
+from .conftest import admin_call, make_account, spawn_emulator
 from exchangelib import Contact
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Contacts
@@ -165,6 +165,36 @@ def test_a_sync_state_keeps_working_after_the_emulator_restarts(emulator, accoun
     got = changes(folder, sync_state=state)
 
     assert sorted((c, i) for c, i, _ in got) == sorted([("create", cid.id), ("update", ben.id)])
+
+
+def test_a_sync_state_survives_the_emulator_process_being_killed_and_started_again(tmp_path):
+    data = tmp_path / "killed"
+    proc = spawn_emulator(data)
+    try:
+        account = make_account(proc)
+        folder = Contacts(parent=account.contacts, name="survives-kill")
+        folder.save()
+        (ann,) = add(folder, "Ann")
+        changes(folder)
+        state = folder.item_sync_state
+    finally:
+        proc.proc.kill()  # a crash, not a clean stop: committed changes and states must survive
+        proc.proc.wait()
+
+    proc = spawn_emulator(data)
+    try:
+        account = make_account(proc)
+        folder = account.contacts // "survives-kill"
+        (ben,) = add(folder, "Ben")
+        ann = folder.get(id=ann.id)
+        ann_id = ann.id
+        ann.delete()
+
+        got = changes(folder, sync_state=state)
+    finally:
+        proc.stop()
+
+    assert sorted((c, i) for c, i, _ in got) == sorted([("create", ben.id), ("delete", ann_id)])
 
 
 def test_a_corrupt_sync_state_is_rejected_as_exchange_does(folder):
