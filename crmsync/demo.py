@@ -7,6 +7,7 @@ otherwise kombu's SQLAlchemy transport on a SQLite file, so it runs where no Red
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -128,6 +129,9 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     console.print(f"Exchange emulator: {emulator.url} (mailbox {DEMO_MAILBOX}, no auth)")
 
     broker_url = _choose_broker(root, console)
+    # Environment values win over a config file: make the demo's choice the environment's
+    # too, for this process and for the worker it starts.
+    os.environ["CRMSYNC_BROKER_URL"] = broker_url
     config_path = root / "crmsync.toml"
     config_path.write_text(_config_text(root, emulator.url, broker_url))
     settings = load_settings(str(config_path))
