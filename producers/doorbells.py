@@ -149,7 +149,33 @@ class SqliteFileDoorbell(_Bell):
 
 # ----------------------------------------------------------------------------- PostgreSQL
 
-class PostgresListenDoorbell(_Bell):
+class _ThreadedBell(_Bell):
+    """A doorbell that listens in a thread of its own, started and stopped with the loop."""
+
+    def _thread_name(self) -> str:
+        return f"doorbell-{type(self).__name__}"
+
+    def _join_timeout(self) -> float:
+        return 5.0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=self._thread_name(), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self._join_timeout())
+
+    def _run(self) -> None:  # pragma: no cover - each subclass listens its own way
+        raise TypeError(f"{type(self).__name__} must define _run")
+
+
+class PostgresListenDoorbell(_ThreadedBell):
     """``LISTEN <channel>`` on its own autocommit connection in a thread; each NOTIFY rings.
 
     Reconnects with back-off after a lost connection and rings once on every (re)connect, since
@@ -168,19 +194,8 @@ class PostgresListenDoorbell(_Bell):
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()   # set while LISTEN is active (tests wait on it)
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"pg-listen-{self.channel}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+    def _thread_name(self) -> str:
+        return f"pg-listen-{self.channel}"
 
     def _run(self) -> None:
         import psycopg
@@ -208,7 +223,7 @@ class PostgresListenDoorbell(_Bell):
 
 # ----------------------------------------------------------------------------- others
 
-class CallbackDoorbell(_Bell):
+class CallbackDoorbell(_ThreadedBell):
     """Rings when ``check(timeout_s)`` returns True, called over and over in a thread — e.g. an
     Exchange feed's ``wait_for_change`` on a pull/streaming subscription."""
 
@@ -222,19 +237,8 @@ class CallbackDoorbell(_Bell):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"doorbell-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=self.timeout_s + 1)
+    def _join_timeout(self) -> float:
+        return self.timeout_s + 1
 
     def _run(self) -> None:
         while not self._stopping.is_set():

@@ -43,17 +43,7 @@ _TAKE_LEASE = (
     .returning(*links.c)
 )
 _NEW_LINK = links.insert().returning(*links.c)
-_COMMIT_LINK = (
-    update(links)
-    .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
-    .values(item_id=bindparam("v_item_id"), change_key=bindparam("v_change_key"),
-            crm_version=bindparam("v_crm_version"), base_json=bindparam("v_base_json"),
-            crm_hash=bindparam("v_crm_hash"), exchange_hash=bindparam("v_exchange_hash"),
-            deleted=bindparam("v_deleted"), synced_at=bindparam("v_synced_at"),
-            lease_owner=None, lease_token=None, lease_until=None)
-    .returning(*links.c)
-)
-_COMMIT_LINK_MANY = (
+_COMMIT_LINK_MANY = (  # for executemany, so without RETURNING
     update(links)
     .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
     .values(item_id=bindparam("v_item_id"), change_key=bindparam("v_change_key"),
@@ -62,6 +52,7 @@ _COMMIT_LINK_MANY = (
             deleted=bindparam("v_deleted"), synced_at=bindparam("v_synced_at"),
             lease_owner=None, lease_token=None, lease_until=None)
 )
+_COMMIT_LINK = _COMMIT_LINK_MANY.returning(*links.c)
 _RELEASE = (update(links)
             .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
             .values(lease_owner=None, lease_token=None, lease_until=None))
