@@ -48,6 +48,19 @@ def container():
     return container_for(settings())
 
 
+def ready_container():
+    """The container, once both databases are known to be set up (else a clear error)."""
+    from crmsync.config import mask_url
+    from crmsync.dbsetup import check_crm_schema, state_revision
+
+    c = container()
+    if state_revision(c.state_engine) is None:
+        raise CrmsyncError(f"state database {mask_url(c.settings.state.url)} has no crmsync tables "
+                           "yet; run `crmsync init` first")
+    check_crm_schema(c.crm_engine)
+    return c
+
+
 @app.callback()
 def main_options(
     config: Optional[str] = typer.Option(
@@ -79,7 +92,7 @@ def worker(ctx: typer.Context) -> None:
     e.g. `crmsync worker --concurrency 8 --pool threads -n w1@%h`."""
     from crmsync.processes import run_worker
 
-    run_worker(settings(), ctx.args)
+    run_worker(ready_container().settings, ctx.args)
 
 
 @app.command()
@@ -88,7 +101,7 @@ def producer() -> None:
     changes into event rows and publish them to the broker."""
     from crmsync.processes import run_producer
 
-    run_producer(container())
+    run_producer(ready_container())
 
 
 @app.command(context_settings=PASSTHROUGH)
@@ -96,7 +109,7 @@ def run(ctx: typer.Context) -> None:
     """Run the producers and one worker together on this host (extra options go to the worker)."""
     from crmsync.processes import run_producer, spawn_worker, stop_process
 
-    c = container()
+    c = ready_container()
     child = spawn_worker(state.config, ctx.args)
     try:
         run_producer(c)
@@ -109,7 +122,7 @@ def status() -> None:
     """Per mailbox: links, last sync, pending/failed events; and the broker's queue depth."""
     from crmsync.status import queue_depth
 
-    c = container()
+    c = ready_container()
     summary = c.store.status_summary()
     table = Table(title="crmsync status")
     for column in ("mailbox", "links", "last sync", "pending", "published", "applied", "dead"):
@@ -132,7 +145,7 @@ def replay(
     """Send dead letters (or any events) to the workers again, with their attempts reset."""
     from producers.publisher import CeleryPublisher
 
-    c = container()
+    c = ready_container()
     ids = list(event_ids or [])
     if all_dead:
         ids += [e.id for e in c.store.dead_letters(10_000)]
@@ -146,7 +159,7 @@ def replay(
 @app.command("dead-letters")
 def dead_letters(limit: int = typer.Option(50, help="how many to list")) -> None:
     """List dead letters with their last error."""
-    c = container()
+    c = ready_container()
     table = Table(title="dead letters")
     for column in ("event", "mailbox", "source", "record", "attempts", "last error"):
         table.add_column(column)

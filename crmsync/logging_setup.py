@@ -89,7 +89,7 @@ def _shared_processors() -> list[Any]:
 
 
 def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO | None = None,
-                      quiet_loggers: Iterable[str] = ("exchangelib",)) -> None:
+                      quiet_loggers: Iterable[str] = ("exchangelib", "alembic")) -> None:
     """Route structlog and stdlib logging to ``stream`` (stderr) at ``level``, rendered as JSON
     lines or for a console, with secrets redacted. Safe to call again (it replaces its handler).
 
