@@ -16,7 +16,7 @@ from typing import Literal
 
 import structlog
 
-from crmsync.errors import BadRecord, LeaseTaken, Stale
+from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.normalize import content_hash
 from crmsync.ports import (
     CrmRecord,
@@ -293,10 +293,15 @@ def apply_events(svc: SyncServices, event_ids: list[int]) -> BatchResult:
     for mailbox, events in by_mailbox.items():
         try:
             _apply_mailbox_batch(svc, mailbox, events, outcomes, errors)
-        except Exception as exc:  # noqa: BLE001 - the whole batch failed (e.g. Exchange down)
+        except Transient as exc:   # e.g. Exchange down: every event of the batch waits
             for event in events:
                 if event.id not in outcomes:
                     errors.setdefault(event.id, exc)
+        except Exception:  # noqa: BLE001 - one record spoilt a bulk step: each on its own
+            log.warning("events.batch_split", mailbox=mailbox, events=len(events))
+            for event in events:
+                if event.id not in outcomes and event.id not in errors:
+                    _single(svc, event, outcomes, errors)
     done = {eid: outcome for eid, outcome in outcomes.items()
             if outcome not in ("missing", "done-already")}
     svc.store.mark_applied_many(done)
@@ -329,7 +334,11 @@ def _apply_mailbox_batch(svc: SyncServices, mailbox: str, events: list[Event],
             errors[event.id] = LeaseTaken(why)
     if not leased:
         return
-    reads = _read_batch(svc, exchange, leased, created)
+    try:
+        reads = _read_batch(svc, exchange, leased, created)
+    except BaseException:
+        svc.store.release_many(list(leased.values()))
+        raise
     results: dict[str, Outcome | BaseException] = {}
     commits: list[tuple[Link, LinkUpdate]] = []
     creates: list[tuple[Link, PendingCreate]] = []

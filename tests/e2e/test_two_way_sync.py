@@ -171,3 +171,35 @@ def test_private_outlook_contact_never_reaches_the_crm(pipeline):
     assert pipeline.crm.query("SELECT * FROM accounts WHERE first_name = 'Priv'") == []
     logs = pipeline.log("worker") + pipeline.log("producer")
     assert email not in logs and "Priv Ate" not in logs
+
+
+def test_a_busy_exchange_is_retried_after_the_back_off_it_asks_for(pipeline):
+    pipeline.settle()
+    pipeline.emulator.inject_fault("CreateItem", "server_busy", count=1, back_off_ms=3000)
+    email = f"busy.{uuid.uuid4().hex[:6]}@example.org"
+    started = time.monotonic()
+    _insert_account(pipeline, company_name="Busy Signal", first_name="Bea", last_name="Busy", email=email)
+    wait_until(lambda: _by_email(pipeline, email), 90, what="the contact after the server was busy")
+    assert time.monotonic() - started >= 2.5, "the retry must wait for the server's back-off"
+    assert len(_by_email(pipeline, email)) == 1
+    assert pipeline.dead_events() == []
+
+
+def test_a_bad_record_is_a_dead_letter_that_names_it_and_the_rest_carries_on(pipeline):
+    good = f"good.{uuid.uuid4().hex[:6]}@example.org"
+    bad_no = _insert_account(pipeline, company_name="Bad\x0bChars Ltd", first_name="Vera", last_name="Tab",
+                             email=f"bad.{uuid.uuid4().hex[:6]}@example.org")
+    _insert_account(pipeline, company_name="Good Ltd", first_name="Gus", last_name="Good", email=good)
+    wait_until(lambda: _by_email(pipeline, good), 60, what="the good account")
+    dead = wait_until(lambda: [e for e in pipeline.dead_events() if e["crm_key"] == f"account:{bad_no}"],
+                      90, what="the bad account's dead letter")
+    assert "company_name" in dead[0]["last_error"] and bad_no in dead[0]["last_error"]
+    listing = pipeline.cli("dead-letters", env={"COLUMNS": "300"}).stdout
+    assert f"account:{bad_no}" in listing
+    # the administrator fixes the row and replays the dead letters
+    pipeline.crm.execute("UPDATE accounts SET company_name = 'Bad Chars Ltd' WHERE account_no = :n", n=bad_no)
+    pipeline.settle()
+    pipeline.cli("replay", "--all-dead")
+    wait_until(lambda: [c for c in pipeline.contacts() if c.company_name == "Bad Chars Ltd"], 60,
+               what="the fixed account after the replay")
+    assert pipeline.dead_events() == []

@@ -236,3 +236,25 @@ def test_unknown_stamped_contacts_make_every_new_link_look_exchange_up_first(wor
     result = apply_events(svc, [crm_event(store, "account:S1")])
     assert result.outcomes and set(result.outcomes.values()) == {"noop"}
     assert len(ex.items) == 1, "found by its stamp, not created twice"
+
+
+def test_one_unreadable_record_does_not_spoil_its_batch(world):
+    from crmsync.errors import BadRecord
+    from crmsync.service import apply_events
+
+    svc, crm, ex, store = world
+    crm.put("account:OK", first_name="Fine")
+    crm.put("account:BAD", first_name="Broken")
+    real_read = crm.read
+
+    def read(key):
+        if key == "account:BAD":
+            raise BadRecord("account account_no='BAD': field company_name holds U+000B")
+        return real_read(key)
+    crm.read = read
+    crm.read_many = lambda keys: {k: r for k in keys if (r := read(k)) is not None}
+    ok, bad = crm_event(store, "account:OK"), crm_event(store, "account:BAD")
+    result = apply_events(svc, [ok, bad])
+    assert result.outcomes[ok] == "created-exchange"
+    assert isinstance(result.errors[bad], BadRecord)
+    assert not store._lease or all(t[1] < NOW for t in store._lease.values())
