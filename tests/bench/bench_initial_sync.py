@@ -55,7 +55,7 @@ def baseline_bulk_create(pipeline: Pipeline, rows: list[dict]) -> float:
     from crmsync.connectors.exchange.mapping import contact_kwargs
     from schemas.canonical import ACCOUNT_FIELDS
 
-    account, _ = pipeline.outlook()
+    account = pipeline.outlook_account()
     folder = Contacts(parent=account.contacts, name=f"Baseline {time.time_ns()}")
     folder.save()
     items = [Contact(folder=folder, account=account,
@@ -77,10 +77,12 @@ def _producer_started_at(p: Pipeline) -> float:
 
 
 def pipeline_initial_sync(tmp: Path, n: int, workers: int) -> tuple:
-    """Seconds from the producer's start to the last link committed (the sync itself, without
-    the interpreter start-up), the same until every echo settled, and EWS requests made."""
+    """The baseline first (no crmsync process running yet), then the pipeline on the same
+    emulator: seconds from the producer's start to the last link committed (the sync itself,
+    without the interpreter start-up), the same until every echo settled, EWS requests made."""
     p = Pipeline(tmp, "sqlite", worker_concurrency=workers, batch_size=500)
     rows = seed_accounts(p, n)
+    bulk = baseline_bulk_create(p, rows)
     p.start_worker()
     wait_until(lambda: "ready" in p.log("worker"), 60, what="the worker")
     p.emulator.reset_stats()
@@ -95,7 +97,7 @@ def pipeline_initial_sync(tmp: Path, n: int, workers: int) -> tuple:
     requests = sum(p.emulator.stats().values())
     _, folder = p.outlook()
     assert folder.all().count() == n, "every account must arrive exactly once"
-    return synced, settled, requests, p, rows
+    return synced, settled, requests, p, bulk
 
 
 def _timestamp(value) -> float:
@@ -122,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="right")
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-{n}-") as tmp:
-            synced, settled, requests, p, rows = pipeline_initial_sync(Path(tmp), n, args.workers)
+            synced, settled, requests, p, bulk = pipeline_initial_sync(Path(tmp), n, args.workers)
             try:
-                bulk = baseline_bulk_create(p, rows)
                 if args.keep_logs:
                     for name in ("producer", "worker"):
                         console.print(f"--- {name} log (tail)")

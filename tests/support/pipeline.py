@@ -225,16 +225,19 @@ level = "INFO"
         wait_until(quiet, timeout, what="the pipeline to settle")
 
     # the mailbox owner's Outlook -------------------------------------------------------------
-    def outlook(self):
-        """An exchangelib Account as the mailbox owner, and the sync folder (created by crmsync)."""
+    def outlook_account(self):
+        """An exchangelib Account as the mailbox owner (the user's Outlook)."""
         if self._outlook is None:
             from exchangelib import BASIC, Account, Configuration, Credentials, DELEGATE
 
             config = Configuration(service_endpoint=self.emulator.endpoint,
                                    credentials=Credentials(MAILBOX, MAILBOX_PASSWORD), auth_type=BASIC)
-            account = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
-            self._outlook = account
-        account = self._outlook
+            self._outlook = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
+        return self._outlook
+
+    def outlook(self):
+        """The owner's Account and the sync folder (created by crmsync)."""
+        account = self.outlook_account()
         if getattr(self, "_folder", None) is None:
             def find():
                 account.root.clear_cache()   # exchangelib caches the folder tree
