@@ -74,10 +74,12 @@ def run_worker(settings: Settings, extra: Sequence[str] = ()) -> None:
     app.worker_main(argv=worker_argv(settings, extra))
 
 
-def spawn_worker(config_path: str, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+def spawn_worker(config_path: str | None, extra: Sequence[str] = (), env: dict[str, str] | None = None,
                  stdout=None, stderr=None) -> subprocess.Popen:
-    """Start ``crmsync worker`` as a child process (for ``run`` and ``demo``)."""
-    cmd = [sys.executable, "-m", "crmsync", "--config", config_path, "worker", *extra]
+    """Start ``crmsync worker`` as a child process (for ``run`` and ``demo``); without a config
+    file it reads the same CRMSYNC_* environment as its parent."""
+    config = ["--config", config_path] if config_path else []
+    cmd = [sys.executable, "-m", "crmsync", *config, "worker", *extra]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr)
 
 
