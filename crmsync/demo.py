@@ -111,7 +111,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     from crmsync.dbsetup import init_state
     from crmsync.demo_data import demo_exchange_contacts
     from crmsync.processes import build_producer_loop, spawn_worker, stop_process
-    from crmsync.status import applied_events_after, event_totals
+    from crmsync.status import event_totals
     from ews_emulator import build_app
 
     from crmsync.logging_setup import configure_logging

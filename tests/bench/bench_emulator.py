@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.emulator_proc import running_emulator  # noqa: E402
+
 USER = "bench@example.com"
 PASSWORD = "bench-password"  # a throwaway credential for a loopback-only emulator
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -45,37 +43,6 @@ def _cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@contextlib.contextmanager
-def _emulator(data_dir: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    """Run ``python -m ews_emulator`` on a free port until the block ends; stop it by its pid."""
-    port = _free_port()
-    log = open(data_dir / "emulator.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ews_emulator", "--host", "127.0.0.1", "--port", str(port),
-         "--data", str(data_dir / "store"), "--user", f"{USER}:{PASSWORD}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"emulator exited with {proc.returncode}; see {data_dir / 'emulator.log'}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"emulator did not listen on port {port} within 30 s")
-            time.sleep(0.1)
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _account(port: int):
@@ -137,7 +104,8 @@ def _measure(pid: int, out: dict[str, float]) -> Iterator[None]:
 
 def run(n: int, data_dir: Path) -> list[Phase]:
     phases: list[Phase] = []
-    with _emulator(data_dir) as (proc, port):
+    with running_emulator(data_dir, {USER: PASSWORD}) as emu:
+        proc, port = emu.proc, emu.port
         account = _account(port)
         folder = account.contacts
         items = list(_contacts(n))  # built before timing: object construction is not the wire

@@ -50,6 +50,7 @@ class EmulatorProcess:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     start_timeout: float = 30.0
+    host: str = "127.0.0.1"          # where it listens; clients always come over loopback
 
     @property
     def scheme(self) -> str:
@@ -68,7 +69,7 @@ class EmulatorProcess:
         return self.data_dir / "emulator.log"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "ews_emulator", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "ews_emulator", "--host", self.host, "--port", str(self.port),
                "--data", str(self.data_dir / "store")]
         for address, password in self.users.items():
             cmd += ["--user", f"{address}:{password}"]

@@ -201,6 +201,20 @@ class _Entries:
             self.entries.append(entry)
 
 
+def _put_labelled(contact: Contact, attr: str, labels: Mapping[str, str],
+                  ch: Mapping[str, str | None], make, updated: list[str]) -> None:
+    """Set the labelled entries (EmailAddress1, BusinessPhone, ...) crmsync owns in one
+    indexed list field, keeping the user's other entries."""
+    if not any(f in ch for f in labels):
+        return
+    entries = _Entries(list(getattr(contact, attr) or []))
+    for f, label in labels.items():
+        if f in ch:
+            entries.put(label, make(label, ch[f]) if ch[f] else None)
+    setattr(contact, attr, entries.entries or None)
+    updated.append(attr)
+
+
 def apply_changes(contact: Contact, changes: Mapping[str, str | None]) -> list[str]:
     """Set ``changes`` (canonical field -> value, None clears) on ``contact``.
 
@@ -219,21 +233,10 @@ def apply_changes(contact: Contact, changes: Mapping[str, str | None]) -> list[s
             setattr(contact, attr, ch[field])
             updated.append(attr)
 
-    if any(f in ch for f in EMAIL_LABELS):
-        emails = _Entries(list(contact.email_addresses or []))
-        for f, label in EMAIL_LABELS.items():
-            if f in ch:
-                emails.put(label, EmailAddress(label=label, email=ch[f]) if ch[f] else None)
-        contact.email_addresses = emails.entries or None
-        updated.append("email_addresses")
-
-    if any(f in ch for f in PHONE_LABELS):
-        phones = _Entries(list(contact.phone_numbers or []))
-        for f, label in PHONE_LABELS.items():
-            if f in ch:
-                phones.put(label, PhoneNumber(label=label, phone_number=ch[f]) if ch[f] else None)
-        contact.phone_numbers = phones.entries or None
-        updated.append("phone_numbers")
+    _put_labelled(contact, "email_addresses", EMAIL_LABELS, ch,
+                  lambda label, value: EmailAddress(label=label, email=value), updated)
+    _put_labelled(contact, "phone_numbers", PHONE_LABELS, ch,
+                  lambda label, value: PhoneNumber(label=label, phone_number=value), updated)
 
     if any(f in ch for f in ADDRESS_PARTS):
         addresses = _Entries(list(contact.physical_addresses or []))

@@ -8,19 +8,15 @@ HTTP for the admin API.
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from exchangelib import DELEGATE, IMPERSONATION, Account, Configuration, Credentials
 from exchangelib.protocol import FailFast
 from exchangelib.transport import BASIC, NOAUTH
+
+from tests.support.emulator_proc import EmulatorProcess, free_port
 
 
 USERS = {
@@ -32,71 +28,29 @@ IMPERSONATORS = ["svc@example.com"]
 DELEGATES = ["alice@example.com:bob@example.com"]   # bob may act on alice's mailbox
 
 
-@dataclass
-class RunningEmulator:
-    """A started emulator subprocess (``python -m ews_emulator``): its endpoint, admin URL and how
-    to stop or restart it. Tests reach it over HTTP only; it is stopped by its own pid."""
-
-    data_dir: Path
-    kwargs: dict = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    url: str = ""
+class RunningEmulator(EmulatorProcess):
+    """The project's emulator subprocess (tests/support), as these tests name it: ``url`` is
+    the endpoint. Tests reach it over HTTP only; it is stopped by its own pid."""
 
     @property
-    def port(self) -> int:
-        return int(self.url.split(":")[2].split("/")[0])
+    def url(self) -> str:
+        return self.endpoint
 
-    @property
-    def admin(self) -> str:
-        return self.url.rsplit("/EWS/", 1)[0] + "/_emulator"
 
-    def args(self, port: int) -> list[str]:
-        kw = self.kwargs
-        args = [sys.executable, "-m", "ews_emulator", "--host", kw.get("host", "127.0.0.1"),
-                "--port", str(port), "--data", str(self.data_dir)]
-        for flag, key in (("--user", "users"), ("--impersonator", "impersonators"),
-                          ("--delegate", "delegates"), ("--mailbox", "mailboxes")):
-            for value in kw.get(key, ()):
-                args += [flag, value]
-        if kw.get("no_auth"):
-            args.append("--no-auth")
-        if kw.get("tls_cert"):
-            args += ["--tls-cert", kw["tls_cert"], "--tls-key", kw["tls_key"]]
-        return args
-
-    def start(self, port: int | None = None) -> "RunningEmulator":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "emulator.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(self.args(port if port is not None else self.kwargs.get("port", 0)),
-                                     stdout=subprocess.PIPE, stderr=log, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        line = self.proc.stdout.readline()
-        match = re.search(r"(https?://\S+/EWS/Exchange\.asmx)", line)
-        if not match:
-            self.proc.kill()
-            self.proc.wait()
-            tail = (self.data_dir / "emulator.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"emulator did not start: {line!r}\n{tail}")
-        self.url = match.group(1).replace("0.0.0.0", "127.0.0.1")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout:
-            self.proc.stdout.close()
-
-    def restart(self) -> "RunningEmulator":
-        """Stop, then start again on the same port and data directory."""
-        port = self.port
-        self.stop()
-        return self.start(port=port)
+def _emulator(data_dir: Path, **overrides) -> RunningEmulator:
+    kw = default_kwargs(**overrides)
+    extra: list[str] = []
+    for flag, key in (("--impersonator", "impersonators"), ("--delegate", "delegates"),
+                      ("--mailbox", "mailboxes")):
+        for value in kw.get(key, ()):
+            extra += [flag, value]
+    if kw.get("no_auth"):
+        extra.append("--no-auth")
+    if kw.get("tls_cert"):
+        extra += ["--tls-cert", kw["tls_cert"], "--tls-key", kw["tls_key"]]
+    users = dict(spec.split(":", 1) for spec in kw.get("users", ()))
+    return RunningEmulator(data_dir=data_dir, port=kw.get("port") or free_port(), users=users,
+                           extra_args=extra, host=kw.get("host", "127.0.0.1"))
 
 
 def default_kwargs(**overrides) -> dict:
@@ -114,7 +68,7 @@ def start_emulator(tmp_path: Path):
     started: list[RunningEmulator] = []
 
     def start(data_dir: Path | None = None, **overrides) -> RunningEmulator:
-        emu = RunningEmulator(data_dir or tmp_path / f"emu{len(started)}", default_kwargs(**overrides))
+        emu = _emulator(data_dir or tmp_path / f"emu{len(started)}", **overrides)
         started.append(emu.start())
         return emu
 
@@ -161,7 +115,7 @@ def account(emulator) -> Account:
 def admin_call(emu: RunningEmulator, method: str, path: str, payload: dict | None = None) -> dict:
     """Call the loopback admin API (e.g. admin_call(emu, "POST", "faults", {...}))."""
     data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(f"{emu.admin}/{path}", data=data, method=method,
+    req = urllib.request.Request(f"{emu.base_url}/_emulator/{path}", data=data, method=method,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"{}")
@@ -169,7 +123,7 @@ def admin_call(emu: RunningEmulator, method: str, path: str, payload: dict | Non
 
 def spawn_emulator(data_dir: Path, **overrides) -> RunningEmulator:
     """Start an emulator subprocess outside a fixture (the caller stops it with ``.stop()``)."""
-    return RunningEmulator(data_dir, default_kwargs(**overrides)).start()
+    return _emulator(data_dir, **overrides).start()
 
 
 @pytest.fixture
