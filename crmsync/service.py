@@ -109,18 +109,16 @@ def _apply(svc: SyncServices, event: Event) -> Outcome:
     return _apply_link(svc, exchange, link)
 
 
-def _apply_link(svc: SyncServices, exchange: ExchangeSide, link: Link,
-                first_read: Reads | None = None) -> Outcome:
+def _apply_link(svc: SyncServices, exchange: ExchangeSide, link: Link) -> Outcome:
     """Read → reconcile → apply → commit for one leased link, re-reading after a lost race.
     Always ends with the lease committed or released."""
     committed = False
     try:
         for _ in range(MAX_STALE_ROUNDS):
             try:
-                outcome, update = _sync_link(svc, exchange, link, first_read)
+                outcome, update = _sync_link(svc, exchange, link)
             except Stale as lost:
                 log.info("apply.stale_reread", mailbox=link.mailbox, crm_key=link.crm_key, why=str(lost))
-                first_read = None
                 continue
             crash_point("before_link_commit")
             if update is not None:
