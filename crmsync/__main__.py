@@ -1,3 +1,3 @@
-from crmsync.cli import main
+from crmsync.cli.app import main
 
 main()

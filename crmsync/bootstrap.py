@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 
 from crmsync.config import MailboxSettings, Settings
 from crmsync.errors import BadRecord, ConfigError
-from crmsync.reconcile import Policy
-from crmsync.service import SyncServices
+from crmsync.core.reconcile import Policy
+from crmsync.service.apply import SyncServices
 
 
 @dataclass
@@ -32,31 +32,31 @@ class Container:
     # databases ---------------------------------------------------------------------------
     @cached_property
     def crm_engine(self) -> Engine:
-        from crmsync.dbsetup import make_engine
+        from crmsync.adapters.database import make_engine
 
         return make_engine(self.settings.crm.dsn())
 
     @cached_property
     def state_engine(self) -> Engine:
-        from crmsync.dbsetup import make_engine
+        from crmsync.adapters.database import make_engine
 
         return make_engine(self.settings.state.dsn())
 
     @cached_property
     def crm(self):
-        from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+        from crmsync.adapters.crm.sqlalchemy_crm import SqlCrm
 
         return SqlCrm(self.crm_engine)
 
     @cached_property
     def store(self):
-        from crmsync.state.sqlalchemy_store import SqlStateStore
+        from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 
         return SqlStateStore(self.state_engine)
 
     @cached_property
     def changelog(self):
-        from crmsync.connectors.crm.changelog import Changelog
+        from crmsync.adapters.crm.changelog import Changelog
 
         return Changelog(self.crm_engine)
 
@@ -68,7 +68,7 @@ class Container:
         """The exchangelib account and sync folder of one mailbox, opened once per process."""
         with self._lock:
             if address not in self._exchange:
-                from crmsync.connectors.exchange.connect import connect, open_folder
+                from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
                 mbox = self.mailbox_settings(address)
                 ex = self.settings.exchange
@@ -91,7 +91,7 @@ class Container:
             return self._exchange[address]
 
     def exchange_side(self, address: str):
-        from crmsync.connectors.exchange.ews import EwsExchange
+        from crmsync.adapters.exchange.ews.side import EwsExchange
 
         account, folder = self.exchange_account(address)
         key = ("side", address)
@@ -103,7 +103,7 @@ class Container:
             return self._exchange[key]
 
     def exchange_feed(self, address: str):
-        from crmsync.connectors.exchange.feed import ExchangeFeed
+        from crmsync.adapters.exchange.ews.feed import ExchangeFeed
 
         account, folder = self.exchange_account(address)
         return ExchangeFeed(account, folder)

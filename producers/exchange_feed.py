@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from crmsync.connectors.exchange.feed import SyncStateExpired
+from crmsync.adapters.exchange.ews.feed import SyncStateExpired
 from crmsync.ports import NewEvent
 from producers.ports import EventStore, ExchangeChangeLike, FeedPort
 

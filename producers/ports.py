@@ -1,6 +1,6 @@
 """The small shapes the producers need from their neighbours.
 
-Real adapters (``crmsync.connectors.crm.changelog.Changelog``, ``SqlCrm``, ``SqlStateStore``,
+Real adapters (``crmsync.adapters.crm.changelog.Changelog``, ``SqlCrm``, ``SqlStateStore``,
 ``ExchangeFeed``) satisfy them structurally; the unit tests plug in in-memory fakes.
 """
 

@@ -138,7 +138,7 @@ crm_changelog = Table(
     sqlite_autoincrement=True,
 )
 
-#: Columns each CRM table must have (checked by ``crmsync.dbsetup.check_crm_schema``).
+#: Columns each CRM table must have (checked by ``crmsync.adapters.database.check_crm_schema``).
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     t.name: tuple(c.name for c in t.columns) for t in (accounts, contacts, crm_changelog)
 }

@@ -9,7 +9,7 @@ Rules, identical on both dialects:
 - on PostgreSQL every log row also sends ``pg_notify('crm_changelog', id)``, a doorbell for
   LISTEN; the changelog stays the truth.
 
-Only DDL text lives here; ``crmsync.dbsetup.init_crm`` decides what is missing and runs it.
+Only DDL text lives here; ``crmsync.adapters.database.init_crm`` decides what is missing and runs it.
 """
 
 from __future__ import annotations

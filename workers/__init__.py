@@ -1,1 +1,1 @@
-"""Celery workers: thin tasks around crmsync.service."""
+"""Celery workers: thin tasks around crmsync.service.apply."""

@@ -13,7 +13,7 @@ import random
 import structlog
 from celery import Celery, Task
 
-from crmsync import service
+from crmsync.service import apply as service
 from crmsync.bootstrap import container_for
 from crmsync.celery_settings import MAX_RETRY_COUNTDOWN_S
 from crmsync.errors import BadRecord, LeaseTaken, Transient

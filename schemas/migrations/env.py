@@ -1,6 +1,6 @@
 """Alembic environment for the state database, driven programmatically (no alembic.ini).
 
-``crmsync.dbsetup.init_state`` passes an open connection in ``config.attributes["connection"]``
+``crmsync.adapters.database.init_state`` passes an open connection in ``config.attributes["connection"]``
 so that migrations run on the engine crmsync configured (WAL, busy timeout, psycopg 3). The
 version table is crmsync's own, so a state database shared with another Alembic project (or the
 CRM database itself) does not collide with its ``alembic_version``.

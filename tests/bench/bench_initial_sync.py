@@ -28,7 +28,7 @@ TARGET_RATIO = 1.5
 
 
 def seed_accounts(pipeline: Pipeline, n: int) -> list[dict]:
-    from crmsync.demo_data import demo_accounts
+    from crmsync.cli.demo_data import demo_accounts
 
     template = demo_accounts(30)
     rows = []
@@ -52,7 +52,7 @@ def baseline_bulk_create(pipeline: Pipeline, rows: list[dict]) -> float:
     from exchangelib import Contact
     from exchangelib.folders import Contacts
 
-    from crmsync.connectors.exchange.mapping import contact_kwargs
+    from crmsync.adapters.exchange.ews.mapping import contact_kwargs
     from schemas.canonical import ACCOUNT_FIELDS
 
     account = pipeline.outlook_account()

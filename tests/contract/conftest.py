@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from crmsync.dbsetup import init_crm, init_state, make_engine
+from crmsync.adapters.database import init_crm, init_state, make_engine
 
 PG_ADMIN = os.environ.get("CRMSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

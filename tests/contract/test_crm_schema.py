@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, text
 
-from crmsync.connectors.crm.changelog import Changelog
-from crmsync.dbsetup import SchemaMismatch, check_crm_schema, init_crm, make_engine
+from crmsync.adapters.crm.changelog import Changelog
+from crmsync.adapters.database import SchemaMismatch, check_crm_schema, init_crm, make_engine
 from tests.contract.dbhelpers import run_sql
 
 
@@ -160,7 +160,7 @@ def test_sqlite_write_transactions_take_the_write_lock_up_front(crm_engine: Engi
     cannot be overtaken by another writer between its read and its write."""
     import sqlite3
 
-    from crmsync.dbsetup import read_tx, write_tx
+    from crmsync.adapters.database import read_tx, write_tx
 
     if crm_engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL uses row locks (SELECT ... FOR UPDATE) instead")

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 
-from crmsync.connectors.exchange.connect import connect, open_folder
-from crmsync.connectors.exchange.ews import EwsExchange
-from crmsync.connectors.exchange.feed import ExchangeChange, ExchangeFeed, SyncStateExpired
+from crmsync.adapters.exchange.ews.connect import connect, open_folder
+from crmsync.adapters.exchange.ews.side import EwsExchange
+from crmsync.adapters.exchange.ews.feed import ExchangeChange, ExchangeFeed, SyncStateExpired
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact

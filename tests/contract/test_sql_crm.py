@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from crmsync.connectors.crm.changelog import Changelog
-from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+from crmsync.adapters.crm.changelog import Changelog
+from crmsync.adapters.crm.sqlalchemy_crm import SqlCrm
 from crmsync.errors import BadRecord, Stale
 from tests.contract.dbhelpers import race, run_sql
 

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from crmsync.dbsetup import init_state, state_revision
+from crmsync.adapters.database import init_state, state_revision
 from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import LinkUpdate, NewEvent
-from crmsync.state.sqlalchemy_store import SqlStateStore
+from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from schemas.canonical import CanonicalContact
 from tests.contract.dbhelpers import race
 

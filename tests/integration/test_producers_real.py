@@ -21,12 +21,12 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from crmsync.connectors.crm.changelog import Changelog
-from crmsync.connectors.crm.sqlalchemy_crm import SqlCrm
+from crmsync.adapters.crm.changelog import Changelog
+from crmsync.adapters.crm.sqlalchemy_crm import SqlCrm
 from crmsync.celery_settings import celery_settings
-from crmsync.dbsetup import init_crm, init_state, make_engine
+from crmsync.adapters.database import init_crm, init_state, make_engine
 from crmsync.ports import NewEvent
-from crmsync.state.sqlalchemy_store import SqlStateStore
+from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from producers.crm_feed import CrmProducer
 from producers.doorbells import PostgresListenDoorbell, SqliteFileDoorbell
 from producers.factory import crm_doorbell

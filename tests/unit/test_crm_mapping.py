@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from crmsync.crm_mapping import (
+from crmsync.core.crm_mapping import (
     account_to_canonical,
     canonical_to_account_columns,
     canonical_to_contact_columns,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import phonenumbers
 
-from crmsync.demo_data import demo_accounts, demo_exchange_contacts, demo_secondary_contacts
+from crmsync.cli.demo_data import demo_accounts, demo_exchange_contacts, demo_secondary_contacts
 from schemas.canonical import ACCOUNT_FIELDS, CONTACT_FIELDS, CanonicalContact
 
 REGION = {"United States": "US", "United Kingdom": "GB", "Germany": "DE"}

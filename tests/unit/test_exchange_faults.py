@@ -6,7 +6,7 @@ import pytest
 import requests
 from exchangelib import errors as ex
 
-from crmsync.connectors.exchange.faults import BoundedFaultTolerance, translate
+from crmsync.adapters.exchange.ews.faults import BoundedFaultTolerance, translate
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 
 MAILBOX = "alice@example.com"

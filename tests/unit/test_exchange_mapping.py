@@ -10,7 +10,7 @@ from exchangelib.properties import Body, HTMLBody
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync.connectors.exchange.mapping import (
+from crmsync.adapters.exchange.ews.mapping import (
     apply_changes,
     body_text,
     contact_kwargs,

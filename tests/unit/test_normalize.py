@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync.normalize import content_hash, normalize_field, normalized, same
+from crmsync.core.normalize import content_hash, normalize_field, normalized, same
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
 
 SAME = [
@@ -123,7 +123,7 @@ def test_content_hash_covers_only_the_fields_asked_for():
 def test_content_hash_is_stable_across_processes():
     """A hash stored in the link table must match one computed by another process later."""
     code = (
-        "from crmsync.normalize import content_hash;"
+        "from crmsync.core.normalize import content_hash;"
         "from schemas.canonical import CanonicalContact, ACCOUNT_FIELDS;"
         "print(content_hash(CanonicalContact(first_name='Zoë', notes='a\\nb', phone_mobile='555 010 2000'),"
         " ACCOUNT_FIELDS, region='US'))"

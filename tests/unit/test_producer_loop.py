@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crmsync.connectors.exchange.feed import SyncStateExpired
+from crmsync.adapters.exchange.ews.feed import SyncStateExpired
 from crmsync.ports import Event, NewEvent
 from producers.crm_feed import CrmProducer
 from producers.doorbells import CombinedDoorbell, NullDoorbell

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from crmsync.normalize import same
-from crmsync.reconcile import Conflict, Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
+from crmsync.core.normalize import same
+from crmsync.core.reconcile import Conflict, Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
 from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS, CanonicalContact as R
 
 FIELDS = ("first_name", "company_name", "email", "phone_business", "notes")

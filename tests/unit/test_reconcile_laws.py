@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crmsync.crm_mapping import (
+from crmsync.core.crm_mapping import (
     account_to_canonical,
     canonical_to_account_columns,
     canonical_to_contact_columns,
     contact_to_canonical,
 )
 from crmsync.errors import BadRecord
-from crmsync.normalize import normalize_field, same
-from crmsync.reconcile import Conflict, Policy, reconcile
+from crmsync.core.normalize import normalize_field, same
+from crmsync.core.reconcile import Conflict, Policy, reconcile
 from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS, CanonicalContact
 
 FIELDS = ACCOUNT_FIELDS

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from crmsync import service, testhooks
-from crmsync.reconcile import Policy
-from crmsync.service import SyncServices, apply_event
+from crmsync import testhooks
+from crmsync.service import apply as service
+from crmsync.core.reconcile import Policy
+from crmsync.service.apply import SyncServices, apply_event
 from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore
 
 
@@ -154,7 +155,7 @@ def test_a_second_worker_on_a_leased_link_is_told_to_retry(world):
 # ------------------------------------------------------------------------------ batches
 
 def test_a_batch_of_new_accounts_is_created_with_one_bulk_request(world):
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     keys = [f"account:B{i}" for i in range(5)]
@@ -171,7 +172,7 @@ def test_a_batch_of_new_accounts_is_created_with_one_bulk_request(world):
 
 
 def test_a_batch_of_echoes_writes_nothing(world):
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     keys = [f"account:E{i}" for i in range(3)]
@@ -187,7 +188,7 @@ def test_a_batch_of_echoes_writes_nothing(world):
 
 def test_a_batch_hands_back_a_leased_link_for_a_retry_and_does_the_rest(world):
     from crmsync.errors import LeaseTaken
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:L1", first_name="Locked")
@@ -201,7 +202,7 @@ def test_a_batch_hands_back_a_leased_link_for_a_retry_and_does_the_rest(world):
 
 
 def test_a_batch_mixes_updates_deletes_and_new_outlook_contacts(world):
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:M1", first_name="Mia", job_title="CTO")
@@ -217,7 +218,7 @@ def test_a_batch_mixes_updates_deletes_and_new_outlook_contacts(world):
 
 
 def test_a_new_link_in_a_mailbox_without_unknown_stamps_skips_the_exchange_lookup(world):
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:F1", first_name="Fresh")
@@ -228,7 +229,7 @@ def test_a_new_link_in_a_mailbox_without_unknown_stamps_skips_the_exchange_looku
 
 
 def test_unknown_stamped_contacts_make_every_new_link_look_exchange_up_first(world):
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:S1", first_name="Stamped")
@@ -240,7 +241,7 @@ def test_unknown_stamped_contacts_make_every_new_link_look_exchange_up_first(wor
 
 def test_one_unreadable_record_does_not_spoil_its_batch(world):
     from crmsync.errors import BadRecord
-    from crmsync.service import apply_events
+    from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:OK", first_name="Fine")

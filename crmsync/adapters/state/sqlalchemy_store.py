@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from crmsync.dbsetup import read_tx, write_tx
+from crmsync.adapters.database import read_tx, write_tx
 from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import Event, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact

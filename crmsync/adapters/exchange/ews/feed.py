@@ -28,7 +28,7 @@ from exchangelib.errors import (
 from exchangelib.items import ID_ONLY
 from exchangelib.services import SyncFolderItems
 
-from crmsync.connectors.exchange.faults import ews_errors
+from crmsync.adapters.exchange.ews.faults import ews_errors
 from crmsync.errors import CrmsyncError
 
 log = structlog.get_logger(__name__)

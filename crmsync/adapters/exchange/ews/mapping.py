@@ -1,7 +1,7 @@
 """Canonical contact <-> exchangelib ``Contact``: the one place that knows Exchange's field names.
 
 Pure (no I/O). exchangelib types appear here because this module lives inside the Exchange
-adapter; nothing outside ``crmsync.connectors.exchange`` sees them.
+adapter; nothing outside ``crmsync.adapters.exchange.ews`` sees them.
 
 Values are written as Exchange can hold them: exchangelib replaces characters that XML 1.0
 cannot carry (C0/C1 controls other than tab/newline/CR, U+FDD0-U+FDDF, U+FFFE, U+FFFF) by '?';

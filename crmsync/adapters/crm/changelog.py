@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 
-from crmsync.dbsetup import read_tx, safe_url, write_tx
+from crmsync.adapters.database import read_tx, safe_url, write_tx
 from crmsync.errors import Transient
 from schemas.canonical import crm_key
 from schemas.crm_tables import crm_changelog

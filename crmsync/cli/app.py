@@ -51,7 +51,7 @@ def container():
 def ready_container():
     """The container, once both databases are known to be set up (else a clear error)."""
     from crmsync.config import mask_url
-    from crmsync.dbsetup import check_crm_schema, state_revision
+    from crmsync.adapters.database import check_crm_schema, state_revision
 
     c = container()
     if state_revision(c.state_engine) is None:
@@ -76,7 +76,7 @@ def init() -> None:
     """Create what is missing, idempotently: the state tables (Alembic migrations) and, in an
     empty CRM database, the reference schema with its change-capture triggers."""
     from crmsync.config import mask_url
-    from crmsync.dbsetup import init_crm, init_state
+    from crmsync.adapters.database import init_crm, init_state
 
     c = container()
     init_state(c.state_engine)
@@ -90,7 +90,7 @@ def init() -> None:
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker that applies events. Any `celery worker` option passes through,
     e.g. `crmsync worker --concurrency 8 --pool threads -n w1@%h`."""
-    from crmsync.processes import run_worker
+    from crmsync.cli.processes import run_worker
 
     run_worker(ready_container().settings, ctx.args)
 
@@ -99,7 +99,7 @@ def worker(ctx: typer.Context) -> None:
 def producer() -> None:
     """Run the change producers: the CRM changelog feed and each mailbox's Exchange feed turn
     changes into event rows and publish them to the broker."""
-    from crmsync.processes import run_producer
+    from crmsync.cli.processes import run_producer
 
     run_producer(ready_container())
 
@@ -107,7 +107,7 @@ def producer() -> None:
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context) -> None:
     """Run the producers and one worker together on this host (extra options go to the worker)."""
-    from crmsync.processes import run_producer, spawn_worker, stop_process
+    from crmsync.cli.processes import run_producer, spawn_worker, stop_process
 
     c = ready_container()
     child = spawn_worker(state.config, ctx.args)
@@ -120,7 +120,7 @@ def run(ctx: typer.Context) -> None:
 @app.command()
 def status() -> None:
     """Per mailbox: links, last sync, pending/failed events; and the broker's queue depth."""
-    from crmsync.status import queue_depth
+    from crmsync.adapters.state.status import queue_depth
 
     c = ready_container()
     summary = c.store.status_summary()
@@ -187,7 +187,7 @@ def demo(
     """Start an Exchange emulator, a seeded SQLite CRM, the producers and a worker, run the
     initial sync with a progress bar, then show every change as it syncs. Edit either side and
     watch it arrive on the other."""
-    from crmsync.demo import run_demo
+    from crmsync.cli.demo import run_demo
 
     run_demo(directory, duration=duration, fresh=fresh, console=console)
 

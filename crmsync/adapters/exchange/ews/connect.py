@@ -38,7 +38,7 @@ from exchangelib.folders import Contacts, Folder
 from exchangelib.protocol import NoVerifyHTTPAdapter, Protocol
 from exchangelib.transport import NOAUTH
 
-from crmsync.connectors.exchange.faults import DEFAULT_MAX_WAIT, BoundedFaultTolerance, ews_errors
+from crmsync.adapters.exchange.ews.faults import DEFAULT_MAX_WAIT, BoundedFaultTolerance, ews_errors
 from crmsync.errors import ConfigError
 
 AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM, "oauth": OAUTH2, "noauth": NOAUTH}

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Literal
 
-from crmsync.normalize import normalize_field
+from crmsync.core.normalize import normalize_field
 from schemas.canonical import CanonicalContact
 
 ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from crmsync.config import load_settings, mask_url
-from crmsync.status import redis_answers
+from crmsync.adapters.state.status import redis_answers
 
 DEMO_MAILBOX = "demo@example.com"
 DEMO_FOLDER = "CRM Accounts"
-DEMO_QUEUE = "crmsync.demo"
+DEMO_QUEUE = "crmsync.cli.demo"
 
 
 def _config_text(directory: Path, endpoint: str, broker_url: str) -> str:
@@ -62,8 +62,8 @@ level = "WARNING"
 
 def seed_crm(crm_db: Path) -> tuple[int, int]:
     """Create the reference schema and insert the demo accounts and their contacts."""
-    from crmsync.dbsetup import init_crm, make_engine
-    from crmsync.demo_data import demo_accounts, demo_secondary_contacts
+    from crmsync.adapters.database import init_crm, make_engine
+    from crmsync.cli.demo_data import demo_accounts, demo_secondary_contacts
 
     engine = make_engine(f"sqlite:///{crm_db}")
     init_crm(engine)
@@ -108,10 +108,10 @@ def _purge_queue(broker_url: str) -> None:
 def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
              console: Console | None = None) -> None:
     from crmsync.bootstrap import Container
-    from crmsync.dbsetup import init_state
-    from crmsync.demo_data import demo_exchange_contacts
-    from crmsync.processes import build_producer_loop, spawn_worker, stop_process
-    from crmsync.status import event_totals
+    from crmsync.adapters.database import init_state
+    from crmsync.cli.demo_data import demo_exchange_contacts
+    from crmsync.cli.processes import build_producer_loop, spawn_worker, stop_process
+    from crmsync.adapters.state.status import event_totals
     from ews_emulator import build_app
 
     from crmsync.logging_setup import configure_logging
@@ -146,7 +146,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
 
     n_exchange = 0
     if fresh:
-        from crmsync.connectors.exchange.seed import seed_contacts
+        from crmsync.adapters.exchange.ews.seed import seed_contacts
 
         account, folder = container.exchange_account(DEMO_MAILBOX)
         n_exchange = seed_contacts(folder, demo_exchange_contacts(10))
@@ -198,7 +198,7 @@ def _check_worker(worker) -> None:
 
 def _initial_sync(container, expected: int, console: Console, started: float, duration: float,
                   worker) -> int:
-    from crmsync.status import event_totals
+    from crmsync.adapters.state.status import event_totals
 
     columns = (TextColumn("initial sync"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -220,7 +220,7 @@ def _initial_sync(container, expected: int, console: Console, started: float, du
 def _follow(container, last_id: int, console: Console, started: float, duration: float, worker) -> None:
     """Print every event that finishes from now on (events finish out of order, so a window
     below the newest id is re-scanned and what was shown is remembered)."""
-    from crmsync.status import applied_events_after
+    from crmsync.adapters.state.status import applied_events_after
 
     floor = max(last_id - 500, 0)
     seen = {e["id"] for e in applied_events_after(container.state_engine, floor, limit=100_000)}

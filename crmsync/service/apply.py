@@ -17,7 +17,7 @@ from typing import Literal
 import structlog
 
 from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
-from crmsync.normalize import content_hash
+from crmsync.core.normalize import content_hash
 from crmsync.ports import (
     CrmRecord,
     CrmSide,
@@ -28,7 +28,7 @@ from crmsync.ports import (
     LinkUpdate,
     StateStore,
 )
-from crmsync.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
+from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
 from crmsync.testhooks import crash_point
 from schemas.canonical import (
     CONTACT_CRM_READONLY,
@@ -38,7 +38,7 @@ from schemas.canonical import (
     parse_crm_key,
 )
 
-log = structlog.get_logger("crmsync.service")
+log = structlog.get_logger("crmsync.service.apply")
 
 #: How often one event re-reads both sides after a lost optimistic-concurrency race.
 MAX_STALE_ROUNDS = 5

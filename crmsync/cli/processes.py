@@ -1,6 +1,6 @@
 """Wiring of the long-running processes (producer loop, Celery worker) from a Container.
 
-Together with ``crmsync.cli`` this is the composition root: the only place that imports both
+Together with ``crmsync.cli.app`` this is the composition root: the only place that imports both
 ``producers`` and ``workers`` (which never import each other).
 """
 
@@ -18,7 +18,7 @@ import structlog
 from crmsync.bootstrap import Container
 from crmsync.config import Settings
 
-log = structlog.get_logger("crmsync.processes")
+log = structlog.get_logger("crmsync.cli.processes")
 
 
 class LazyFeed:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from exchangelib import Contact
 
-from crmsync.connectors.exchange.mapping import contact_kwargs
+from crmsync.adapters.exchange.ews.mapping import contact_kwargs
 
 
 def seed_contacts(folder, rows: Iterable[Mapping[str, object]]) -> int:

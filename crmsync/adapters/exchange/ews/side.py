@@ -41,8 +41,8 @@ from exchangelib.fields import InvalidField
 from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
 from exchangelib.properties import ItemId
 
-from crmsync.connectors.exchange.faults import ews_errors, translate
-from crmsync.connectors.exchange.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
+from crmsync.adapters.exchange.ews.faults import ews_errors, translate
+from crmsync.adapters.exchange.ews.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact

@@ -1,0 +1,1 @@
+"""The state database: links, the event log, cursors and conflicts (SQLAlchemy)."""

@@ -1,0 +1,1 @@
+"""The apply protocol, written against the ports only (crmsync.ports)."""

@@ -1,1 +1,0 @@
-"""The state database adapter (SqlStateStore): links, event log, cursors, conflicts."""
