@@ -16,8 +16,8 @@ from functools import cached_property
 from sqlalchemy.engine import Engine
 
 from crmsync.config import MailboxSettings, Settings
-from crmsync.errors import BadRecord, ConfigError
 from crmsync.core.reconcile import Policy
+from crmsync.errors import BadRecord, ConfigError
 from crmsync.service.apply import SyncServices
 
 
@@ -26,7 +26,8 @@ class Container:
     """The process's wired parts. Build one per process (after a fork, build a new one)."""
 
     settings: Settings
-    _exchange: dict[str, object] = field(default_factory=dict)
+    _accounts: dict[str, tuple[object, object]] = field(default_factory=dict)  # address -> (account, folder)
+    _sides: dict[str, object] = field(default_factory=dict)                    # address -> ExchangeSide
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # databases ---------------------------------------------------------------------------
@@ -67,40 +68,29 @@ class Container:
     def exchange_account(self, address: str):
         """The exchangelib account and sync folder of one mailbox, opened once per process."""
         with self._lock:
-            if address not in self._exchange:
+            if address not in self._accounts:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
                 mbox = self.mailbox_settings(address)
-                ex = self.settings.exchange
-                if not ex.endpoint:
-                    raise ConfigError("exchange.endpoint: not set (the EWS URL, e.g. "
-                                      "https://mail.example.com/EWS/Exchange.asmx)")
-                account = connect(
-                    endpoint=ex.endpoint, mailbox=mbox.address, auth=ex.auth,
-                    username=ex.username, password=ex.password(), access=ex.access,
-                    verify_tls=ex.verify_tls, max_wait=ex.max_wait_s, timeout_s=ex.timeout_s,
-                    client_id=ex.client_id, tenant_id=ex.tenant_id,
-                    client_secret=ex.client_secret() if ex.auth == "oauth" else None,
-                )
+                account = connect(self.settings.exchange, mbox.address)
                 try:
                     folder = open_folder(account, mbox.folder, create=True)
                 except BadRecord as exc:
                     # Not a record's fault: the events must be retried, not dead-lettered.
                     raise ConfigError(str(exc)) from None
-                self._exchange[address] = (account, folder)
-            return self._exchange[address]
+                self._accounts[address] = (account, folder)
+            return self._accounts[address]
 
     def exchange_side(self, address: str):
         from crmsync.adapters.exchange.ews.side import EwsExchange
 
         account, folder = self.exchange_account(address)
-        key = ("side", address)
         with self._lock:
-            if key not in self._exchange:
-                self._exchange[key] = EwsExchange(
+            if address not in self._sides:
+                self._sides[address] = EwsExchange(
                     account, folder,
                     private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
-            return self._exchange[key]
+            return self._sides[address]
 
     def exchange_feed(self, address: str):
         from crmsync.adapters.exchange.ews.feed import ExchangeFeed

@@ -1,7 +1,9 @@
 """The error vocabulary shared by the core, the adapters and the processes.
 
-Workers map these to Celery behaviour: ``Transient`` retries with back-off, ``Stale`` re-reads
-and reconciles again, everything else that is a ``CrmsyncError`` becomes a dead letter at once.
+Workers map these to Celery behaviour: ``BadRecord`` becomes a dead letter at once (retrying
+cannot help); ``Stale`` re-reads and reconciles again; ``LeaseTaken`` retries shortly without
+counting an attempt; anything else (``Transient`` with the server's back-off) retries with
+back-off until ``sync.max_attempts``, then becomes a dead letter.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def build_app(data_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
               users: list[str] = (), impersonators: list[str] = (), delegates: list[str] = (),
               no_auth: bool = False, mailboxes: list[str] = (), tls_cert: str | None = None,
-              tls_key: str | None = None) -> "Emulator":
+              tls_key: str | None = None) -> Emulator:
     """Create (and bind, but not yet serve) an emulator. ``users`` are ADDRESS:PASSWORD strings,
     ``delegates`` OWNER:DELEGATE strings; port 0 picks a free port (see ``.port``)."""
     from .server import Emulator, EmulatorConfig

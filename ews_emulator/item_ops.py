@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from lxml import etree
 
-from .contact_xml import (ITEM_CLASS_BY_TAG, INDEXED, apply_child, ext_key, field_value, item_to_xml,
-                          localname, parse_item, parse_shape, uri_to_element)
+from .contact_xml import (
+    INDEXED,
+    ITEM_CLASS_BY_TAG,
+    apply_child,
+    ext_key,
+    field_value,
+    item_to_xml,
+    localname,
+    parse_item,
+    parse_shape,
+    uri_to_element,
+)
 from .folder_ops import page
 from .folders import default_mailbox, resolve_folder, resolve_item
 from .registry import Context, EwsError, m, operation, t

@@ -64,7 +64,7 @@ class _Hub:
             return self.generation
 
 
-_HUBS: "weakref.WeakKeyDictionary[object, _Hub]" = weakref.WeakKeyDictionary()
+_HUBS: weakref.WeakKeyDictionary[object, _Hub] = weakref.WeakKeyDictionary()
 _HUBS_LOCK = threading.Lock()
 
 

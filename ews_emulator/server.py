@@ -59,7 +59,7 @@ class EmulatorConfig:
 
     @classmethod
     def from_args(cls, users: list[str] = (), impersonators: list[str] = (), delegates: list[str] = (),
-                  no_auth: bool = False, mailboxes: list[str] = ()) -> "EmulatorConfig":
+                  no_auth: bool = False, mailboxes: list[str] = ()) -> EmulatorConfig:
         """Build from the command-line forms ADDRESS:PASSWORD and OWNER:DELEGATE."""
         cfg = cls(no_auth=no_auth)
         for spec in users:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 SCHEMA = """
@@ -79,7 +79,7 @@ DEFAULT_TREE: list[tuple[str, str, str | None, str | None]] = [
 
 def now_iso() -> str:
     """UTC now as Exchange writes it (second precision, Z suffix)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_id(kind: bytes = b"\x00\x00\x00\x46") -> str:
@@ -134,7 +134,7 @@ class Store:
             self._local.conn = None
 
     @contextmanager
-    def write(self) -> Iterator["WriteTx"]:
+    def write(self) -> Iterator[WriteTx]:
         """One write transaction; journal rows written inside are handed to ``listeners`` after
         commit."""
         with self._write_lock:

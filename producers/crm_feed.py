@@ -119,7 +119,3 @@ class CrmProducer:
         if any(self.initial_done(mb) for mb in self.mailboxes):
             return []
         return [row.id for row in self.changelog.pending(limit)]
-
-    def initial(self, mailbox: str) -> list[int]:
-        """Once per mailbox (cursor ``crm-initial:<mailbox>`` = "done"): all CRM keys as events."""
-        return [event_id for ids in self.initial_batches(mailbox) for event_id in ids]

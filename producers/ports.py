@@ -77,7 +77,8 @@ class EventStore(Protocol):
 
 class Publisher(Protocol):
     def publish(self, store: EventStore, event_ids: Sequence[int]) -> int:
-        """Send one message per event id, in order, and mark the sent ones published; never
+        """Send the event ids in order, in task messages of up to ``TASK_BATCH`` ids each, and mark
+        the sent ones published; never
         raises for a broker outage (the unsent stay pending for the re-drive). Returns how many
         were sent: the first ``n`` ids."""
 

@@ -68,7 +68,8 @@ def client_config(celery_config: Mapping[str, Any] | None, *, connect_timeout_s:
 
 
 class CeleryPublisher:
-    """A Celery *client*: sends ``crmsync.apply_event(event_id=...)`` to the events queue.
+    """A Celery *client*: sends ``crmsync.apply_events(event_ids=[...])`` (up to ``TASK_BATCH``
+    ids per message) to the events queue.
 
     Nothing connects at construction; the Celery app is built on first publish.
     """

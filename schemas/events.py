@@ -10,16 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 APPLY_EVENT_TASK = "crmsync.apply_event"
 APPLY_EVENTS_TASK = "crmsync.apply_events"
-REDRIVE_TASK = "crmsync.redrive"
 EVENTS_QUEUE = "crmsync.events"
-
-
-class EventMessage(BaseModel):
-    """The Celery task payload (kwargs) for APPLY_EVENT_TASK."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    event_id: int
 
 
 class EventBatchMessage(BaseModel):

@@ -15,7 +15,6 @@ from crmsync.celery_settings import celery_settings
 from crmsync.config import Settings, load_settings
 from workers.tasks import register_tasks
 
-
 log = structlog.get_logger("crmsync.worker")
 
 

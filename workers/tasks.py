@@ -13,10 +13,10 @@ import random
 import structlog
 from celery import Celery, Task
 
-from crmsync.service import apply as service
 from crmsync.bootstrap import container_for
 from crmsync.celery_settings import MAX_RETRY_COUNTDOWN_S
 from crmsync.errors import BadRecord, LeaseTaken, Transient
+from crmsync.service import apply as service
 from schemas.events import APPLY_EVENT_TASK, APPLY_EVENTS_TASK
 
 log = structlog.get_logger("crmsync.worker")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -50,8 +49,8 @@ def container():
 
 def ready_container():
     """The container, once both databases are known to be set up (else a clear error)."""
-    from crmsync.config import mask_url
     from crmsync.adapters.database import check_crm_schema, state_revision
+    from crmsync.config import mask_url
 
     c = container()
     if state_revision(c.state_engine) is None:
@@ -63,7 +62,7 @@ def ready_container():
 
 @app.callback()
 def main_options(
-    config: Optional[str] = typer.Option(
+    config: str | None = typer.Option(
         None, "--config", "-c", envvar="CRMSYNC_CONFIG", metavar="FILE",
         help="TOML configuration file (default: built-in defaults plus CRMSYNC_* environment "
              "variables)."),
@@ -75,8 +74,8 @@ def main_options(
 def init() -> None:
     """Create what is missing, idempotently: the state tables (Alembic migrations) and, in an
     empty CRM database, the reference schema with its change-capture triggers."""
-    from crmsync.config import mask_url
     from crmsync.adapters.database import init_crm, init_state
+    from crmsync.config import mask_url
 
     c = container()
     init_state(c.state_engine)
@@ -120,7 +119,7 @@ def run(ctx: typer.Context) -> None:
 @app.command()
 def status() -> None:
     """Per mailbox: links, last sync, pending/failed events; and the broker's queue depth."""
-    from crmsync.adapters.state.status import queue_depth
+    from crmsync.adapters.broker import queue_depth
 
     c = ready_container()
     summary = c.store.status_summary()

@@ -18,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from crmsync.adapters.broker import redis_answers
 from crmsync.config import load_settings, mask_url
-from crmsync.adapters.state.status import redis_answers
 
 DEMO_MAILBOX = "demo@example.com"
 DEMO_FOLDER = "CRM Accounts"
@@ -107,14 +107,13 @@ def _purge_queue(broker_url: str) -> None:
 
 def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
              console: Console | None = None) -> None:
-    from crmsync.bootstrap import Container
     from crmsync.adapters.database import init_state
+    from crmsync.adapters.state.status import event_totals
+    from crmsync.bootstrap import Container
     from crmsync.cli.demo_data import demo_exchange_contacts
     from crmsync.cli.processes import build_producer_loop, spawn_worker, stop_process
-    from crmsync.adapters.state.status import event_totals
-    from ews_emulator import build_app
-
     from crmsync.logging_setup import configure_logging
+    from ews_emulator import build_app
 
     configure_logging("WARNING")   # the demo's own lines are the show; the worker logs to a file
     console = console or Console()

@@ -132,7 +132,8 @@ def _value(record: CanonicalContact | Mapping[str, str | None], field: str) -> s
         return record.get(field)
     if field not in CanonicalContact.model_fields:
         raise ValueError(f"unknown canonical field {field!r}")
-    return getattr(record, field)
+    value: str | None = getattr(record, field)
+    return value
 
 
 def normalized(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
@@ -102,7 +102,7 @@ def _check_fields(fields: tuple[str, ...]) -> None:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _resolve(policy: Policy, crm_at: datetime | None, exchange_at: datetime | None) -> tuple[str, str]:

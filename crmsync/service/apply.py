@@ -16,8 +16,9 @@ from typing import Literal
 
 import structlog
 
-from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.core.normalize import content_hash
+from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
+from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.ports import (
     CrmRecord,
     CrmSide,
@@ -28,14 +29,15 @@ from crmsync.ports import (
     LinkUpdate,
     StateStore,
 )
-from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
 from crmsync.testhooks import crash_point
 from schemas.canonical import (
     CONTACT_CRM_READONLY,
     CanonicalContact,
-    crm_key as make_crm_key,
     fields_for,
     parse_crm_key,
+)
+from schemas.canonical import (
+    crm_key as make_crm_key,
 )
 
 log = structlog.get_logger("crmsync.service.apply")

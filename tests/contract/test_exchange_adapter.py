@@ -13,22 +13,32 @@ from collections.abc import Iterator
 
 import pytest
 from exchangelib import Contact
+from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 
-from crmsync.adapters.exchange.ews.connect import connect, open_folder
-from crmsync.adapters.exchange.ews.side import EwsExchange
+from crmsync.adapters.exchange.ews import connect as ews_connect
+from crmsync.adapters.exchange.ews.connect import open_folder
 from crmsync.adapters.exchange.ews.feed import ExchangeChange, ExchangeFeed, SyncStateExpired
+from crmsync.adapters.exchange.ews.side import EwsExchange
+from crmsync.config import load_settings
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
 from tests.support.emulator_proc import EmulatorProcess, free_port, self_signed_cert, start_emulator
+from tests.support.exchange_settings import exchange_settings
 
 ALICE, ALICE_PW = "alice@example.com", "secret1"
 BOB, BOB_PW = "bob@example.com", "secret2"
 SVC, SVC_PW = "svc@example.com", "svc-secret"
 MAX_WAIT = 1.0  # exchangelib may sleep at most this long on a back-off before we raise Transient
+
+
+
+def connect(*, endpoint: str, mailbox: str, **options):
+    """An account through typed settings, as the composition root opens one."""
+    return ews_connect.connect(exchange_settings(endpoint, **options), mailbox)
+
 
 FULL = CanonicalContact(
     first_name="Zoë", last_name="O'Brien & <Sons>", company_name="Müller \"GmbH\" & Co. <KG>",
@@ -409,20 +419,21 @@ def test_impersonation_without_the_right_is_a_config_error_naming_the_mailbox(em
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("env", "message"),
     [
-        ({"auth": "kerberos"}, "exchange.auth"),
-        ({"access": "owner"}, "exchange.access"),
-        ({"password": ""}, "password_env"),
-        ({"auth": "oauth"}, "client_id"),
-        ({"mailbox": "not-an-address"}, "not an email address"),
+        ({"CRMSYNC_EXCHANGE_AUTH": "kerberos"}, "exchange.auth"),
+        ({"CRMSYNC_EXCHANGE_ACCESS": "owner"}, "exchange.access"),
+        ({"CRMSYNC_EXCHANGE_PASSWORD": ""}, "password_env"),
+        ({"CRMSYNC_EXCHANGE_AUTH": "oauth"}, "client_id"),
+        ({"CRMSYNC_MAILBOXES": "not-an-address"}, "not an email address"),
     ],
 )
-def test_bad_connection_settings_are_named(kwargs, message):
-    args = {"endpoint": "https://mail.example.com/EWS/Exchange.asmx", "mailbox": ALICE, "auth": "basic",
-            "username": ALICE, "password": "pw", **kwargs}
+def test_bad_connection_settings_are_named_before_anything_connects(env, message):
+    base = {"CRMSYNC_EXCHANGE_ENDPOINT": "https://mail.example.com/EWS/Exchange.asmx",
+            "CRMSYNC_EXCHANGE_USERNAME": ALICE, "CRMSYNC_EXCHANGE_PASSWORD": "pw", "CRMSYNC_MAILBOXES": ALICE}
     with pytest.raises(ConfigError, match=message):
-        connect(**args)
+        settings_ = load_settings(env={**base, **env})
+        ews_connect.connect(settings_.exchange, settings_.mailboxes[0].address)
 
 
 # --------------------------------------------------------------------------- the round trip, generated

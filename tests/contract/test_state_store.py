@@ -9,9 +9,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import init_state, state_revision
+from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import LinkUpdate, NewEvent
-from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from schemas.canonical import CanonicalContact
 from tests.contract.dbhelpers import race
 

@@ -23,10 +23,10 @@ from structlog.testing import capture_logs
 
 from crmsync.adapters.crm.changelog import Changelog
 from crmsync.adapters.crm.sqlalchemy_crm import SqlCrm
-from crmsync.celery_settings import celery_settings
 from crmsync.adapters.database import init_crm, init_state, make_engine
-from crmsync.ports import NewEvent
 from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
+from crmsync.celery_settings import celery_settings
+from crmsync.ports import NewEvent
 from producers.crm_feed import CrmProducer
 from producers.doorbells import PostgresListenDoorbell, SqliteFileDoorbell
 from producers.factory import crm_doorbell

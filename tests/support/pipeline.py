@@ -228,7 +228,7 @@ level = "INFO"
     def outlook_account(self):
         """An exchangelib Account as the mailbox owner (the user's Outlook)."""
         if self._outlook is None:
-            from exchangelib import BASIC, Account, Configuration, Credentials, DELEGATE
+            from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
 
             config = Configuration(service_endpoint=self.emulator.endpoint,
                                    credentials=Credentials(MAILBOX, MAILBOX_PASSWORD), auth_type=BASIC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from crmsync.config import Settings, load_settings
 from crmsync.errors import ConfigError
@@ -298,7 +299,7 @@ def test_secrets_never_show_in_repr_dump_or_errors(tmp_path: Path) -> None:
 
 def test_settings_are_frozen() -> None:
     s = load_settings(env={})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.sync.batch_size = 1  # type: ignore[misc]
     assert isinstance(s, Settings)
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from crmsync.core.normalize import same
 from crmsync.core.reconcile import Conflict, Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
-from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS, CanonicalContact as R
+from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS
+from schemas.canonical import CanonicalContact as R
 
 FIELDS = ("first_name", "company_name", "email", "phone_business", "notes")
-T0 = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 EARLIER, LATER = T0, T0 + timedelta(minutes=5)
+DEFAULT_POLICY = Policy()
 BASE = R(first_name="Ann", company_name="Acme", email="ann@acme.test", phone_business="+1 555 010 2000")
 
 
-def case(id, *, base=BASE, crm=None, exchange=None, policy=Policy(), crm_at=None, exchange_at=None,
+def case(id, *, base=BASE, crm=None, exchange=None, policy=DEFAULT_POLICY, crm_at=None, exchange_at=None,
          to_crm=None, to_exchange=None, conflicts=(), merged=None):
     """One row of the table: inputs, then the expected writes, conflicts and (some of) the new base."""
     return pytest.param(

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -21,9 +21,9 @@ from crmsync.core.crm_mapping import (
     canonical_to_contact_columns,
     contact_to_canonical,
 )
-from crmsync.errors import BadRecord
 from crmsync.core.normalize import normalize_field, same
 from crmsync.core.reconcile import Conflict, Policy, reconcile
+from crmsync.errors import BadRecord
 from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS, CanonicalContact
 
 FIELDS = ACCOUNT_FIELDS
@@ -49,7 +49,7 @@ EMAILISH = st.builds(lambda a, b: f"{a}@{b}", st.from_regex(r"\A[A-Za-z0-9.+_-]{
 VALUES = st.one_of(st.none(), st.sampled_from(LOOKALIKES), XML_TEXT, PHONEISH, EMAILISH)
 TIMES = st.one_of(
     st.none(),
-    st.integers(0, 3).map(lambda m: datetime(2026, 11, 27, 9, tzinfo=timezone.utc) + timedelta(minutes=m)),
+    st.integers(0, 3).map(lambda m: datetime(2026, 11, 27, 9, tzinfo=UTC) + timedelta(minutes=m)),
 )
 CONFLICT_POLICIES = st.sampled_from(["newest-wins", "crm-wins", "exchange-wins"])
 POLICIES = st.builds(
@@ -155,7 +155,7 @@ def test_crm_wins_and_exchange_wins_mirror_each_other_when_the_sides_swap(triple
 
 @LAWS
 @given(triple=triples(), times=st.lists(st.integers(0, 3), min_size=2, max_size=2, unique=True).map(
-    lambda ms: [datetime(2026, 11, 27, 9, tzinfo=timezone.utc) + timedelta(minutes=m) for m in ms]))
+    lambda ms: [datetime(2026, 11, 27, 9, tzinfo=UTC) + timedelta(minutes=m) for m in ms]))
 def test_newest_wins_mirrors_itself_when_sides_and_times_swap(triple, times):
     base, a, b = triple
     left = reconcile(base, a, b, Policy(), fields=FIELDS, crm_modified_at=times[0], exchange_modified_at=times[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crmsync import testhooks
-from crmsync.service import apply as service
 from crmsync.core.reconcile import Policy
+from crmsync.service import apply as service
 from crmsync.service.apply import SyncServices, apply_event
 from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore
 

@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 
+from crmsync.adapters.database import read_tx, write_tx
 from crmsync.core.crm_mapping import (
     account_to_canonical,
     canonical_to_account_columns,
     canonical_to_contact_columns,
     contact_to_canonical,
 )
-from crmsync.adapters.database import read_tx, write_tx
 from crmsync.errors import BadRecord, Stale
 from crmsync.ports import Changes, CrmRecord
 from schemas.canonical import crm_key, parse_crm_key

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -205,13 +205,6 @@ class SqlStateStore:
                 ).scalars())
         return sorted(out)
 
-    def purge_events(self, applied_before: datetime) -> int:
-        """Delete applied events older than ``applied_before``; returns how many."""
-        with write_tx(self.engine) as conn:
-            res = conn.execute(delete(events).where(events.c.status == APPLIED,
-                                                    events.c.applied_at < applied_before))
-            return res.rowcount or 0
-
     # ----------------------------------------------------------------------------- cursors
     def synced_change_keys(self, mailbox: str, item_ids: list[str]) -> dict[str, str]:
         """item_id -> the ChangeKey its link was last synced at, for the linked ones."""
@@ -228,11 +221,6 @@ class SqlStateStore:
     def get_cursor(self, name: str) -> str | None:
         with read_tx(self.engine) as conn:
             return conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()
-
-    def set_cursor(self, name: str, value: str) -> None:
-        """Set a cursor on its own (prefer ``add_events(..., cursor=)`` when events go with it)."""
-        with write_tx(self.engine) as conn:
-            self._set_cursor(conn, name, value, _now())
 
     def _set_cursor(self, conn: Connection, name: str, value: str, now: datetime) -> None:
         stmt = self._insert(cursors).values(name=name, value=value, updated_at=now)

@@ -2,35 +2,6 @@
 
 from __future__ import annotations
 
-from crmsync.config import Settings
-
-
-def queue_depth(settings: Settings) -> tuple[int | None, str]:
-    """Messages waiting in the events queue: (count, "") or (None, why it is unknown)."""
-    url = settings.broker.dsn()
-    if not url.startswith(("redis://", "rediss://")):
-        return None, "only known for a Redis broker"
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-        return int(client.llen(settings.worker.queue)), ""
-    except redis.RedisError as exc:
-        return None, f"broker unreachable: {type(exc).__name__}"
-
-
-def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
-    """True when a Redis broker at ``url`` answers PING."""
-    if not url.startswith(("redis://", "rediss://")):
-        return False
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
-                                         socket_timeout=timeout_s).ping())
-    except redis.RedisError:
-        return False
-
 
 def event_totals(engine, max_id: bool = False) -> dict[str, int]:
     """Events per status (and, with ``max_id``, the highest event id as ``max_id``)."""
@@ -50,9 +21,7 @@ def applied_events_after(engine, after_id: int, limit: int = 200) -> list[dict]:
     Exchange event is named by the CRM key of its link when it has one."""
     from sqlalchemy import func, select
 
-    from schemas.state_tables import events
-
-    from schemas.state_tables import links
+    from schemas.state_tables import events, links
 
     linked = links.alias("l")
     on_item = (linked.c.mailbox == events.c.mailbox) & (linked.c.item_id == events.c.item_id)

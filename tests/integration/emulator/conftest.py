@@ -18,7 +18,6 @@ from exchangelib.transport import BASIC, NOAUTH
 
 from tests.support.emulator_proc import EmulatorProcess, free_port
 
-
 USERS = {
     "alice@example.com": "secret1",
     "bob@example.com": "secret2",

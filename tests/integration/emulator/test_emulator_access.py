@@ -7,11 +7,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from .conftest import IMPERSONATION, NOAUTH, make_account
 from exchangelib import Contact
-from exchangelib.errors import (ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorNonExistentMailbox,
-                                UnauthorizedError)
+from exchangelib.errors import ErrorAccessDenied, ErrorImpersonateUserDenied, ErrorNonExistentMailbox, UnauthorizedError
 from exchangelib.protocol import BaseProtocol, NoVerifyHTTPAdapter
+
+from .conftest import IMPERSONATION, NOAUTH, make_account
 
 
 def test_basic_auth_connects_and_reports_an_exchange_2016_build(account):
@@ -100,15 +100,16 @@ def test_items_ids_and_changekeys_survive_a_restart(start_emulator):
 
 
 def _self_signed(tmp_path):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))

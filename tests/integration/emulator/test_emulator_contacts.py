@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from .conftest import make_account
 from exchangelib import Contact, ExtendedProperty, Folder, HTMLBody
 from exchangelib.errors import ErrorFolderExists, ErrorIrresolvableConflict, ErrorItemNotFound
-from exchangelib.ewsdatetime import EWSDate, EWSDateTime, UTC
+from exchangelib.ewsdatetime import UTC, EWSDate, EWSDateTime
 from exchangelib.folders import DEEP, Contacts, FolderCollection, SingleFolderQuerySet
 from exchangelib.indexed_properties import EmailAddress, ImAddress, PhoneNumber, PhysicalAddress
 from exchangelib.items import ALWAYS_OVERWRITE, AUTO_RESOLVE, NEVER_OVERWRITE
+
+from .conftest import make_account
 
 LONG = "Lorem ipsum dolor sit amet — ünïcödé ✓ 漢字 <tag> & 'quote' \"dq\"\n" * 300
 

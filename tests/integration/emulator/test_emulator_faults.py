@@ -8,10 +8,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from .conftest import admin_call, make_account
 from exchangelib import Contact
 from exchangelib.errors import ErrorServerBusy, ErrorTimeoutExpired, RateLimitError
 from exchangelib.protocol import FaultTolerance
+
+from .conftest import admin_call, make_account
 
 
 def created(acc) -> list[str]:

@@ -8,7 +8,6 @@ import time
 import uuid
 
 import pytest
-from .conftest import make_account
 from exchangelib import Contact
 from exchangelib.errors import (
     ErrorInvalidPullSubscriptionId,
@@ -25,6 +24,8 @@ from exchangelib.properties import (
     StatusEvent,
 )
 from exchangelib.services import GetStreamingEvents
+
+from .conftest import make_account
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ report created, renamed and deleted folders, and the state survives a restart.""
 from __future__ import annotations
 
 import pytest
-from .conftest import make_account
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Contacts
+
+from .conftest import make_account
 
 
 def sync(folder, **kwargs) -> list[tuple[str, str, object]]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from .conftest import admin_call, make_account, spawn_emulator
 from exchangelib import Contact
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Contacts
+
+from .conftest import admin_call, make_account, spawn_emulator
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Build an exchangelib Account for one mailbox, and find (or create) its sync folder.
 
-Plain arguments in, no config or environment read here: the composition root reads the
-settings and the password (from the variable the config names) and passes them.
+Typed settings in (``crmsync.config.ExchangeSettings``, validated once when the config is
+loaded); the secret is read from the variable the config names at connect time.
 
 exchangelib facts that shape this module:
 
@@ -9,10 +9,9 @@ exchangelib facts that shape this module:
   (endpoint, credentials) in the whole process. Accounts for many mailboxes through one service
   account share it, which is what we want; it also means the first ``connect`` for an
   (endpoint, credentials) decides its ``max_wait`` and ``timeout``, later calls update them.
-* exchangelib's HTTP adapter class (``BaseProtocol.HTTP_ADAPTER_CLS``) is process-global. We do
-  not touch it: ``verify_tls=False`` switches only this endpoint's shared Protocol to a subclass
-  using exchangelib's ``NoVerifyHTTPAdapter``. So it is scoped to the (endpoint, credentials)
-  pair, never to one mailbox, and never to other endpoints.
+* exchangelib's HTTP adapter class (``BaseProtocol.HTTP_ADAPTER_CLS``) is process-global, so
+  ``verify_tls = false`` is kept per endpoint (scheme, host, port) by one adapter that knows
+  which endpoints those are; every other endpoint is verified.
 * No autodiscover; the server version is probed by exchangelib on first use.
 * exchangelib's DEBUG logging (loggers ``exchangelib`` and ``exchangelib.util.xml_log``) prints
   request headers (the Basic ``Authorization`` header, i.e. the password) and whole SOAP bodies
@@ -20,6 +19,8 @@ exchangelib facts that shape this module:
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from exchangelib import (
     BASIC,
@@ -35,96 +36,85 @@ from exchangelib import (
 )
 from exchangelib.errors import ErrorFolderExists, ErrorFolderNotFound
 from exchangelib.folders import Contacts, Folder
-from exchangelib.protocol import NoVerifyHTTPAdapter, Protocol
+from exchangelib.protocol import BaseProtocol
 from exchangelib.transport import NOAUTH
+from requests.adapters import HTTPAdapter
 
-from crmsync.adapters.exchange.ews.faults import DEFAULT_MAX_WAIT, BoundedFaultTolerance, ews_errors
+from crmsync.adapters.exchange.ews.faults import BoundedFaultTolerance, ews_errors
+from crmsync.config import ExchangeSettings
 from crmsync.errors import ConfigError
 
 AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM, "oauth": OAUTH2, "noauth": NOAUTH}
 ACCESS_TYPES = {"impersonation": IMPERSONATION, "delegate": DELEGATE}
 
 
-class _NoVerifyProtocol(Protocol):
-    """A Protocol whose sessions skip TLS verification (verify_tls = false, for this endpoint only)."""
+class _TlsPerEndpointAdapter(HTTPAdapter):
+    """exchangelib's documented hook for TLS settings is the process-wide
+    ``BaseProtocol.HTTP_ADAPTER_CLS``; this adapter verifies certificates as usual except for
+    the endpoints an administrator set ``verify_tls = false`` for (as exchangelib's own
+    ``NoVerifyHTTPAdapter`` does, but scoped to those endpoints)."""
 
-    HTTP_ADAPTER_CLS = NoVerifyHTTPAdapter
+    def cert_verify(self, conn, url, verify, cert):  # noqa: ANN001 - requests' signature
+        super().cert_verify(conn=conn, url=url, verify=verify and not _unverified(url), cert=cert)
 
 
-def connect(
-    *,
-    endpoint: str,
-    mailbox: str,
-    auth: str = "basic",
-    username: str | None = None,
-    password: str | None = None,
-    access: str = "impersonation",
-    verify_tls: bool = True,
-    max_wait: float = DEFAULT_MAX_WAIT,
-    timeout_s: float = 60.0,
-    max_connections: int | None = None,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    tenant_id: str | None = None,
-) -> Account:
-    """An exchangelib Account for ``mailbox`` at ``endpoint``; no request is sent yet.
+_UNVERIFIED: set[str] = set()  # scheme://host:port of endpoints with verify_tls = false
 
-    ``password`` (basic/ntlm) and ``client_secret`` (oauth) are secrets: they go into
-    exchangelib's credentials only, never into a message. ``max_wait`` bounds how long, in
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _unverified(url: str) -> bool:
+    return _origin(url) in _UNVERIFIED
+
+
+def connect(settings: ExchangeSettings, mailbox: str, *, max_connections: int | None = None) -> Account:
+    """An exchangelib Account for ``mailbox`` as ``settings`` (validated once, in crmsync.config)
+    describe; no request is sent yet.
+
+    The password or client secret is read from its environment variable now and goes into
+    exchangelib's credentials only, never into a message. ``max_wait_s`` bounds how long, in
     total, exchangelib may sleep on server back-offs within one request before raising (then
-    Transient with the server's back-off, and the Celery retry takes over; the default 5 s is
-    below exchangelib's 10 s connection-retry wait, so connection errors and HTTP 5xx are
-    handed over at once); ``timeout_s`` bounds one HTTP request. OAuth builds exchangelib's
-    client-credentials ``OAuth2Credentials`` for ``tenant_id`` (not testable against the
-    emulator, which speaks Basic only).
+    Transient with the server's back-off, and the Celery retry takes over); ``timeout_s`` bounds
+    one HTTP request. OAuth builds exchangelib's client-credentials ``OAuth2Credentials`` for
+    ``tenant_id`` (not testable against the emulator's EWS door, which speaks Basic only).
     """
-    if auth not in AUTH_TYPES:
-        raise ConfigError(f"exchange.auth = {auth!r}: expected one of {sorted(AUTH_TYPES)}")
-    if access not in ACCESS_TYPES:
-        raise ConfigError(f"exchange.access = {access!r}: expected one of {sorted(ACCESS_TYPES)}")
-    if not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"exchange.endpoint = {endpoint!r}: expected an http(s) URL ending in /EWS/Exchange.asmx")
-    if "@" not in mailbox:
-        raise ConfigError(f"mailbox address {mailbox!r} is not an email address")
-    if max_wait < 0:
-        raise ConfigError(f"exchange max_wait = {max_wait!r}: must be >= 0 seconds")
-
+    endpoint = settings.require_endpoint()
+    password = settings.password()
+    client_secret = settings.client_secret() if settings.auth == "oauth" else None
     credentials = None
-    if auth in ("basic", "ntlm"):
-        if not username:
-            raise ConfigError(f"exchange.username is required with auth = {auth!r}")
-        if not password:
-            raise ConfigError(f"exchange password is empty (auth = {auth!r}): set the variable named by exchange.password_env")
-        credentials = Credentials(username, password)
-    elif auth == "oauth":
-        missing = [n for n, v in (("client_id", client_id), ("client_secret", client_secret), ("tenant_id", tenant_id)) if not v]
-        if missing:
-            raise ConfigError(f"exchange auth = 'oauth' needs {', '.join('exchange.' + m for m in missing)}")
+    if settings.auth in ("basic", "ntlm"):
+        credentials = Credentials(settings.username, password)
+    elif settings.auth == "oauth":
         credentials = OAuth2Credentials(
-            client_id=client_id, client_secret=client_secret, tenant_id=tenant_id,
+            client_id=settings.client_id, client_secret=client_secret, tenant_id=settings.tenant_id,
             identity=Identity(primary_smtp_address=mailbox),
         )
+    if settings.verify_tls:
+        _UNVERIFIED.discard(_origin(endpoint))
+    else:
+        _UNVERIFIED.add(_origin(endpoint))
+    BaseProtocol.HTTP_ADAPTER_CLS = _TlsPerEndpointAdapter
 
     config = Configuration(
         service_endpoint=endpoint,
         credentials=credentials,
-        auth_type=AUTH_TYPES[auth],
-        retry_policy=BoundedFaultTolerance(max_wait=max_wait),
+        auth_type=AUTH_TYPES[settings.auth],
+        retry_policy=BoundedFaultTolerance(max_wait=settings.max_wait_s),
         max_connections=max_connections,
     )
     with ews_errors(mailbox, "connecting", secrets=(password, client_secret)):
         account = Account(
             primary_smtp_address=mailbox, config=config, autodiscover=False,
-            access_type=ACCESS_TYPES[access], credentials=None,
+            access_type=ACCESS_TYPES[settings.access], credentials=None,
         )
     protocol = account.protocol
     # The Protocol is shared per (endpoint, credentials); make it follow the latest settings.
     protocol.config.retry_policy = config.retry_policy
-    protocol.TIMEOUT = timeout_s
-    wanted = Protocol if verify_tls else _NoVerifyProtocol
-    if type(protocol) is not wanted:
-        protocol.__class__ = wanted
-        protocol.close()  # drop sessions made with the other TLS adapter
+    protocol.TIMEOUT = settings.timeout_s
     return account
 
 

@@ -39,7 +39,6 @@ from exchangelib import Account, Contact, ExtendedProperty
 from exchangelib.errors import ErrorItemNotFound
 from exchangelib.fields import InvalidField
 from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
-from exchangelib.properties import ItemId
 
 from crmsync.adapters.exchange.ews.faults import ews_errors, translate
 from crmsync.adapters.exchange.ews.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
@@ -239,7 +238,6 @@ class EwsExchange:
 
     def _created(self, contact: Contact, item_id: str, change_key: str, crm_key: str) -> ExchangeRecord:
         # The server returns only the new ids; the record is what we wrote (no extra GetItem).
-        contact._id = ItemId(item_id, change_key)
         return ExchangeRecord(item_id=item_id, change_key=change_key, record=to_canonical(contact), crm_key=crm_key)
 
     def create(self, crm_key: str, values: Changes) -> ExchangeRecord:

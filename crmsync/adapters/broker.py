@@ -1,0 +1,32 @@
+"""The message broker as an operator sees it: does it answer, how deep is the queue."""
+
+from __future__ import annotations
+
+from crmsync.config import Settings
+
+
+def queue_depth(settings: Settings) -> tuple[int | None, str]:
+    """Messages waiting in the events queue: (count, "") or (None, why it is unknown)."""
+    url = settings.broker.dsn()
+    if not url.startswith(("redis://", "rediss://")):
+        return None, "only known for a Redis broker"
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        return int(client.llen(settings.worker.queue)), ""
+    except redis.RedisError as exc:
+        return None, f"broker unreachable: {type(exc).__name__}"
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """True when a Redis broker at ``url`` answers PING."""
+    if not url.startswith(("redis://", "rediss://")):
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
+                                         socket_timeout=timeout_s).ping())
+    except redis.RedisError:
+        return False
