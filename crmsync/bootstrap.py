@@ -8,7 +8,6 @@ part is first used (Exchange accounts are opened lazily, one per mailbox).
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -107,7 +106,7 @@ class Container:
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
-            owner=f"{socket.gethostname()}:{os.getpid()}", lease_ttl_s=self.settings.sync.lease_ttl_s,
+            lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
             new_account_no=self.crm.new_account_no,
         )
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.events import APPLY_EVENT_TASK, APPLY_EVENTS_TASK, EVENTS_QUEUE
+from schemas.events import APPLY_EVENTS_TASK, EVENTS_QUEUE
 
-#: Longest countdown a retry may ask for; the visibility timeout is well above it.
-MAX_RETRY_COUNTDOWN_S = 300
+#: Well above the longest retry countdown (sync.retry_backoff_max_s) plus a task's run.
 VISIBILITY_TIMEOUT_S = 3600
 
 
@@ -31,7 +30,7 @@ def celery_settings(broker_url: str, queue: str = EVENTS_QUEUE) -> dict[str, Any
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": queue,
-        "task_routes": {APPLY_EVENT_TASK: {"queue": queue}, APPLY_EVENTS_TASK: {"queue": queue}},
+        "task_routes": {APPLY_EVENTS_TASK: {"queue": queue}},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,   # Flower shows tasks live
         "task_send_sent_event": True,

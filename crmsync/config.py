@@ -171,8 +171,8 @@ class ExchangeSettings(_Section):
     password_env: str = "CRMSYNC_EXCHANGE_PASSWORD"
     access: AccessType = "impersonation"
     verify_tls: bool = True
-    timeout_s: float = Field(default=30.0, gt=0)
-    max_wait_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=20.0, gt=0)
+    max_wait_s: float = Field(default=5.0, gt=0)
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret_env: str = "CRMSYNC_EXCHANGE_CLIENT_SECRET"
@@ -197,6 +197,12 @@ class ExchangeSettings(_Section):
                 if not getattr(self, key):
                     raise _key_error(key, "is required when exchange.auth is 'oauth'")
         return self
+
+    @property
+    def call_budget_s(self) -> float:
+        """The longest one Exchange call may take, its in-process retries and back-off included:
+        one request, the server's back-offs (at most ``max_wait_s`` in all), one more request."""
+        return 2 * self.timeout_s + self.max_wait_s
 
     def password(self) -> str | None:
         """The Exchange password, read now from ``password_env``; None when ``auth`` needs none
@@ -263,8 +269,9 @@ class SyncSettings(_Section):
     private_sensitivities: tuple[Sensitivity, ...] = ("Private",)
     poll_interval_s: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
-    lease_ttl_s: float = Field(default=60.0, gt=0)
+    lease_ttl_s: float = Field(default=120.0, gt=0)
     redrive_after_s: float = Field(default=300.0, gt=0)
+    retry_backoff_max_s: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
 
     @field_validator("phone_region")
@@ -315,6 +322,20 @@ class Settings(BaseModel):
     log: LogSettings = Field(default_factory=LogSettings)
 
     _config_path: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _timing(self) -> Settings:
+        """A lease must outlive two of the longest Exchange calls (it is renewed before each
+        write), and the re-drive must not overtake a retry waiting in its back-off."""
+        budget = self.exchange.call_budget_s
+        if self.sync.lease_ttl_s < 2 * budget:
+            raise _key_error("sync.lease_ttl_s", f"{self.sync.lease_ttl_s:g} must be at least {2 * budget:g} s: "
+                             f"twice the longest Exchange call (2 x exchange.timeout_s + exchange.max_wait_s)")
+        longest = self.sync.retry_backoff_max_s + self.sync.lease_ttl_s
+        if self.sync.redrive_after_s <= longest:
+            raise _key_error("sync.redrive_after_s", f"{self.sync.redrive_after_s:g} must be above {longest:g} s: "
+                             "the longest retry countdown (retry_backoff_max_s) plus a lease (lease_ttl_s)")
+        return self
 
     @model_validator(mode="after")
     def _unique_mailboxes(self) -> Settings:
@@ -513,7 +534,7 @@ def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], 
     ctx = error.get("ctx") or {}
     value = error.get("input")
     if kind == _KEY_MARK:
-        loc = loc + (ctx["key"],) if ctx["key"] != "mailbox" else ("mailboxes",)
+        loc = loc + tuple(ctx["key"].split(".")) if ctx["key"] != "mailbox" else ("mailboxes",)
     key, source_key = _key_name(loc)
     source = sources.get(source_key) or sources.get(source_key[:1]) or file_label
     if isinstance(value, str) and loc[-1:] in (("url",), ("endpoint",)):

@@ -53,7 +53,12 @@ class CrmSide(Protocol):
         """Create an account with this account_no, or return the existing one (idempotent)."""
 
     def deactivate(self, key: str, expect: str | None) -> CrmRecord | None:
-        """Set is_active = false (never a hard delete); None if the row is gone."""
+        """Set is_active = false (never a hard delete); None if the row is gone. Stale when
+        ``expect`` is given and the row has another version."""
+
+    def reactivate(self, key: str, expect: str) -> CrmRecord:
+        """Set is_active = true on an account (its contact was restored in Outlook); Stale on
+        another version."""
 
 
 class ExchangeSide(Protocol):
@@ -68,8 +73,11 @@ class ExchangeSide(Protocol):
 
     def find_many_by_crm_key(self, crm_keys: list[str]) -> dict[str, ExchangeRecord]: ...
 
-    def count_stamped(self) -> int:
-        """How many contacts in the folder carry a crmsync stamp."""
+    def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
+        """The contact stamped with ``crm_key`` in the mailbox's Deleted Items, if any."""
+
+    def restore(self, item_id: str) -> ExchangeRecord:
+        """Move a contact from Deleted Items back into the sync folder (it may get a new id)."""
 
     def create_many(self, entries: list[tuple[str, Changes]]) -> list[ExchangeRecord | Exception]:
         """Bulk create, stamped; per entry the record or that entry's error, in order."""
@@ -82,8 +90,9 @@ class ExchangeSide(Protocol):
         """Write with ConflictResolution=NeverOverwrite; Stale on a changed ChangeKey.
         A non-None ``crm_key`` also (re)stamps the extended property."""
 
-    def delete(self, item_id: str, change_key: str | None) -> None:
-        """MoveToDeletedItems: recoverable by the mailbox owner."""
+    def delete(self, item_id: str, change_key: str) -> None:
+        """MoveToDeletedItems (recoverable by the mailbox owner) iff the contact still has
+        ``change_key``; Stale when it changed, nothing when it is already gone."""
 
 
 # --------------------------------------------------------------------------- state database
@@ -104,6 +113,20 @@ class Link:
     lease_token: str | None = None
     deleted: bool = False         # the pair was deleted on a side and the delete propagated
     synced_at: datetime | None = None
+    fence: int = 0                # grows on every lease acquisition (take-overs included)
+    private: bool = False         # the contact turned Private: unlinked, no data kept
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """A field changed on both sides to different values, and how the policy decided it;
+    written together with the link commit, so a lost race records nothing."""
+
+    field: str
+    crm_value: str | None
+    exchange_value: str | None
+    chosen: str                   # crm | exchange
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,8 @@ class LinkUpdate:
     crm_hash: str | None
     exchange_hash: str | None
     deleted: bool = False
+    private: bool = False
+    conflicts: tuple[ConflictRecord, ...] = ()
 
 
 class StateStore(Protocol):
@@ -181,28 +206,33 @@ class StateStore(Protocol):
 
     def acquire(self, mailbox: str, crm_key: str, item_id: str | None, owner: str,
                 ttl_seconds: float, now: datetime) -> Link:
-        """Lease the link (creating it when missing) with a compare-and-set; LeaseTaken when
-        another owner holds an unexpired lease. The returned link carries the lease token."""
+        """Lease the link (creating it when missing) with a compare-and-set; LeaseTaken while
+        any unexpired lease is held (the same owner included: an owner is one execution). The
+        returned link carries a new lease token and a fence one higher than before."""
 
     def commit(self, link: Link, update: LinkUpdate, now: datetime) -> Link:
-        """Write the new link state iff ``link.lease_token`` still holds the lease; Stale if not.
-        Releases the lease."""
+        """Write the new link state (and its conflicts) iff ``link.lease_token`` still holds the
+        lease; Stale if not. Releases the lease."""
 
     def release(self, link: Link) -> None: ...
 
     # batches (one transaction each) ---------------------------------------------------------
     def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
                      ttl_seconds: float, now: datetime
-                     ) -> tuple[dict[str, Link], dict[str, str], set[str]]:
-        """Leased links by crm_key, why each other key could not be leased now, and the keys
-        whose link row this call created (no earlier attempt can have touched Exchange)."""
+                     ) -> tuple[dict[str, Link], dict[str, str]]:
+        """Leased links by crm_key, and why each other key could not be leased now."""
 
     def commit_many(self, commits: list[tuple[Link, LinkUpdate]], now: datetime) -> dict[str, str]:
         """Commit each; returns why each failed crm_key failed (the others are committed)."""
 
     def release_many(self, links: list[Link]) -> None: ...
 
+    def renew_many(self, links: list[Link], ttl_seconds: float, now: datetime) -> dict[str, Link]:
+        """Extend each lease still held under its token to ``now + ttl``; returns the renewed
+        links by crm_key (a key missing from the result lost its lease to a take-over)."""
+
     def mark_applied_many(self, outcomes: Mapping[int, str | None]) -> None: ...
 
-    def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
-                        exchange_value: str | None, chosen: str, now: datetime) -> None: ...
+    def mark_retrying(self, event_ids: list[int], now: datetime) -> None:
+        """A retry of these events is scheduled: their published time is now (the re-drive
+        leaves them alone until it is overdue)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-APPLY_EVENT_TASK = "crmsync.apply_event"
 APPLY_EVENTS_TASK = "crmsync.apply_events"
 EVENTS_QUEUE = "crmsync.events"
 

@@ -81,6 +81,8 @@ links = Table(
     Column("lease_token", Text),
     Column("lease_until", UtcDateTime),
     Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("fence", BigInteger, nullable=False, server_default="0"),     # +1 on every lease acquisition
+    Column("private", Boolean, nullable=False, server_default=false()),  # the contact turned Private
     Column("synced_at", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
     UniqueConstraint("mailbox", "crm_key"),

@@ -22,7 +22,7 @@ def create_app(settings: Settings) -> Celery:
     celery_app = Celery("crmsync", set_as_current=False)
     celery_app.conf.update(celery_settings(settings.broker.dsn(), settings.worker.queue))
     celery_app.crmsync_settings = settings
-    register_tasks(celery_app)
+    register_tasks(celery_app, settings.sync)
 
     @worker_process_init.connect(weak=False)
     def _connect_early(**_: object) -> None:

@@ -1,83 +1,95 @@
-"""Thin Celery tasks: deserialize, call the service, map errors to retry or dead letter.
+"""Thin Celery tasks: deserialize, call the service, and let Celery retry.
 
-The broker keeps no attempt count, so attempts are counted in the event row; after
-``sync.max_attempts`` the event is a dead letter with its last error, to be replayed with
-``crmsync replay``. A batch task hands each event it could not finish to the single-event
-task, which owns the retry schedule.
+Retries are Celery's own (``autoretry_for``, ``retry_backoff``, ``retry_jitter``,
+``max_retries``); the task base class's hooks keep the event rows honest: a scheduled retry
+refreshes the events' published time (so the re-drive leaves them alone), and a task that
+fails for good writes its unfinished events as dead letters. The broker keeps no attempt count,
+so attempts are counted in the event rows: a bad record is a dead letter at once, waiting for
+another worker's lease is not an attempt, and after ``sync.max_attempts`` an event is dead.
 """
 
 from __future__ import annotations
 
-import random
+import uuid
+from datetime import UTC, datetime
 
 import structlog
 from celery import Celery, Task
 
 from crmsync.bootstrap import container_for
-from crmsync.celery_settings import MAX_RETRY_COUNTDOWN_S
+from crmsync.config import SyncSettings
 from crmsync.errors import BadRecord, LeaseTaken, Transient
 from crmsync.service import apply as service
-from schemas.events import APPLY_EVENT_TASK, APPLY_EVENTS_TASK
+from schemas.events import APPLY_EVENTS_TASK
 
 log = structlog.get_logger("crmsync.worker")
 
 
-def retry_countdown(attempts: int, retry_after: float | None, rng: random.Random = random) -> float:
-    """Exponential back-off with full jitter; a server's own back-off (ErrorServerBusy) wins
-    when it asks for longer."""
-    backoff = min(MAX_RETRY_COUNTDOWN_S, 2.0 ** min(attempts, 12))
-    countdown = rng.uniform(backoff / 2, backoff)
-    if retry_after is not None:
-        countdown = max(countdown, retry_after)
-    return min(countdown, MAX_RETRY_COUNTDOWN_S)
+class RetryLater(Transient):
+    """Some events of the batch are to be tried again (their errors are in the event rows)."""
+
+    def __init__(self, event_ids: list[int], first_error: BaseException) -> None:
+        super().__init__(f"{len(event_ids)} event(s) to retry; first: {describe(first_error)}")
+        self.event_ids = event_ids
 
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def next_step(store, event_id: int, exc: BaseException, max_attempts: int) -> float | None:
-    """What to do after ``exc``: a countdown to retry after, or None when the event is now a
-    dead letter. Waiting for another worker's lease is not an attempt."""
-    if isinstance(exc, LeaseTaken):
-        return random.uniform(0.2, 1.5)
-    attempts = store.record_attempt(event_id, describe(exc))
-    if isinstance(exc, BadRecord) or attempts >= max_attempts:
-        store.mark_dead(event_id, describe(exc))
-        log.error("event.dead", event_id=event_id, attempts=attempts, error=describe(exc))
-        return None
-    retry_after = exc.retry_after if isinstance(exc, Transient) else None
-    countdown = retry_countdown(attempts, retry_after)
-    log.warning("event.retry", event_id=event_id, attempts=attempts, countdown=round(countdown, 2),
-                error=describe(exc))
-    return countdown
+def settle(store, result: service.BatchResult, max_attempts: int) -> list[int]:
+    """Write what the batch could not do into the event rows; returns the ids to retry."""
+    retry: list[int] = []
+    for event_id, exc in result.errors.items():
+        if isinstance(exc, LeaseTaken):      # another execution holds the link: not an attempt
+            retry.append(event_id)
+            continue
+        attempts = store.record_attempt(event_id, describe(exc))
+        if isinstance(exc, BadRecord) or attempts >= max_attempts:
+            store.mark_dead(event_id, describe(exc))
+            log.error("event.dead", event_id=event_id, attempts=attempts, error=describe(exc))
+        else:
+            log.warning("event.retry", event_id=event_id, attempts=attempts, error=describe(exc))
+            retry.append(event_id)
+    return retry
 
 
-def register_tasks(app: Celery) -> None:
-    @app.task(name=APPLY_EVENT_TASK, bind=True, shared=False, acks_late=True,
-              reject_on_worker_lost=True, max_retries=None)
-    def apply_event(self: Task, event_id: int) -> str:
-        container = container_for(self.app.crmsync_settings)
-        try:
-            return service.apply_event(container.sync_services, int(event_id))
-        except Exception as exc:  # noqa: BLE001 - every failure is retried, then dead
-            countdown = next_step(container.store, event_id, exc,
-                                  self.app.crmsync_settings.sync.max_attempts)
-            if countdown is None:
-                return "dead"
-            raise self.retry(countdown=countdown) from None
+class ApplyTask(Task):
+    """The hooks that keep event rows in step with Celery's retries."""
 
-    @app.task(name=APPLY_EVENTS_TASK, bind=True, shared=False, acks_late=True,
-              reject_on_worker_lost=True, max_retries=None)
+    def _store(self):
+        return container_for(self.app.crmsync_settings).store
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):  # noqa: ANN001 - Celery's signature
+        ids = getattr(exc, "event_ids", None) or list(kwargs.get("event_ids", ()))
+        self._store().mark_retrying(ids, datetime.now(UTC))
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # noqa: ANN001 - Celery's signature
+        """Retries exhausted, or an error nothing can retry: the unfinished events are dead
+        letters, with their last error (or this one)."""
+        store = self._store()
+        ids = getattr(exc, "event_ids", None) or list(kwargs.get("event_ids", ()))
+        for event_id, event in store.get_events([int(i) for i in ids]).items():
+            if event.status not in ("applied", "dead"):
+                store.mark_dead(event_id, event.last_error or describe(exc))
+                log.error("event.dead", event_id=event_id, attempts=event.attempts,
+                          error=event.last_error or describe(exc))
+
+
+def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
+    """Register the apply task; ``sync`` gives the retry limits (defaults for the lazy app
+    that Flower and ``celery inspect`` load)."""
+    sync = sync or SyncSettings()
+
+    @app.task(name=APPLY_EVENTS_TASK, bind=True, base=ApplyTask, shared=False, acks_late=True,
+              reject_on_worker_lost=True, autoretry_for=(RetryLater,), retry_backoff=True,
+              retry_backoff_max=int(sync.retry_backoff_max_s), retry_jitter=True,
+              max_retries=max(0, sync.max_attempts - 1))
     def apply_events(self: Task, event_ids: list[int]) -> dict[str, int]:
         container = container_for(self.app.crmsync_settings)
-        result = service.apply_events(container.sync_services, [int(i) for i in event_ids])
-        dead = 0
-        for event_id, exc in result.errors.items():
-            countdown = next_step(container.store, event_id, exc,
-                                  self.app.crmsync_settings.sync.max_attempts)
-            if countdown is None:
-                dead += 1
-            else:
-                apply_event.apply_async(kwargs={"event_id": event_id}, countdown=countdown)
-        return {"applied": len(result.outcomes), "retrying": len(result.errors) - dead, "dead": dead}
+        owner = f"{self.request.id or 'local'}:{uuid.uuid4().hex[:12]}"   # one execution, never shared
+        result = service.apply_events(container.sync_services, [int(i) for i in event_ids], owner)
+        retry = settle(container.store, result, self.app.crmsync_settings.sync.max_attempts)
+        if retry:
+            raise RetryLater(retry, result.errors[retry[0]])
+        return {"applied": len(result.outcomes), "dead": len(result.errors)}

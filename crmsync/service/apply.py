@@ -1,25 +1,32 @@
-"""The apply protocol of DESIGN.md §3.1: what a worker does with one event.
+"""The apply protocol of DESIGN.md §3.1: what a worker does with a batch of events.
 
-An event is a trigger, not a command: the service leases the link it concerns, re-reads both
-sides, reconciles them against the link's base and writes only what differs. Duplicate, late,
-out-of-order and self-echo events therefore change nothing. Every step is safe to crash after:
-creates are found again through the CRM key stamped on the Exchange item, and a re-read after a
-partial apply yields a plan that finishes the job.
+An event is a trigger, not a command: the service leases the links the events concern, re-reads
+both sides (and the link row) on every attempt, reconciles against the link's base and writes
+only what differs. Duplicate, late, out-of-order and self-echo events therefore change nothing.
+
+There is one path: a single event is a batch of one. Leases are fenced: every execution has its
+own owner id, and before each side effect the worker makes sure its lease outlives the longest
+call it is about to make (``call_budget_s``), renewing it when needed; a lease lost to a
+take-over stops the link before its next write. Creates are always looked up by the stamped CRM
+key first (one bulk FindItem per batch). Every step is safe to crash after: creates are found
+again through the stamp, and a re-read after a partial apply yields a plan that finishes the job.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import structlog
 
-from crmsync.core.normalize import content_hash
+from crmsync.core.normalize import content_hash, same
 from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
 from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.ports import (
+    ConflictRecord,
     CrmRecord,
     CrmSide,
     Event,
@@ -30,36 +37,23 @@ from crmsync.ports import (
     StateStore,
 )
 from crmsync.testhooks import crash_point
-from schemas.canonical import (
-    CONTACT_CRM_READONLY,
-    CanonicalContact,
-    fields_for,
-    parse_crm_key,
-)
-from schemas.canonical import (
-    crm_key as make_crm_key,
-)
+from schemas.canonical import CONTACT_CRM_READONLY, CanonicalContact, fields_for, parse_crm_key
+from schemas.canonical import crm_key as make_crm_key
 
 log = structlog.get_logger("crmsync.service.apply")
 
-#: How often one event re-reads both sides after a lost optimistic-concurrency race.
+#: How often one link is re-read after a lost optimistic-concurrency race, within one task.
 MAX_STALE_ROUNDS = 5
 
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
-    "deleted-exchange", "deactivated-crm", "unlinked", "private-skipped", "gone",
+    "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
+    "restored",
 ]
 
 
-Reads = tuple["CrmRecord | None", "ExchangeRecord | None"]
-
-
-@dataclass(frozen=True)
-class PendingCreate:
-    """An Exchange create that a batch sends in one bulk request with others."""
-
-    plan: Plan
-    crm: CrmRecord
+class LeaseLost(LeaseTaken):
+    """This execution's lease was taken over (it expired): stop before the next write."""
 
 
 @dataclass
@@ -70,202 +64,13 @@ class SyncServices:
     crm: CrmSide
     exchange_for: Callable[[str], ExchangeSide]   # mailbox -> its Exchange side
     policy: Policy
-    owner: str                                     # lease owner: host:pid
     lease_ttl_s: float = 60.0
+    #: The longest one side effect may take (an Exchange call with its retries and back-off):
+    #: a lease is renewed before a write unless it outlives now + this.
+    call_budget_s: float = 25.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     new_account_no: Callable[[], str] | None = None
-    #: Mailboxes whose every stamped contact is linked (checked once per process): a link row
-    #: created just now then cannot have a contact yet, and its lookup can be skipped.
-    trusted_mailboxes: set[str] = field(default_factory=set)
 
-
-def apply_event(svc: SyncServices, event_id: int) -> Outcome:
-    """Apply one event row. Raises LeaseTaken (retry soon), Transient (retry with back-off),
-    BadRecord (dead letter); returns what it did."""
-    event = svc.store.get_event(event_id)
-    if event is None:
-        log.warning("event.missing", event_id=event_id)
-        return "missing"
-    if event.status in ("applied", "dead"):
-        return "done-already"
-    outcome = _apply(svc, event)
-    svc.store.mark_applied(event.id, outcome)
-    log.info("event.applied", event_id=event.id, mailbox=event.mailbox, source=event.source,
-             outcome=outcome)
-    return outcome
-
-
-def _apply(svc: SyncServices, event: Event) -> Outcome:
-    exchange = svc.exchange_for(event.mailbox)
-    crm_key = event.crm_key
-    if crm_key is None:
-        link = svc.store.find_link(event.mailbox, item_id=event.item_id)
-        if link is not None:
-            crm_key = link.crm_key
-        else:
-            crm_key = _key_for_unlinked_item(svc, exchange, event.item_id)
-            if crm_key is None:
-                return "gone"
-    link = svc.store.acquire(event.mailbox, crm_key, event.item_id, svc.owner, svc.lease_ttl_s,
-                             svc.clock())
-    return _apply_link(svc, exchange, link)
-
-
-def _apply_link(svc: SyncServices, exchange: ExchangeSide, link: Link) -> Outcome:
-    """Read → reconcile → apply → commit for one leased link, re-reading after a lost race.
-    Always ends with the lease committed or released."""
-    committed = False
-    try:
-        for _ in range(MAX_STALE_ROUNDS):
-            try:
-                outcome, update = _sync_link(svc, exchange, link)
-            except Stale as lost:
-                log.info("apply.stale_reread", mailbox=link.mailbox, crm_key=link.crm_key, why=str(lost))
-                continue
-            crash_point("before_link_commit")
-            if update is not None:
-                svc.store.commit(link, update, svc.clock())
-                committed = True
-            return outcome
-        raise Stale(f"{link.crm_key} in {link.mailbox}: still changing after {MAX_STALE_ROUNDS} re-reads")
-    finally:
-        if not committed:
-            svc.store.release(link)
-
-
-def _key_for_unlinked_item(svc: SyncServices, exchange: ExchangeSide, item_id: str | None) -> str | None:
-    """An Exchange item with no link: its stamped key, or a new account key (not yet stamped)."""
-    if item_id is None:
-        return None
-    item = exchange.read(item_id)
-    if item is None or item.private:
-        return None
-    if item.crm_key:
-        return item.crm_key
-    new_no = svc.new_account_no() if svc.new_account_no else None
-    if not new_no:
-        raise BadRecord(f"item {item_id} in {exchange.mailbox}: no way to generate an account_no")
-    return make_crm_key("account", new_no)
-
-
-def _sync_link(svc: SyncServices, exchange: ExchangeSide, link: Link, first_read: Reads | None = None,
-               defer_create: bool = False) -> tuple[Outcome, LinkUpdate | PendingCreate | None]:
-    """One round of read → reconcile → apply. Returns the outcome and the link's new state
-    (None: nothing to commit; a PendingCreate when ``defer_create`` leaves an Exchange create
-    to the caller's bulk request). Raises Stale when a precondition failed (caller re-reads).
-    ``first_read`` holds both sides as a batch just read them, saving the two reads."""
-    kind, ident = parse_crm_key(link.crm_key)
-    fields = fields_for(kind)
-    if first_read is not None:
-        crm, ex = first_read
-    else:
-        crm = svc.crm.read(link.crm_key)
-        ex = exchange.read(link.item_id) if link.item_id else exchange.find_by_crm_key(link.crm_key)
-    crm_live = crm is not None and crm.active
-    was_synced = link.base is not None and not link.deleted
-
-    if ex is not None and ex.private:
-        return "private-skipped", None
-
-    if link.deleted:
-        if not crm_live or ex is not None:
-            return "noop", None
-        # A deactivated (or deleted) account came back in the CRM: treat it as a new pairing.
-        link = _fresh(link)
-        was_synced = False
-
-    if not crm_live and ex is None:
-        return ("gone" if not was_synced else "unlinked"), _deleted_update(link)
-
-    if not crm_live:
-        if was_synced:
-            exchange.delete(ex.item_id, ex.change_key)
-            crash_point("after_exchange_write")
-            return "deleted-exchange", _deleted_update(link)
-        if crm is not None and not crm.active:
-            # Linked for the first time to an inactive account: keep both, sync nothing.
-            return "noop", None
-        return "created-crm", _create_crm(svc, exchange, link, kind, ident, ex, fields)
-
-    if ex is None:
-        if was_synced:
-            if kind == "account":
-                svc.crm.deactivate(link.crm_key, crm.version)
-                crash_point("after_crm_write")
-                return "deactivated-crm", _deleted_update(link)
-            return "unlinked", _deleted_update(link)
-        plan = plan_create_exchange(crm.record, fields)
-        if defer_create:
-            return "created-exchange", PendingCreate(plan, crm)
-        created = exchange.create(link.crm_key, plan.to_exchange)
-        crash_point("after_exchange_write")
-        return "created-exchange", _update(svc, link, fields, plan.base, created, crm)
-
-    return _merge(svc, exchange, link, fields, crm, ex)
-
-
-def _create_crm(svc: SyncServices, exchange: ExchangeSide, link: Link, kind: str, ident: str,
-                ex: ExchangeRecord, fields: tuple[str, ...]) -> LinkUpdate:
-    if kind != "account":
-        raise BadRecord(f"item {ex.item_id} in {exchange.mailbox}: stamped {link.crm_key}, "
-                        "but that secondary contact no longer exists in the CRM")
-    if ex.crm_key != link.crm_key:
-        # Stamp first, so a crash before the CRM insert finds the same account_no again.
-        ex = exchange.update(ex.item_id, {}, ex.change_key, crm_key=link.crm_key)
-        crash_point("after_exchange_write")
-    plan = plan_create_crm(ex.record, fields, svc.policy)
-    crm = svc.crm.create_account(ident, plan.to_crm)
-    crash_point("after_crm_write")
-    return _update(svc, link, fields, plan.base, ex, crm)
-
-
-def _merge(svc: SyncServices, exchange: ExchangeSide, link: Link, fields: tuple[str, ...],
-           crm: CrmRecord, ex: ExchangeRecord) -> tuple[Outcome, LinkUpdate]:
-    plan: Plan = reconcile(link.base if not link.deleted else None, crm.record, ex.record,
-                           _policy(svc, link),
-                           fields=fields, crm_modified_at=crm.modified_at,
-                           exchange_modified_at=ex.modified_at)
-    now = svc.clock()
-    for c in plan.conflicts:
-        svc.store.record_conflict(link.mailbox, link.crm_key, c.field, c.crm_value,
-                                  c.exchange_value, c.chosen, now)
-    if plan.to_exchange:
-        ex = exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
-        crash_point("after_exchange_write")
-    if plan.to_crm:
-        crm = svc.crm.update(link.crm_key, plan.to_crm, crm.version)
-        crash_point("after_crm_write")
-    outcome: Outcome = "updated" if (plan.to_crm or plan.to_exchange) else "noop"
-    return outcome, _update(svc, link, fields, plan.base, ex, crm)
-
-
-def _policy(svc: SyncServices, link: Link) -> Policy:
-    """Secondary contacts take their company name from the CRM account, never from Exchange."""
-    kind, _ = parse_crm_key(link.crm_key)
-    if kind == "contact":
-        return Policy(conflict=svc.policy.conflict, region=svc.policy.region,
-                      crm_readonly=svc.policy.crm_readonly | CONTACT_CRM_READONLY)
-    return svc.policy
-
-
-def _update(svc: SyncServices, link: Link, fields: tuple[str, ...], base: CanonicalContact,
-            ex: ExchangeRecord, crm: CrmRecord) -> LinkUpdate:
-    digest = content_hash(base, fields, region=svc.policy.region)
-    return LinkUpdate(item_id=ex.item_id, change_key=ex.change_key, crm_version=crm.version,
-                      base=base, crm_hash=digest, exchange_hash=digest)
-
-
-def _deleted_update(link: Link) -> LinkUpdate:
-    return LinkUpdate(item_id=link.item_id, change_key=link.change_key,
-                      crm_version=link.crm_version, base=link.base, crm_hash=link.crm_hash,
-                      exchange_hash=link.exchange_hash, deleted=True)
-
-
-def _fresh(link: Link) -> Link:
-    return replace(link, item_id=None, change_key=None, base=None, deleted=False)
-
-
-# --------------------------------------------------------------------------------- batches
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -275,16 +80,26 @@ class BatchResult:
     errors: dict[int, BaseException]
 
 
-def apply_events(svc: SyncServices, event_ids: list[int]) -> BatchResult:
-    """Apply many events with few round trips: leases, reads, Exchange creates and link commits
-    each go as one batch; everything else follows the single-event protocol per link. An event
-    that cannot be done in the batch comes back in ``errors`` (LeaseTaken, Stale, Transient ...)
-    so the caller retries it alone."""
+def apply_event(svc: SyncServices, event_id: int, owner: str | None = None) -> Outcome:
+    """One event, as a batch of one; raises what the batch reports for it."""
+    result = apply_events(svc, [event_id], owner)
+    if event_id in result.errors:
+        raise result.errors[event_id]
+    return result.outcomes[event_id]
+
+
+def apply_events(svc: SyncServices, event_ids: list[int], owner: str | None = None) -> BatchResult:
+    """Apply events with few round trips: leases, reads, lookups, creates and link commits each
+    go as one batch per mailbox. ``owner`` names this execution (a fresh one when None); an
+    event that cannot be done now comes back in ``errors`` (LeaseTaken, Stale, Transient,
+    BadRecord ...) for the task to retry or dead-letter."""
+    owner = owner or uuid.uuid4().hex
     outcomes: dict[int, Outcome] = {}
     errors: dict[int, BaseException] = {}
     by_mailbox: dict[str, list[Event]] = {}
-    found = svc.store.get_events(list(dict.fromkeys(event_ids)))
-    for event_id in dict.fromkeys(event_ids):
+    wanted = list(dict.fromkeys(event_ids))
+    found = svc.store.get_events(wanted)
+    for event_id in wanted:
         event = found.get(event_id)
         if event is None or event.status in ("applied", "dead"):
             outcomes[event_id] = "missing" if event is None else "done-already"
@@ -292,141 +107,388 @@ def apply_events(svc: SyncServices, event_ids: list[int]) -> BatchResult:
         by_mailbox.setdefault(event.mailbox, []).append(event)
     for mailbox, events in by_mailbox.items():
         try:
-            _apply_mailbox_batch(svc, mailbox, events, outcomes, errors)
-        except Transient as exc:   # e.g. Exchange down: every event of the batch waits
+            _MailboxBatch(svc, owner, mailbox).run(events, outcomes, errors)
+        except Exception as exc:  # noqa: BLE001 - e.g. Exchange down: the rest of this mailbox waits
             for event in events:
                 if event.id not in outcomes:
                     errors.setdefault(event.id, exc)
-        except Exception:  # noqa: BLE001 - one record spoilt a bulk step: each on its own
-            log.warning("events.batch_split", mailbox=mailbox, events=len(events))
-            for event in events:
-                if event.id not in outcomes and event.id not in errors:
-                    _single(svc, event, outcomes, errors)
-    done = {eid: outcome for eid, outcome in outcomes.items()
-            if outcome not in ("missing", "done-already")}
+    done = {eid: outcome for eid, outcome in outcomes.items() if outcome not in ("missing", "done-already")}
     svc.store.mark_applied_many(done)
-    if done:
-        log.info("events.applied", count=len(done), failed=len(errors))
+    for event_id, outcome in done.items():
+        event = found[event_id]
+        log.info("event.applied", event_id=event_id, mailbox=event.mailbox, source=event.source,
+                 crm_key=event.crm_key, item_id=event.item_id, action=outcome)
     return BatchResult(outcomes, errors)
 
 
-def _apply_mailbox_batch(svc: SyncServices, mailbox: str, events: list[Event],
-                         outcomes: dict[int, Outcome], errors: dict[int, BaseException]) -> None:
-    exchange = svc.exchange_for(mailbox)
-    keyed: dict[str, list[Event]] = {}
-    item_of: dict[str, str | None] = {}
-    for event in events:
-        key = event.crm_key
-        if key is None:
-            link = svc.store.find_link(mailbox, item_id=event.item_id)
-            if link is None:      # a contact new in Outlook: the careful single-event path
-                _single(svc, event, outcomes, errors)
-                continue
-            key = link.crm_key
-        keyed.setdefault(key, []).append(event)
-        item_of.setdefault(key, event.item_id)
-    if not keyed:
-        return
-    leased, refused, created = svc.store.acquire_many(mailbox, list(item_of.items()), svc.owner,
-                                                      svc.lease_ttl_s, svc.clock())
-    for key, why in refused.items():
-        for event in keyed[key]:
-            errors[event.id] = LeaseTaken(why)
-    if not leased:
-        return
-    try:
-        reads = _read_batch(svc, exchange, leased, created)
-    except BaseException:
-        svc.store.release_many(list(leased.values()))
-        raise
-    results: dict[str, Outcome | BaseException] = {}
-    commits: list[tuple[Link, LinkUpdate]] = []
-    creates: list[tuple[Link, PendingCreate]] = []
-    to_release: list[Link] = []
-    for key, link in leased.items():
+# ------------------------------------------------------------------------------------ a batch
+
+@dataclass(frozen=True)
+class _Deferred:
+    """An Exchange create that goes out in the batch's one bulk CreateItem."""
+
+    plan: Plan
+    crm: CrmRecord
+
+
+Step = tuple[Outcome, "LinkUpdate | _Deferred | None"]
+
+
+class _MailboxBatch:
+    """One mailbox's share of a batch: lease, then read → reconcile → apply → commit rounds."""
+
+    def __init__(self, svc: SyncServices, owner: str, mailbox: str) -> None:
+        self.svc = svc
+        self.owner = owner
+        self.mailbox = mailbox
+        self.exchange = svc.exchange_for(mailbox)
+        self.held: dict[str, Link] = {}          # crm_key -> link with our lease token
+
+    # ------------------------------------------------------------------ leases (the fence)
+    def _ensure(self, keys: list[str]) -> list[str]:
+        """Make sure each lease outlives the next call; returns the keys whose lease is lost."""
+        svc = self.svc
+        now = svc.clock()
+        need = now + timedelta(seconds=svc.call_budget_s)
+        short = [self.held[k] for k in keys if (self.held[k].lease_until or now) <= need]
+        if not short:
+            return []
+        renewed = svc.store.renew_many(short, svc.lease_ttl_s, now)
+        lost = []
+        for link in short:
+            fresh = renewed.get(link.crm_key)
+            if fresh is None:
+                lost.append(link.crm_key)
+                del self.held[link.crm_key]
+            else:
+                self.held[link.crm_key] = replace(self.held[link.crm_key], lease_until=fresh.lease_until)
+        return lost
+
+    def _check(self, key: str) -> None:
+        if self._ensure([key]):
+            raise LeaseLost(f"link ({self.mailbox}, {key}): the lease expired and was taken over; "
+                            "stopped before writing")
+
+    # ------------------------------------------------------------------ the batch
+    def run(self, events: list[Event], outcomes: dict[int, Outcome], errors: dict[int, BaseException]) -> None:
+        keyed = self._keys(events, outcomes, errors)
+        if not keyed:
+            return
+        svc = self.svc
+        now = svc.clock()
+        leased, refused = svc.store.acquire_many(self.mailbox, [(k, item) for k, (item, _) in keyed.items()],
+                                                 self.owner, svc.lease_ttl_s, now)
+        until = now + timedelta(seconds=svc.lease_ttl_s)
+        self.held = {k: replace(link, lease_until=until) for k, link in leased.items()}
+        results: dict[str, Outcome | BaseException] = {k: LeaseTaken(why) for k, why in refused.items()}
         try:
-            outcome, update = _sync_link(svc, exchange, link, reads[key], defer_create=True)
-        except Stale:
-            results[key] = _guarded(lambda link=link: _apply_link(svc, exchange, link))
-            continue
-        except Exception as exc:  # noqa: BLE001 - this link only; the batch carries on
-            results[key] = exc
-            to_release.append(link)
-            continue
-        results[key] = outcome
-        if isinstance(update, PendingCreate):
-            creates.append((link, update))
-        elif update is None:
-            to_release.append(link)
-        else:
-            commits.append((link, update))
-    if creates:
-        created = exchange.create_many([(link.crm_key, pending.plan.to_exchange)
-                                        for link, pending in creates])
+            self._rounds(results)
+        finally:
+            leftover = [link for k, link in self.held.items()]
+            svc.store.release_many(leftover)
+        for key, (_, key_events) in keyed.items():
+            result = results.get(key, Stale(f"{key}: not finished"))
+            for event in key_events:
+                if isinstance(result, BaseException):
+                    errors[event.id] = result
+                else:
+                    outcomes[event.id] = result
+
+    def _keys(self, events: list[Event], outcomes: dict[int, Outcome],
+              errors: dict[int, BaseException]) -> dict[str, tuple[str | None, list[Event]]]:
+        """crm_key -> (ItemId hint, its events). A contact new in Outlook gets its stamped key,
+        or a new account key that it is stamped with before the CRM row is created."""
+        keyed: dict[str, tuple[str | None, list[Event]]] = {}
+        unlinked: list[Event] = []
+        for event in events:
+            key = event.crm_key
+            if key is not None:
+                try:
+                    parse_crm_key(key)
+                except ValueError as exc:
+                    errors[event.id] = BadRecord(f"event {event.id} in {self.mailbox}: {exc}")
+                    continue
+            elif event.item_id is not None:
+                link = self.svc.store.find_link(self.mailbox, item_id=event.item_id)
+                if link is None:
+                    unlinked.append(event)
+                    continue
+                key = link.crm_key
+            else:
+                errors[event.id] = BadRecord(f"event {event.id}: names neither a CRM key nor an item")
+                continue
+            keyed.setdefault(key, (event.item_id, []))[1].append(event)
+        if unlinked:
+            items = self.exchange.read_many([e.item_id for e in unlinked if e.item_id])
+            for event, item in zip(unlinked, items, strict=True):
+                if item is None:
+                    outcomes[event.id] = "gone"
+                elif item.private:
+                    outcomes[event.id] = "private-skipped"
+                else:
+                    key = item.crm_key or self._new_account_key(item)
+                    keyed.setdefault(key, (item.item_id, []))[1].append(event)
+        return keyed
+
+    def _new_account_key(self, item: ExchangeRecord) -> str:
+        new_no = self.svc.new_account_no() if self.svc.new_account_no else None
+        if not new_no:
+            raise BadRecord(f"item {item.item_id} in {self.mailbox}: no way to generate an account_no")
+        return make_crm_key("account", new_no)
+
+    def _rounds(self, results: dict[str, Outcome | BaseException]) -> None:
+        svc = self.svc
+        todo = list(self.held)
+        for _ in range(MAX_STALE_ROUNDS):
+            if not todo:
+                return
+            reads = self._read(todo)
+            commits: list[tuple[Link, LinkUpdate]] = []
+            creates: list[tuple[Link, _Deferred]] = []
+            again: list[str] = []
+            for key in todo:
+                link = self.held.get(key)
+                if link is None:
+                    results[key] = LeaseLost(f"link ({self.mailbox}, {key}): lease lost")
+                    continue
+                crm, ex = reads[key]
+                if isinstance(crm, BadRecord):
+                    results[key] = crm
+                    continue
+                try:
+                    outcome, update = self._step(link, crm, ex)
+                except Stale as lost:
+                    log.info("apply.stale_reread", mailbox=self.mailbox, crm_key=key, why=str(lost))
+                    again.append(key)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - this link only; the batch carries on
+                    results[key] = exc
+                    continue
+                results[key] = outcome
+                if isinstance(update, _Deferred):
+                    creates.append((link, update))
+                elif update is not None:
+                    commits.append((link, update))
+            if creates:
+                commits.extend(self._create(creates, results))
+            crash_point("before_link_commit")
+            failed = svc.store.commit_many([(self.held[link.crm_key], u) for link, u in commits
+                                            if link.crm_key in self.held], svc.clock())
+            for link, _ in commits:
+                if link.crm_key in self.held:
+                    del self.held[link.crm_key]   # committed (the commit released the lease) or lost
+                    if link.crm_key in failed:
+                        why = failed[link.crm_key]
+                        results[link.crm_key] = BadRecord(why) if "already linked" in why else LeaseLost(why)
+            todo = self._reread_links(again, results)
+        for key in todo:
+            results[key] = Stale(f"{key} in {self.mailbox}: still changing after {MAX_STALE_ROUNDS} re-reads")
+
+    def _reread_links(self, keys: list[str], results: dict[str, Outcome | BaseException]) -> list[str]:
+        """The link rows themselves are read again after a lost race: another execution may
+        have committed meanwhile (and our lease with it is gone)."""
+        out = []
+        for key in keys:
+            held = self.held.get(key)
+            row = self.svc.store.find_link(self.mailbox, crm_key=key)
+            if held is None or row is None or row.lease_token != held.lease_token:
+                self.held.pop(key, None)
+                results[key] = LeaseLost(f"link ({self.mailbox}, {key}): lease lost while re-reading")
+                continue
+            self.held[key] = replace(row, lease_until=held.lease_until)
+            out.append(key)
+        return out
+
+    def _read(self, keys: list[str]) -> dict[str, tuple[CrmRecord | BadRecord | None, ExchangeRecord | None]]:
+        """Both sides of every link, in bulk: CRM rows by key, Exchange items by id, and by the
+        stamped key wherever the link has no item in the folder (always looked up: a stamp is
+        the only proof that no earlier attempt created the contact)."""
+        links = {k: self.held[k] for k in keys}
+        crm = self._read_crm(list(links))
+        with_item = [link for link in links.values() if link.item_id]
+        by_item = dict(zip([link.crm_key for link in with_item],
+                           self.exchange.read_many([link.item_id for link in with_item]), strict=True)
+                       ) if with_item else {}
+        missing = [k for k in links if by_item.get(k) is None]
+        by_stamp = self.exchange.find_many_by_crm_key(missing) if missing else {}
+        return {k: (crm.get(k), by_item.get(k) or by_stamp.get(k)) for k in links}
+
+    def _read_crm(self, keys: list[str]) -> dict[str, CrmRecord | BadRecord]:
+        """CRM rows in one query; when one row cannot be read (a bad record), each is read on
+        its own so that only the bad one carries the error."""
+        try:
+            return dict(self.svc.crm.read_many(keys))
+        except BadRecord:
+            out: dict[str, CrmRecord | BadRecord] = {}
+            for key in keys:
+                try:
+                    rec = self.svc.crm.read(key)
+                except BadRecord as exc:
+                    out[key] = exc
+                    continue
+                if rec is not None:
+                    out[key] = rec
+            return out
+
+    def _create(self, creates: list[tuple[Link, _Deferred]],
+                results: dict[str, Outcome | BaseException]) -> list[tuple[Link, LinkUpdate]]:
+        lost = set(self._ensure([link.crm_key for link, _ in creates]))
+        for link, _ in creates:
+            if link.crm_key in lost:
+                results[link.crm_key] = LeaseLost(f"link ({self.mailbox}, {link.crm_key}): lease lost before create")
+        creates = [(link, d) for link, d in creates if link.crm_key not in lost]
+        if not creates:
+            return []
+        made = self.exchange.create_many([(link.crm_key, d.plan.to_exchange) for link, d in creates])
         crash_point("after_exchange_write")
-        for (link, pending), rec in zip(creates, created, strict=True):
+        out = []
+        for (link, deferred), rec in zip(creates, made, strict=True):
             if isinstance(rec, BaseException):
                 results[link.crm_key] = rec
-                to_release.append(link)
             else:
                 fields = fields_for(parse_crm_key(link.crm_key)[0])
-                commits.append((link, _update(svc, link, fields, pending.plan.base, rec, pending.crm)))
-    crash_point("before_link_commit")
-    failed = svc.store.commit_many(commits, svc.clock()) if commits else {}
-    for key, why in failed.items():
-        results[key] = Stale(why)
-    svc.store.release_many(to_release)
-    for key, result in results.items():
-        for event in keyed[key]:
-            if isinstance(result, BaseException):
-                errors[event.id] = result
-            else:
-                outcomes[event.id] = result
+                out.append((link, self._update(link, fields, deferred.plan.base, rec, deferred.crm)))
+        return out
+
+    # ------------------------------------------------------------------ one link
+    def _step(self, link: Link, crm: CrmRecord | None, ex: ExchangeRecord | None) -> Step:
+        """Decide and apply one link's side effects (creates deferred to the bulk request).
+        Raises Stale when a precondition failed: the caller re-reads the link and both sides."""
+        kind, ident = parse_crm_key(link.crm_key)
+        fields = fields_for(kind)
+        crm_live = crm is not None and crm.active
+
+        if ex is not None and ex.private:
+            if link.private:
+                return "private-skipped", None
+            if link.base is not None or link.item_id is not None:
+                # Linked before, Private now: unlink and forget its data; the CRM keeps the
+                # account as it was last shared.
+                return "unlinked-private", LinkUpdate(item_id=ex.item_id, change_key=None, crm_version=None,
+                                                      base=None, crm_hash=None, exchange_hash=None,
+                                                      deleted=False, private=True)
+            return "private-skipped", None
+        if link.private:
+            if ex is None:
+                return "private-skipped", None
+            link = _fresh(link, item_id=ex.item_id)   # shared again: a two-way merge, never a create
+
+        if link.deleted:
+            return self._after_delete(link, kind, ident, fields, crm, ex)
+
+        was_synced = link.base is not None
+        if not crm_live and ex is None:
+            return ("gone" if not was_synced else "unlinked"), _deleted_update(link)
+        if not crm_live:
+            if was_synced:
+                self._check(link.crm_key)
+                self.exchange.delete(ex.item_id, ex.change_key)
+                crash_point("after_exchange_write")
+                return "deleted-exchange", _deleted_update(link)
+            if crm is not None and not crm.active:
+                return "noop", None       # first pairing with an inactive account: keep both as they are
+            return "created-crm", self._create_crm(link, kind, ident, ex, fields)
+        if ex is None:
+            if was_synced:
+                if kind == "account":
+                    self._check(link.crm_key)
+                    self.svc.crm.deactivate(link.crm_key, crm.version)
+                    crash_point("after_crm_write")
+                    return "deactivated-crm", _deleted_update(link)
+                return "unlinked", _deleted_update(link)
+            return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+        return self._merge(link, fields, crm, ex)
+
+    def _after_delete(self, link: Link, kind: str, ident: str, fields: tuple[str, ...],
+                      crm: CrmRecord | None, ex: ExchangeRecord | None) -> Step:
+        """A pair whose delete crossed. It comes back only by a person's act: the contact
+        restored from Deleted Items (then a deactivated account is re-activated), or the CRM
+        record re-activated (then its contact is moved back from Deleted Items, never created
+        twice); a secondary contact deleted in Outlook comes back only when that contact itself
+        is edited in the CRM."""
+        crm_live = crm is not None and crm.active
+        if ex is not None:                      # restored in Outlook (same or a new ItemId)
+            if crm is None:
+                return "noop", None
+            if not crm.active:
+                self._check(link.crm_key)
+                crm = self.svc.crm.reactivate(link.crm_key, crm.version)
+                crash_point("after_crm_write")
+            outcome, update = self._merge(replace(link, deleted=False), fields, crm, ex)
+            return ("restored", update)
+        if not crm_live:
+            return "noop", None
+        if kind == "contact" and link.base is not None and self._unchanged_since(link, crm, fields):
+            return "noop", None                 # deleted in Outlook; stays deleted until edited in the CRM
+        trashed = self.exchange.find_deleted_by_crm_key(link.crm_key)
+        if trashed is not None:
+            self._check(link.crm_key)
+            restored = self.exchange.restore(trashed.item_id)
+            crash_point("after_exchange_write")
+            outcome, update = self._merge(replace(link, deleted=False, item_id=restored.item_id), fields,
+                                          crm, restored)
+            return ("restored", update)
+        return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+
+    def _unchanged_since(self, link: Link, crm: CrmRecord, fields: tuple[str, ...]) -> bool:
+        own = tuple(f for f in fields if f not in CONTACT_CRM_READONLY)
+        assert link.base is not None
+        return all(same(f, getattr(crm.record, f), getattr(link.base, f), region=self.svc.policy.region)
+                   for f in own)
+
+    def _create_crm(self, link: Link, kind: str, ident: str, ex: ExchangeRecord,
+                    fields: tuple[str, ...]) -> LinkUpdate:
+        if kind != "account":
+            raise BadRecord(f"item {ex.item_id} in {self.mailbox}: stamped {link.crm_key}, "
+                            "but that secondary contact no longer exists in the CRM")
+        if ex.crm_key != link.crm_key:
+            # Stamp first, so a crash before the CRM insert finds the same account_no again.
+            self._check(link.crm_key)
+            ex = self.exchange.update(ex.item_id, {}, ex.change_key, crm_key=link.crm_key)
+            crash_point("after_exchange_write")
+        plan = plan_create_crm(ex.record, fields, self.svc.policy)
+        self._check(link.crm_key)
+        crm = self.svc.crm.create_account(ident, plan.to_crm)
+        crash_point("after_crm_write")
+        return self._update(link, fields, plan.base, ex, crm)
+
+    def _merge(self, link: Link, fields: tuple[str, ...], crm: CrmRecord, ex: ExchangeRecord) -> Step:
+        plan: Plan = reconcile(link.base, crm.record, ex.record, self._policy(link), fields=fields,
+                               crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at)
+        if plan.to_exchange:
+            self._check(link.crm_key)
+            ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
+            crash_point("after_exchange_write")
+        if plan.to_crm:
+            self._check(link.crm_key)
+            crm = self.svc.crm.update(link.crm_key, plan.to_crm, crm.version)
+            crash_point("after_crm_write")
+        outcome: Outcome = "updated" if (plan.to_crm or plan.to_exchange) else "noop"
+        conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts)
+        return outcome, replace(self._update(link, fields, plan.base, ex, crm), conflicts=conflicts)
+
+    def _policy(self, link: Link) -> Policy:
+        """Secondary contacts take their company name from the CRM account, never from Exchange."""
+        policy = self.svc.policy
+        if parse_crm_key(link.crm_key)[0] == "contact":
+            return Policy(conflict=policy.conflict, region=policy.region,
+                          crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
+        return policy
+
+    def _update(self, link: Link, fields: tuple[str, ...], base: CanonicalContact,
+                ex: ExchangeRecord, crm: CrmRecord) -> LinkUpdate:
+        digest = content_hash(base, fields, region=self.svc.policy.region)
+        return LinkUpdate(item_id=ex.item_id, change_key=ex.change_key, crm_version=crm.version,
+                          base=base, crm_hash=digest, exchange_hash=digest)
 
 
-def _read_batch(svc: SyncServices, exchange: ExchangeSide, leased: dict[str, Link],
-                created: set[str]) -> dict[str, Reads]:
-    """Both sides of every leased link, in bulk: CRM rows by key, Exchange items by id, and by
-    stamped key where the link has no item yet — unless the link row was created just now in a
-    mailbox whose stamped contacts are all linked: no attempt can have created its contact."""
-    crm = svc.crm.read_many(list(leased))
-    with_item = [link for link in leased.values() if link.item_id]
-    by_item = dict(zip([link.crm_key for link in with_item],
-                       exchange.read_many([link.item_id for link in with_item]), strict=True)
-                   ) if with_item else {}
-    without = [key for key, link in leased.items() if not link.item_id]
-    if created and without and _all_stamps_linked(svc, exchange):
-        without = [key for key in without if key not in created]
-    by_key = exchange.find_many_by_crm_key(without) if without else {}
-    return {key: (crm.get(key), by_item.get(key) if link.item_id else by_key.get(key))
-            for key, link in leased.items()}
+def _deleted_update(link: Link) -> LinkUpdate:
+    return LinkUpdate(item_id=link.item_id, change_key=link.change_key, crm_version=link.crm_version,
+                      base=link.base, crm_hash=link.crm_hash, exchange_hash=link.exchange_hash, deleted=True)
 
 
-def _all_stamps_linked(svc: SyncServices, exchange: ExchangeSide) -> bool:
-    mailbox = exchange.mailbox
-    if mailbox not in svc.trusted_mailboxes:
-        linked = sum(1 for link in svc.store.links_for_mailbox(mailbox)
-                     if link.item_id and not link.deleted)
-        if exchange.count_stamped() > linked:
-            log.warning("exchange.unlinked_stamps", mailbox=mailbox,
-                        hint="contacts carry crmsync stamps the state database does not know; "
-                             "every new link is looked up in Exchange first")
-            return False
-        svc.trusted_mailboxes.add(mailbox)
-    return True
+def _fresh(link: Link, item_id: str | None = None) -> Link:
+    return replace(link, item_id=item_id, change_key=None, base=None, deleted=False, private=False)
 
 
-def _single(svc: SyncServices, event: Event, outcomes: dict[int, Outcome],
-            errors: dict[int, BaseException]) -> None:
-    result = _guarded(lambda: _apply(svc, event))
-    if isinstance(result, BaseException):
-        errors[event.id] = result
-    else:
-        outcomes[event.id] = result
-
-
-def _guarded(step: Callable[[], Outcome]) -> Outcome | BaseException:
-    try:
-        return step()
-    except Exception as exc:  # noqa: BLE001 - reported per event by the caller
-        return exc
+__all__ = ["BatchResult", "LeaseLost", "Outcome", "SyncServices", "Transient", "apply_event", "apply_events"]

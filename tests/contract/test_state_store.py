@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from crmsync.adapters.database import init_state, state_revision
 from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from crmsync.errors import BadRecord, LeaseTaken, Stale
-from crmsync.ports import LinkUpdate, NewEvent
+from crmsync.ports import ConflictRecord, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact
 from tests.contract.dbhelpers import race
 
@@ -39,7 +40,7 @@ def update_for(link, name: str = "Anna") -> LinkUpdate:
 def test_init_state_is_idempotent(state_engine: Engine) -> None:
     init_state(state_engine)
     init_state(state_engine)
-    assert state_revision(state_engine) == "0001_state_tables"
+    assert state_revision(state_engine) == "0002_fenced_leases"
 
 
 def test_migrations_create_exactly_the_models(state_engine: Engine) -> None:
@@ -199,12 +200,37 @@ def test_concurrent_acquire_has_exactly_one_winner(store: SqlStateStore) -> None
         assert len(won) == 1 and len(lost) == 3, results
 
 
-def test_conflicts_are_recorded(store: SqlStateStore) -> None:
-    store.record_conflict(MB, "account:A1", "phone_business", "+1 555 0100", "+1 555 0199",
-                          "exchange", T0)
+def test_conflicts_are_recorded_with_the_link_commit(store: SqlStateStore) -> None:
+    link = store.acquire(MB, "account:A1", None, "w1", 60, T0)
+    store.commit(link, replace(update_for(link), conflicts=(
+        ConflictRecord("phone_business", "+1 555 0100", "+1 555 0199", "exchange"),)), T0)
     (row,) = store.conflicts_for(MB, "account:A1")
     assert (row["field"], row["crm_value"], row["exchange_value"], row["chosen"], row["at"]) == (
         "phone_business", "+1 555 0100", "+1 555 0199", "exchange", T0)
+
+
+def test_the_same_owner_is_refused_a_lease_it_already_holds(store: SqlStateStore) -> None:
+    store.acquire(MB, "account:A1", None, "w1", 60, T0)
+    with pytest.raises(LeaseTaken):
+        store.acquire(MB, "account:A1", None, "w1", 60, T0 + timedelta(seconds=1))
+
+
+def test_a_takeover_after_expiry_increments_the_fencing_token(store: SqlStateStore) -> None:
+    first = store.acquire(MB, "account:F1", None, "w1", 10, T0)
+    second = store.acquire(MB, "account:F1", None, "w2", 10, T0 + timedelta(seconds=11))
+    assert second.fence == first.fence + 1 and second.lease_token != first.lease_token
+    assert store.renew_many([first], 60, T0 + timedelta(seconds=12)) == {}
+    renewed = store.renew_many([second], 60, T0 + timedelta(seconds=12))
+    assert renewed["account:F1"].lease_until == T0 + timedelta(seconds=72)
+
+
+def test_mark_retrying_refreshes_the_published_time(store: SqlStateStore) -> None:
+    (eid,) = store.add_events([crm_event(1, "account:R1")])
+    store.mark_published([eid])
+    now = datetime.now(UTC)
+    assert [e.id for e in store.events_to_redrive(now + timedelta(hours=1), 10)] == [eid]
+    store.mark_retrying([eid], now + timedelta(hours=2))
+    assert store.events_to_redrive(now + timedelta(hours=1), 10) == []
 
 
 def test_naive_timestamps_are_refused(store: SqlStateStore) -> None:
@@ -218,16 +244,15 @@ def test_acquire_many_leases_new_and_free_links_and_names_the_rest(store: SqlSta
     existing = store.acquire(MB, "account:OLD", None, "w1", 60, T0)
     store.commit(existing, update_for(existing), T0)
     store.acquire(MB, "account:BUSY", None, "other", 60, T0)
-    leased, refused, created = store.acquire_many(
-        MB, [("account:NEW", None), ("account:OLD", "ITEM-1"), ("account:BUSY", None)], "w1", 60, T0)
+    leased, refused = store.acquire_many(
+        MB, [("account:NEW", None), ("account:OLD", "ITEM-1"), ("account:BUSY", None)], "w2", 60, T0)
     assert set(leased) == {"account:NEW", "account:OLD"}
-    assert created == {"account:NEW"}
     assert list(refused) == ["account:BUSY"] and "leased by other" in refused["account:BUSY"]
     assert all(link.lease_token for link in leased.values())
 
 
 def test_commit_many_commits_held_leases_and_reports_lost_ones(store: SqlStateStore) -> None:
-    leased, _, _ = store.acquire_many(MB, [("account:C1", None), ("account:C2", None)], "w1", 1, T0)
+    leased, _ = store.acquire_many(MB, [("account:C1", None), ("account:C2", None)], "w1", 1, T0)
     # C2's lease expires and another worker takes it over
     store.acquire(MB, "account:C2", None, "w2", 60, T0 + timedelta(seconds=5))
     commits = [(leased["account:C1"], LinkUpdate("ITEM-C1", "CK", "v", CanonicalContact(first_name="A"), "h", "h")),
@@ -242,7 +267,7 @@ def test_commit_many_commits_held_leases_and_reports_lost_ones(store: SqlStateSt
 def test_commit_many_names_the_link_whose_item_is_linked_elsewhere(store: SqlStateStore) -> None:
     taken = store.acquire(MB, "account:T1", "ITEM-T", "w1", 60, T0)
     store.commit(taken, LinkUpdate("ITEM-T", "CK", "v", None, None, None), T0)
-    leased, _, _ = store.acquire_many(MB, [("account:T2", None), ("account:T3", None)], "w1", 60, T0)
+    leased, _ = store.acquire_many(MB, [("account:T2", None), ("account:T3", None)], "w1", 60, T0)
     failed = store.commit_many(
         [(leased["account:T2"], LinkUpdate("ITEM-T", "CK", "v", None, None, None)),
          (leased["account:T3"], LinkUpdate("ITEM-T3", "CK", "v", None, None, None))], T0)

@@ -20,15 +20,16 @@ class FakeCrm:
         self.writes = 0
         self._counter = itertools.count(1)
 
-    def put(self, key: str, active: bool = True, **values) -> None:
-        self.rows[key] = {"record": CanonicalContact(**values), "active": active, "v": next(self._counter)}
+    def put(self, key: str, active: bool = True, modified_at: datetime = NOW, **values) -> None:
+        self.rows[key] = {"record": CanonicalContact(**values), "active": active, "v": next(self._counter),
+                          "at": modified_at}
 
     def read(self, key: str) -> CrmRecord | None:
         row = self.rows.get(key)
         if row is None:
             return None
         return CrmRecord(key=key, record=row["record"], version=str(row["v"]), active=row["active"],
-                         modified_at=NOW)
+                         modified_at=row["at"])
 
     def update(self, key, changes, expect):
         row = self.rows.get(key)
@@ -55,7 +56,21 @@ class FakeCrm:
         row = self.rows.get(key)
         if row is None:
             return None
+        if expect is not None and str(row["v"]) != expect:
+            raise Stale(f"{key} changed")
+        if key.startswith("contact:") or not row["active"]:
+            return self.read(key)
         row.update(active=False, v=next(self._counter))
+        self.writes += 1
+        return self.read(key)
+
+    def reactivate(self, key, expect):
+        row = self.rows.get(key)
+        if row is None or str(row["v"]) != expect:
+            raise Stale(f"{key} changed")
+        if key.startswith("contact:") or row["active"]:
+            return self.read(key)
+        row.update(active=True, v=next(self._counter))
         self.writes += 1
         return self.read(key)
 
@@ -71,17 +86,17 @@ class FakeExchange:
         self.trash: dict[str, dict] = {}
         self.writes = 0
 
-    def put(self, private: bool = False, crm_key: str | None = None, **values) -> str:
-        item_id = f"item-{len(self.items) + len(self.trash) + 1}"
+    def put(self, private: bool = False, crm_key: str | None = None, modified_at: datetime = NOW, **values) -> str:
+        item_id = f"item-{uuid.uuid4().hex[:12]}"
         self.items[item_id] = {"record": CanonicalContact(**values), "ck": uuid.uuid4().hex,
-                               "crm_key": crm_key, "private": private}
+                               "crm_key": crm_key, "private": private, "at": modified_at}
         return item_id
 
-    def _rec(self, item_id: str) -> ExchangeRecord:
-        it = self.items[item_id]
+    def _rec(self, item_id: str, where: dict | None = None) -> ExchangeRecord:
+        it = (self.items if where is None else where)[item_id]
         return ExchangeRecord(item_id=item_id, change_key=it["ck"],
                               record=CanonicalContact() if it["private"] else it["record"],
-                              crm_key=it["crm_key"], private=it["private"], modified_at=NOW)
+                              crm_key=it["crm_key"], private=it["private"], modified_at=it.get("at", NOW))
 
     def read(self, item_id):
         return self._rec(item_id) if item_id in self.items else None
@@ -97,9 +112,16 @@ class FakeExchange:
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
         return {k: r for k in crm_keys if (r := self.find_by_crm_key(k)) is not None}
 
-    def count_stamped(self):
-        self.batch_calls = getattr(self, "batch_calls", 0) + 1
-        return sum(1 for it in self.items.values() if it["crm_key"])
+    def find_deleted_by_crm_key(self, crm_key):
+        return next((self._rec(i, self.trash) for i, it in self.trash.items() if it["crm_key"] == crm_key), None)
+
+    def restore(self, item_id):
+        if item_id not in self.trash:
+            raise Stale(f"{item_id} is not in Deleted Items")
+        new_id = f"item-{uuid.uuid4().hex[:12]}"   # Exchange gives a moved item a new id
+        self.items[new_id] = {**self.trash.pop(item_id), "ck": uuid.uuid4().hex}
+        self.writes += 1
+        return self._rec(new_id)
 
     def create_many(self, entries):
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
@@ -123,9 +145,12 @@ class FakeExchange:
         return self._rec(item_id)
 
     def delete(self, item_id, change_key):
-        if item_id in self.items:
-            self.trash[item_id] = self.items.pop(item_id)
-            self.writes += 1
+        if item_id not in self.items:
+            return
+        if self.items[item_id]["ck"] != change_key:
+            raise Stale(f"{item_id} changed")
+        self.trash[item_id] = self.items.pop(item_id)
+        self.writes += 1
 
 
 class FakeStore:
@@ -134,6 +159,7 @@ class FakeStore:
         self.links: dict[int, Link] = {}
         self.conflicts: list[tuple] = []
         self._ids = itertools.count(1)
+        self._lease: dict[int, tuple[str, datetime]] = {}
 
     # events
     def add_events(self, events: list[NewEvent], cursor=None) -> list[int]:
@@ -191,41 +217,53 @@ class FakeStore:
                 raise LeaseTaken("item linked concurrently")
             link = Link(id=len(self.links) + 1, mailbox=mailbox, crm_key=crm_key, item_id=item_id,
                         change_key=None, crm_version=None, base=None, crm_hash=None, exchange_hash=None)
-        token = getattr(self, "_lease", {}).get(link.id)
-        if token and token[1] > now:
+        held = self._lease.get(link.id)
+        if held and held[1] > now:
             raise LeaseTaken(f"{crm_key} leased")
-        self._lease = getattr(self, "_lease", {})
-        new_token = uuid.uuid4().hex
-        self._lease[link.id] = (new_token, now + timedelta(seconds=ttl_seconds))
-        link = replace(link, lease_token=new_token)
-        self.links[link.id] = replace(link, lease_token=None)
-        return link
+        token, until = uuid.uuid4().hex, now + timedelta(seconds=ttl_seconds)
+        self._lease[link.id] = (token, until)
+        self.links[link.id] = replace(link, lease_token=None, lease_until=None, fence=link.fence + 1)
+        return replace(self.links[link.id], lease_token=token, lease_until=until)
+
+    def renew_many(self, links, ttl_seconds, now):
+        out = {}
+        for link in links:
+            held = self._lease.get(link.id)
+            if held and held[0] == link.lease_token:
+                self._lease[link.id] = (held[0], now + timedelta(seconds=ttl_seconds))
+                out[link.crm_key] = replace(self.links[link.id], lease_token=held[0],
+                                            lease_until=self._lease[link.id][1])
+        return out
 
     def commit(self, link, update: LinkUpdate, now):
         held = self._lease.get(link.id)
         if held is None or held[0] != link.lease_token:
             raise Stale("lease lost")
+        if update.item_id and any(other.item_id == update.item_id and other.id != link.id
+                                  and other.mailbox == link.mailbox for other in self.links.values()):
+            raise Stale(f"Exchange item {update.item_id} is already linked to another record")
         del self._lease[link.id]
-        self.links[link.id] = replace(link, lease_token=None, **update.__dict__, synced_at=now)
+        values = {k: v for k, v in update.__dict__.items() if k != "conflicts"}
+        self.links[link.id] = replace(self.links[link.id], **values, synced_at=now)
+        if update.private:
+            self.conflicts = [c for c in self.conflicts if (c[0], c[1]) != (link.mailbox, link.crm_key)]
+        self.conflicts.extend((link.mailbox, link.crm_key, c.field, c.crm_value, c.exchange_value, c.chosen, now)
+                              for c in update.conflicts)
         return self.links[link.id]
 
     def release(self, link):
-        held = getattr(self, "_lease", {}).get(link.id)
+        held = self._lease.get(link.id)
         if held and held[0] == link.lease_token:
             del self._lease[link.id]
 
     def acquire_many(self, mailbox, wanted, owner, ttl_seconds, now):
-        leased, refused, created = {}, {}, set()
+        leased, refused = {}, {}
         for key, item_id in wanted:
-            existed = self.find_link(mailbox, crm_key=key) is not None
             try:
                 leased[key] = self.acquire(mailbox, key, item_id, owner, ttl_seconds, now)
             except LeaseTaken as exc:
                 refused[key] = str(exc)
-                continue
-            if not existed:
-                created.add(key)
-        return leased, refused, created
+        return leased, refused
 
     def commit_many(self, commits, now):
         failed = {}
@@ -244,5 +282,7 @@ class FakeStore:
         for event_id, outcome in outcomes.items():
             self.mark_applied(event_id, outcome)
 
-    def record_conflict(self, *args):
-        self.conflicts.append(args)
+    def mark_retrying(self, event_ids, now):
+        for event_id in event_ids:
+            if self.events[event_id]["status"] not in ("applied", "dead"):
+                self.events[event_id]["published_at"] = now

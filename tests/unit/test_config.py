@@ -45,7 +45,7 @@ phone_region = "de"
 private_sensitivities = ["Private", "Confidential"]
 poll_interval_s = 2.5
 max_attempts = 3
-lease_ttl_s = 30
+lease_ttl_s = 420
 redrive_after_s = 600
 batch_size = 50
 
@@ -81,7 +81,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert s.sync.conflict_policy == "newest-wins"
     assert s.sync.phone_region == "US"
     assert s.sync.private_sensitivities == ("Private",)
-    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (5, 8, 60)
+    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (5, 8, 120)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (300, 200)
     assert s.worker.queue == "crmsync.events"
     assert (s.log.level, s.log.json) == ("INFO", False)
@@ -105,7 +105,7 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
     assert s.sync.conflict_policy == "crm-wins"
     assert s.sync.phone_region == "DE"
     assert s.sync.private_sensitivities == ("Private", "Confidential")
-    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (2.5, 3, 30)
+    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (2.5, 3, 420)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (600, 50)
     assert (s.worker.concurrency, s.worker.queue) == (8, "crm.q")
     assert (s.log.level, s.log.json) == ("DEBUG", True)

@@ -15,7 +15,7 @@ from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore
 def world():
     crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
     svc = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=Policy(),
-                       owner="test:1", clock=lambda: NOW, new_account_no=crm.new_account_no)
+                       clock=lambda: NOW, new_account_no=crm.new_account_no)
     return svc, crm, ex, store
 
 
@@ -71,7 +71,7 @@ def test_outlook_contact_becomes_an_account_stamped_before_the_row_exists(world)
 def test_private_outlook_contact_is_never_read_into_the_crm(world):
     svc, crm, ex, store = world
     item_id = ex.put(private=True, first_name="Secret")
-    assert apply_event(svc, ex_event(store, item_id)) == "gone"
+    assert apply_event(svc, ex_event(store, item_id)) == "private-skipped"
     assert crm.rows == {}
 
 
@@ -90,7 +90,7 @@ def test_exchange_delete_deactivates_the_account(world):
     crm.put("account:A1", first_name="Ada")
     apply_event(svc, crm_event(store, "account:A1"))
     item_id = next(iter(ex.items))
-    ex.delete(item_id, None)
+    ex.delete(item_id, ex.items[item_id]["ck"])
     assert apply_event(svc, ex_event(store, item_id, op="delete")) == "deactivated-crm"
     assert crm.rows["account:A1"]["active"] is False
 
@@ -166,7 +166,7 @@ def test_a_batch_of_new_accounts_is_created_with_one_bulk_request(world):
     assert result.errors == {}
     assert set(result.outcomes.values()) == {"created-exchange"}
     assert sorted(it["crm_key"] for it in ex.items.values()) == sorted(keys)
-    # one check that every stamped contact is linked, one bulk create
+    # one bulk lookup of the stamps (always), one bulk create
     assert ex.batch_calls == 2
     assert all(store.events[i]["status"] == "applied" for i in ids)
 
@@ -217,15 +217,16 @@ def test_a_batch_mixes_updates_deletes_and_new_outlook_contacts(world):
     assert any(it["record"].job_title == "CEO" for it in ex.items.values())
 
 
-def test_a_new_link_in_a_mailbox_without_unknown_stamps_skips_the_exchange_lookup(world):
+def test_a_new_link_is_always_looked_up_by_its_stamp_in_one_bulk_request(world):
     from crmsync.service.apply import apply_events
 
     svc, crm, ex, store = world
     crm.put("account:F1", first_name="Fresh")
+    looked_up = []
+    real = ex.find_many_by_crm_key
+    ex.find_many_by_crm_key = lambda keys: looked_up.append(list(keys)) or real(keys)
     apply_events(svc, [crm_event(store, "account:F1")])
-    # count_stamped once (trust check) + create_many; no find_many_by_crm_key
-    assert ex.batch_calls == 2
-    assert "alice@example.com" in svc.trusted_mailboxes
+    assert looked_up == [["account:F1"]]
 
 
 def test_unknown_stamped_contacts_make_every_new_link_look_exchange_up_first(world):

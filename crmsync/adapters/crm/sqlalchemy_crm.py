@@ -230,6 +230,22 @@ class SqlCrm:
                          .values(is_active=False, updated_at=_utc_naive_now()))
             return self._read(conn, key)
 
+    def reactivate(self, key: str, expect: str) -> CrmRecord:
+        """Set ``is_active = true`` on an account whose contact was restored in Outlook; Stale
+        when the row has another version or is gone."""
+        kind, ident = self._parse(key)
+        with write_tx(self.engine) as conn:
+            current = self._read(conn, key, lock=True)
+            if current is None or current.version != expect:
+                raise Stale(f"CRM record {key}: changed since it was read (version mismatch)")
+            if kind == "contact" or current.active:
+                return current
+            conn.execute(update(accounts).where(accounts.c.account_no == ident)
+                         .values(is_active=True, updated_at=_utc_naive_now()))
+            rec = self._read(conn, key)
+            assert rec is not None
+            return rec
+
     # ----------------------------------------------------------------------------- helpers
     @staticmethod
     def _parse(key: str) -> tuple[str, str]:

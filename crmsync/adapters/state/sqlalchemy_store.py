@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -33,15 +33,19 @@ _LINK_BY_KEY = select(links).where(links.c.mailbox == bindparam("mb"),
                                    links.c.crm_key == bindparam("key"))
 _LINK_BY_ITEM = select(links).where(links.c.mailbox == bindparam("mb"),
                                     links.c.item_id == bindparam("item"))
-_TAKE_LEASE = (
+_TAKE_LEASE = (   # free or expired only: an owner is one task execution, never shared
     update(links)
     .where(links.c.id == bindparam("lid"), or_(
         links.c.lease_owner.is_(None), links.c.lease_until.is_(None),
-        links.c.lease_until <= bindparam("now"), links.c.lease_owner == bindparam("owner")))
+        links.c.lease_until <= bindparam("now")))
     .values(lease_owner=bindparam("owner"), lease_token=bindparam("token"),
-            lease_until=bindparam("until"))
+            lease_until=bindparam("until"), fence=links.c.fence + 1)
     .returning(*links.c)
 )
+_RENEW = (update(links)
+          .where(links.c.id == bindparam("lid"), links.c.lease_token == bindparam("token"))
+          .values(lease_until=bindparam("until"))
+          .returning(*links.c))
 _NEW_LINK = links.insert().returning(*links.c)
 _COMMIT_LINK_MANY = (  # for executemany, so without RETURNING
     update(links)
@@ -49,8 +53,8 @@ _COMMIT_LINK_MANY = (  # for executemany, so without RETURNING
     .values(item_id=bindparam("v_item_id"), change_key=bindparam("v_change_key"),
             crm_version=bindparam("v_crm_version"), base_json=bindparam("v_base_json"),
             crm_hash=bindparam("v_crm_hash"), exchange_hash=bindparam("v_exchange_hash"),
-            deleted=bindparam("v_deleted"), synced_at=bindparam("v_synced_at"),
-            lease_owner=None, lease_token=None, lease_until=None)
+            deleted=bindparam("v_deleted"), private=bindparam("v_private"),
+            synced_at=bindparam("v_synced_at"), lease_owner=None, lease_token=None, lease_until=None)
 )
 _COMMIT_LINK = _COMMIT_LINK_MANY.returning(*links.c)
 _RELEASE = (update(links)
@@ -83,6 +87,9 @@ def _link(m: Mapping[str, Any]) -> Link:
         lease_token=m["lease_token"],
         deleted=bool(m["deleted"]),
         synced_at=m["synced_at"],
+        fence=int(m["fence"] or 0),
+        private=bool(m["private"]),
+        lease_until=m["lease_until"],
     )
 
 
@@ -265,31 +272,38 @@ class SqlStateStore:
 
     def acquire_many(self, mailbox: str, wanted: list[tuple[str, str | None]], owner: str,
                      ttl_seconds: float, now: datetime
-                     ) -> tuple[dict[str, Link], dict[str, str], set[str]]:
+                     ) -> tuple[dict[str, Link], dict[str, str]]:
         """``acquire`` for a batch in one transaction: (leased links by crm_key, the reason
-        for each key that could not be leased now, the keys whose link row was created now)."""
+        for each key that could not be leased now)."""
         until = now + timedelta(seconds=ttl_seconds)
         leased: dict[str, Link] = {}
         refused: dict[str, str] = {}
-        created: set[str] = set()
         with write_tx(self.engine) as conn:
-            new = self._insert_new_links(conn, mailbox, wanted, owner, until, now)
-            leased.update(new)
-            created.update(new)
+            leased.update(self._insert_new_links(conn, mailbox, wanted, owner, until, now))
             for crm_key, item_id in wanted:
                 if crm_key in leased or crm_key in refused:
                     continue
                 try:
                     with conn.begin_nested():
-                        leased[crm_key], new = _acquire_on(conn, mailbox, crm_key, item_id, owner,
-                                                           until, now)
-                    if new:
-                        created.add(crm_key)
+                        leased[crm_key] = _acquire_on(conn, mailbox, crm_key, item_id, owner, until, now)[0]
                 except (LeaseTaken, BadRecord) as exc:
                     refused[crm_key] = str(exc)
                 except IntegrityError:
                     refused[crm_key] = f"link ({mailbox}, {crm_key}) was created concurrently"
-        return leased, refused, created
+        return leased, refused
+
+    def renew_many(self, leased: list[Link], ttl_seconds: float, now: datetime) -> dict[str, Link]:
+        """Extend the leases still held under their tokens (one transaction)."""
+        until = now + timedelta(seconds=ttl_seconds)
+        out: dict[str, Link] = {}
+        with write_tx(self.engine) as conn:
+            for link in leased:
+                if link.lease_token is None:
+                    continue
+                got = conn.execute(_RENEW, {"lid": link.id, "token": link.lease_token, "until": until}).first()
+                if got is not None:
+                    out[link.crm_key] = _link(got._mapping)
+        return out
 
     def _insert_new_links(self, conn: Connection, mailbox: str, wanted: list[tuple[str, str | None]],
                           owner: str, until: datetime, now: datetime) -> dict[str, Link]:
@@ -305,8 +319,8 @@ class SqlStateStore:
         fresh = [key for key in keys if key not in existing]
         if not fresh:
             return {}
-        rows = [{"mailbox": mailbox, "crm_key": key, "item_id": None, "deleted": False,
-                 "lease_owner": owner, "lease_token": uuid.uuid4().hex, "lease_until": until,
+        rows = [{"mailbox": mailbox, "crm_key": key, "item_id": None, "deleted": False, "private": False,
+                 "fence": 1, "lease_owner": owner, "lease_token": uuid.uuid4().hex, "lease_until": until,
                  "created_at": now} for key in fresh]
         try:
             with conn.begin_nested():
@@ -321,7 +335,9 @@ class SqlStateStore:
         not), and release the lease in the same statement."""
         try:
             with write_tx(self.engine) as conn:
-                return _commit_on(conn, link, update_, now)
+                committed = _commit_on(conn, link, update_, now)
+                _write_conflicts(conn, [(link, update_)], now)
+                return committed
         except IntegrityError:
             raise BadRecord(f"link ({link.mailbox}, {link.crm_key}): Exchange item "
                             f"{update_.item_id} is already linked to another CRM record") from None
@@ -348,6 +364,7 @@ class SqlStateStore:
                 if fine:
                     conn.execute(_COMMIT_LINK_MANY, [_commit_params(link, update_, now)
                                                      for link, update_ in fine])
+                    _write_conflicts(conn, fine, now)
             return failed
         except IntegrityError:
             pass   # an item linked elsewhere: find out which, one link at a time
@@ -357,6 +374,7 @@ class SqlStateStore:
                 try:
                     with conn.begin_nested():
                         _commit_on(conn, link, update_, now)
+                        _write_conflicts(conn, [(link, update_)], now)
                 except Stale as exc:
                     failed[link.crm_key] = str(exc)
                 except IntegrityError:
@@ -385,12 +403,13 @@ class SqlStateStore:
                                              for eid, outcome in outcomes.items()])
 
     # ----------------------------------------------------------------------------- conflicts
-    def record_conflict(self, mailbox: str, crm_key: str, field: str, crm_value: str | None,
-                        exchange_value: str | None, chosen: str, now: datetime) -> None:
-        with write_tx(self.engine) as conn:
-            conn.execute(conflicts.insert().values(
-                mailbox=mailbox, crm_key=crm_key, field=field, crm_value=crm_value,
-                exchange_value=exchange_value, chosen=chosen, at=now))
+    def mark_retrying(self, event_ids: list[int], now: datetime) -> None:
+        if event_ids:
+            with write_tx(self.engine) as conn:
+                for chunk in _chunks(list(event_ids)):
+                    conn.execute(update(events).where(events.c.id.in_(chunk), events.c.status != APPLIED,
+                                                      events.c.status != DEAD)
+                                 .values(published_at=now))
 
     def conflicts_for(self, mailbox: str, crm_key: str) -> list[dict[str, Any]]:
         """The conflict log of one record, oldest first (for history and tests)."""
@@ -454,8 +473,8 @@ def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | Non
                 raise BadRecord(f"{where_link}: Exchange item {item_id} is already linked to "
                                 f"{other.crm_key} in this mailbox")
         got = conn.execute(_NEW_LINK, {
-            "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id, "deleted": False,
-            "lease_owner": owner, "lease_token": token, "lease_until": until,
+            "mailbox": mailbox, "crm_key": crm_key, "item_id": item_id, "deleted": False, "private": False,
+            "fence": 1, "lease_owner": owner, "lease_token": token, "lease_until": until,
             "created_at": now}).first()
         return _link(got._mapping), True
     else:
@@ -467,12 +486,26 @@ def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | Non
     return _link(got._mapping), False
 
 
+def _write_conflicts(conn: Connection, committed: list[tuple[Link, LinkUpdate]], now: datetime) -> None:
+    """The conflicts a commit resolved, in its transaction; a link turning private takes its
+    conflict history (field values) with it."""
+    for link, update_ in committed:
+        if update_.private:
+            conn.execute(delete(conflicts).where(conflicts.c.mailbox == link.mailbox,
+                                                 conflicts.c.crm_key == link.crm_key))
+    rows = [{"mailbox": link.mailbox, "crm_key": link.crm_key, "field": c.field, "crm_value": c.crm_value,
+             "exchange_value": c.exchange_value, "chosen": c.chosen, "at": now}
+            for link, update_ in committed for c in update_.conflicts]
+    if rows:
+        conn.execute(conflicts.insert(), rows)
+
+
 def _commit_params(link: Link, update_: LinkUpdate, now: datetime) -> dict[str, Any]:
     return {"lid": link.id, "token": link.lease_token, "v_item_id": update_.item_id,
             "v_change_key": update_.change_key, "v_crm_version": update_.crm_version,
             "v_base_json": None if update_.base is None else update_.base.model_dump_json(),
             "v_crm_hash": update_.crm_hash, "v_exchange_hash": update_.exchange_hash,
-            "v_deleted": update_.deleted, "v_synced_at": now}
+            "v_deleted": update_.deleted, "v_private": update_.private, "v_synced_at": now}
 
 
 def _commit_on(conn: Connection, link: Link, update_: LinkUpdate, now: datetime) -> Link:

@@ -212,10 +212,38 @@ class EwsExchange:
         records = self.read_many(list(found.values())) if found else []
         return {key: rec for key, rec in zip(found, records, strict=True) if rec is not None}
 
-    def count_stamped(self) -> int:
-        """How many contacts in the folder carry a crmsync stamp (FindItem, ids only)."""
-        with ews_errors(self.mailbox, "counting stamped contacts"):
-            return self.folder.filter(**{f"{CRM_KEY_ATTR}__exists": True}).count()
+    def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
+        """The contact stamped with ``crm_key`` in the mailbox's Deleted Items (where crmsync's
+        deletes put it), for a record re-activated in the CRM."""
+        with ews_errors(self.mailbox, f"looking up {crm_key} in Deleted Items"):
+            trash = self.account.trash
+            rows = sorted(trash.filter(**{CRM_KEY_ATTR: crm_key}).values_list("id", "changekey"))
+            if not rows:
+                return None
+            (item,) = self.account.fetch(ids=[rows[0]], only_fields=list(FETCH_FIELDS))
+        if isinstance(item, Exception):
+            return None
+        return self._record(item)
+
+    def restore(self, item_id: str) -> ExchangeRecord:
+        """Move a contact from Deleted Items back into the sync folder; Exchange may give it a
+        new ItemId, so it is read again by its stamp."""
+        where = f"restoring item {item_id} from Deleted Items"
+        with ews_errors(self.mailbox, where):
+            (item,) = self.account.fetch(ids=[(item_id, None)], only_fields=["id", "changekey", CRM_KEY_ATTR])
+            if isinstance(item, Exception):
+                raise Stale(f"mailbox {self.mailbox}: {where}: the item is gone")
+            crm_key = getattr(item, CRM_KEY_ATTR, None)
+            (moved,) = self.account.bulk_move(ids=[(item.id, item.changekey)], to_folder=self.folder)
+        if isinstance(moved, Exception):
+            raise translate(moved, self.mailbox, where)
+        new_id = moved[0] if isinstance(moved, tuple) else None   # (ItemId, ChangeKey), or None
+        rec = self.read(new_id) if new_id else None
+        if rec is None and crm_key:
+            rec = self.find_by_crm_key(crm_key)
+        if rec is None:
+            raise Stale(f"mailbox {self.mailbox}: {where}: not found in the sync folder after the move")
+        return rec
 
     def stamped_items(self) -> dict[str, tuple[str, str]]:
         """crm_key -> (item_id, change_key) for every stamped contact in the folder (rebuilding links)."""
@@ -343,17 +371,17 @@ class EwsExchange:
         self._remember(contact)
         return self._record(contact)
 
-    def delete(self, item_id: str, change_key: str | None) -> None:
+    def delete(self, item_id: str, change_key: str) -> None:
         """Move the contact to Deleted Items (recoverable). Gone or moved away: nothing to do.
 
-        Stale when ``change_key`` is given and the item has changed since (someone edited it).
+        Stale when the item has changed since ``change_key`` was read (someone edited it).
         """
         where = f"deleting item {item_id}"
         self._take(item_id)
         (item,) = self._fetch([item_id], where)
         if item is None:
             return
-        if change_key is not None and item.changekey != change_key:
+        if item.changekey != change_key:
             raise Stale(f"mailbox {self.mailbox}: {where}: the contact changed since it was read")
         with ews_errors(self.mailbox, where):
             (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)], delete_type=MOVE_TO_DELETED_ITEMS)
