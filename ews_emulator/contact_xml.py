@@ -396,12 +396,25 @@ def item_to_xml(item: dict, shape: etree._Element | Shape | None, find: bool = F
     return root
 
 
+def folder_tag(folder_class: str | None) -> str:
+    """The element Exchange answers a folder with: by its FolderClass, where a class derived from
+    a known one (IPF.Contact.MOC.QuickContacts, IPF.Appointment.Birthday) counts as that one."""
+    cls = folder_class or ""
+    for base, tag in FOLDER_TAG_BY_CLASS.items():
+        if cls == base or cls.startswith(base + "."):
+            return tag
+    return "Folder"
+
+
 def folder_to_xml(folder: dict, shape: etree._Element | Shape | None,
-                  counts: tuple[int, int] | None = None) -> etree._Element:
+                  counts: tuple[int, int] | None = None, ext: dict | None = None,
+                  unread: int | None = None) -> etree._Element:
     """The response element (<t:ContactsFolder>/<t:Folder>/...) for a stored folder. ``counts`` is
-    (TotalCount, ChildFolderCount) when the caller has them (omitted otherwise)."""
+    (TotalCount, ChildFolderCount) when the caller has them (omitted otherwise); ``ext`` the
+    folder's stored extended properties (returned when requested, as for items); ``unread`` its
+    UnreadCount (0 when not given)."""
     sh = parse_shape(shape)
-    tag = FOLDER_TAG_BY_CLASS.get(folder.get("folder_class") or "", "Folder")
+    tag = folder_tag(folder.get("folder_class"))
     root = etree.Element(t(tag), nsmap=TNSMAP)
     _id_elem(root, "FolderId", folder["id"], folder["change_key"])
     every = sh.all
@@ -417,6 +430,22 @@ def folder_to_xml(folder: dict, shape: etree._Element | Shape | None,
             etree.SubElement(root, t("TotalCount")).text = str(counts[0])
         if every or "ChildFolderCount" in wanted:
             etree.SubElement(root, t("ChildFolderCount")).text = str(counts[1])
-        if tag == "Folder" and (every or "UnreadCount" in wanted):
-            etree.SubElement(root, t("UnreadCount")).text = "0"
+    for uri in sh.ext:
+        rec = (ext or {}).get(ext_key(uri))
+        if rec is None:
+            continue
+        ep = etree.SubElement(root, t("ExtendedProperty"))
+        etree.SubElement(ep, t("ExtendedFieldURI"), rec["u"] or uri)
+        if "vs" in rec:
+            vs = etree.SubElement(ep, t("Values"))
+            for v in rec["vs"]:
+                etree.SubElement(vs, t("Value")).text = v
+        else:
+            etree.SubElement(ep, t("Value")).text = rec.get("v", "")
+    # Schema order: BaseFolderType's ExtendedProperty ... DistinguishedFolderId, then FolderType's
+    # UnreadCount.
+    if folder.get("distinguished") and "DistinguishedFolderId" in wanted:
+        etree.SubElement(root, t("DistinguishedFolderId")).text = folder["distinguished"]
+    if counts is not None and tag == "Folder" and (every or "UnreadCount" in wanted):
+        etree.SubElement(root, t("UnreadCount")).text = str(unread or 0)
     return root
