@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from lxml import etree
 
-from .registry import NS_T, t
+from .registry import NS_T, EwsError, t
 
 TNSMAP = {"t": NS_T}
 INDEXED = ("EmailAddresses", "PhoneNumbers", "PhysicalAddresses", "ImAddresses")
@@ -32,6 +33,104 @@ ITEM_CLASS_BY_TAG = {"Contact": "IPM.Contact", "DistributionList": "IPM.DistList
                      "Item": "IPM.Item", "Task": "IPM.Task", "CalendarItem": "IPM.Appointment"}
 FOLDER_TAG_BY_CLASS = {"IPF.Contact": "ContactsFolder", "IPF.Appointment": "CalendarFolder",
                        "IPF.Task": "TasksFolder"}
+
+# -- Exchange's limits on text properties (see the README's limits table) -------------------------
+# Lengths are counted as Exchange (.NET) counts them: in UTF-16 code units, so a character outside
+# the Basic Multilingual Plane (an emoji) counts twice.
+#
+# Refused when longer: exchangelib declares these CharField(max_length=255), and its own suite,
+# run against Exchange Online (tests/test_items/test_basics.py, test_text_field_settings), sees
+# UpdateItem answer ErrorPropertyUpdate when one is set to 4000 characters, for these three
+# fields only. On UpdateItem Exchange turns the store's PropertyValidationException raised while
+# applying the changes into ErrorPropertyUpdate. CreateItem has no such wrapper: there the store
+# reports the invalid value when the new item is saved, which EWS answers with
+# ErrorItemSavePropertyError ("attempts to save the item or folder fail because of invalid
+# property values", ResponseCode reference); ErrorPropertyValidationFailure is documented as "not
+# used" by EWS. So: ErrorPropertyUpdate on UpdateItem, ErrorItemSavePropertyError on CreateItem.
+REFUSED_OVER: dict[str, int] = {"GivenName": 255, "MiddleName": 255, "Surname": 255}
+# Cut to the limit on save, without an error: "The subject is limited to 255 characters" (EWS
+# reference, Subject element); exchangelib's live suite reads back exactly 255 characters after
+# setting 4000. No other contact text field has a documented limit; they are stored whole.
+TRUNCATED_AT: dict[str, int] = {"Subject": 255}
+# FindItem "returns only the first 512 bytes of any streamable property. For Unicode, it returns
+# the first 255 characters ... It does not return any of the message body formats" (FindItem
+# operation reference). GetItem returns the whole value.
+FIND_TEXT_LIMIT = 255
+FIND_OMITTED = ("Body", "UniqueBody", "TextBody", "NormalizedBody", "MimeContent")
+# Typed simple properties that Exchange stores as values, not text: a client may send xs:boolean
+# as 1/0 (exchangelib does) and xs:dateTime with any offset; Exchange answers true/false and UTC
+# with a Z suffix.
+BOOLEAN_PROPS = frozenset({"ReminderIsSet", "IsRead", "IsReadReceiptRequested", "IsDeliveryReceiptRequested",
+                           "IsResponseRequested", "IsAllDayEvent", "IsComplete", "IsTeamTask",
+                           "AllowNewTimeProposal", "IsOnlineMeeting"})
+DATETIME_PROPS = frozenset({"ReminderDueBy", "Birthday", "WeddingAnniversary", "Start", "End", "DueDate",
+                            "StartDate", "CompleteDate"})
+
+
+def utf16_len(text: str) -> int:
+    """The length of ``text`` as Exchange counts it (UTF-16 code units)."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def utf16_cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-16 code units, never inside a surrogate pair."""
+    if utf16_len(text) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > limit:
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def canonical_boolean(text: str) -> str:
+    v = text.strip().lower()
+    if v in ("1", "true"):
+        return "true"
+    if v in ("0", "false"):
+        return "false"
+    raise EwsError("ErrorSchemaValidation", f"The request failed schema validation: '{text}' is not a valid"
+                                            f" Boolean value.")
+
+
+def canonical_datetime(text: str) -> str:
+    """xs:dateTime with an offset -> the same instant in UTC with a Z suffix (as Exchange answers);
+    a value without an offset is kept as sent."""
+    v = text.strip()
+    if v.endswith("Z"):
+        return v
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise EwsError("ErrorSchemaValidation", f"The request failed schema validation: '{text}' is not a valid"
+                                                f" DateTime value.") from None
+    if dt.tzinfo is None:
+        return v
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+
+
+def canonical_ext_value(prop_type: str | None, text: str) -> str:
+    if prop_type in ("Boolean", "BooleanArray"):
+        return canonical_boolean(text)
+    if prop_type in ("SystemTime", "SystemTimeArray"):
+        return canonical_datetime(text)
+    return text
+
+
+def check_limits(data: dict, names: set[str] | None, code: str) -> None:
+    """Refuse a value over its limit (REFUSED_OVER) with ``code``; cut TRUNCATED_AT values. Only
+    the fields in ``names`` are looked at (None: every field)."""
+    texts = data.get("t", {})
+    for name, limit in REFUSED_OVER.items():
+        if (names is None or name in names) and name in texts and utf16_len(texts[name]) > limit:
+            raise EwsError(code, "An object within a change description contains an invalid property value"
+                           if code == "ErrorPropertyUpdate" else
+                           "The item could not be saved because of invalid property values.")
+    for name, limit in TRUNCATED_AT.items():
+        if (names is None or name in names) and name in texts:
+            texts[name] = utf16_cut(texts[name], limit)
 _T_PREFIX = "{" + NS_T + "}"
 _T_LEN = len(_T_PREFIX)
 
@@ -74,10 +173,11 @@ def parse_extended(elem: etree._Element) -> tuple[str, dict]:
     value = elem.find(t("Value"))
     values = elem.find(t("Values"))
     rec: dict = {"u": attrs}
+    ptype = attrs.get("PropertyType")
     if values is not None:
-        rec["vs"] = [v.text or "" for v in values]
+        rec["vs"] = [canonical_ext_value(ptype, v.text or "") for v in values]
     else:
-        rec["v"] = value.text or "" if value is not None else ""
+        rec["v"] = canonical_ext_value(ptype, value.text or "") if value is not None else ""
     return ext_key(attrs), rec
 
 
@@ -118,7 +218,12 @@ def apply_child(data: dict, child: etree._Element, merge_indexed: bool = False) 
     elif name in ("ItemId", *COMPUTED):
         return  # read-only, server-maintained
     elif len(child) == 0 and not child.attrib:
-        data.setdefault("t", {})[name] = child.text or ""
+        text = child.text or ""
+        if name in BOOLEAN_PROPS:
+            text = canonical_boolean(text)
+        elif name in DATETIME_PROPS:
+            text = canonical_datetime(text)
+        data.setdefault("t", {})[name] = text
         data.get("x", {}).pop(name, None)
     else:
         data.setdefault("x", {})[name] = _fragment(child)
@@ -214,11 +319,21 @@ def _id_elem(parent: etree._Element, tag: str, id_: str, ck: str | None) -> None
         e.set("ChangeKey", ck)
 
 
-def item_to_xml(item: dict, shape: etree._Element | Shape | None) -> etree._Element:
+def _cut_tree(elem: etree._Element) -> etree._Element:
+    """Every text in ``elem`` cut to FindItem's limit (a list property's values one by one)."""
+    for e in elem.iter():
+        if e.text:
+            e.text = utf16_cut(e.text, FIND_TEXT_LIMIT)
+    return elem
+
+
+def item_to_xml(item: dict, shape: etree._Element | Shape | None, find: bool = False) -> etree._Element:
     """The response element (<t:Contact> etc.) for a stored item under ``shape`` (an
     <m:ItemShape> element, a parsed ``Shape``, or None = AllProperties). Extended properties appear
-    only when requested in AdditionalProperties, as in Exchange."""
+    only when requested in AdditionalProperties, as in Exchange. With ``find`` (FindItem), text
+    values are cut to their first 255 characters and no body is returned, as in Exchange."""
     sh = parse_shape(shape)
+    cut = (lambda text: utf16_cut(text, FIND_TEXT_LIMIT)) if find else (lambda text: text)
     data = item["data"]
     root = etree.Element(t(data.get("tag", "Contact")), nsmap=TNSMAP)
     _id_elem(root, "ItemId", item["id"], item["change_key"])
@@ -226,6 +341,8 @@ def item_to_xml(item: dict, shape: etree._Element | Shape | None) -> etree._Elem
     wanted = sh.fields
 
     def want(name: str) -> bool:
+        if find and name in FIND_OMITTED:
+            return False
         return every or name in wanted
 
     if want("ParentFolderId"):
@@ -234,10 +351,10 @@ def item_to_xml(item: dict, shape: etree._Element | Shape | None) -> etree._Elem
         etree.SubElement(root, t("ItemClass")).text = item["item_class"]
     for name, text in data.get("t", {}).items():
         if want(name):
-            etree.SubElement(root, t(name)).text = text
+            etree.SubElement(root, t(name)).text = cut(text)
     for name, frag in data.get("x", {}).items():
         if want(name):
-            root.append(etree.fromstring(frag))
+            root.append(_cut_tree(etree.fromstring(frag)) if find else etree.fromstring(frag))
     if want("DateTimeReceived"):
         etree.SubElement(root, t("DateTimeReceived")).text = item["created"]
     if want("Size"):
@@ -260,9 +377,9 @@ def item_to_xml(item: dict, shape: etree._Element | Shape | None) -> etree._Elem
         if "vs" in rec:
             vs = etree.SubElement(ep, t("Values"))
             for v in rec["vs"]:
-                etree.SubElement(vs, t("Value")).text = v
+                etree.SubElement(vs, t("Value")).text = cut(v)
         else:
-            etree.SubElement(ep, t("Value")).text = rec.get("v", "")
+            etree.SubElement(ep, t("Value")).text = cut(rec.get("v", ""))
     for name, coll in data.get("idx", {}).items():
         if not coll or not want(name):
             continue
@@ -273,18 +390,31 @@ def item_to_xml(item: dict, shape: etree._Element | Shape | None) -> etree._Elem
                 entry.set(k, v)
             if "s" in rec:
                 for k, v in rec["s"].items():
-                    etree.SubElement(entry, t(k)).text = v
+                    etree.SubElement(entry, t(k)).text = cut(v)
             else:
-                entry.text = rec.get("v", "")
+                entry.text = cut(rec.get("v", ""))
     return root
 
 
+def folder_tag(folder_class: str | None) -> str:
+    """The element Exchange answers a folder with: by its FolderClass, where a class derived from
+    a known one (IPF.Contact.MOC.QuickContacts, IPF.Appointment.Birthday) counts as that one."""
+    cls = folder_class or ""
+    for base, tag in FOLDER_TAG_BY_CLASS.items():
+        if cls == base or cls.startswith(base + "."):
+            return tag
+    return "Folder"
+
+
 def folder_to_xml(folder: dict, shape: etree._Element | Shape | None,
-                  counts: tuple[int, int] | None = None) -> etree._Element:
+                  counts: tuple[int, int] | None = None, ext: dict | None = None,
+                  unread: int | None = None) -> etree._Element:
     """The response element (<t:ContactsFolder>/<t:Folder>/...) for a stored folder. ``counts`` is
-    (TotalCount, ChildFolderCount) when the caller has them (omitted otherwise)."""
+    (TotalCount, ChildFolderCount) when the caller has them (omitted otherwise); ``ext`` the
+    folder's stored extended properties (returned when requested, as for items); ``unread`` its
+    UnreadCount (0 when not given)."""
     sh = parse_shape(shape)
-    tag = FOLDER_TAG_BY_CLASS.get(folder.get("folder_class") or "", "Folder")
+    tag = folder_tag(folder.get("folder_class"))
     root = etree.Element(t(tag), nsmap=TNSMAP)
     _id_elem(root, "FolderId", folder["id"], folder["change_key"])
     every = sh.all
@@ -300,6 +430,22 @@ def folder_to_xml(folder: dict, shape: etree._Element | Shape | None,
             etree.SubElement(root, t("TotalCount")).text = str(counts[0])
         if every or "ChildFolderCount" in wanted:
             etree.SubElement(root, t("ChildFolderCount")).text = str(counts[1])
-        if tag == "Folder" and (every or "UnreadCount" in wanted):
-            etree.SubElement(root, t("UnreadCount")).text = "0"
+    for uri in sh.ext:
+        rec = (ext or {}).get(ext_key(uri))
+        if rec is None:
+            continue
+        ep = etree.SubElement(root, t("ExtendedProperty"))
+        etree.SubElement(ep, t("ExtendedFieldURI"), rec["u"] or uri)
+        if "vs" in rec:
+            vs = etree.SubElement(ep, t("Values"))
+            for v in rec["vs"]:
+                etree.SubElement(vs, t("Value")).text = v
+        else:
+            etree.SubElement(ep, t("Value")).text = rec.get("v", "")
+    # Schema order: BaseFolderType's ExtendedProperty ... DistinguishedFolderId, then FolderType's
+    # UnreadCount.
+    if folder.get("distinguished") and "DistinguishedFolderId" in wanted:
+        etree.SubElement(root, t("DistinguishedFolderId")).text = folder["distinguished"]
+    if counts is not None and tag == "Folder" and (every or "UnreadCount" in wanted):
+        etree.SubElement(root, t("UnreadCount")).text = str(unread or 0)
     return root

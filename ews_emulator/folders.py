@@ -73,6 +73,12 @@ def resolve_folder(ctx: Context, elem: etree._Element) -> dict:
             raise EwsError("ErrorFolderNotFound", "The specified folder could not be found in the store.")
         check_mailbox_access(ctx, folder["mailbox"])
         return folder
+    if (elem.get("Id") or "").lower() == "publicfoldersroot":
+        # The emulator's mailboxes have no public folders. Exchange Online without public folders
+        # answers ErrorNoPublicFolderReplicaAvailable here (exchangelib's live suite expects it on
+        # its test account, test_folder.py test_public_folders_root, and counts it among the
+        # "missing folder" errors, so account.public_folders_root raises ErrorFolderNotFound).
+        raise EwsError("ErrorNoPublicFolderReplicaAvailable", "There are no public folder replicas available.")
     mailbox_elem = elem.find(t("Mailbox"))
     address = mailbox_elem.findtext(t("EmailAddress")) if mailbox_elem is not None else None
     mailbox = check_mailbox_access(ctx, address) if address else default_mailbox(ctx)

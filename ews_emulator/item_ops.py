@@ -8,6 +8,7 @@ from .contact_xml import (
     INDEXED,
     ITEM_CLASS_BY_TAG,
     apply_child,
+    check_limits,
     ext_key,
     field_value,
     item_to_xml,
@@ -55,6 +56,7 @@ def create_item(ctx: Context, req: etree._Element) -> etree._Element:
         for elem in items:
             try:
                 data = parse_item(elem)
+                check_limits(data, None, "ErrorItemSavePropertyError")
                 folder = target
                 if folder is None:
                     mailbox = default_mailbox(ctx)
@@ -115,13 +117,13 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
                     etree.SubElement(e, t("ItemId"), Id=id_, ChangeKey=ck)
                     elems.append(e)
             else:
-                elems = [item_to_xml(i, shape) for i in ctx.store.get_items([i for i, _ in chunk])]
+                elems = [item_to_xml(i, shape, find=True) for i in ctx.store.get_items([i for i, _ in chunk])]
         else:
             items = [i for i in ctx.store.folder_items(folder["id"]) if pred(i)]
             apply_sort(items, order, field_value)
             chunk, nxt, last = page(items, view)
             total = len(items)
-            elems = [item_to_xml(i, shape) for i in chunk]
+            elems = [item_to_xml(i, shape, find=True) for i in chunk]
         msg = ok_message(messages, "FindItem")
         rf = etree.SubElement(msg, m("RootFolder"), IndexedPagingOffset=str(nxt), TotalItemsInView=str(total),
                               IncludesLastItemInRange="true" if last else "false")
@@ -196,11 +198,14 @@ def _append_field(data: dict, child: etree._Element) -> None:
     apply_child(data, existing)
 
 
-def apply_updates(data: dict, updates: etree._Element) -> None:
-    """Apply Set/Append/DeleteItemField changes to an item's data dict in place."""
+def apply_updates(data: dict, updates: etree._Element) -> set[str]:
+    """Apply Set/Append/DeleteItemField changes to an item's data dict in place; returns the
+    element names of the fields changed."""
+    touched: set[str] = set()
     for upd in _children(updates):
         kind = localname(upd.tag)
         uri, value = _uri_and_value(upd)
+        touched.add(uri_to_element(uri.get("FieldURI", "")))
         if kind in ("DeleteItemField", "DeleteFolderField"):
             _delete_field(data, uri)
             continue
@@ -209,6 +214,7 @@ def apply_updates(data: dict, updates: etree._Element) -> None:
             _append_field(data, child)
         else:
             apply_child(data, child, merge_indexed=localname(uri.tag) == "IndexedFieldURI")
+    return touched
 
 
 @operation("UpdateItem")
@@ -229,7 +235,8 @@ def update_item(ctx: Context, req: etree._Element) -> etree._Element:
                                    "The send or update operation could not be performed because the change key"
                                    " passed in the request does not match the current change key for the item.")
                 data = item["data"]
-                apply_updates(data, change.find(t("Updates")))
+                touched = apply_updates(data, change.find(t("Updates")))
+                check_limits(data, touched, "ErrorPropertyUpdate")
                 tx.update_item(item, data)
                 results.append((item, None))
             except EwsError as e:

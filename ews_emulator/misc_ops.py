@@ -1,11 +1,14 @@
-"""ConvertId (exchangelib's version probe) and ResolveNames."""
+"""ConvertId (exchangelib's version probe), ResolveNames, GetUserConfiguration, and the answers to
+the contacts operations the emulator does not offer (FindPeople, GetPersona)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lxml import etree
 
-from .folders import known_mailboxes
-from .registry import Context, EwsError, m, operation, t
+from .folders import known_mailboxes, resolve_folder
+from .registry import NS_M, NS_T, Context, EwsError, m, operation, t
 from .soap import error_message, new_response, ok_message, require
 
 
@@ -50,3 +53,44 @@ def resolve_names(ctx: Context, req: etree._Element) -> etree._Element:
         etree.SubElement(mb, t("RoutingType")).text = "SMTP"
         etree.SubElement(mb, t("MailboxType")).text = "Mailbox"
     return resp
+
+
+@operation("GetUserConfiguration")
+def get_user_configuration(ctx: Context, req: etree._Element) -> etree._Element:
+    """The emulator keeps no user configurations (FAI items): every one asked for is missing, and
+    Exchange answers a missing configuration with ErrorItemNotFound. The folder named in the
+    request must exist (ErrorFolderNotFound otherwise)."""
+    resp, messages = new_response("GetUserConfiguration")
+    try:
+        name = req.find(m("UserConfigurationName"))
+        if name is None:
+            name = require(req, t("UserConfigurationName"))
+        resolve_folder(ctx, name)
+        raise EwsError("ErrorItemNotFound", "The specified object was not found in the store.")
+    except EwsError as e:
+        if e.code == "ErrorSchemaValidation":
+            raise
+        error_message(messages, "GetUserConfiguration", e)
+    return resp
+
+
+def _unsupported(op: str, root_tag: str) -> Callable[[Context, etree._Element], etree._Element]:
+    def handler(ctx: Context, req: etree._Element) -> etree._Element:
+        # These two answer without a ResponseMessages list: FindPeopleResponse carries the
+        # ResponseClass/ResponseCode itself, and GetPersona's body is a bare
+        # GetPersonaResponseMessage (FindPeople / GetPersona operation references).
+        out = etree.Element(m(root_tag), nsmap={"m": NS_M, "t": NS_T}, ResponseClass="Error")
+        etree.SubElement(out, m("MessageText")).text = f"The {op} operation is not supported by this server."
+        etree.SubElement(out, m("ResponseCode")).text = "ErrorInvalidOperation"
+        etree.SubElement(out, m("DescriptiveLinkKey")).text = "0"
+        return out
+
+    handler.__name__ = op
+    handler.__doc__ = (f"{op} (people/persona views over contacts) is not offered by the emulator: it answers with"
+                       f" ErrorInvalidOperation, EWS's general error for a requested operation that is invalid"
+                       f" here (ErrorInvalidRequest is for a request with an empty SOAP body).")
+    return handler
+
+
+operation("FindPeople")(_unsupported("FindPeople", "FindPeopleResponse"))
+operation("GetPersona")(_unsupported("GetPersona", "GetPersonaResponseMessage"))

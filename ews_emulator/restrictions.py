@@ -31,8 +31,10 @@ def _norm(a: str, b: str) -> tuple[Any, Any]:
         return float(a), float(b)
     except (TypeError, ValueError):
         pass
-    if a in ("true", "false") or b in ("true", "false"):
-        return a.lower(), b.lower()
+    if str(a).lower() in ("true", "false") or str(b).lower() in ("true", "false"):
+        # xs:boolean: a client may send 1/0 (exchangelib does); stored values are true/false.
+        as_bool = {"1": "true", "0": "false"}
+        return as_bool.get(str(a), str(a).lower()), as_bool.get(str(b), str(b).lower())
     return str(a).casefold(), str(b).casefold()
 
 

@@ -55,11 +55,20 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_mailbox_folder ON journal(mailbox, folder_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS folder_props (
+    folder_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    rec TEXT NOT NULL,
+    PRIMARY KEY (folder_id, key)
+);
 """
 
 # Folder tree created for every new mailbox: (distinguished id, display name, folder class, parent).
 DEFAULT_TREE: list[tuple[str, str, str | None, str | None]] = [
-    ("root", "Top of Information Store", None, None),
+    # Exchange names the mailbox root "root" (exchangelib's live suite: root.tree() starts with
+    # "root", calendar.absolute == "/root/<tois name>/Calendar"); msgfolderroot below it is
+    # "Top of Information Store".
+    ("root", "root", None, None),
     ("msgfolderroot", "Top of Information Store", "IPF.Note", "root"),
     ("inbox", "Inbox", "IPF.Note", "msgfolderroot"),
     ("outbox", "Outbox", "IPF.Note", "msgfolderroot"),
@@ -168,7 +177,11 @@ class Store:
     def ensure_mailbox(self, mailbox: str) -> None:
         """Create the default folder tree for ``mailbox`` unless it exists (idempotent)."""
         mailbox = mailbox.lower()
-        if self.distinguished_folder(mailbox, "root") is not None:
+        root = self.distinguished_folder(mailbox, "root")
+        if root is not None:
+            if root["display_name"] == "Top of Information Store":   # stores made before the rename
+                with self.write() as tx:
+                    tx.update_folder(root, display_name="root")
             return
         with self.write() as tx:
             ids: dict[str, str] = {}
@@ -203,6 +216,16 @@ class Store:
             out.append(r)
             out.extend(self.child_folders(r["id"], deep=True))
         return out
+
+    def folder_ext(self, folder_id: str) -> dict[str, dict]:
+        """The folder's extended properties: {key: record} as contact_xml.parse_extended makes them."""
+        return {r[0]: json.loads(r[1]) for r in self.execute(
+            "SELECT key, rec FROM folder_props WHERE folder_id=?", (folder_id,))}
+
+    def folder_unread_count(self, folder_id: str) -> int:
+        """Items of the folder whose IsRead is false."""
+        return self.execute("SELECT COUNT(*) FROM items WHERE folder_id=? AND"
+                            " json_extract(data, '$.t.IsRead')='false'", (folder_id,)).fetchone()[0]
 
     def folder_counts(self, folder_id: str) -> tuple[int, int]:
         """(item count, child folder count)."""
@@ -310,6 +333,15 @@ class WriteTx:
         self._journal(folder["mailbox"], folder["id"], None, "folder_update", ck)
         return ck
 
+    def set_folder_ext(self, folder_id: str, key: str, rec: dict | None) -> None:
+        """Set (or, with None, remove) one extended property of a folder; the caller journals the
+        folder's update (``update_folder``)."""
+        if rec is None:
+            self.conn.execute("DELETE FROM folder_props WHERE folder_id=? AND key=?", (folder_id, key))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO folder_props(folder_id, key, rec) VALUES (?,?,?)",
+                              (folder_id, key, json.dumps(rec, ensure_ascii=False)))
+
     def delete_folder(self, folder: dict) -> None:
         """Delete a folder, its subfolders and their items (journalling every removal)."""
         for child in self.store.child_folders(folder["id"]):
@@ -318,6 +350,7 @@ class WriteTx:
             self.conn.execute("DELETE FROM items WHERE id=?", (item_id,))
             self._journal(folder["mailbox"], folder["id"], item_id, "delete", None)
         self.conn.execute("DELETE FROM folders WHERE id=?", (folder["id"],))
+        self.conn.execute("DELETE FROM folder_props WHERE folder_id=?", (folder["id"],))
         self._journal(folder["mailbox"], folder["id"], None, "folder_delete", None)
 
     # -- items ------------------------------------------------------------------------------
