@@ -331,10 +331,10 @@ class Settings(BaseModel):
         if self.sync.lease_ttl_s < 2 * budget:
             raise _key_error("sync.lease_ttl_s", f"{self.sync.lease_ttl_s:g} must be at least {2 * budget:g} s: "
                              f"twice the longest Exchange call (2 x exchange.timeout_s + exchange.max_wait_s)")
-        longest = self.sync.retry_backoff_max_s + self.sync.lease_ttl_s
+        longest = self.sync.retry_backoff_max_s
         if self.sync.redrive_after_s <= longest:
             raise _key_error("sync.redrive_after_s", f"{self.sync.redrive_after_s:g} must be above {longest:g} s: "
-                             "the longest retry countdown (retry_backoff_max_s) plus a lease (lease_ttl_s)")
+                             "the longest retry countdown (sync.retry_backoff_max_s)")
         return self
 
     @model_validator(mode="after")

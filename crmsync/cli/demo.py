@@ -50,6 +50,7 @@ folder = "{DEMO_FOLDER}"
 [sync]
 poll_interval_s = 1
 redrive_after_s = 30
+retry_backoff_max_s = 10
 
 [worker]
 concurrency = 2

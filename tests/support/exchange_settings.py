@@ -17,6 +17,7 @@ def exchange_settings(endpoint: str, *, auth: str = "basic", username: str | Non
         "CRMSYNC_EXCHANGE_VERIFY_TLS": "true" if verify_tls else "false",
         "CRMSYNC_EXCHANGE_MAX_WAIT_S": str(max_wait),
         "CRMSYNC_EXCHANGE_TIMEOUT_S": str(timeout_s),
+        "CRMSYNC_SYNC_LEASE_TTL_S": str(2 * (2 * timeout_s + max_wait)),
     }
     if username is not None:
         env["CRMSYNC_EXCHANGE_USERNAME"] = username

@@ -126,12 +126,14 @@ username = "{SERVICE_USER}"
 password_env = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
 access = "impersonation"
 max_wait_s = 2
+timeout_s = 4
 [[mailbox]]
 address = "{MAILBOX}"
 folder = "{FOLDER}"
 [sync]
 poll_interval_s = {poll_interval_s}
 redrive_after_s = 10
+retry_backoff_max_s = 5
 max_attempts = {max_attempts}
 batch_size = {batch_size}
 lease_ttl_s = 20
