@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import structlog
 
+from crmsync.testhooks import crash_point
 from producers.crm_feed import CrmProducer
 from producers.doorbells import NullDoorbell
 from producers.exchange_feed import ExchangeProducer
@@ -96,6 +97,8 @@ class ProducerLoop:
         for ids in self.crm_producer.initial_batches(mailbox):  # publish while writing
             self._publish("crm-initial", ids, mailbox)
             created += len(ids)
+            if ids:   # reliability tests: die between two batches of a first sync
+                crash_point("during_initial_sync")
             if self._stopping():   # resumed at the next start; the dedup keys skip the done part
                 return created
         self._initial_done.add(mailbox)
