@@ -6,18 +6,23 @@ are absorbed (marked processed without events). A restarted producer must not ta
 sync" position: rows written after the first read, for records whose first-sync event has
 already been applied, would be absorbed too and their edits lost.
 
-Each death is a hard exit at the ``during_initial_sync`` crash point (after a batch of the first
-sync is committed and published), followed by a SIGKILL of the producer's process group, so the
-edits land at a known moment: after the worker has applied the batches written so far, before
-the restart.
+The first two deaths are hard exits at the ``during_initial_sync`` crash point (after a batch of
+the first sync is committed and published), so the edits land at a known moment: after the worker
+has applied the batches written so far, before the restart. The third is a SIGKILL of a running
+producer held inside its first sync (the test holds the state database's write lock, so the first
+sync cannot finish), with edits made while it runs.
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -83,6 +88,35 @@ def _crash_in_first_sync(pipeline: Pipeline, once_file: Path) -> None:
                what="the worker to apply the batches written before the crash")
 
 
+@contextmanager
+def _state_writes_blocked(pipeline: Pipeline) -> Iterator[None]:
+    """Hold the state database's write lock (SQLite) or an exclusive lock on the event log
+    (PostgreSQL): a producer can read but cannot write an event until the block ends."""
+    url = pipeline.crm.state_url
+    if pipeline.crm.kind == "sqlite":
+        db = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            db.rollback()
+            db.close()
+    else:
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                conn.rollback()
+
+
+def _producer_waits_on_a_lock(pipeline: Pipeline) -> bool:
+    if pipeline.crm.kind == "sqlite":
+        return True       # no view of waiters; "started" and the held lock have to do
+    return bool(pipeline.state("SELECT count(*) AS n FROM pg_stat_activity WHERE "
+                               "datname = current_database() AND wait_event_type = 'Lock'")[0]["n"])
+
+
 def _job_titles(pipeline: Pipeline) -> tuple[Counter, dict[str, str | None]]:
     """Exchange as the mailbox owner sees it: contacts per e-mail, and each one's job title."""
     counts: Counter = Counter()
@@ -95,7 +129,7 @@ def _job_titles(pipeline: Pipeline) -> tuple[Counter, dict[str, str | None]]:
     return counts, titles
 
 
-def test_edits_made_during_a_first_sync_survive_two_producer_crashes(pipeline, tmp_path):
+def test_edits_made_during_a_first_sync_survive_three_producer_deaths(pipeline, tmp_path):
     _seed(pipeline, ACCOUNTS)
     pipeline.start_worker()
     expected: dict[str, str] = {}                 # e-mail -> job title it must end with
@@ -121,7 +155,21 @@ def test_edits_made_during_a_first_sync_survive_two_producer_crashes(pipeline, t
         _edit(pipeline, no, f"edit-2 {no}")
         expected[f"fs{int(no[3:])}@example.org"] = f"edit-2 {no}"
 
-    # 3rd run: finishes the first sync and then the ordinary feed.
+    # 3rd run: held inside the first sync, edited under it, SIGKILLed.
+    with _state_writes_blocked(pipeline):
+        starts = pipeline.log("producer").count("producer.started")
+        pipeline.start_producer()
+        wait_until(lambda: pipeline.log("producer").count("producer.started") > starts, 60,
+                   what="the third producer to start its first sync")
+        wait_until(lambda: _producer_waits_on_a_lock(pipeline), 60,
+                   what="the third producer to wait for the state database")
+        for no in [synced[1], newly[6]]:
+            _edit(pipeline, no, f"edit-3 {no}")
+            expected[f"fs{int(no[3:])}@example.org"] = f"edit-3 {no}"
+        pipeline.kill("producer")
+    assert pipeline.state("SELECT value FROM cursors WHERE name LIKE 'crm-initial:%'") == []
+
+    # 4th run: finishes the first sync and then the ordinary feed.
     pipeline.start_producer()
     wait_until(lambda: len(pipeline.contacts()) >= ACCOUNTS + 1, 300,
                what="every account in Exchange")
