@@ -1,4 +1,4 @@
-"""Crash points for the reliability tests: a worker process exits hard at a named step.
+"""Crash points for the reliability tests: a worker or producer process exits hard at a named step.
 
 Armed only when the composition root calls ``arm`` (from CRMSYNC_CRASH_AT and
 CRMSYNC_CRASH_ONCE_FILE); otherwise ``crash_point`` is a no-op. The once-file makes the crash
@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CRASH_POINTS = frozenset({"after_exchange_write", "after_crm_write", "before_link_commit", "after_publish"})
+CRASH_POINTS = frozenset({"after_exchange_write", "after_crm_write", "before_link_commit", "after_publish",
+                          "during_initial_sync"})
 
 _armed: tuple[str, Path | None] | None = None
 

@@ -33,6 +33,10 @@ class ChangelogPort(Protocol):
     def pending(self, limit: int) -> Sequence[ChangeRowLike]:
         """Changelog rows not yet turned into events, oldest first."""
 
+    def pending_ids(self, limit: int) -> Sequence[int]:
+        """The ids of the unprocessed rows committed and visible now, ascending, read in one
+        snapshot (a row committed later is not among them, whatever its id)."""
+
     def mark_processed(self, ids: Sequence[int]) -> None: ...
 
 

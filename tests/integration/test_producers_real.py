@@ -354,3 +354,35 @@ def test_the_postgresql_doorbell_rings_on_a_changelog_notify(pg_dbs):
         assert bell.wait(2.0) is True
     finally:
         bell.stop()
+
+
+def test_a_postgresql_change_committed_after_the_first_sync_read_with_a_smaller_id_becomes_an_event(
+        pg_dbs):
+    """Sequence ids commit out of order: a transaction that took its changelog id before the first
+    sync's read but commits after it is not covered by the first sync, so it is not absorbed."""
+    crm_url, crm_engine, state_engine = pg_dbs
+    seed(lambda sql: pg_exec(crm_url, sql))
+    conninfo = crm_url.replace("postgresql+psycopg://", "postgresql://")
+    slow = psycopg.connect(conninfo)           # a transaction still open during the first read
+    try:
+        slow.execute("UPDATE accounts SET city = 'Leeds' WHERE account_no = 'A-2'")
+        pg_exec(crm_url, "UPDATE accounts SET city = 'York' WHERE account_no = 'A-1'")
+        store = SqlStateStore(state_engine)
+        changelog = Changelog(crm_engine)
+        producer = CrmProducer(changelog, SqlCrm(crm_engine), store, [MAILBOX])
+        [(late_id,)] = slow.execute(           # its own row, seen from inside
+            "SELECT id FROM crm_changelog WHERE row_key = 'A-2' AND op = 'update'").fetchall()
+        visible = changelog.pending_ids(100)
+        assert late_id not in visible and max(visible) > late_id    # a larger id is visible
+
+        assert sum(len(ids) for ids in producer.initial_batches(MAILBOX)) == 3
+        slow.commit()                         # committed after the first sync's read
+    finally:
+        slow.close()
+
+    assert producer.absorb_first_sync() == len(visible)
+    assert [row.id for row in changelog.pending(100)] == [late_id]
+    producer.poll()
+    after_first_sync = store.get_events(list(range(4, 100)))     # the first sync made 1..3
+    assert [(e.source, e.crm_key) for e in after_first_sync.values()] == [("crm", "account:A-2")]
+    assert changelog.pending(100) == []

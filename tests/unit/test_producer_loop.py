@@ -16,7 +16,7 @@ import pytest
 
 from crmsync.adapters.exchange.ews.feed import SyncStateExpired
 from crmsync.ports import Event, NewEvent
-from producers.crm_feed import CrmProducer
+from producers.crm_feed import CrmProducer, FirstSyncPosition
 from producers.doorbells import CombinedDoorbell, NullDoorbell
 from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
@@ -110,18 +110,31 @@ class Row:
 
 
 class FakeChangelog:
+    """Like PostgreSQL's: a row gets its id when written but is seen only once committed, so a
+    smaller id may appear after a larger one (``add(..., committed=False)``, then ``commit``)."""
+
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.processed: set[int] = set()
+        self.uncommitted: set[int] = set()
         self.crash_on_mark = False
 
-    def add(self, table: str, key: str, op: str) -> Row:
+    def add(self, table: str, key: str, op: str, committed: bool = True) -> Row:
         row = Row(len(self.rows) + 1, table, key, op)
         self.rows.append(row)
+        if not committed:
+            self.uncommitted.add(row.id)
         return row
 
+    def commit(self, row: Row) -> None:
+        self.uncommitted.discard(row.id)
+
     def pending(self, limit):
-        return [r for r in self.rows if r.id not in self.processed][:limit]
+        return [r for r in self.rows
+                if r.id not in self.processed and r.id not in self.uncommitted][:limit]
+
+    def pending_ids(self, limit):
+        return [r.id for r in self.pending(limit)]
 
     def mark_processed(self, ids):
         if self.crash_on_mark:
@@ -305,8 +318,9 @@ def test_initial_sync_creates_one_upsert_per_crm_record_once_per_mailbox_in_batc
     assert sorted(store.events[i].crm_key for i in ids) == [
         "account:A-1", "account:A-2", "contact:11", "contact:12"]
     assert {store.events[i].op for i in ids} == {"upsert"}
-    # two batches of two; the "done" cursor only with the last one
-    assert store.add_calls == [(2, None), (2, ("crm-initial:alice@example.com", "done"))]
+    # the first sync's changelog position first; two batches of two, "done" only with the last
+    assert store.add_calls == [(0, ("crm-first-sync", '{"visible":[],"absorbed":false}')),
+                               (2, None), (2, ("crm-initial:alice@example.com", "done"))]
     assert initial(producer, "alice@example.com") == []
     assert len(initial(producer, "bob@example.com")) == 4
 
@@ -569,6 +583,133 @@ def test_a_loop_stopped_during_the_initial_sync_resumes_it_at_the_next_start(cha
     restarted.run_once()
     assert all(restarted.crm_producer.initial_done(mb) for mb in MAILBOXES)
     assert len([e for e in store.events.values() if e.mailbox == "alice@example.com"]) == 4
+
+
+# ----------------------------------------------------------------------------- first sync and restarts
+
+def stop_after_batches(loop, n: int) -> None:
+    """The loop's publisher asks it to stop after ``n`` initial-sync batches (a producer that
+    dies mid-first-sync: what it committed stays, the rest is for the next start)."""
+    publisher = loop.publisher
+    sent = []
+
+    def publish(store_, ids):
+        sent.append(ids)
+        if len(sent) >= n:
+            loop.stop.set()
+        return FakePublisher.publish(publisher, store_, ids)
+
+    publisher.publish = publish
+
+
+def crm_dedup_keys(store, row) -> set[str]:
+    return {key for key in store.dedup if key.startswith(f"crm:{row.id}:")}
+
+
+def test_edits_made_during_a_first_sync_survive_two_restarts_of_the_producer(changelog, crm, store, clock):
+    seeded = [changelog.add("accounts", "A-1", "insert"), changelog.add("accounts", "A-2", "insert")]
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)
+    stop_after_batches(loop, 1)
+    loop.run_once()                                  # first sync read; account:A-1 written (alice)
+    assert not loop.crm_producer.initial_done("alice@example.com")
+    edit_1 = changelog.add("accounts", "A-1", "update")   # after the read: a worker may already
+                                                          # have applied A-1's first-sync event
+
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)       # restarted, dies again
+    stop_after_batches(loop, 1)
+    loop.run_once()
+    assert not loop.crm_producer.initial_done("alice@example.com")
+    edit_2 = changelog.add("contacts", "11", "update")
+
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)       # restarted, finishes
+    loop.run_once()
+
+    assert all(loop.crm_producer.initial_done(mb) for mb in MAILBOXES)
+    assert changelog.pending(100) == []
+    for row in seeded:                               # read by the first sync: absorbed
+        assert crm_dedup_keys(store, row) == set()
+    assert crm_dedup_keys(store, edit_1) == {f"crm:{edit_1.id}:{mb}:{key}" for mb in MAILBOXES
+                                             for key in ("account:A-1", "contact:11", "contact:12")}
+    assert crm_dedup_keys(store, edit_2) == {f"crm:{edit_2.id}:{mb}:contact:11" for mb in MAILBOXES}
+    assert loop.run_once() == 0
+
+
+def test_a_row_committed_after_the_first_sync_read_with_a_smaller_id_becomes_an_event(
+        changelog, crm, store, clock):
+    in_flight = changelog.add("accounts", "A-2", "update", committed=False)   # id 1, not visible
+    visible = changelog.add("accounts", "A-1", "update")                     # id 2, visible
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)
+    stop_after_batches(loop, 1)
+    loop.run_once()                                  # the first sync's position: row 2 only
+    changelog.commit(in_flight)                      # commits now, after the first read
+
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)
+    loop.run_once()
+
+    assert changelog.pending(100) == []
+    assert crm_dedup_keys(store, visible) == set()
+    assert crm_dedup_keys(store, in_flight) == {f"crm:{in_flight.id}:{mb}:account:A-2"
+                                                for mb in MAILBOXES}
+
+
+def test_a_first_sync_resumed_after_a_crash_keeps_its_first_position(changelog, crm, store, clock):
+    changelog.add("accounts", "A-1", "insert")
+    loop = make_loop(changelog, crm, store, clock, batch_size=1)
+    stop_after_batches(loop, 1)
+    loop.run_once()
+    position = store.cursors["crm-first-sync"]
+    later = changelog.add("accounts", "A-2", "update")
+
+    restarted = make_loop(changelog, crm, store, clock, batch_size=1)
+    stop_after_batches(restarted, 1)
+    restarted.run_once()
+
+    assert store.cursors["crm-first-sync"] == position
+    assert not restarted.crm_producer.first_sync_position().covers(later.id)
+    assert restarted.crm_producer.covered_by_first_sync() == [1]
+
+
+def test_a_mailbox_added_after_the_first_sync_absorbs_no_changelog_row(changelog, crm, store, clock):
+    store.cursors["crm-initial:alice@example.com"] = "done"      # synced before; bob is new
+    row = changelog.add("accounts", "A-2", "update")
+    make_loop(changelog, crm, store, clock).run_once()
+    assert crm_dedup_keys(store, row) == {f"crm:{row.id}:{mb}:account:A-2" for mb in MAILBOXES}
+    assert "crm-first-sync" not in store.cursors
+
+
+def test_absorbing_is_recorded_and_a_crash_before_the_record_repeats_it_harmlessly(
+        changelog, crm, store, clock):
+    seeded = changelog.add("accounts", "A-1", "insert")
+    loop = make_loop(changelog, crm, store, clock)
+    changelog_mark = changelog.mark_processed
+
+    def crash_after_marking(ids):
+        changelog_mark(ids)
+        raise Crash("producer killed before recording the absorption")
+
+    changelog.mark_processed = crash_after_marking
+    loop.run_once()                                  # the step failed after marking the rows
+    changelog.mark_processed = changelog_mark
+    assert seeded.id in changelog.processed
+    assert '"absorbed":false' in store.cursors["crm-first-sync"]
+
+    make_loop(changelog, crm, store, clock).run_once()
+
+    assert '"absorbed":true' in store.cursors["crm-first-sync"]
+    assert crm_dedup_keys(store, seeded) == set()
+
+
+@pytest.mark.parametrize(("ids", "inside", "outside"), [
+    ([], [], [0, 1]),
+    ([1, 2, 3], [1, 2, 3], [0, 4]),
+    ([2, 3, 5, 9, 10], [2, 3, 5, 9, 10], [1, 4, 6, 8, 11]),     # gaps: rows not yet committed
+])
+def test_a_first_sync_position_covers_exactly_the_rows_it_saw(ids, inside, outside):
+    position = FirstSyncPosition.of_ids(ids)
+    again = FirstSyncPosition.from_json(position.to_json())
+    assert again == position
+    assert all(again.covers(i) for i in inside)
+    assert not any(again.covers(i) for i in outside)
 
 
 def test_any_doorbell_of_a_combined_doorbell_wakes_the_loop():

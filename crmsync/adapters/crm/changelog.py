@@ -64,6 +64,15 @@ class Changelog:
         with read_tx(self.engine) as conn:
             return [_row(r._mapping) for r in conn.execute(stmt)]
 
+    def pending_ids(self, limit: int = 1_000_000) -> list[int]:
+        """The ids of the unprocessed rows committed and visible now, ascending, read by one
+        statement (one snapshot): a row whose transaction commits later is not among them, even
+        when its id is smaller (PostgreSQL). The first sync records them as its position."""
+        stmt = (select(crm_changelog.c.id).where(crm_changelog.c.processed.is_(False))
+                .order_by(crm_changelog.c.id).limit(limit))
+        with read_tx(self.engine) as conn:
+            return [int(i) for i in conn.execute(stmt).scalars()]
+
     def mark_processed(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         with write_tx(self.engine) as conn:
