@@ -8,7 +8,6 @@ otherwise kombu's SQLAlchemy transport on a SQLite file, so it runs where no Red
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -98,6 +97,18 @@ def _choose_broker(directory: Path, console: Console) -> str:
     return url
 
 
+def _remove_previous_demo(root: Path) -> None:
+    """Delete what an earlier demo made in ``root`` and nothing else: ``--dir`` may name a
+    directory that holds other files too."""
+    for name in ("crm.db", "state.db", "broker.db", "exchange/mailboxes.sqlite3"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (root / f"{name}{suffix}").unlink(missing_ok=True)
+    for name in ("crmsync.toml", "worker.log"):
+        (root / name).unlink(missing_ok=True)
+    if (root / "exchange").is_dir() and not any((root / "exchange").iterdir()):
+        (root / "exchange").rmdir()
+
+
 def _purge_queue(broker_url: str) -> None:
     """Drop messages a previous demo left in its own queue (they name events of old data)."""
     if broker_url.startswith("redis"):
@@ -120,7 +131,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     console = console or Console()
     root = Path(directory).resolve()
     if fresh and root.exists():
-        shutil.rmtree(root)
+        _remove_previous_demo(root)
     root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 

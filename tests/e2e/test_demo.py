@@ -17,6 +17,9 @@ pytestmark = pytest.mark.slow
 
 def test_the_demo_syncs_on_the_embedded_broker_and_shows_a_change_as_it_happens(tmp_path):
     demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    (demo_dir / "notes.txt").write_text("the user's own file")   # --dir may hold other files
+    (demo_dir / "crm.db").write_text("an earlier demo's CRM")      # replaced by a fresh one
     env = {**os.environ, "CRMSYNC_BROKER_URL": "redis://127.0.0.1:1/0", "COLUMNS": "200"}
     env.pop("CRMSYNC_CONFIG", None)
     proc = subprocess.Popen([sys.executable, "-m", "crmsync", "demo", "--dir", str(demo_dir),
@@ -46,3 +49,4 @@ def test_the_demo_syncs_on_the_embedded_broker_and_shows_a_change_as_it_happens(
     assert int(linked.group(1)) == accounts + contacts
     assert re.search(r"CRM → Exchange\s+upsert\s+account:ACC-1001\s+applied", out), out
     assert re.search(r"demo stopped: \d+ events applied, 0 dead letters", out), out
+    assert (demo_dir / "notes.txt").read_text() == "the user's own file"   # only its own files go

@@ -1,15 +1,16 @@
 """Producers on real parts: a SQLite / PostgreSQL CRM with its triggers, the state database,
 redis-server and a real Celery client. No fakes: a plain SQL write in the CRM must end up as a
 published event row and a message on the Redis list of the events queue.
+
+Redis is private: a fresh database of the session's redis-server, or a server of the test's own
+where the test stops it (tests/conftest.py). Nothing here touches the machine's Redis.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -34,9 +35,8 @@ from producers.loop import ProducerLoop
 from producers.publisher import CeleryPublisher
 from producers.redrive import redrive
 from schemas.events import APPLY_EVENTS_TASK
+from tests.support.emulator_proc import free_port
 
-REDIS_DB = 9
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 MAILBOX = "alice@example.com"
 
@@ -44,15 +44,15 @@ MAILBOX = "alice@example.com"
 # ----------------------------------------------------------------------------- fixtures
 
 @pytest.fixture
-def redis_db():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("redis-server is not running on 127.0.0.1:6379 (start it: redis-server --daemonize yes)")
-    client.flushdb()
+def redis_url(redis_server) -> str:
+    """A fresh database of the session's private redis-server: empty, and this test's alone."""
+    return redis_server.url(redis_server.new_database())
+
+
+@pytest.fixture
+def redis_db(redis_url):
+    client = redis.Redis.from_url(redis_url)
     yield client
-    client.flushdb()
     client.close()
 
 
@@ -63,8 +63,8 @@ def queue() -> str:
 
 
 @pytest.fixture
-def publisher(queue):
-    pub = CeleryPublisher(REDIS_URL, queue, celery_settings(REDIS_URL, queue))  # the workers' settings
+def publisher(queue, redis_url):
+    pub = CeleryPublisher(redis_url, queue, celery_settings(redis_url, queue))  # the workers' settings
     yield pub
     pub.close()
 
@@ -120,12 +120,6 @@ def queued_event_ids(client: redis.Redis, queue: str) -> list[int]:
         assert args == []
         ids.extend(kwargs["event_ids"])
     return sorted(ids)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- stories
@@ -187,12 +181,12 @@ def test_the_sqlite_doorbell_rings_within_a_second_of_a_write_from_another_conne
 
 
 def test_a_broker_outage_costs_seconds_leaks_no_password_and_the_redrive_recovers(
-        sqlite_dbs, redis_db, queue):
+        sqlite_dbs, redis_url, redis_db, queue):
     _, _, state_engine = sqlite_dbs
     store = SqlStateStore(state_engine)
     ids = store.add_events([NewEvent("crm", MAILBOX, "upsert", f"test:{i}", crm_key=f"account:A-{i}")
                             for i in range(3)])
-    dead = CeleryPublisher(f"redis://:s3cret-pw@127.0.0.1:{free_port()}/{REDIS_DB}", queue)
+    dead = CeleryPublisher(f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0", queue)   # nobody listens
 
     started = time.monotonic()
     with capture_logs() as logs:
@@ -207,7 +201,7 @@ def test_a_broker_outage_costs_seconds_leaks_no_password_and_the_redrive_recover
     assert failure["unsent"] == 3 and "127.0.0.1" in failure["broker"]
     assert "s3cret-pw" not in repr(logs)
 
-    live = CeleryPublisher(REDIS_URL, queue)
+    live = CeleryPublisher(redis_url, queue)
     try:
         resent = redrive(store, live, older_than_s=60, now=datetime.now(UTC) + timedelta(seconds=61))
     finally:
@@ -250,37 +244,16 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    wait_for(lambda: _pings(client), 10, f"redis-server on port {port}")
-    client.close()
-    return proc
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def test_a_publisher_survives_its_redis_dying_and_coming_back(sqlite_dbs, tmp_path, queue):
+def test_a_publisher_survives_its_redis_dying_and_coming_back(sqlite_dbs, private_redis, queue):
     _, _, state_engine = sqlite_dbs
     store = SqlStateStore(state_engine)
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+    url = private_redis.url(0)                          # the test's own server: it stops it
     pub = CeleryPublisher(url, queue, celery_settings(url, queue))
-    proc = start_redis(port, tmp_path)
     try:
         first = store.add_events([NewEvent("crm", MAILBOX, "upsert", "t:1", crm_key="account:A-1")])
         assert pub.publish(store, first) == 1           # pooled connection now open
 
-        proc.terminate()                                # Redis dies under the open connection
-        proc.wait(timeout=10)
+        private_redis.stop()                            # Redis dies under the open connection
         lost = store.add_events([NewEvent("crm", MAILBOX, "upsert", f"t:{i}", crm_key="account:A-2")
                                  for i in (2, 3)])
         started = time.monotonic()
@@ -288,13 +261,11 @@ def test_a_publisher_survives_its_redis_dying_and_coming_back(sqlite_dbs, tmp_pa
         assert time.monotonic() - started < 10
         assert {store.get_event(i).status for i in lost} == {"pending"}
 
-        proc = start_redis(port, tmp_path)              # back, empty (no persistence)
+        private_redis.start()                           # back on the same port, empty (no persistence)
         assert pub.publish(store, lost) == 2            # the same publisher reconnects
-        assert queued_event_ids(redis.Redis(port=port), queue) == lost
+        assert queued_event_ids(private_redis.client(), queue) == lost
     finally:
         pub.close()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

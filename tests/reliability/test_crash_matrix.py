@@ -6,10 +6,7 @@ the links are one-to-one, and both sides hold the last change made.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -50,8 +47,9 @@ def _insert(pipeline, email: str, phone: str = "+1 555 0100") -> str:
 
 
 @pytest.fixture
-def pipeline(tmp_path):
-    p = Pipeline(tmp_path, "sqlite", worker_concurrency=1)
+def pipeline(tmp_path, redis_server):
+    p = Pipeline(tmp_path, "sqlite", worker_concurrency=1,
+                 broker_url=redis_server.url(redis_server.new_database()))
     try:
         yield p
     finally:
@@ -124,59 +122,23 @@ def test_worker_sigkilled_mid_task_applies_the_change_after_restart(pipeline):
     _assert_invariant(pipeline)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, so stopping it disturbs nothing else."""
-
-    def __init__(self, tmp) -> None:
-        self.port = _free_port()
-        self.dir = tmp
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is not installed"
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        wait_until(lambda: redis.Redis(port=self.port).ping(), 10, what="redis-server")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def test_redis_stopped_and_started_while_changes_are_made_loses_nothing(tmp_path):
-    broker = PrivateRedis(tmp_path)
-    broker.start()
-    p = Pipeline(tmp_path / "p", "sqlite", broker_url=broker.url)
+def test_redis_stopped_and_started_while_changes_are_made_loses_nothing(tmp_path, private_redis):
+    broker = private_redis                # the test's own server: stopping it disturbs no one
+    p = Pipeline(tmp_path / "p", "sqlite", broker_url=broker.url(0))
     try:
         p.start_worker()
         p.start_producer()
         p.outlook()
         p.settle()
-        broker.stop()                     # Redis loses everything it held (no persistence)
+        broker.stop()                     # SHUTDOWN NOSAVE: Redis loses everything it held
         emails = [f"outage{i}.{uuid.uuid4().hex[:6]}@example.org" for i in range(5)]
         for email in emails:
             _insert(p, email)
         time.sleep(3)
         assert not any(e in _emails(p) for e in emails), "nothing can travel while Redis is down"
-        broker.start()
+        broker.start()                    # the same port, empty
         wait_until(lambda: all(_emails(p).get(e) == 1 for e in emails), 120,
                    what="every change made during the outage (re-driven from the event log)")
         _assert_invariant(p)
     finally:
         p.close()
-        broker.stop()

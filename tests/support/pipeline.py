@@ -1,14 +1,14 @@
 """A whole crmsync deployment on this machine, from real parts, for e2e/reliability/bench.
 
-The EWS emulator and the crmsync producer and worker run as child processes, Redis is the
-machine's redis-server (one database number per pipeline, flushed), the CRM is a SQLite file or
-a fresh PostgreSQL database. Tests act like people: plain SQL on the CRM, exchangelib as the
+The EWS emulator and the crmsync producer and worker run as child processes, Redis is a private
+redis-server (tests pass a fresh database of the session's server as ``broker_url``; without one
+the pipeline starts and stops a server of its own), the CRM is a SQLite file or a fresh
+PostgreSQL database. Tests act like people: plain SQL on the CRM, exchangelib as the
 mailbox owner in Outlook.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import sqlite3
@@ -20,20 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import sqlalchemy as sa
 
 from tests.support.emulator_proc import start_emulator
+from tests.support.redis_proc import RedisServer, start_redis
 
-REDIS_HOST = "127.0.0.1"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MAILBOX = "alice@example.com"
 MAILBOX_PASSWORD = "alice-pw"
 SERVICE_USER = "svc@example.com"
 SERVICE_PASSWORD = "svc-secret-pw"
 FOLDER = "CRM Accounts"
-
-_redis_dbs = itertools.cycle(range(1, 16))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
@@ -103,16 +100,21 @@ class Pipeline:
                  broker_url: str | None = None, batch_size: int = 200) -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
-        self.crm = CrmDatabase(crm_kind, tmp)
-        self.redis_db = next(_redis_dbs)
-        self.broker_url = broker_url or f"redis://{REDIS_HOST}:6379/{self.redis_db}"
-        self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
-        redis.Redis.from_url(self.broker_url).flushdb()
-        self.emulator = start_emulator(
-            tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD},
-            extra_args=["--impersonator", SERVICE_USER])
-        self.config_path = tmp / "crmsync.toml"
-        self.config_path.write_text(f"""
+        # A broker nobody else uses: the caller's (a fresh database of a private server) or a
+        # redis-server of the pipeline's own. Nothing here flushes anything.
+        self.own_redis: RedisServer | None = None
+        if broker_url is None:
+            self.own_redis = start_redis(tmp / "redis")
+            broker_url = self.own_redis.url(0)
+        try:
+            self.broker_url = broker_url
+            self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
+            self.crm = CrmDatabase(crm_kind, tmp)
+            self.emulator = start_emulator(
+                tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD},
+                extra_args=["--impersonator", SERVICE_USER])
+            self.config_path = tmp / "crmsync.toml"
+            self.config_path.write_text(f"""
 [crm]
 url = "{self.crm.url}"
 [state]
@@ -143,13 +145,17 @@ queue = "{self.queue}"
 [log]
 level = "INFO"
 """)
-        self.env = {**os.environ, "CRMSYNC_TEST_EXCHANGE_PASSWORD": SERVICE_PASSWORD,
-                    "PYTHONUNBUFFERED": "1"}
-        self.env.pop("CRMSYNC_CONFIG", None)
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._state_engine = sa.create_engine(self.crm.state_url)
-        self._outlook = None
-        self.cli("init")
+            self.env = {**os.environ, "CRMSYNC_TEST_EXCHANGE_PASSWORD": SERVICE_PASSWORD,
+                        "PYTHONUNBUFFERED": "1"}
+            self.env.pop("CRMSYNC_CONFIG", None)
+            self.procs: dict[str, subprocess.Popen] = {}
+            self._state_engine = sa.create_engine(self.crm.state_url)
+            self._outlook = None
+            self.cli("init")
+        except BaseException:
+            if self.own_redis is not None:
+                self.own_redis.stop()
+            raise
 
     # processes -----------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -203,6 +209,8 @@ level = "INFO"
         self.emulator.stop()
         self._state_engine.dispose()
         self.crm.drop()
+        if self.own_redis is not None:
+            self.own_redis.stop()
 
     # state ---------------------------------------------------------------------------------
     def state(self, sql: str, **params: Any) -> list[dict[str, Any]]:
