@@ -67,7 +67,9 @@ LAST = _words(
     "Tanaka Watanabe Wang Zhang Liu Chen Yang Patel Sharma Singh Kumar Gupta Khan Ali Hussain Yılmaz Kaya"
 )
 ONSETS = _words("b c d f g h j k l m n p r s t v w z br ch cr dr fr gr kr pr sch sh st str th tr")
-SYLLABLES = [o + v for o in ONSETS for v in _words("a e i o u ai au ei ie ou")] + _words("berg ston ley man son sen ez ski")
+SYLLABLES = [o + v for o in ONSETS for v in _words("a e i o u ai au ei ie ou")] + _words(
+    "berg ston ley man son sen ez ski"
+)
 WORDS = _words(
     "Acme Global United Northern Southern Eastern Western Pacific Atlantic Alpine Blue Green Red Silver Golden "
     "Summit Pioneer Vertex Apex Nova Stellar Quantum Fusion Dynamic Prime Core Bright Clear Swift Solid True "
@@ -282,7 +284,9 @@ def main() -> None:
     for n in sizes:
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--seed", str(args.seed), "--region", args.region],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         rows.append(json.loads(out.stdout))
         r = rows[-1]

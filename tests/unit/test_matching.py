@@ -35,96 +35,104 @@ def scored(
     return found.candidates[0] if found.candidates else None
 
 
+def who(first: str | None, last: str | None, company: str | None = None, **other: str) -> CanonicalContact:
+    """A person, briefly: first name, last name, company, then any other canonical field."""
+    return contact(first_name=first, last_name=last, company_name=company, **other)
+
+
 # A hand-labelled set of pairs. same: the two records are the same person. auto: the evidence is
 # enough to link them without a person (each such pair alone must be linked; every pair that is
 # not the same person must never be). agrees: signals that must be listed as agreeing.
 PAIRS = [
     # -- the same person, enough evidence to link automatically -----------------------------
-    pytest.param(contact(first_name="John", last_name="Smith", company_name="Acme Inc.", email="john.smith@acme.example",
-                      phone_business="+1 212 555 0100"),
-                 contact(first_name="John", last_name="Smith", company_name="Acme Inc.", email="john.smith@acme.example",
-                      phone_business="+1 212 555 0100"),
+    pytest.param(who("John", "Smith", "Acme Inc.", email="john.smith@acme.example", phone_business="+1 212 555 0100"),
+                 who("John", "Smith", "Acme Inc.", email="john.smith@acme.example", phone_business="+1 212 555 0100"),
                  "US", True, True, {"email", "phone", "name", "company"}, id="identical_records"),
-    pytest.param(contact(first_name="Anna", last_name="Berg", email="Anna.Berg@Example.COM"),
-                 contact(first_name="Anna", last_name="Berg", email="anna.berg@example.com"),
+    pytest.param(who("Anna", "Berg", email="Anna.Berg@Example.COM"),
+                 who("Anna", "Berg", email="anna.berg@example.com"),
                  "US", True, True, {"email", "name"}, id="email_differs_only_in_case"),
-    pytest.param(contact(first_name="Carl", last_name="Nilsson", email="carl@nilsson.example"),
-                 contact(first_name="Carl", last_name="Nilsson", email="c.nilsson@work.example", email2="CARL@nilsson.example"),
+    pytest.param(who("Carl", "Nilsson", email="carl@nilsson.example"),
+                 who("Carl", "Nilsson", email="c.nilsson@work.example", email2="CARL@nilsson.example"),
                  "US", True, True, {"email"}, id="email_matches_the_other_sides_second_address"),
-    pytest.param(contact(first_name="Oliver", last_name="Grant", company_name="Northwind Traders"),
-                 contact(first_name="Grant", last_name="Oliver", company_name="Northwind Traders"),
+    pytest.param(who("Oliver", "Grant", "Northwind Traders"),
+                 who("Grant", "Oliver", "Northwind Traders"),
                  "US", True, True, {"name", "company"}, id="first_and_last_name_swapped"),
-    pytest.param(contact(first_name="Patricia", last_name="Hendricks", email="p.hendricks@contoso.example"),
-                 contact(first_name="Patricia", last_name="Hendircks", email="p.hendricks@contoso.example"),
+    pytest.param(who("Patricia", "Hendricks", email="p.hendricks@contoso.example"),
+                 who("Patricia", "Hendircks", email="p.hendricks@contoso.example"),
                  "US", True, True, {"email", "name"}, id="typo_in_last_name_with_same_email"),
-    pytest.param(contact(first_name="John", last_name="Okafor", phone_mobile="+1 415 555 0142"),
-                 contact(first_name="Jon", last_name="Okafor", phone_mobile="(415) 555-0142"),
+    pytest.param(who("John", "Okafor", phone_mobile="+1 415 555 0142"),
+                 who("Jon", "Okafor", phone_mobile="(415) 555-0142"),
                  "US", True, True, {"phone", "name"}, id="typo_in_first_name_with_same_mobile"),
-    pytest.param(contact(first_name="Jürgen", last_name="Müller", company_name="Bosch GmbH"),
-                 contact(first_name="Juergen", last_name="Mueller", company_name="Bosch"),
+    pytest.param(who("Jürgen", "Müller", "Bosch GmbH"),
+                 who("Juergen", "Mueller", "Bosch"),
                  "DE", True, True, {"name", "company"}, id="umlaut_against_ue_spelling"),
-    pytest.param(contact(first_name="Heike", last_name="Müller", email="heike.mueller@siemens.example"),
-                 contact(first_name="Heike", last_name="Muller", email="heike.mueller@siemens.example"),
+    pytest.param(who("Heike", "Müller", email="heike.mueller@siemens.example"),
+                 who("Heike", "Muller", email="heike.mueller@siemens.example"),
                  "DE", True, True, {"email", "name"}, id="umlaut_against_plain_u"),
-    pytest.param(contact(first_name="José", last_name="García", company_name="Telefónica S.A."),
-                 contact(first_name="Jose", last_name="Garcia", company_name="Telefonica"),
+    pytest.param(who("Klaus", "Mueller", "Zeiss AG"),
+                 who("Klaus", "Muller", "Carl Zeiss"),
+                 "DE", True, True, {"name", "company"}, id="ue_spelling_against_plain_u"),
+    pytest.param(who("José", "García", "Telefónica S.A."),
+                 who("Jose", "Garcia", "Telefonica"),
                  "US", True, True, {"name", "company"}, id="accents_dropped"),
-    pytest.param(contact(first_name="Ines", last_name="Strauß", email="ines@strauss.example"),
-                 contact(first_name="Ines", last_name="Strauss", email="ines@strauss.example"),
+    pytest.param(who("Ines", "Strauß", email="ines@strauss.example"),
+                 who("Ines", "Strauss", email="ines@strauss.example"),
                  "DE", True, True, {"name"}, id="sharp_s_against_ss"),
-    pytest.param(contact(first_name="Robert", last_name="Kowalski", email="rk@kowalski.example"),
-                 contact(first_name="R.", last_name="Kowalski", email="rk@kowalski.example"),
+    pytest.param(who("Robert", "Kowalski", email="rk@kowalski.example"),
+                 who("R.", "Kowalski", email="rk@kowalski.example"),
                  "US", True, True, {"email", "name"}, id="initial_with_same_email"),
-    pytest.param(contact(first_name="Emily", last_name="Watson", phone_business="+44 20 7946 0958"),
-                 contact(first_name="Emily", last_name="Watson", phone_business="020 7946 0958"),
+    pytest.param(who("Emily", "Watson", phone_business="+44 20 7946 0958"),
+                 who("Emily", "Watson", phone_business="020 7946 0958"),
                  "GB", True, True, {"phone", "name"}, id="uk_number_international_and_national"),
-    pytest.param(contact(first_name="Daniel", last_name="Reyes", phone_business="+1 (212) 555-0123"),
-                 contact(first_name="Daniel", last_name="Reyes", phone_mobile="212.555.0123"),
+    pytest.param(who("Daniel", "Reyes", phone_business="+1 (212) 555-0123"),
+                 who("Daniel", "Reyes", phone_mobile="212.555.0123"),
                  "US", True, True, {"phone", "name"}, id="us_number_two_formats_in_different_fields"),
-    pytest.param(contact(first_name="Laura", last_name="Bianchi", company_name="Acme Corporation"),
-                 contact(first_name="Laura", last_name="Bianchi", company_name="ACME Corp."),
+    pytest.param(who("Laura", "Bianchi", "Acme Corporation"),
+                 who("Laura", "Bianchi", "ACME Corp."),
                  "US", True, True, {"name", "company"}, id="company_legal_form_and_case_differ"),
-    pytest.param(contact(first_name="Mary Ann", last_name="Wilson", email="mary.wilson@fabrikam.example"),
-                 contact(first_name="Mary", last_name="Wilson", email="mary.wilson@fabrikam.example"),
+    pytest.param(who("Mary Ann", "Wilson", email="mary.wilson@fabrikam.example"),
+                 who("Mary", "Wilson", email="mary.wilson@fabrikam.example"),
                  "US", True, True, {"email", "name"}, id="middle_name_on_one_side"),
-    pytest.param(contact(first_name="Tom", last_name="Baker", company_name="Litware", email="tom.baker@litware.example"),
-                 contact(email="TOM.BAKER@litware.example", company_name="Litware"),
+    pytest.param(who("Tom", "Baker", "Litware", email="tom.baker@litware.example"),
+                 who(None, None, "Litware", email="TOM.BAKER@litware.example"),
                  "US", True, True, {"email", "company"}, id="no_name_on_exchange_but_same_email"),
-    pytest.param(contact(first_name="Seán", last_name="O'Brien", company_name="Tailspin Toys Ltd"),
-                 contact(first_name="Sean", last_name="O’Brien", company_name="Tailspin Toys"),
+    pytest.param(who("Seán", "O'Brien", "Tailspin Toys Ltd"),
+                 who("Sean", "O’Brien", "Tailspin Toys"),
                  "US", True, True, {"name", "company"}, id="apostrophe_and_accent_variants"),
     # -- the same person, too little evidence: a person decides --------------------------------
-    pytest.param(contact(first_name="Victoria", last_name="Lindqvist", company_name="Adventure Works"),
-                 contact(first_name="V.", last_name="Lindqvist", company_name="Adventure Works"),
+    pytest.param(who("Victoria", "Lindqvist", "Adventure Works"),
+                 who("V.", "Lindqvist", "Adventure Works"),
                  "US", True, False, {"name", "company"}, id="initial_and_company_only"),
-    pytest.param(contact(first_name="Katherine", last_name="Abernathy", company_name="Wingtip"),
-                 contact(first_name="Katharine", last_name="Abernathy", company_name="Wingtip"),
+    pytest.param(who("Katherine", "Abernathy", "Wingtip"),
+                 who("Katharine", "Abernathy", "Wingtip"),
                  "US", True, False, {"name", "company"}, id="typo_and_company_only"),
-    pytest.param(contact(first_name="Nadia", last_name="Petrova"),
-                 contact(first_name="Nadia", last_name="Petrova"),
+    pytest.param(who("Nadia", "Petrova"),
+                 who("Nadia", "Petrova"),
                  "US", True, False, {"name"}, id="name_only_no_company_no_contact_data"),
     # -- different people: never linked automatically -------------------------------------------
-    pytest.param(contact(first_name="Peter", last_name="Novak", company_name="Fourth Coffee", phone_business="+1 206 555 0199"),
-                 contact(first_name="Paula", last_name="Novak", company_name="Fourth Coffee", phone_business="206-555-0199"),
+    pytest.param(who("Peter", "Novak", "Fourth Coffee", phone_business="+1 206 555 0199"),
+                 who("Paula", "Novak", "Fourth Coffee", phone_business="206-555-0199"),
                  "US", False, False, set(), id="same_company_same_office_phone_other_first_name"),
-    pytest.param(contact(first_name="David", last_name="Miller", company_name="Blue Yonder", email="dmiller@blueyonder.example"),
-                 contact(first_name="David", last_name="Miller", company_name="Proseware", email="david.miller@proseware.example"),
+    pytest.param(who("David", "Miller", "Blue Yonder", email="dmiller@blueyonder.example"),
+                 who("David", "Miller", "Proseware", email="david.miller@proseware.example"),
                  "US", False, False, set(), id="same_name_other_company_other_email"),
-    pytest.param(contact(first_name="Ruth", last_name="Adeyemi", company_name="Margie's Travel", email="ruth@margies.example"),
-                 contact(first_name="Ruth", last_name="Holloway", company_name="Margie's Travel", email="ruth@margies.example"),
+    pytest.param(who("Ruth", "Adeyemi", "Margie's Travel", email="ruth@margies.example"),
+                 who("Ruth", "Holloway", "Margie's Travel", email="ruth@margies.example"),
                  "US", False, False, {"email", "company"}, id="same_first_name_and_address_other_last_name"),
-    pytest.param(contact(first_name="Mark", last_name="Jensen", company_name="Coho Winery"),
-                 contact(first_name="Mary", last_name="Jensen", company_name="Coho Winery"),
+    pytest.param(who("Mark", "Jensen", "Coho Winery"),
+                 who("Mary", "Jensen", "Coho Winery"),
                  "US", False, False, {"company"}, id="similar_first_names_same_company"),
-    pytest.param(contact(first_name="Omar", last_name="Haddad", company_name="Lucerne Publishing", phone_business="+1 312 555 0110"),
-                 contact(first_name="Leila", last_name="Haddad", company_name="Lucerne Publishing", phone_business="+1 312 555 0110",
+    pytest.param(who("Omar", "Haddad", "Lucerne Publishing", phone_business="+1 312 555 0110"),
+                 who("Leila", "Haddad", "Lucerne Publishing", phone_business="+1 312 555 0110",
                       email="leila@lucerne.example"),
                  "US", False, False, set(), id="same_family_name_same_office_phone"),
 ]
 
 
 @pytest.mark.parametrize(("crm", "exchange", "region", "same", "auto", "agrees"), PAIRS)
-def test_labelled_pair(crm: CanonicalContact, exchange: CanonicalContact, region: str, same: bool, auto: bool, agrees: set[str]) -> None:
+def test_labelled_pair(
+    crm: CanonicalContact, exchange: CanonicalContact, region: str, same: bool, auto: bool, agrees: set[str]
+) -> None:
     cand = scored(crm, exchange, region)
     if same:
         assert cand is not None, "the same person must at least be a candidate"
@@ -162,7 +170,7 @@ def test_precision_and_recall_of_auto_links_on_the_labelled_set() -> None:
     # The floor: the share of same-person pairs carrying enough evidence (an email, a phone, or a
     # full name with a company); the rest (initial + company, typo + company, name alone) are left
     # to a person by design. Mixing all pairs into one book must not cost a single one of them.
-    assert recall >= labelled_auto / len(same)  # 17 of 20 = 0.85
+    assert recall >= labelled_auto / len(same)  # 18 of 21 = 0.857
 
 
 def test_the_stamp_is_certain_whatever_the_fields_say() -> None:
@@ -184,8 +192,8 @@ def test_a_contact_stamped_with_another_record_is_not_linked_automatically() -> 
 def test_a_shared_office_phone_is_weak_evidence_and_names_decide() -> None:
     office = "+1 425 555 0100"
     crm = [
-        CrmRecord("account:anna", contact(first_name="Anna", last_name="Lund", company_name="Contoso", phone_business=office)),
-        CrmRecord("contact:7", contact(first_name="Ben", last_name="Okoro", company_name="Contoso", phone_business=office)),
+        CrmRecord("account:anna", who("Anna", "Lund", "Contoso", phone_business=office)),
+        CrmRecord("contact:7", who("Ben", "Okoro", "Contoso", phone_business=office)),
     ]
     exchange = [
         ExchangeRecord("x-anna", contact(first_name="Anna", last_name="Lund", company_name="Contoso Ltd",
@@ -205,8 +213,8 @@ def test_a_shared_office_phone_is_weak_evidence_and_names_decide() -> None:
 def test_an_initial_that_fits_two_colleagues_needs_a_person() -> None:
     office = "+1 212 555 0100"
     crm = [
-        CrmRecord("account:1", contact(first_name="John", last_name="Smith", company_name="Acme", phone_business=office)),
-        CrmRecord("contact:2", contact(first_name="Jane", last_name="Smith", company_name="Acme", phone_business=office)),
+        CrmRecord("account:1", who("John", "Smith", "Acme", phone_business=office)),
+        CrmRecord("contact:2", who("Jane", "Smith", "Acme", phone_business=office)),
     ]
     exchange = [ExchangeRecord("x1", contact(first_name="J.", last_name="Smith", company_name="Acme Inc.",
                                              phone_business="212-555-0100"))]
@@ -303,9 +311,9 @@ def test_no_ambiguous_pair_is_ever_linked() -> None:
 def test_blocking_compares_far_fewer_pairs_than_all_of_them() -> None:
     first = ["Ada", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jule"]
     last = ["Acker", "Bauer", "Cole", "Dietz", "Ernst", "Frey", "Graf", "Horn", "Imhof", "Jost"]
-    people = [(f, f"{l}{n}") for n in range(4) for f in first for l in last]  # 400 distinct names
-    crm = [CrmRecord(f"account:{i}", contact(first_name=f, last_name=l)) for i, (f, l) in enumerate(people)]
-    exchange = [ExchangeRecord(f"x{i}", contact(first_name=f, last_name=l)) for i, (f, l) in enumerate(people)]
+    people = [(f, f"{ln}{n}") for n in range(4) for f in first for ln in last]  # 400 distinct names
+    crm = [CrmRecord(f"account:{i}", who(f, ln)) for i, (f, ln) in enumerate(people)]
+    exchange = [ExchangeRecord(f"x{i}", who(f, ln)) for i, (f, ln) in enumerate(people)]
     found = find_candidates(crm, exchange)
     assert found.pairs_scored < 20 * len(people)  # not 400 * 400
     assert {(c.crm_key, "x" + c.crm_key.split(":")[1]) for c in found.candidates} >= {
