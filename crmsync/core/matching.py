@@ -77,7 +77,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler
 
 # The one import of the normalize module: rewrite this line when it moves to crmsync.core.
-from crmsync import normalize
+from crmsync.core import normalize
 from schemas.canonical import CanonicalContact
 
 EMAIL_FIELDS: tuple[str, ...] = ("email", "email2")
@@ -523,17 +523,17 @@ def _score_pair(
     x_phones = {v: f for f, v in x.phones}
     shared_phone = [(f, x_phones[v], v) for f, v in c.phones if v in x_phones]
     if shared_phone:
-        weights = []
+        phone_weights: list[tuple[float, str, str, str]] = []
         for cf, xf, v in shared_phone:
             if v in crm_side.shared_phones or v in ex_side.shared_phones:
-                weights.append((policy.phone_shared_agree, cf, xf, "number shared by several people (office line)"))
+                phone_weights.append((policy.phone_shared_agree, cf, xf, "number shared by several people (office line)"))
             elif cf in OFFICE_PHONE_FIELDS and xf in OFFICE_PHONE_FIELDS:
-                weights.append((policy.office_phone_agree, cf, xf, ""))
+                phone_weights.append((policy.office_phone_agree, cf, xf, ""))
             else:
-                weights.append((policy.phone_agree, cf, xf, ""))
-        w, cf, xf, note = max(weights, key=lambda t: (t[0], t[1], t[2]))
-        add(Evidence("phone", cf, xf, 1.0, w, note))
-        total += w
+                phone_weights.append((policy.phone_agree, cf, xf, ""))
+        pw, pcf, pxf, note = max(phone_weights, key=lambda t: (t[0], t[1], t[2]))
+        add(Evidence("phone", pcf, pxf, 1.0, pw, note))
+        total += pw
     elif c.phones and x.phones:
         add(Evidence("phone", c.phones[0][0], x.phones[0][0], 0.0, policy.phone_disagree))
         total += policy.phone_disagree
@@ -624,7 +624,9 @@ def find_candidates(
 
 
 def _rank(cands: list[Candidate], side: str) -> list[Candidate]:
-    other = (lambda c: c.exchange_key) if side == "crm" else (lambda c: c.crm_key)
+    def other(c: Candidate) -> str:
+        return c.exchange_key if side == "crm" else c.crm_key
+
     return sorted(cands, key=lambda c: (not c.certain, -c.score, other(c)))
 
 
