@@ -65,6 +65,11 @@ class EmulatorProcess:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
+    def graph_base(self) -> str:
+        """The Graph front door (``.../v1.0``); tokens come from ``{base_url}/{tenant}/oauth2/v2.0/token``."""
+        return f"{self.base_url}/v1.0"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "emulator.log"
 
