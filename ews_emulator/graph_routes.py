@@ -4,6 +4,7 @@ Routes (``{u}`` is the mailbox's SMTP address or its user id, ``{f}`` a folder i
 
     POST /{tenant}/oauth2/v2.0/token                         client credentials -> bearer token
     GET  /{tenant}/v2.0/.well-known/openid-configuration     OIDC discovery (MSAL reads it)
+    GET               /v1.0/users/{u}                       (id, mail, userPrincipalName, displayName)
     GET|POST          /v1.0/users/{u}/contactFolders        (children of the default Contacts folder)
     GET|PATCH|DELETE  /v1.0/users/{u}/contactFolders/{f}
     GET|POST          /v1.0/users/{u}/contactFolders/{f}/childFolders   (nests: .../childFolders/{g}/...)
@@ -47,7 +48,7 @@ from .registry import EwsError
 log = logging.getLogger("ews_emulator.graph")
 
 GRAPH_FAULT_KINDS = {"throttle_429", "http_503", "delay", "drop"}
-OPERATIONS = ("graph:token", "graph:list contactFolders", "graph:get contactFolder", "graph:create contactFolder",
+OPERATIONS = ("graph:token", "graph:get user", "graph:list contactFolders", "graph:get contactFolder", "graph:create contactFolder",
               "graph:update contactFolder", "graph:delete contactFolder", "graph:list contacts",
               "graph:get contact", "graph:create contact", "graph:update contact", "graph:delete contact",
               "graph:delta", "graph:batch")
@@ -178,9 +179,9 @@ def _parse_query(raw: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in parse_qsl(raw, keep_blank_values=True):
         key = k.strip()
-        if key.startswith("$") or key.lower() in ("$" + x for x in ("select", "filter", "top")):
+        if key.startswith("$"):
             key = key.lower()
-        elif key.lower() in {o[1:] for o in _KNOWN_OPTIONS}:   # Graph accepts options without the $
+        elif "$" + key.lower() in _KNOWN_OPTIONS:   # Graph v1.0 accepts system options without the $
             key = "$" + key.lower()
         if key in out:
             raise bad_request(f"Query option '{key}' was specified more than once, but it must be specified"
@@ -282,10 +283,12 @@ def _route(emu, req: GraphRequest) -> _Route:
         raise bad_request("Invalid request.")
     if low[0] == "me":
         raise bad_request("/me request is only valid with delegated authentication flow.")
-    if low[0] != "users" or len(segs) < 3:
+    if low[0] != "users" or len(segs) < 2:
         raise bad_request(f"Resource not found for the segment '{segs[-1]}'.")
     user_seg = segs[1]
     mailbox = _resolve_user(emu, user_seg)
+    if len(segs) == 2:
+        return _Route("graph:get user" if req.method == "GET" else "", mailbox, user_seg, [], None, "user")
     rest, lrest = segs[2:], low[2:]
     m = req.method
     chain: list[str] = []
@@ -466,6 +469,10 @@ def _int_option(req: GraphRequest, name: str, default: int | None) -> int | None
 
 def _run(emu, req: GraphRequest, route: _Route) -> GraphResponse:
     m = req.method
+    if route.kind == "user":
+        user = {"id": mailbox_user_id(route.mailbox), "mail": route.mailbox, "userPrincipalName": route.mailbox,
+                "displayName": route.mailbox.split("@", 1)[0]}
+        return _one(req, user, ["id", "mail", "userPrincipalName", "displayName"], "microsoft.graph.user")
     if route.kind == "folders" or route.kind == "childFolders":
         parent = _folder(emu, route.mailbox, route.folder_chain or ["contacts"])
         if m == "GET":

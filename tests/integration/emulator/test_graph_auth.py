@@ -118,6 +118,11 @@ def test_scoped_app_is_denied_other_mailboxes(graph_env):
 def test_user_forms_me_and_unknown_users(graph_env):
     emu, ca, g = graph_env
     assert g.get(f"/users/{ALICE.upper()}/contacts").status_code == 200
+    user = g.get(f"/users/{ALICE}").json()
+    assert user["mail"] == ALICE and user["userPrincipalName"] == ALICE
+    assert g.get(f"/users/{user['id']}").json()["id"] == user["id"]
+    folder = g.new_folder("By id", mailbox=user["id"])
+    assert [f["id"] for f in g.get(f"/users/{ALICE}/contactFolders").json()["value"]] == [folder]
     assert_graph_error(g.get("/me/contacts"), 400, "BadRequest")
     assert_graph_error(g.get("/users/nobody@example.com/contacts"), 404, "ErrorInvalidUser")
 
@@ -130,3 +135,9 @@ def test_tokens_survive_an_emulator_restart(graph_env):
     g2 = Graph(emu, ca, g.http.headers["Authorization"].split(" ", 1)[1])
     assert g2.get(f"/users/{ALICE}/contacts").status_code == 200
     g2.close()
+
+
+def test_no_auth_emulator_needs_no_token(start_emulator):
+    emu = start_emulator(users=[], no_auth=True, mailboxes=["demo@example.com"])
+    r = httpx.get(f"{emu.graph_base}/users/demo@example.com/contactFolders")
+    assert r.status_code == 200 and r.json()["value"] == []
