@@ -48,8 +48,9 @@ from .registry import EwsError
 log = logging.getLogger("ews_emulator.graph")
 
 GRAPH_FAULT_KINDS = {"throttle_429", "http_503", "delay", "drop"}
-OPERATIONS = ("graph:token", "graph:get user", "graph:list contactFolders", "graph:get contactFolder", "graph:create contactFolder",
-              "graph:update contactFolder", "graph:delete contactFolder", "graph:list contacts",
+OPERATIONS = ("graph:token", "graph:get user", "graph:list contactFolders", "graph:get contactFolder",
+              "graph:create contactFolder", "graph:update contactFolder", "graph:delete contactFolder",
+              "graph:list contacts",
               "graph:get contact", "graph:create contact", "graph:update contact", "graph:delete contact",
               "graph:delta", "graph:batch")
 MAX_BATCH = 20
