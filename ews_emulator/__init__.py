@@ -22,13 +22,19 @@ if TYPE_CHECKING:
 def build_app(data_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 0,
               users: list[str] = (), impersonators: list[str] = (), delegates: list[str] = (),
               no_auth: bool = False, mailboxes: list[str] = (), tls_cert: str | None = None,
-              tls_key: str | None = None) -> Emulator:
+              tls_key: str | None = None, graph_apps: list[str] = (), graph_app_scopes: list[str] = (),
+              graph_token_lifetime: int = 3599, graph_mailbox_concurrency: int = 4) -> Emulator:
     """Create (and bind, but not yet serve) an emulator. ``users`` are ADDRESS:PASSWORD strings,
-    ``delegates`` OWNER:DELEGATE strings; port 0 picks a free port (see ``.port``)."""
+    ``delegates`` OWNER:DELEGATE strings; port 0 picks a free port (see ``.port``). ``graph_apps``
+    are TENANT:CLIENT_ID:SECRET app registrations for the Graph front door (Contacts.ReadWrite on
+    every mailbox), ``graph_app_scopes`` CLIENT_ID:MAILBOX limits of an app to named mailboxes."""
     from .server import Emulator, EmulatorConfig
 
     config = EmulatorConfig.from_args(users=list(users), impersonators=list(impersonators),
-                                      delegates=list(delegates), no_auth=no_auth, mailboxes=list(mailboxes))
+                                      delegates=list(delegates), no_auth=no_auth, mailboxes=list(mailboxes),
+                                      graph_apps=list(graph_apps), graph_app_scopes=list(graph_app_scopes),
+                                      graph_token_lifetime=graph_token_lifetime,
+                                      graph_mailbox_concurrency=graph_mailbox_concurrency)
     return Emulator(config, data_dir, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
 
 

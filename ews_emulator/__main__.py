@@ -11,7 +11,9 @@ import sys
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ews_emulator",
-        description="Exchange Web Services emulator for contacts (endpoint /EWS/Exchange.asmx). "
+        description="Exchange Web Services emulator for contacts (endpoint /EWS/Exchange.asmx), with a "
+                    "Microsoft Graph v1.0 front door (/v1.0/users/{id}/contactFolders..., token service "
+                    "/{tenant}/oauth2/v2.0/token) over the same store. "
                     "Admin API (loopback only): POST/DELETE /_emulator/faults, GET /_emulator/stats, "
                     "POST /_emulator/stats/reset.",
         epilog='example: python -m ews_emulator --port 8080 --data ./emu --user alice@example.com:secret '
@@ -32,6 +34,15 @@ def parser() -> argparse.ArgumentParser:
                    help="create a mailbox without credentials (for --no-auth; repeatable)")
     p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    p.add_argument("--graph-app", action="append", default=[], metavar="TENANT:CLIENT_ID:SECRET",
+                   help="register a Graph app (client credentials) with Contacts.ReadWrite on every mailbox"
+                        " (repeatable)")
+    p.add_argument("--graph-app-scope", action="append", default=[], metavar="CLIENT_ID:MAILBOX",
+                   help="limit a Graph app to the named mailboxes; others answer 403 (repeatable)")
+    p.add_argument("--graph-token-lifetime", type=int, default=3599, metavar="SECONDS",
+                   help="lifetime of issued Graph access tokens (default 3599)")
+    p.add_argument("--graph-mailbox-concurrency", type=int, default=4, metavar="N",
+                   help="concurrent Graph requests per app per mailbox before 429 ApplicationThrottled (default 4)")
     p.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
     return p
 
@@ -48,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emu = build_app(args.data, host=args.host, port=args.port, users=args.user,
                         impersonators=args.impersonator, delegates=args.delegate, no_auth=args.no_auth,
-                        mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key)
+                        mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        graph_apps=args.graph_app, graph_app_scopes=args.graph_app_scope,
+                        graph_token_lifetime=args.graph_token_lifetime,
+                        graph_mailbox_concurrency=args.graph_mailbox_concurrency)
     except ValueError as e:
         print(f"ews_emulator: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """The HTTP(S) server: SOAP dispatch at /EWS/Exchange.asmx, Basic auth, impersonation, fault
-injection and the loopback-only admin API at /_emulator/."""
+injection and the loopback-only admin API at /_emulator/. The Microsoft Graph front door
+(/v1.0/... and the token service) lives in graph_routes; this module only hands it its requests."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Any
 
 from lxml import etree
 
+from . import graph_routes
+from .graph_auth import GraphApps
 from .registry import NS_SOAP, OPERATIONS, Context, EwsError, Streaming, t
 from .soap import SERVER_VERSION, envelope, error_message, fault, new_response
 from .store import Store
@@ -36,7 +39,8 @@ KNOWN_VERSIONS = {"Exchange2007", "Exchange2007_SP1", "Exchange2010", "Exchange2
                   "Exchange2013", "Exchange2013_SP1", "Exchange2015", "Exchange2015_SP1", "Exchange2016",
                   "V2015_10_05", "V2016_01_06", "V2016_04_13", "V2016_07_13", "V2016_10_10", "V2017_01_07",
                   "V2017_04_14", "V2017_07_11"}
-FAULT_KINDS = {"server_busy", "http_500", "http_503", "delay", "drop"}
+FAULT_KINDS = {"server_busy", "http_500", "http_503", "delay", "drop", "throttle_429"}
+EWS_FAULT_KINDS = {"server_busy", "http_500", "http_503", "delay", "drop"}
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True, remove_blank_text=False)
 _ASPNET_500 = (b"<html><head><title>Runtime Error</title></head><body>"
                b"<h1>Server Error in '/EWS' Application.</h1><h2><i>Runtime Error</i></h2></body></html>")
@@ -52,6 +56,7 @@ class EmulatorConfig:
     no_auth: bool = False
     extra_mailboxes: set[str] = field(default_factory=set)
     realm: str = "ews-emulator"
+    graph: GraphApps = field(default_factory=GraphApps)     # Graph app registrations and limits
 
     @property
     def mailboxes(self) -> set[str]:
@@ -59,9 +64,14 @@ class EmulatorConfig:
 
     @classmethod
     def from_args(cls, users: list[str] = (), impersonators: list[str] = (), delegates: list[str] = (),
-                  no_auth: bool = False, mailboxes: list[str] = ()) -> EmulatorConfig:
-        """Build from the command-line forms ADDRESS:PASSWORD and OWNER:DELEGATE."""
+                  no_auth: bool = False, mailboxes: list[str] = (), graph_apps: list[str] = (),
+                  graph_app_scopes: list[str] = (), graph_token_lifetime: int = 3599,
+                  graph_mailbox_concurrency: int = 4) -> EmulatorConfig:
+        """Build from the command-line forms ADDRESS:PASSWORD, OWNER:DELEGATE, TENANT:CLIENT_ID:SECRET
+        and CLIENT_ID:MAILBOX."""
         cfg = cls(no_auth=no_auth)
+        cfg.graph = GraphApps.from_args(graph_apps, graph_app_scopes, graph_token_lifetime,
+                                        graph_mailbox_concurrency)
         for spec in users:
             address, sep, password = spec.partition(":")
             if not sep or not address:
@@ -124,8 +134,14 @@ class Emulator:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         return f"{self.scheme}://{host}:{self.port}/EWS/Exchange.asmx"
 
+    @property
+    def graph_url(self) -> str:
+        """The Graph front door's base (``.../v1.0``); the token service is ``{base}/{tenant}/oauth2/v2.0/token``."""
+        return self.url.rsplit("/EWS/", 1)[0] + "/v1.0"
+
     def serve_forever(self) -> None:
         print(f"EWS emulator listening on {self.url}", flush=True)
+        print(f"Graph front door at {self.graph_url}", flush=True)
         try:
             self.httpd.serve_forever(poll_interval=0.2)
         finally:
@@ -151,18 +167,24 @@ class Emulator:
         kind = spec.get("kind")
         if kind not in FAULT_KINDS:
             raise ValueError(f"fault kind {kind!r} is not one of {sorted(FAULT_KINDS)}")
+        operation = str(spec.get("operation") or "*")
+        allowed = graph_routes.GRAPH_FAULT_KINDS if operation.startswith("graph:") else EWS_FAULT_KINDS
+        if kind not in allowed:
+            raise ValueError(f"fault kind {kind!r} does not apply to {operation!r}; use one of {sorted(allowed)}")
         f = Fault(operation=str(spec.get("operation") or "*"), kind=kind, count=int(spec.get("count", 1)),
                   back_off_ms=int(spec.get("back_off_ms", 0) or 0), delay_ms=int(spec.get("delay_ms", 0) or 0))
         with self.lock:
             self.faults.append(f)
         return f
 
-    def take_fault(self, operation: str) -> Fault | None:
+    def take_fault(self, operation: str, wildcard: str = "*") -> Fault | None:
+        """Consume one armed fault for ``operation`` (or for ``wildcard``: ``*`` covers the EWS
+        operations, ``graph:*`` the Graph ones)."""
         if not self.faults:
             return None
         with self.lock:
             for f in self.faults:
-                if f.count > 0 and f.operation in ("*", operation):
+                if f.count > 0 and f.operation in (wildcard, operation):
                     f.count -= 1
                     if f.count <= 0:
                         self.faults.remove(f)
@@ -228,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith(ADMIN_PREFIX):
             return self._admin("GET")
+        if graph_routes.handles(self.path):
+            return graph_routes.serve(self, "GET")
         if self.path.lower().split("?")[0] == EWS_PATH:
             # Exchange answers GET on the endpoint after auth; clients use it as a probe.
             if self._authenticate() is False:
@@ -238,11 +262,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         if self.path.startswith(ADMIN_PREFIX):
             return self._admin("DELETE")
+        if graph_routes.handles(self.path):
+            return graph_routes.serve(self, "DELETE")
+        self._send(404, b"Not Found", "text/plain")
+
+    def do_PATCH(self) -> None:
+        if graph_routes.handles(self.path):
+            return graph_routes.serve(self, "PATCH")
+        self._read_body()
         self._send(404, b"Not Found", "text/plain")
 
     def do_POST(self) -> None:
         if self.path.startswith(ADMIN_PREFIX):
             return self._admin("POST")
+        if graph_routes.handles(self.path):
+            return graph_routes.serve(self, "POST")
         if self.path.lower().split("?")[0] != EWS_PATH:
             self._read_body()
             return self._send(404, b"Not Found", "text/plain")

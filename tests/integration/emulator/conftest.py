@@ -40,9 +40,14 @@ def _emulator(data_dir: Path, **overrides) -> RunningEmulator:
     kw = default_kwargs(**overrides)
     extra: list[str] = []
     for flag, key in (("--impersonator", "impersonators"), ("--delegate", "delegates"),
-                      ("--mailbox", "mailboxes")):
+                      ("--mailbox", "mailboxes"), ("--graph-app", "graph_apps"),
+                      ("--graph-app-scope", "graph_app_scopes")):
         for value in kw.get(key, ()):
             extra += [flag, value]
+    for flag, key in (("--graph-token-lifetime", "graph_token_lifetime"),
+                      ("--graph-mailbox-concurrency", "graph_mailbox_concurrency")):
+        if kw.get(key) is not None:
+            extra += [flag, str(kw[key])]
     if kw.get("no_auth"):
         extra.append("--no-auth")
     if kw.get("tls_cert"):
@@ -62,7 +67,8 @@ def default_kwargs(**overrides) -> dict:
 @pytest.fixture
 def start_emulator(tmp_path: Path):
     """Factory: start_emulator(users=[...], no_auth=True, mailboxes=[...], tls_cert=..., tls_key=...,
-    host=...) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
+    host=..., graph_apps=[...], graph_app_scopes=[...], graph_token_lifetime=S,
+    graph_mailbox_concurrency=N) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
     All are stopped at teardown."""
     started: list[RunningEmulator] = []
 
@@ -133,3 +139,27 @@ def emulator_process(start_emulator) -> RunningEmulator:
 
 __all__ = ["USERS", "IMPERSONATORS", "DELEGATES", "RunningEmulator", "make_account", "admin_call",
            "spawn_emulator", "DELEGATE", "IMPERSONATION", "NOAUTH"]
+
+
+@pytest.fixture
+def start_graph_emulator(start_emulator, tmp_path: Path):
+    """Factory: an HTTPS emulator with the Graph test apps (see graph_helpers); returns (emu, ca)."""
+    from .graph_helpers import graph_overrides
+
+    def start(**extra):
+        kw = graph_overrides(tmp_path / f"graph-tls{len(extra)}-{id(extra)}", **extra)
+        ca = kw.pop("_ca")
+        return start_emulator(**kw), ca
+
+    return start
+
+
+@pytest.fixture
+def graph_env(start_graph_emulator):
+    """(emulator, CA path, Graph client with the main app's MSAL token)."""
+    from .graph_helpers import Graph, msal_token
+
+    emu, ca = start_graph_emulator()
+    g = Graph(emu, ca, msal_token(emu, ca))
+    yield emu, ca, g
+    g.close()
