@@ -28,8 +28,10 @@ log = structlog.get_logger("crmsync.worker")
 class RetryLater(Transient):
     """Some events of the batch are to be tried again (their errors are in the event rows)."""
 
-    def __init__(self, event_ids: list[int], first_error: BaseException) -> None:
-        super().__init__(f"{len(event_ids)} event(s) to retry; first: {describe(first_error)}")
+    def __init__(self, event_ids: list[int], errors: list[BaseException]) -> None:
+        waits = [e.retry_after for e in errors if isinstance(e, Transient) and e.retry_after]
+        super().__init__(f"{len(event_ids)} event(s) to retry; first: {describe(errors[0])}",
+                         retry_after=max(waits) if waits else None)
         self.event_ids = event_ids
 
 
@@ -56,6 +58,14 @@ def settle(store, result: service.BatchResult, max_attempts: int) -> list[int]:
 
 class ApplyTask(Task):
     """The hooks that keep event rows in step with Celery's retries."""
+
+    def retry(self, *args, exc=None, countdown=None, **kwargs):  # noqa: ANN001, ANN002, ANN003 - Celery's
+        """Celery's retry, waiting at least as long as the server asked (ErrorServerBusy's
+        BackOffMilliseconds, HTTP Retry-After) when that is longer than the back-off."""
+        asked = getattr(exc, "retry_after", None)
+        if asked and (countdown is None or countdown < asked):
+            countdown = asked
+        return super().retry(*args, exc=exc, countdown=countdown, **kwargs)
 
     def _store(self):
         return container_for(self.app.crmsync_settings).store
@@ -91,5 +101,5 @@ def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
         result = service.apply_events(container.sync_services, [int(i) for i in event_ids], owner)
         retry = settle(container.store, result, self.app.crmsync_settings.sync.max_attempts)
         if retry:
-            raise RetryLater(retry, result.errors[retry[0]])
+            raise RetryLater(retry, [result.errors[i] for i in retry])
         return {"applied": len(result.outcomes), "dead": len(result.errors)}
