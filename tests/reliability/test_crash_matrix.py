@@ -46,9 +46,9 @@ def _insert(pipeline, email: str, phone: str = "+1 555 0100") -> str:
     return account_no
 
 
-@pytest.fixture
-def pipeline(tmp_path, redis_server):
-    p = Pipeline(tmp_path, "sqlite", worker_concurrency=1,
+@pytest.fixture(params=["sqlite", "postgresql"])
+def pipeline(request, tmp_path, redis_server):
+    p = Pipeline(tmp_path, request.param, worker_concurrency=1,
                  broker_url=redis_server.url(redis_server.new_database()))
     try:
         yield p
@@ -119,6 +119,69 @@ def test_worker_sigkilled_mid_task_applies_the_change_after_restart(pipeline):
     pipeline.kill("victim")
     pipeline.start_worker("successor")
     wait_until(lambda: _emails(pipeline).get(email) == 1, 120, what="the change after the restart")
+    _assert_invariant(pipeline)
+
+
+def _synced(pipeline, email: str):
+    """An account already in both places, the worker restarted with a crash armed next."""
+    pipeline.start_worker("first")
+    pipeline.start_producer()
+    pipeline.outlook()
+    account_no = _insert(pipeline, email)
+    wait_until(lambda: _emails(pipeline).get(email) == 1, 60, what="the first sync")
+    pipeline.settle()
+    pipeline.stop("first")
+    return account_no
+
+
+@pytest.mark.parametrize("point", ["after_exchange_write", "before_link_commit"])
+def test_worker_crash_on_a_crm_update_applies_it_once(pipeline, point, tmp_path):
+    email = f"upd.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _synced(pipeline, email)
+    crash_env = {"CRMSYNC_CRASH_AT": point, "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
+    pipeline.start_worker("crashy", env=crash_env)
+    pipeline.crm.execute("UPDATE accounts SET phone_business = '+1 555 0199' WHERE account_no = :n", n=account_no)
+    wait_until(lambda: (tmp_path / "crashed").exists(), 60, what=f"the worker to crash at {point}")
+    pipeline.stop("crashy", signal.SIGKILL)
+    pipeline.start_worker("after-crash")
+    wait_until(lambda: [c for c in pipeline.contacts() if any(e.email == email for e in (c.email_addresses or []))
+                        and any(p.phone_number == "+1 555 0199" for p in (c.phone_numbers or []))],
+               90, what="the update after the restart")
+    _assert_invariant(pipeline)
+
+
+@pytest.mark.parametrize("point", ["after_exchange_write", "before_link_commit"])
+def test_worker_crash_on_a_crm_deactivation_moves_the_contact_once(pipeline, point, tmp_path):
+    email = f"del.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _synced(pipeline, email)
+    crash_env = {"CRMSYNC_CRASH_AT": point, "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
+    pipeline.start_worker("crashy", env=crash_env)
+    pipeline.crm.execute("UPDATE accounts SET is_active = false WHERE account_no = :n", n=account_no)
+    wait_until(lambda: (tmp_path / "crashed").exists(), 60, what=f"the worker to crash at {point}")
+    pipeline.stop("crashy", signal.SIGKILL)
+    pipeline.start_worker("after-crash")
+    wait_until(lambda: email not in _emails(pipeline), 90, what="the contact to leave the folder")
+    _assert_invariant(pipeline)
+    account, _ = pipeline.outlook()
+    trashed = [c for c in account.trash.all() if any(e.email == email for e in (getattr(c, "email_addresses", None) or []))]
+    assert len(trashed) == 1
+
+
+@pytest.mark.parametrize("point", ["after_crm_write", "before_link_commit"])
+def test_worker_crash_on_an_outlook_update_applies_it_once(pipeline, point, tmp_path):
+    email = f"oupd.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _synced(pipeline, email)
+    crash_env = {"CRMSYNC_CRASH_AT": point, "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
+    pipeline.start_worker("crashy", env=crash_env)
+    contact = next(c for c in pipeline.contacts() if any(e.email == email for e in (c.email_addresses or [])))
+    contact.job_title = "Edited in Outlook"
+    contact.save(update_fields=["job_title"])
+    wait_until(lambda: (tmp_path / "crashed").exists(), 60, what=f"the worker to crash at {point}")
+    pipeline.stop("crashy", signal.SIGKILL)
+    pipeline.start_worker("after-crash")
+    wait_until(lambda: pipeline.crm.query("SELECT job_title FROM accounts WHERE account_no = :n",
+                                          n=account_no)[0]["job_title"] == "Edited in Outlook",
+               90, what="the Outlook edit in the CRM")
     _assert_invariant(pipeline)
 
 
