@@ -159,10 +159,30 @@ def test_keys_for_the_initial_sync_and_the_fan_out(crm: SqlCrm) -> None:
     assert crm.contact_keys_of_account("A-2") == []
 
 
-def test_timestamps_written_by_other_programs_are_read(crm: SqlCrm, crm_dbapi) -> None:
-    run_sql(crm_dbapi, "UPDATE accounts SET updated_at = '2026-01-02 03:04:05' WHERE account_no = 'A-1'")
+def test_modified_at_is_the_database_clock_in_utc_whatever_a_program_writes(crm: SqlCrm, crm_dbapi) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    before = datetime.now(UTC)
+    run_sql(crm_dbapi, "UPDATE accounts SET city = 'Bonn', updated_at = '2026-01-02 03:04:05' "
+                       "WHERE account_no = 'A-1'")
     rec = crm.read("account:A-1")
-    assert rec.modified_at is not None and rec.modified_at.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert rec.modified_at is not None and rec.modified_at.tzinfo is not None
+    assert rec.modified_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= rec.modified_at <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+def test_crmsync_own_write_is_timed_by_the_database_and_logged_once(crm: SqlCrm, crm_engine: Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    log = Changelog(crm_engine)
+    rows_before = log.count()
+    rec = crm.read("contact:5")
+    before = datetime.now(UTC)
+    after = crm.update("contact:5", {"job_title": "CTO"}, rec.version)
+    assert after.modified_at is not None and after.modified_at.tzinfo is not None
+    assert before - timedelta(seconds=1) <= after.modified_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert log.count() == rows_before + 1
+    assert crm.read("contact:5") == after
 
 
 def test_concurrent_updates_from_one_version_have_one_winner(crm: SqlCrm) -> None:
