@@ -57,7 +57,7 @@ def _outlook_edit(pipeline, email: str, title: str) -> datetime:
 
 def _after_second_of(moment: datetime) -> None:
     """Wait (with a deadline) until this machine's clock is in a later whole second than ``moment``."""
-    mark = moment.astimezone(UTC).replace(microsecond=0)
+    mark = datetime.fromisoformat(moment.isoformat()).astimezone(UTC).replace(microsecond=0)
     wait_until(lambda: datetime.now(UTC).replace(microsecond=0) > mark, 5, interval=0.05,
                what="the clock to pass the first edit's second")
 

@@ -1,5 +1,9 @@
 """The CRM side on the reference schema, through SQLAlchemy Core (SQLite or PostgreSQL).
 
+``updated_at`` is never written here: the triggers (``schemas.crm_triggers``) set it from the
+database clock in UTC on every change, crmsync's own included, and ``modified_at`` reports it as
+an aware UTC datetime.
+
 Every write is one short transaction that re-reads the row and checks its version token first
 (optimistic concurrency, DESIGN.md §3): on SQLite under ``BEGIN IMMEDIATE``, on PostgreSQL with
 ``SELECT ... FOR UPDATE``. No transaction is held across calls or network I/O.
@@ -37,10 +41,6 @@ _ACCOUNT_COLS = tuple(accounts.columns)
 _CONTACT_COLS = tuple(contacts.columns)
 
 
-def _utc_naive_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _version(row: Mapping[str, Any]) -> str:
     """sha256 of every column the row was read with (values as text, in column order)."""
     payload = json.dumps([[k, None if v is None else str(v)] for k, v in row.items()],
@@ -49,7 +49,10 @@ def _version(row: Mapping[str, Any]) -> str:
 
 
 def _aware(ts: datetime | None) -> datetime | None:
-    return None if ts is None else ts.replace(tzinfo=UTC)
+    """``updated_at`` (naive UTC, kept by the triggers from the database clock) as aware UTC."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _contact_select() -> Select[Any]:
@@ -169,7 +172,7 @@ class SqlCrm:
         """Write ``changes`` (canonical field -> value) iff the row still has version ``expect``.
 
         Columns whose value is already the new one are not written; with nothing left to write
-        the row is not touched at all (no updated_at bump, no changelog row, no echo)."""
+        the row is not touched at all (no new updated_at, no changelog row, no echo)."""
         kind, ident = self._parse(key)
         columns = self._columns(kind, key, changes)
         with write_tx(self.engine) as conn:
@@ -184,7 +187,7 @@ class SqlCrm:
                 return current
             table = accounts if kind == "account" else contacts
             where = (accounts.c.account_no == ident) if kind == "account" else (contacts.c.id == int(ident))
-            conn.execute(update(table).where(where).values(**columns, updated_at=_utc_naive_now()))
+            conn.execute(update(table).where(where).values(**columns))
             new = self._read(conn, key)
             assert new is not None
             return new
@@ -201,7 +204,7 @@ class SqlCrm:
                 if existing is not None:
                     return existing
                 conn.execute(accounts.insert().values(
-                    **columns, account_no=account_no, is_active=True, updated_at=_utc_naive_now()))
+                    **columns, account_no=account_no, is_active=True))
                 rec = self._read(conn, key)
                 assert rec is not None
                 return rec
@@ -227,7 +230,7 @@ class SqlCrm:
             if kind == "contact" or not current.active:
                 return current
             conn.execute(update(accounts).where(accounts.c.account_no == ident)
-                         .values(is_active=False, updated_at=_utc_naive_now()))
+                         .values(is_active=False))
             return self._read(conn, key)
 
     # ----------------------------------------------------------------------------- helpers
