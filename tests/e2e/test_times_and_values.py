@@ -1,10 +1,15 @@
-"""Newest wins by the servers' clocks: an Outlook edit and a plain-SQL edit of the same field,
+"""Two rules of "no lost edit", through the whole pipeline.
+
+Newest wins by the servers' clocks: an Outlook edit and a plain-SQL edit of the same field,
 both made before a worker sees either, go to the one made later — whatever the SQL client wrote
 into ``updated_at`` and whatever its session's time zone.
 
 The worker is stopped while the two edits are made so that they really conflict, then started
 again; the second edit waits until the clocks have passed the first one's whole second (Exchange
 keeps LastModifiedTime to the second; same-second edits are a documented tie).
+
+What Exchange cannot store as it is (a character exchangelib would write as '?') is a dead letter
+naming the record, the field and the character; the rest of its batch syncs.
 """
 
 from __future__ import annotations
@@ -118,3 +123,35 @@ def test_a_newer_outlook_edit_beats_an_older_plain_sql_edit(pipeline):
     assert _contact(pipeline, email).job_title == "Outlook title (newer)"
     assert {"field": "job_title", "crm_value": "CRM title (older)",
             "exchange_value": "Outlook title (newer)", "chosen": "exchange"} in _conflicts(pipeline, account_no)
+
+
+# --------------------------------------------------------------------------- values Exchange would change
+
+def test_a_character_exchange_would_rewrite_is_a_dead_letter_and_the_rest_of_the_batch_syncs(pipeline):
+    """exchangelib writes U+0080..U+009F (but U+0085) and U+FDD0..U+FDDF as '?': the account holding
+    one must not arrive changed, nor have '?' written back into the CRM later; it is a dead letter
+    naming the field and the character, and the accounts around it sync."""
+    tag = uuid.uuid4().hex[:6]
+    pipeline.stop("worker")          # the three rows reach the worker together, in one batch
+    try:
+        before = _insert(pipeline, company_name="Before Ltd", first_name="Bea", last_name="Fore",
+                         email=f"before.{tag}@example.org")
+        bad = _insert(pipeline, company_name="Control Ltd", first_name="Cy", last_name="One",
+                      email=f"bad.{tag}@example.org", notes="call\x9cme")
+        after = _insert(pipeline, company_name="After Ltd", first_name="Af", last_name="Ter",
+                        email=f"after.{tag}@example.org")
+        wait_until(lambda: pipeline.state("SELECT count(*) AS n FROM events WHERE crm_key IN (:a, :b, :c)",
+                                          a=f"account:{before}", b=f"account:{bad}", c=f"account:{after}")[0]["n"] >= 3,
+                   60, what="the producer to record the three inserts")
+    finally:
+        pipeline.start_worker()
+    wait_until(lambda: _contact(pipeline, f"before.{tag}@example.org") and _contact(pipeline, f"after.{tag}@example.org"),
+               90, what="the good accounts in Exchange")
+    dead = wait_until(lambda: [e for e in pipeline.dead_events() if e["crm_key"] == f"account:{bad}"], 90,
+                      what="the bad account's dead letter")
+    error = dead[0]["last_error"]
+    assert f"account:{bad}" in error and "field notes" in error and "U+009C" in error, error
+    pipeline.settle()
+    assert _contact(pipeline, f"bad.{tag}@example.org") is None
+    assert not [c for c in pipeline.contacts() if c.body and "call?me" in str(c.body)]
+    assert pipeline.crm.query("SELECT notes FROM accounts WHERE account_no = :n", n=bad)[0]["notes"] == "call\x9cme"
