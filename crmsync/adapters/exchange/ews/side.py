@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from datetime import UTC, datetime
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import structlog
 from exchangelib import Account, Contact, ExtendedProperty
