@@ -18,14 +18,10 @@ character or the limit (DESIGN.md §3.1), never a silent substitution:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from crmsync.errors import BadRecord
-
-_UNSTORABLE = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufdd0-\ufddf\ufffe\uffff]"
-)
+from schemas.canonical import EXCHANGE_UNSTORABLE as _UNSTORABLE
 
 #: Canonical field -> the most characters Exchange holds in it (GivenName, Surname).
 MAX_LENGTH: Mapping[str, int] = {"first_name": 255, "last_name": 255}

@@ -31,7 +31,7 @@ from crmsync.core.crm_mapping import (
 )
 from crmsync.errors import BadRecord, Stale
 from crmsync.ports import Changes, CrmRecord
-from schemas.canonical import crm_key, parse_crm_key
+from schemas.canonical import account_no_problem, crm_key, parse_crm_key
 from schemas.crm_tables import accounts, contacts
 
 #: IN-list size for batch reads (well under SQLite's bound-parameter limit).
@@ -71,6 +71,9 @@ _CONTACT_BY_ID_LOCKED = _CONTACT_BY_ID.with_for_update()  # locks the contact an
 
 def _account_record(row: Mapping[str, Any]) -> CrmRecord:
     row = dict(row)
+    problem = account_no_problem(row["account_no"])
+    if problem is not None:
+        raise BadRecord(f"accounts row id={row['id']}: {problem}")
     return CrmRecord(
         key=crm_key("account", row["account_no"]),
         record=account_to_canonical(row),
@@ -84,6 +87,9 @@ def _contact_record(row: Mapping[str, Any]) -> CrmRecord:
     row = dict(row)
     company = row.pop("account_company_name")
     account_no = row.pop("account_account_no")
+    problem = account_no_problem(account_no)
+    if problem is not None:
+        raise BadRecord(f"contact:{row['id']}: its account, accounts row id={row['account_id']}: {problem}")
     return CrmRecord(
         key=crm_key("contact", row["id"]),
         record=contact_to_canonical(row, company),
@@ -195,8 +201,9 @@ class SqlCrm:
     def create_account(self, account_no: str, values: Changes) -> CrmRecord:
         """Insert an active account with this account_no, or return the existing one."""
         key = crm_key("account", account_no)
-        if not account_no or not account_no.strip():
-            raise BadRecord(f"CRM key {key!r}: account_no must not be empty")
+        problem = account_no_problem(account_no)
+        if problem is not None:
+            raise BadRecord(f"CRM key {key!r}: {problem}")
         columns = self._columns("account", key, values)
         try:
             with write_tx(self.engine) as conn:
@@ -234,11 +241,20 @@ class SqlCrm:
             return self._read(conn, key)
 
     # ----------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _parse(key: str) -> tuple[str, str]:
+    def _parse(self, key: str) -> tuple[str, str]:
+        """(kind, ident) of a key, or BadRecord: for an account_no a link cannot hold, naming
+        the accounts row that has it (so the administrator can fix that row), else the key."""
         try:
             return parse_crm_key(key)
         except ValueError as exc:
+            kind, _, ident = key.partition(":")
+            problem = account_no_problem(ident) if kind == "account" else None
+            if problem is not None:
+                with read_tx(self.engine) as conn:
+                    row_id = conn.execute(select(accounts.c.id).where(accounts.c.account_no == ident)
+                                          .order_by(accounts.c.id).limit(1)).scalar()
+                if row_id is not None:
+                    raise BadRecord(f"accounts row id={row_id}: {problem}") from None
             raise BadRecord(str(exc)) from None
 
     @staticmethod
