@@ -293,6 +293,10 @@ class WorkerSettings(_Section):
 class LogSettings(_Section):
     level: LogLevel = "INFO"
     json_: bool = Field(default=False, alias="json")
+    #: Log every EWS request and response (exchangelib's wire loggers) at DEBUG, redacted:
+    #: credentials hidden, items whose Sensitivity is not Normal reduced to their ids. Off by
+    #: default, also at ``level = "DEBUG"``; turn it on only to debug the protocol.
+    ews_wire: bool = False
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
 

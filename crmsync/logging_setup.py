@@ -5,6 +5,17 @@ Celery, kombu and exchangelib log through the stdlib. Both go through one ``Proc
 so that they share one format (console or JSON lines) and, above all, one redaction step: no
 password, client secret, token or Authorization header reaches a log line, whoever logged it.
 
+exchangelib's wire logging (loggers ``exchangelib.util`` and ``exchangelib.util.xml``, at DEBUG)
+prints every request's headers — with Basic auth the ``Authorization`` header is base64 of
+``user:password`` — and whole SOAP bodies, private contacts included. So:
+
+* ``exchangelib`` is held at INFO even when crmsync logs at DEBUG; only the explicit switch
+  ``[log] ews_wire = true`` (``CRMSYNC_LOG_EWS_WIRE=true``) turns the wire on;
+* a filter on those two loggers (it runs before any handler, Celery's included) rewrites each
+  record: ``Authorization``-style header values, registered secrets and URL passwords become
+  ``***``, and every item in a SOAP body whose Sensitivity is not Normal keeps only its ids;
+* every line through crmsync's handler is redacted again (Authorization values included).
+
 Nothing happens at import; a process calls :func:`configure_logging` once at start.
 """
 
@@ -14,7 +25,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -24,6 +35,13 @@ REDACTED = "***"
 #: Keys whose values are always hidden, whatever they hold.
 SECRET_KEY_PATTERN = re.compile(r"password|passwd|secret|token|authorization|api[_-]?key|credential", re.I)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.I)
+#: An (Proxy-)Authorization header's value in any rendering: "Authorization: Basic x",
+#: "'Authorization': 'Bearer x'", "authorization=NTLM x" (scheme kept, credentials hidden).
+_AUTH_HEADER = re.compile(
+    r"""(?P<head>(?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)(?P<scheme>[A-Za-z][A-Za-z0-9-]*\s+)?[^\s'",}]+""",
+    re.I,
+)
+WIRE_LOGGERS = ("exchangelib.util", "exchangelib.util.xml")
 _MIN_SUBSTRING = 4  # shorter secrets are only redacted where a whole value equals them
 
 _secrets: set[str] = set()
@@ -48,7 +66,49 @@ def redact_text(text: str) -> str:
             return REDACTED
         if len(secret) >= _MIN_SUBSTRING and secret in text:
             text = text.replace(secret, REDACTED)
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group('head')}{m.group('scheme') or ''}{REDACTED}", text)
     return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{REDACTED}@", text)
+
+
+_ITEM_ELEMENT = re.compile(r"<(?P<tag>t:(?:Contact|Item|Message|DistributionList|CalendarItem|Task))\b[^>]*>.*?</(?P=tag)>", re.S)
+_SENSITIVITY = re.compile(r"<t:Sensitivity>\s*(?P<value>[^<\s]*)\s*</t:Sensitivity>")
+_ITEM_IDS = re.compile(r"<t:(?:ItemId|ParentFolderId)\b[^>]*/>")
+
+
+def redact_private_items(xml: str) -> str:
+    """A SOAP body with every item whose Sensitivity is not Normal reduced to its ids (a private
+    contact's fields never reach a log, not even on the wire switch)."""
+    def hide(m: re.Match[str]) -> str:
+        sensitivity = _SENSITIVITY.search(m.group(0))
+        if sensitivity is None or sensitivity.group("value") == "Normal":
+            return m.group(0)
+        ids = "".join(_ITEM_IDS.findall(m.group(0)))
+        return f"<{m.group('tag')}>{ids}<!-- {sensitivity.group('value')} item: fields hidden --></{m.group('tag')}>"
+    return _ITEM_ELEMENT.sub(hide, xml)
+
+
+class _WireFilter(logging.Filter):
+    """On exchangelib's wire loggers: render the record once and redact it (see the module doc)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - an unformattable record: drop its arguments
+            message = str(record.msg)
+        if isinstance(record.args, Mapping):
+            # exchangelib logs bytes bodies through %(xml_request)s: decode them for redaction
+            rendered = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                        for k, v in record.args.items()}
+            try:
+                message = str(record.msg) % rendered
+            except (TypeError, ValueError, KeyError):
+                pass
+        record.msg = redact_text(redact_private_items(message))
+        record.args = None
+        return True
+
+
+_WIRE_FILTER = _WireFilter()
 
 
 def _redact_value(value: Any) -> Any:
@@ -89,12 +149,12 @@ def _shared_processors() -> list[Any]:
 
 
 def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO | None = None,
-                      quiet_loggers: Iterable[str] = ("exchangelib", "alembic")) -> None:
+                      quiet_loggers: Iterable[str] = ("exchangelib", "alembic"), ews_wire: bool = False) -> None:
     """Route structlog and stdlib logging to ``stream`` (stderr) at ``level``, rendered as JSON
     lines or for a console, with secrets redacted. Safe to call again (it replaces its handler).
 
-    ``quiet_loggers`` are held at WARNING unless ``level`` is DEBUG (exchangelib logs every
-    SOAP body at DEBUG)."""
+    ``quiet_loggers`` are held at WARNING, or at INFO when ``level`` is DEBUG. exchangelib's wire
+    loggers log at DEBUG only with ``ews_wire`` (``[log] ews_wire``), and always redacted."""
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -121,7 +181,12 @@ def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO
     root.addHandler(handler)
     root.setLevel(numeric)
     for name in quiet_loggers:
-        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+        logging.getLogger(name).setLevel(logging.INFO if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+    for name in WIRE_LOGGERS:
+        wire = logging.getLogger(name)
+        wire.setLevel(logging.DEBUG if ews_wire else logging.NOTSET)  # NOTSET: exchangelib's level
+        if _WIRE_FILTER not in wire.filters:
+            wire.addFilter(_WIRE_FILTER)
 
     structlog.configure(
         processors=[

@@ -6,6 +6,7 @@ field names here are the vocabulary of the whole sync core.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -90,9 +91,41 @@ def crm_key(kind: RecordKind, ident: str | int) -> str:
     return f"{kind}:{ident}"
 
 
+#: Characters Exchange does not store as they are: XML 1.0 cannot carry them, or exchangelib
+#: rewrites them to '?' on the way (``exchangelib.util.safe_xml_value``), or (lone surrogates)
+#: UTF-8 cannot encode them. Everything else arrives unchanged.
+EXCHANGE_UNSTORABLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufdd0-\ufddf\ufffe\uffff]"
+)
+
+#: The longest account_no a link holds: the key is stamped on the Exchange contact (a string
+#: property crmsync searches by) and indexed in the state database, so it is bounded.
+MAX_ACCOUNT_NO = 255
+
+
+def account_no_problem(account_no: str) -> str | None:
+    """Why this account_no cannot be a link's key (a sentence saying what to do), or None."""
+    if account_no == "":
+        return "account_no is empty; give the account a number"
+    if not account_no.strip():
+        return "account_no is only white space; give the account a number"
+    bad = EXCHANGE_UNSTORABLE.search(account_no)
+    if bad is not None:
+        return (f"account_no contains the character U+{ord(bad.group()):04X} at position {bad.start()}, "
+                "which the stamp on the Exchange contact cannot hold; give the account a number without it")
+    if len(account_no) > MAX_ACCOUNT_NO:
+        return (f"account_no has {len(account_no)} characters, at most {MAX_ACCOUNT_NO} fit in a link; "
+                "give the account a shorter number")
+    return None
+
+
 def parse_crm_key(key: str) -> tuple[RecordKind, str]:
-    """Split a CRM key; raises ValueError naming the key when it is malformed."""
+    """Split a CRM key; raises ValueError naming the key and what is wrong with it."""
     kind, sep, ident = key.partition(":")
-    if not sep or not ident or kind not in ("account", "contact"):
+    if not sep or kind not in ("account", "contact") or (kind == "contact" and not ident):
         raise ValueError(f"malformed CRM key {key!r}: expected 'account:<account_no>' or 'contact:<id>'")
+    if kind == "account":
+        problem = account_no_problem(ident)
+        if problem is not None:
+            raise ValueError(f"CRM key {key!r}: {problem}")
     return kind, ident  # type: ignore[return-value]

@@ -6,6 +6,7 @@ be configured for crmsync's short compare-and-set transactions to be safe.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,17 +139,28 @@ def state_revision(engine: Engine) -> str | None:
 # --------------------------------------------------------------------------- CRM database
 
 def _existing_triggers(conn: Connection) -> set[str]:
+    return set(_trigger_definitions(conn))
+
+
+def _trigger_definitions(conn: Connection) -> dict[str, str | None]:
+    """Trigger name -> what identifies its definition: the CREATE statement on SQLite, the
+    comment crmsync put on it on PostgreSQL (None when it has none)."""
     if conn.dialect.name == "sqlite":
-        rows = conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))
+        rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
     else:
         rows = conn.execute(
             text(
-                "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "SELECT t.tgname, obj_description(t.oid, 'pg_trigger') FROM pg_trigger t "
+                "JOIN pg_class c ON c.oid = t.tgrelid "
                 "WHERE NOT t.tgisinternal AND c.relname IN ('accounts', 'contacts') "
                 "AND pg_table_is_visible(c.oid)"
             )
         )
-    return {r[0] for r in rows}
+    return {r[0]: r[1] for r in rows}
+
+
+def _marker(ddl: str) -> str:
+    return "crmsync trigger " + hashlib.sha256(ddl.encode()).hexdigest()[:16]
 
 
 def _expected_triggers(dialect: str) -> set[str]:
@@ -160,10 +172,13 @@ def _expected_triggers(dialect: str) -> set[str]:
 
 
 def init_crm(engine: Engine) -> None:
-    """Create the reference CRM schema and its change-capture triggers where missing.
+    """Create the reference CRM schema and install or upgrade its triggers.
 
-    Idempotent and additive: existing tables are kept as they are (their columns are checked,
-    never altered), missing tables and triggers are created, nothing is ever dropped.
+    Idempotent. Tables are additive: existing tables are kept as they are (their columns are
+    checked, never altered), missing ones are created, no table or data is ever dropped. The
+    triggers are crmsync's own: a missing one is created and one whose definition differs from
+    this version's (an older crmsync's) is replaced, in the same transaction, so a database set
+    up by an earlier version gets the time-keeping triggers on the next ``crmsync init``.
     """
     from schemas import crm_triggers
     from schemas.crm_tables import crm_metadata
@@ -177,17 +192,24 @@ def init_crm(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crmsync.init_crm'))"))
         crm_metadata.create_all(conn, checkfirst=True)
         _check_columns(conn, safe_url(engine))
-        present = _existing_triggers(conn)
+        present = _trigger_definitions(conn)
         if dialect == "sqlite":
             for name, ddl in crm_triggers.sqlite_triggers().items():
-                if name not in present:
-                    conn.exec_driver_sql(ddl)
+                if present.get(name, "") == ddl:
+                    continue
+                if name in present:
+                    conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+                conn.exec_driver_sql(ddl)
         else:
             for ddl in crm_triggers.postgresql_functions():
                 conn.exec_driver_sql(ddl)
-            for name, (_table, ddl) in crm_triggers.postgresql_triggers().items():
-                if name not in present:
-                    conn.exec_driver_sql(ddl)
+            for name, (table, ddl) in crm_triggers.postgresql_triggers().items():
+                if present.get(name, "") == _marker(ddl):
+                    continue
+                if name in present:
+                    conn.exec_driver_sql(f'DROP TRIGGER "{name}" ON {table}')
+                conn.exec_driver_sql(ddl)
+                conn.exec_driver_sql(f"COMMENT ON TRIGGER \"{name}\" ON {table} IS '{_marker(ddl)}'")
 
 
 def _check_columns(conn: Connection, where: str) -> None:

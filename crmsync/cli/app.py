@@ -37,7 +37,7 @@ def settings():
     from crmsync.logging_setup import configure_logging
 
     loaded = load_settings(state.config)
-    configure_logging(loaded.log.level, loaded.log.json)
+    configure_logging(loaded.log.level, loaded.log.json, ews_wire=loaded.log.ews_wire)
     return loaded
 
 

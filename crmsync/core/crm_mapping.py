@@ -12,18 +12,21 @@ that carries information, unchanged):
   values crmsync writes are the user's own (normalization is for comparing only).
 * A number where text belongs (``int``, ``float``, ``Decimal``; SQLite's type affinity turns a
   postal code like ``"12345"`` into ``12345``) becomes ``str(value)``. A bool, bytes, a date or a
-  nested object is rejected with ``BadRecord``, as is text with a character that XML 1.0 (and so
-  Exchange) cannot carry, e.g. U+000B from a spreadsheet paste: silently dropping it would be a
-  change nobody made.
+  nested object is rejected with ``BadRecord``, as is text Exchange would not store as it is
+  (``crmsync.core.storable``): a character exchangelib writes as '?' (U+000B from a spreadsheet
+  paste, a C1 control from a mis-decoded import) or a name longer than Exchange holds. Silently
+  changing it would be a change nobody made, and it would come back into the CRM changed.
+  Messages start with the record (``account:ACC-1``, ``accounts row id=17`` when it has no
+  account_no, ``contact:31 (account_id=7)``) and the field.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from decimal import Decimal
 
+from crmsync.core.storable import check_storable
 from crmsync.errors import BadRecord
 from schemas.canonical import ACCOUNT_FIELDS, CONTACT_CRM_READONLY, CONTACT_FIELDS, CanonicalContact
 
@@ -33,18 +36,15 @@ ACCOUNT_COLUMNS: Mapping[str, str] = {f: f for f in ACCOUNT_FIELDS}
 #: Canonical field -> ``contacts`` column; ``company_name`` lives on the account and is absent.
 CONTACT_COLUMNS: Mapping[str, str] = {f: f for f in CONTACT_FIELDS if f not in CONTACT_CRM_READONLY}
 
-# Characters XML 1.0 cannot carry (Char production), plus lone surrogates.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
 def _describe_account(row: Mapping[str, object]) -> str:
-    if row.get("account_no") is not None:
-        return f"account account_no={row['account_no']!r}"
-    return f"account id={row.get('id')!r}"
+    no = row.get("account_no")
+    if isinstance(no, str) and no.strip():
+        return f"account:{no}"
+    return f"accounts row id={row.get('id')!r}"
 
 
 def _describe_contact(row: Mapping[str, object]) -> str:
-    return f"contact id={row.get('id')!r} (account_id={row.get('account_id')!r})"
+    return f"contact:{row.get('id')} (account_id={row.get('account_id')!r})"
 
 
 def _text(value: object, where: str, field: str) -> str | None:
@@ -52,21 +52,16 @@ def _text(value: object, where: str, field: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise BadRecord(f"{where}: field {field!r} holds a boolean where text belongs")
+        raise BadRecord(f"{where}: field {field}: holds a boolean where text belongs")
     if isinstance(value, (int, float, Decimal)):
         if isinstance(value, (float, Decimal)) and not math.isfinite(value):
-            raise BadRecord(f"{where}: field {field!r} holds {value!r}, not a usable value")
+            raise BadRecord(f"{where}: field {field}: holds {value!r}, not a usable value")
         value = str(value)
     if not isinstance(value, str):
         raise BadRecord(
-            f"{where}: field {field!r} holds {type(value).__name__} where text belongs"
+            f"{where}: field {field}: holds {type(value).__name__} where text belongs"
         )
-    bad = _NOT_XML.search(value)
-    if bad is not None:
-        raise BadRecord(
-            f"{where}: field {field!r} contains the character U+{ord(bad.group()):04X} at "
-            f"position {bad.start()}, which Exchange cannot store; remove it in the CRM"
-        )
+    check_storable(where, field, value)
     return value if value.strip() else None
 
 

@@ -10,8 +10,13 @@ Per field, with "changed" meaning "not normalized-equal to the base" (``normaliz
 * changed on both to normalized-equal values: no conflict, no write;
 * changed on both differently: a ``Conflict`` resolved by ``Policy.conflict``; the loser's value
   is recorded in it. ``newest-wins`` compares ``crm_modified_at`` and ``exchange_modified_at``
-  (record-level times; a naive datetime is taken as UTC); the strictly newer side wins, and on a
-  tie or when either time is missing the CRM wins (it is the system of record);
+  (record-level times from the servers' clocks: the CRM database's, kept by its triggers, and
+  Exchange's LastModifiedTime; a naive datetime is taken as UTC) at whole-second precision,
+  because Exchange keeps LastModifiedTime to the second. The later second wins. Within the same
+  second Exchange wins (a tie: the CRM's sub-second time would otherwise beat Exchange's
+  truncated one by an artefact of precision). A missing time loses to a present one; with both
+  missing Exchange wins. Never "the CRM always": a row whose time is unknown cannot claim to be
+  newer;
 * a field in ``Policy.crm_readonly``: the CRM value goes to Exchange whenever the two differ and
   the CRM is never written. When Exchange had edited it, the discarded Exchange value is kept as a
   ``Conflict`` with reason ``"crm-readonly"``;
@@ -102,7 +107,17 @@ def _check_fields(fields: tuple[str, ...]) -> None:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    """``moment`` as a plain aware UTC datetime (naive is taken as UTC). Built field by field, so
+    datetime subclasses whose ``astimezone``/``replace`` insist on their own tzinfo type work too."""
+    offset = moment.utcoffset()
+    plain = datetime(moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+                     moment.microsecond)
+    return (plain - offset if offset else plain).replace(tzinfo=UTC)
+
+
+def _second(moment: datetime) -> datetime:
+    """``moment`` in UTC, cut to the whole second (Exchange's LastModifiedTime precision)."""
+    return _utc(moment).replace(microsecond=0)
 
 
 def _resolve(policy: Policy, crm_at: datetime | None, exchange_at: datetime | None) -> tuple[str, str]:
@@ -111,14 +126,18 @@ def _resolve(policy: Policy, crm_at: datetime | None, exchange_at: datetime | No
         return "crm", "crm-wins"
     if policy.conflict == "exchange-wins":
         return "exchange", "exchange-wins"
-    if crm_at is None or exchange_at is None:
-        return "crm", "newest-wins: a modification time is unknown, the CRM wins"
-    crm_at, exchange_at = _utc(crm_at), _utc(exchange_at)
-    if exchange_at > crm_at:
+    if crm_at is None and exchange_at is None:
+        return "exchange", "newest-wins: neither modification time is known, Exchange wins"
+    if crm_at is None:
+        return "exchange", "newest-wins: the CRM's modification time is unknown, Exchange's is known"
+    if exchange_at is None:
+        return "crm", "newest-wins: Exchange's modification time is unknown, the CRM's is known"
+    crm_s, exchange_s = _second(crm_at), _second(exchange_at)
+    if exchange_s > crm_s:
         return "exchange", "newest-wins: Exchange was modified later"
-    if crm_at > exchange_at:
+    if crm_s > exchange_s:
         return "crm", "newest-wins: the CRM was modified later"
-    return "crm", "newest-wins: same modification time, the CRM wins"
+    return "exchange", "newest-wins: modified in the same second, Exchange wins (see README, Change times)"
 
 
 def reconcile(

@@ -159,10 +159,30 @@ def test_keys_for_the_initial_sync_and_the_fan_out(crm: SqlCrm) -> None:
     assert crm.contact_keys_of_account("A-2") == []
 
 
-def test_timestamps_written_by_other_programs_are_read(crm: SqlCrm, crm_dbapi) -> None:
-    run_sql(crm_dbapi, "UPDATE accounts SET updated_at = '2026-01-02 03:04:05' WHERE account_no = 'A-1'")
+def test_modified_at_is_the_database_clock_in_utc_whatever_a_program_writes(crm: SqlCrm, crm_dbapi) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    before = datetime.now(UTC)
+    run_sql(crm_dbapi, "UPDATE accounts SET city = 'Bonn', updated_at = '2026-01-02 03:04:05' "
+                       "WHERE account_no = 'A-1'")
     rec = crm.read("account:A-1")
-    assert rec.modified_at is not None and rec.modified_at.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert rec.modified_at is not None and rec.modified_at.tzinfo is not None
+    assert rec.modified_at.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= rec.modified_at <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+def test_crmsync_own_write_is_timed_by_the_database_and_logged_once(crm: SqlCrm, crm_engine: Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    log = Changelog(crm_engine)
+    rows_before = log.count()
+    rec = crm.read("contact:5")
+    before = datetime.now(UTC)
+    after = crm.update("contact:5", {"job_title": "CTO"}, rec.version)
+    assert after.modified_at is not None and after.modified_at.tzinfo is not None
+    assert before - timedelta(seconds=1) <= after.modified_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert log.count() == rows_before + 1
+    assert crm.read("contact:5") == after
 
 
 def test_concurrent_updates_from_one_version_have_one_winner(crm: SqlCrm) -> None:
@@ -177,3 +197,44 @@ def test_concurrent_updates_from_one_version_have_one_winner(crm: SqlCrm) -> Non
         stale = [r for r in results if isinstance(r, Stale)]
         assert len(won) == 1 and len(stale) == 3, results
         assert crm.read("account:A-1") == won[0]
+
+
+# --------------------------------------------------------------------------- keys a link cannot hold
+# The reference schema lets any text be an account_no; a link (and the stamp on the Exchange
+# contact) cannot hold every one. Such an account is a bad record naming its row, at once.
+
+BAD_ACCOUNT_NOS = [
+    pytest.param("", r"account_no is empty; give the account a number", id="empty"),
+    pytest.param("   ", r"account_no is only white space; give the account a number", id="white_space"),
+    pytest.param("ACC\x0b1", r"account_no contains the character U\+000B at position 3, which .*cannot", id="control_character"),
+    pytest.param("A" * 300, r"account_no has 300 characters, at most 255", id="over_long"),
+]
+
+
+@pytest.mark.parametrize(("account_no", "why"), BAD_ACCOUNT_NOS)
+def test_an_account_no_a_link_cannot_hold_is_a_bad_record_naming_the_row(
+        crm: SqlCrm, crm_dbapi, account_no: str, why: str) -> None:
+    run_sql(crm_dbapi, f"INSERT INTO accounts (id, account_no, company_name) VALUES (17, '{account_no}', 'Keyless')",
+            "INSERT INTO contacts (id, account_id, first_name) VALUES (40, 17, 'Kim')")
+    key = f"account:{account_no}"
+    assert key in crm.all_keys()          # listed, so that it surfaces as a dead letter
+    with pytest.raises(BadRecord, match=rf"^accounts row id=17: {why}"):
+        crm.read(key)
+    with pytest.raises(BadRecord, match=rf"^accounts row id=17: {why}"):
+        crm.read_many(["account:A-1", key])
+    with pytest.raises(BadRecord, match=rf"^contact:40: its account, accounts row id=17: {why}"):
+        crm.read("contact:40")
+    with pytest.raises(BadRecord, match=rf"^accounts row id=17: {why}"):
+        crm.update(key, {"city": "Nowhere"}, "any-version")
+    with pytest.raises(BadRecord, match=why):
+        crm.create_account(account_no, {"first_name": "New"})
+    assert crm.read("account:A-1") is not None   # the other accounts are unaffected
+
+
+def test_a_malformed_key_that_matches_no_row_is_a_bad_record_naming_the_key(crm: SqlCrm) -> None:
+    with pytest.raises(BadRecord, match=r"CRM key 'account:': account_no is empty"):
+        crm.read("account:")
+    with pytest.raises(BadRecord, match=r"CRM key 'contact:x'"):
+        crm.read_many(["contact:x"])
+    with pytest.raises(BadRecord, match=r"CRM key 'lead:7'"):
+        crm.read("lead:7")

@@ -75,27 +75,30 @@ def test_values_coming_in_from_the_crm(raw, expected):
         pytest.param(float("nan"), "nan", id="nan_is_rejected"),
         pytest.param("tab\x0bbed", "U\\+000B", id="character_exchange_cannot_store_is_rejected"),
         pytest.param("nul\x00", "U\\+0000", id="nul_character_is_rejected"),
+        pytest.param("c1\x80control", "U\\+0080", id="c1_control_exchangelib_writes_as_question_mark_is_rejected"),
+        pytest.param("del\x7f", "U\\+007F", id="delete_character_is_rejected"),
+        pytest.param("non\ufdd0char", "U\\+FDD0", id="noncharacter_exchangelib_writes_as_question_mark_is_rejected"),
     ],
 )
 def test_bad_account_values_name_the_record_and_the_field(raw, why):
-    with pytest.raises(BadRecord, match=rf"account_no='A-1007'.*'postal_code'.*{why}"):
+    with pytest.raises(BadRecord, match=rf"^account:A-1007: field postal_code: .*{why}"):
         account_to_canonical(account_row(postal_code=raw))
 
 
 def test_bad_contact_value_names_the_contact_and_the_field():
-    with pytest.raises(BadRecord, match=r"contact id=31 .*'email'.*bytes"):
+    with pytest.raises(BadRecord, match=r"^contact:31 \(account_id=.*\): field email: .*bytes"):
         contact_to_canonical(contact_row(email=b"x@y"), "Acme")
 
 
 def test_bad_company_name_of_a_contact_names_its_account_as_the_source():
-    with pytest.raises(BadRecord, match=r"contact id=31 .*via its account.*'company_name'"):
+    with pytest.raises(BadRecord, match=r"^contact:31 .*via its account: field company_name"):
         contact_to_canonical(contact_row(), b"Acme")
 
 
 def test_a_row_missing_a_mapped_column_is_a_bad_record():
     row = account_row()
     del row["website"]
-    with pytest.raises(BadRecord, match=r"'website' is missing"):
+    with pytest.raises(BadRecord, match=r"^account:A-1007: column 'website' is missing"):
         account_to_canonical(row)
 
 
@@ -132,3 +135,19 @@ def test_a_change_to_a_field_the_table_does_not_sync_is_refused(convert, field):
 def test_a_non_text_change_is_a_bad_record():
     with pytest.raises(BadRecord, match="city"):
         canonical_to_account_columns({"city": 5})  # type: ignore[dict-item]
+
+
+def test_a_character_exchange_cannot_store_is_named_with_the_record_and_the_field():
+    with pytest.raises(BadRecord, match=r"^account:A-1007: field notes: character U\+0090 at position 4 "
+                                         r"cannot be stored in Exchange"):
+        account_to_canonical(account_row(notes="call\x90me"))
+
+
+def test_a_value_longer_than_exchange_holds_is_named_with_the_field_and_the_limit():
+    with pytest.raises(BadRecord, match=r"^account:A-1007: field last_name: 256 characters, .*at most 255"):
+        account_to_canonical(account_row(last_name="x" * 256))
+
+
+def test_a_row_without_an_account_no_is_named_by_its_id():
+    with pytest.raises(BadRecord, match=r"^accounts row id=17: field notes"):
+        account_to_canonical({**account_row(notes="\x00"), "id": 17, "account_no": None})

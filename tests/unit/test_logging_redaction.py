@@ -84,3 +84,27 @@ def test_the_level_filters_and_console_format_also_redacts() -> None:
         root = logging.getLogger()
         for handler in [h for h in root.handlers if getattr(h, "_crmsync_handler", False)]:
             root.removeHandler(handler)
+
+
+@pytest.mark.parametrize("line", [
+    "Request headers: {'User-Agent': 'x', 'Authorization': 'Basic c3ZjOnN2Yy1zZWNyZXQ=', 'Content-Type': 'text/xml'}",
+    'Request headers: {"authorization": "Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.J9.sig-_x"}',
+    "Authorization: NTLM TlRMTVNTUAADAAAAGAAYAHAAAAA=\r\nHost: mail",
+    "proxy-authorization=Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag",
+])
+def test_authorization_headers_are_redacted_in_any_text(captured: io.StringIO, line: str) -> None:
+    logging.getLogger("exchangelib.util").error(line)
+    out = captured.getvalue()
+    for secret in ("c3ZjOnN2Yy1zZWNyZXQ=", "eyJ0eXAiOiJKV1QiLCJhbGciOi.J9.sig-_x", "TlRMTVNTUAADAAAAGAAYAHAAAAA=",
+                   "YIIGhgYGKwYBBQUCoIIGejCCBnag"):
+        assert secret not in out
+    assert "***" in out
+
+
+def test_exchangelib_wire_logging_stays_off_at_debug_unless_switched_on(captured: io.StringIO) -> None:
+    assert logging.getLogger("exchangelib.util").getEffectiveLevel() >= logging.INFO
+    assert logging.getLogger("exchangelib.util.xml").getEffectiveLevel() >= logging.INFO
+    logging.getLogger("exchangelib.util.xml").debug("Request XML: %s", "<t:GivenName>Ann</t:GivenName>")
+    assert "GivenName" not in captured.getvalue()
+    configure_logging("DEBUG", json=True, stream=captured, ews_wire=True)
+    assert logging.getLogger("exchangelib.util.xml").getEffectiveLevel() == logging.DEBUG

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -15,6 +15,7 @@ FIELDS = ("first_name", "company_name", "email", "phone_business", "notes")
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 EARLIER, LATER = T0, T0 + timedelta(minutes=5)
 DEFAULT_POLICY = Policy()
+TIE = "newest-wins: modified in the same second, Exchange wins (see README, Change times)"
 BASE = R(first_name="Ann", company_name="Acme", email="ann@acme.test", phone_business="+1 555 010 2000")
 
 
@@ -76,16 +77,39 @@ CASES = [
          crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
          crm_at=LATER, exchange_at=EARLIER, to_exchange={"first_name": "Anne"},
          conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "crm", "newest-wins: the CRM was modified later")]),
-    case("conflict_under_newest_wins_with_equal_times_goes_to_the_crm",
+    case("conflict_under_newest_wins_with_equal_times_goes_to_exchange",
          crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
-         crm_at=T0, exchange_at=T0, to_exchange={"first_name": "Anne"},
-         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "crm",
-                             "newest-wins: same modification time, the CRM wins")]),
-    case("conflict_under_newest_wins_with_a_missing_time_goes_to_the_crm",
+         crm_at=T0, exchange_at=T0, to_crm={"first_name": "Annie"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "exchange", TIE)]),
+    case("conflict_under_newest_wins_within_the_same_second_is_a_tie_that_goes_to_exchange",
          crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
-         crm_at=None, exchange_at=LATER, to_exchange={"first_name": "Anne"},
+         crm_at=T0 + timedelta(milliseconds=900), exchange_at=T0, to_crm={"first_name": "Annie"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "exchange", TIE)]),
+    case("conflict_under_newest_wins_one_second_later_in_the_crm_goes_to_the_crm",
+         crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
+         crm_at=T0 + timedelta(seconds=1), exchange_at=T0 + timedelta(milliseconds=999),
+         to_exchange={"first_name": "Anne"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "crm", "newest-wins: the CRM was modified later")]),
+    case("conflict_under_newest_wins_with_no_crm_time_goes_to_exchange",
+         crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
+         crm_at=None, exchange_at=EARLIER, to_crm={"first_name": "Annie"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "exchange",
+                             "newest-wins: the CRM's modification time is unknown, Exchange's is known")]),
+    case("conflict_under_newest_wins_with_no_exchange_time_goes_to_the_crm",
+         crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
+         crm_at=EARLIER, exchange_at=None, to_exchange={"first_name": "Anne"},
          conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "crm",
-                             "newest-wins: a modification time is unknown, the CRM wins")]),
+                             "newest-wins: Exchange's modification time is unknown, the CRM's is known")]),
+    case("conflict_under_newest_wins_with_no_time_on_either_side_goes_to_exchange",
+         crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
+         to_crm={"first_name": "Annie"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "exchange",
+                             "newest-wins: neither modification time is known, Exchange wins")]),
+    case("conflict_under_newest_wins_compares_across_time_zones",
+         crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
+         crm_at=datetime(2026, 11, 27, 4, 30, tzinfo=timezone(timedelta(hours=-5))), exchange_at=T0,
+         to_exchange={"first_name": "Anne"},
+         conflicts=[Conflict("first_name", "Anne", "Annie", "Ann", "crm", "newest-wins: the CRM was modified later")]),
     case("conflict_under_newest_wins_treats_a_naive_time_as_utc",
          crm=edit(BASE, first_name="Anne"), exchange=edit(BASE, first_name="Annie"),
          crm_at=datetime(2026, 11, 27, 9, 1), exchange_at=T0, to_exchange={"first_name": "Anne"},

@@ -1,5 +1,9 @@
 """The CRM side on the reference schema, through SQLAlchemy Core (SQLite or PostgreSQL).
 
+``updated_at`` is never written here: the triggers (``schemas.crm_triggers``) set it from the
+database clock in UTC on every change, crmsync's own included, and ``modified_at`` reports it as
+an aware UTC datetime.
+
 Every write is one short transaction that re-reads the row and checks its version token first
 (optimistic concurrency, DESIGN.md §3): on SQLite under ``BEGIN IMMEDIATE``, on PostgreSQL with
 ``SELECT ... FOR UPDATE``. No transaction is held across calls or network I/O.
@@ -27,7 +31,7 @@ from crmsync.core.crm_mapping import (
 )
 from crmsync.errors import BadRecord, Stale
 from crmsync.ports import Changes, CrmRecord
-from schemas.canonical import crm_key, parse_crm_key
+from schemas.canonical import account_no_problem, crm_key, parse_crm_key
 from schemas.crm_tables import accounts, contacts
 
 #: IN-list size for batch reads (well under SQLite's bound-parameter limit).
@@ -35,10 +39,6 @@ BATCH = 500
 
 _ACCOUNT_COLS = tuple(accounts.columns)
 _CONTACT_COLS = tuple(contacts.columns)
-
-
-def _utc_naive_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _version(row: Mapping[str, Any]) -> str:
@@ -49,7 +49,10 @@ def _version(row: Mapping[str, Any]) -> str:
 
 
 def _aware(ts: datetime | None) -> datetime | None:
-    return None if ts is None else ts.replace(tzinfo=UTC)
+    """``updated_at`` (naive UTC, kept by the triggers from the database clock) as aware UTC."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _contact_select() -> Select[Any]:
@@ -68,6 +71,9 @@ _CONTACT_BY_ID_LOCKED = _CONTACT_BY_ID.with_for_update()  # locks the contact an
 
 def _account_record(row: Mapping[str, Any]) -> CrmRecord:
     row = dict(row)
+    problem = account_no_problem(row["account_no"])
+    if problem is not None:
+        raise BadRecord(f"accounts row id={row['id']}: {problem}")
     return CrmRecord(
         key=crm_key("account", row["account_no"]),
         record=account_to_canonical(row),
@@ -81,6 +87,9 @@ def _contact_record(row: Mapping[str, Any]) -> CrmRecord:
     row = dict(row)
     company = row.pop("account_company_name")
     account_no = row.pop("account_account_no")
+    problem = account_no_problem(account_no)
+    if problem is not None:
+        raise BadRecord(f"contact:{row['id']}: its account, accounts row id={row['account_id']}: {problem}")
     return CrmRecord(
         key=crm_key("contact", row["id"]),
         record=contact_to_canonical(row, company),
@@ -169,7 +178,7 @@ class SqlCrm:
         """Write ``changes`` (canonical field -> value) iff the row still has version ``expect``.
 
         Columns whose value is already the new one are not written; with nothing left to write
-        the row is not touched at all (no updated_at bump, no changelog row, no echo)."""
+        the row is not touched at all (no new updated_at, no changelog row, no echo)."""
         kind, ident = self._parse(key)
         columns = self._columns(kind, key, changes)
         with write_tx(self.engine) as conn:
@@ -184,7 +193,7 @@ class SqlCrm:
                 return current
             table = accounts if kind == "account" else contacts
             where = (accounts.c.account_no == ident) if kind == "account" else (contacts.c.id == int(ident))
-            conn.execute(update(table).where(where).values(**columns, updated_at=_utc_naive_now()))
+            conn.execute(update(table).where(where).values(**columns))
             new = self._read(conn, key)
             assert new is not None
             return new
@@ -192,8 +201,9 @@ class SqlCrm:
     def create_account(self, account_no: str, values: Changes) -> CrmRecord:
         """Insert an active account with this account_no, or return the existing one."""
         key = crm_key("account", account_no)
-        if not account_no or not account_no.strip():
-            raise BadRecord(f"CRM key {key!r}: account_no must not be empty")
+        problem = account_no_problem(account_no)
+        if problem is not None:
+            raise BadRecord(f"CRM key {key!r}: {problem}")
         columns = self._columns("account", key, values)
         try:
             with write_tx(self.engine) as conn:
@@ -201,7 +211,7 @@ class SqlCrm:
                 if existing is not None:
                     return existing
                 conn.execute(accounts.insert().values(
-                    **columns, account_no=account_no, is_active=True, updated_at=_utc_naive_now()))
+                    **columns, account_no=account_no, is_active=True))
                 rec = self._read(conn, key)
                 assert rec is not None
                 return rec
@@ -227,7 +237,7 @@ class SqlCrm:
             if kind == "contact" or not current.active:
                 return current
             conn.execute(update(accounts).where(accounts.c.account_no == ident)
-                         .values(is_active=False, updated_at=_utc_naive_now()))
+                         .values(is_active=False))
             return self._read(conn, key)
 
     def reactivate(self, key: str, expect: str) -> CrmRecord:
@@ -247,11 +257,20 @@ class SqlCrm:
             return rec
 
     # ----------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _parse(key: str) -> tuple[str, str]:
+    def _parse(self, key: str) -> tuple[str, str]:
+        """(kind, ident) of a key, or BadRecord: for an account_no a link cannot hold, naming
+        the accounts row that has it (so the administrator can fix that row), else the key."""
         try:
             return parse_crm_key(key)
         except ValueError as exc:
+            kind, _, ident = key.partition(":")
+            problem = account_no_problem(ident) if kind == "account" else None
+            if problem is not None:
+                with read_tx(self.engine) as conn:
+                    row_id = conn.execute(select(accounts.c.id).where(accounts.c.account_no == ident)
+                                          .order_by(accounts.c.id).limit(1)).scalar()
+                if row_id is not None:
+                    raise BadRecord(f"accounts row id={row_id}: {problem}") from None
             raise BadRecord(str(exc)) from None
 
     @staticmethod

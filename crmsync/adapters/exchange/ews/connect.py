@@ -13,13 +13,16 @@ exchangelib facts that shape this module:
   ``verify_tls = false`` is kept per endpoint (scheme, host, port) by one adapter that knows
   which endpoints those are; every other endpoint is verified.
 * No autodiscover; the server version is probed by exchangelib on first use.
-* exchangelib's DEBUG logging (loggers ``exchangelib`` and ``exchangelib.util.xml_log``) prints
+* exchangelib's DEBUG logging (loggers ``exchangelib.util`` and ``exchangelib.util.xml``) prints
   request headers (the Basic ``Authorization`` header, i.e. the password) and whole SOAP bodies
-  (contact data). The logging setup must keep them at INFO or above outside a debugging session.
+  (contact data). ``crmsync.logging_setup`` keeps them at INFO unless ``[log] ews_wire`` is on,
+  and redacts them even then; the base64 form of the Basic credentials is registered as a secret
+  here, as the password itself is when it is read.
 """
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import urlsplit
 
 from exchangelib import (
@@ -43,6 +46,7 @@ from requests.adapters import HTTPAdapter
 from crmsync.adapters.exchange.ews.faults import BoundedFaultTolerance, ews_errors
 from crmsync.config import ExchangeSettings
 from crmsync.errors import ConfigError
+from crmsync.logging_setup import register_secret
 
 AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM, "oauth": OAUTH2, "noauth": NOAUTH}
 ACCESS_TYPES = {"impersonation": IMPERSONATION, "delegate": DELEGATE}
@@ -88,6 +92,8 @@ def connect(settings: ExchangeSettings, mailbox: str, *, max_connections: int | 
     credentials = None
     if settings.auth in ("basic", "ntlm"):
         credentials = Credentials(settings.username, password)
+        if password:  # the Basic Authorization header carries base64("user:password"): hide it too
+            register_secret(base64.b64encode(f"{settings.username}:{password}".encode()).decode())
     elif settings.auth == "oauth":
         credentials = OAuth2Credentials(
             client_id=settings.client_id, client_secret=client_secret, tenant_id=settings.tenant_id,

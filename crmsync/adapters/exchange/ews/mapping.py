@@ -3,9 +3,10 @@
 Pure (no I/O). exchangelib types appear here because this module lives inside the Exchange
 adapter; nothing outside ``crmsync.adapters.exchange.ews`` sees them.
 
-Values are written as Exchange can hold them: exchangelib replaces characters that XML 1.0
-cannot carry (C0/C1 controls other than tab/newline/CR, U+FDD0-U+FDDF, U+FFFE, U+FFFF) by '?';
-the mapping does the same up front, so that is the one place the round trip is not lossless.
+Values are written exactly as given or not at all: a value exchangelib would change on the way
+(a character it writes as '?': C0/C1 controls other than tab/newline/CR/U+0085, U+FDD0-U+FDDF,
+U+FFFE, U+FFFF) or one longer than Exchange holds is a BadRecord naming the field and the
+character or limit (``crmsync.core.storable``), never a silent substitution.
 
 Field map (canonical -> exchangelib ``Contact`` attribute):
 
@@ -50,9 +51,9 @@ from dataclasses import dataclass
 from exchangelib import Contact
 from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAddress
 from exchangelib.properties import Body, HTMLBody
-from exchangelib.util import safe_xml_value
 from lxml import html as lxml_html
 
+from crmsync.core.storable import check_storable
 from crmsync.errors import BadRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
 
@@ -65,9 +66,6 @@ SIMPLE_FIELDS: dict[str, str] = {
     "department": "department",
     "website": "business_homepage",
 }
-
-#: Length limits exchangelib enforces (CharField) on these attributes.
-MAX_LENGTH: dict[str, int] = {"given_name": 255, "surname": 255}
 
 EMAIL_LABELS: dict[str, str] = {"email": "EmailAddress1", "email2": "EmailAddress2"}
 
@@ -108,26 +106,16 @@ def _clean(value: str | None) -> str | None:
     return value if value else None
 
 
-def _storable(value: str | None) -> str | None:
-    """``value`` as Exchange will hold it: exchangelib replaces characters XML cannot carry
-    (C1 controls, U+FDD0..U+FDEF-style non-characters) by '?' when it writes. Doing the same here
-    keeps the record we report after a write equal to what a later read returns."""
-    return safe_xml_value(value) if value else None
+def _storable(field: str, value: str | None) -> str | None:
+    """``value`` unchanged (empty -> None), or BadRecord when Exchange would not store it as it is."""
+    check_storable("writing to Exchange", field, value)
+    return value if value else None
 
 
 def _check_known(fields: Iterable[str]) -> None:
     unknown = sorted(set(fields) - set(ACCOUNT_FIELDS))
     if unknown:
         raise BadRecord(f"unknown canonical field(s) {unknown}: the Exchange mapping knows {list(ACCOUNT_FIELDS)}")
-
-
-def _check_length(attr: str, field: str, value: str | None) -> None:
-    limit = MAX_LENGTH.get(attr)
-    if value is not None and limit is not None and len(value) > limit:
-        raise BadRecord(
-            f"field {field}: {len(value)} characters, Exchange allows at most {limit} in {attr} "
-            "(shorten it in the CRM)"
-        )
 
 
 def derive_display_name(first: str | None, last: str | None, company: str | None) -> str | None:
@@ -153,11 +141,10 @@ def contact_kwargs(values: Mapping[str, str | None]) -> dict[str, object]:
     naming the field when a value cannot be stored in Exchange.
     """
     _check_known(values)
-    v = {k: _storable(x) for k, x in values.items()}
+    v = {k: _storable(k, x) for k, x in values.items()}
     kwargs: dict[str, object] = {}
     for field, attr in SIMPLE_FIELDS.items():
         if v.get(field) is not None:
-            _check_length(attr, field, v[field])
             kwargs[attr] = v[field]
     emails = [EmailAddress(label=label, email=v[f]) for f, label in EMAIL_LABELS.items() if v.get(f)]
     if emails:
@@ -223,13 +210,12 @@ def apply_changes(contact: Contact, changes: Mapping[str, str | None]) -> list[s
     as read from Exchange (see CONTACT_READ_FIELDS), otherwise the user's entries are lost.
     """
     _check_known(changes)
-    ch = {k: _storable(x) for k, x in changes.items()}
+    ch = {k: _storable(k, x) for k, x in changes.items()}
     updated: list[str] = []
 
     old_name = (contact.given_name, contact.surname, contact.company_name)
     for field, attr in SIMPLE_FIELDS.items():
         if field in ch:
-            _check_length(attr, field, ch[field])
             setattr(contact, attr, ch[field])
             updated.append(attr)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import structlog
 from exchangelib import Account, Contact, ExtendedProperty
@@ -96,6 +97,13 @@ FETCH_FIELDS: tuple[str, ...] = (
     "parent_folder_id",
 )
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """Exchange's LastModifiedTime (an exchangelib EWSDateTime) as a plain aware UTC datetime."""
+    if moment is None:
+        return None
+    return datetime.fromisoformat(moment.isoformat()).astimezone(UTC)
+
+
 _CACHE_SIZE = 512
 _CHUNK = 100  # items per CreateItem / GetItem request (exchangelib's default chunk size)
 
@@ -129,7 +137,7 @@ class EwsExchange:
             record=CanonicalContact() if private else to_canonical(item),
             crm_key=getattr(item, CRM_KEY_ATTR, None) or None,
             private=private,
-            modified_at=item.last_modified_time,
+            modified_at=_utc(item.last_modified_time),
         )
 
     def _remember(self, item: Contact) -> None:
