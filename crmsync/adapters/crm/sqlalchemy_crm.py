@@ -251,7 +251,7 @@ class SqlCrm:
             if kind == "contact" or current.active:
                 return current
             conn.execute(update(accounts).where(accounts.c.account_no == ident)
-                         .values(is_active=True, updated_at=_utc_naive_now()))
+                         .values(is_active=True))
             rec = self._read(conn, key)
             assert rec is not None
             return rec
