@@ -112,7 +112,7 @@ def test_every_mapped_field_survives_the_trip_through_exchange(ews_side):
 
 def test_reading_an_unknown_item_id_gives_none(ews_side):
     created = ews_side.create("account:X", {"first_name": "X"})
-    ews_side.delete(created.item_id, None)
+    ews_side.delete(created.item_id, created.change_key)
     assert ews_side.read(created.item_id) is None
 
 
@@ -214,8 +214,8 @@ def test_delete_moves_the_contact_to_deleted_items(ews_side, ews_account, ews_fo
 
 def test_deleting_a_contact_that_is_already_gone_is_not_an_error(ews_side):
     created = ews_side.create("account:TWICE", {"first_name": "Twice"})
-    ews_side.delete(created.item_id, None)
-    ews_side.delete(created.item_id, None)
+    ews_side.delete(created.item_id, created.change_key)
+    ews_side.delete(created.item_id, created.change_key)
     assert ews_side.read(created.item_id) is None
 
 
@@ -278,7 +278,7 @@ def test_bulk_create_reports_a_bad_entry_alone(ews_side):
 def test_read_many_keeps_the_order_and_marks_missing_items(ews_side):
     a = ews_side.create("account:RA", {"first_name": "A"})
     b = ews_side.create("account:RB", {"first_name": "B"})
-    ews_side.delete(a.item_id, None)
+    ews_side.delete(a.item_id, a.change_key)
     out = ews_side.read_many([b.item_id, a.item_id])
     assert out[0].record.first_name == "B" and out[1] is None
 
@@ -334,7 +334,7 @@ def test_the_feed_reports_creates_updates_and_deletes_incrementally(ews_side, ew
     assert changes == []
 
     b2 = ews_side.update(b.item_id, {"job_title": "x"}, b.change_key)
-    ews_side.delete(a.item_id, None)
+    ews_side.delete(a.item_id, a.change_key)
     changes, state3, _ = feed.changes(state2)
     assert ExchangeChange(b.item_id, b2.change_key, "upsert") in changes
     assert ExchangeChange(a.item_id, None, "delete") in changes
@@ -457,7 +457,7 @@ def test_generated_records_survive_create_read_and_update_through_exchange(ews_s
     assert ews_side.read(created.item_id).record == record
     cleared = ews_side.update(created.item_id, {f: None for f in ACCOUNT_FIELDS}, created.change_key)
     assert cleared.record == CanonicalContact() == ews_side.read(created.item_id).record
-    ews_side.delete(created.item_id, None)
+    ews_side.delete(created.item_id, cleared.change_key)
 
 
 # --------------------------------------------------------------------------- TLS
