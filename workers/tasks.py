@@ -10,6 +10,7 @@ another worker's lease is not an attempt, and after ``sync.max_attempts`` an eve
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime
 
@@ -94,12 +95,21 @@ def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
     @app.task(name=APPLY_EVENTS_TASK, bind=True, base=ApplyTask, shared=False, acks_late=True,
               reject_on_worker_lost=True, autoretry_for=(RetryLater,), retry_backoff=True,
               retry_backoff_max=int(sync.retry_backoff_max_s), retry_jitter=True,
-              max_retries=max(0, sync.max_attempts - 1))
+              # a backstop: the event rows' attempts decide dead letters (settle), at max_attempts
+              max_retries=4 * sync.max_attempts)
     def apply_events(self: Task, event_ids: list[int]) -> dict[str, int]:
         container = container_for(self.app.crmsync_settings)
         owner = f"{self.request.id or 'local'}:{uuid.uuid4().hex[:12]}"   # one execution, never shared
         result = service.apply_events(container.sync_services, [int(i) for i in event_ids], owner)
-        retry = settle(container.store, result, self.app.crmsync_settings.sync.max_attempts)
-        if retry:
-            raise RetryLater(retry, [result.errors[i] for i in retry])
-        return {"applied": len(result.outcomes), "dead": len(result.errors)}
+        sync = self.app.crmsync_settings.sync
+        retry = settle(container.store, result, sync.max_attempts)
+        if not retry:
+            return {"applied": len(result.outcomes), "dead": len(result.errors)}
+        errors = [result.errors[i] for i in retry]
+        if all(isinstance(e, LeaseTaken) for e in errors):
+            # Another execution holds the links (or a dead worker's lease has yet to expire):
+            # waiting is not an attempt, so it does not spend the retry budget either.
+            wait = min(2.0 ** min(self.request.retries, 6), sync.lease_ttl_s / 4)
+            raise self.retry(exc=RetryLater(retry, errors), countdown=random.uniform(wait / 2, wait),
+                             max_retries=self.request.retries + 1 + (self.max_retries or 0))
+        raise RetryLater(retry, errors)
