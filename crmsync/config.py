@@ -273,6 +273,10 @@ class SyncSettings(_Section):
     redrive_after_s: float = Field(default=300.0, gt=0)
     retry_backoff_max_s: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
+    #: Before a mailbox's first sync, when its folder and the CRM hold probable duplicates:
+    #: wait for `crmsync link` (refuse-duplicates), link stamp / exact e-mail pairs one-to-one
+    #: and go (link-certain), or create every unlinked record on the other side (create-all).
+    first_sync: Literal["refuse-duplicates", "link-certain", "create-all"] = "refuse-duplicates"
 
     @field_validator("phone_region")
     @classmethod

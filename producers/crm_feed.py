@@ -108,6 +108,9 @@ class CrmProducer:
         self.batch_size = batch_size
         #: True when the last poll read a full batch: more rows are probably waiting.
         self.more = False
+        #: Mailboxes whose first sync waits for an administrator (the first-sync gate): no
+        #: events for them; their first sync, once it runs, reads every record's current state.
+        self.held: set[str] = set()
 
     # ---------------------------------------------------------------- changelog
     def poll(self, limit: int | None = None) -> list[int]:
@@ -138,6 +141,8 @@ class CrmProducer:
             contact_keys = self.crm.contact_keys_of_account(crm_key[len(ACCOUNT_PREFIX):])
         events: list[NewEvent] = []
         for mailbox in self.mailboxes:
+            if mailbox in self.held:
+                continue
             if mailbox in self.without_contacts:
                 if crm_key.startswith("contact:"):
                     continue
@@ -208,7 +213,7 @@ class CrmProducer:
     def absorb_first_sync(self) -> int:
         """Once every mailbox's first sync is done, mark the rows it covers processed without
         events, then record that. Returns how many rows were absorbed now."""
-        if not all(self.initial_done(mb) for mb in self.mailboxes):
+        if not all(self.initial_done(mb) for mb in self.mailboxes if mb not in self.held):
             return 0
         position = self.first_sync_position()
         if position is None or position.absorbed:

@@ -6,7 +6,7 @@ which doorbell fits which database and how the settings map onto the loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -39,12 +39,14 @@ def crm_doorbell(crm_url: str) -> _Bell:
 
 def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, store: EventStore,
                feeds: Mapping[str, FeedPort], publisher: Publisher | None = None,
-               doorbell: _Bell | None = None, crm_url: str | None = None) -> ProducerLoop:
+               doorbell: _Bell | None = None, crm_url: str | None = None,
+               first_sync_gate: Callable[[str], str | None] | None = None) -> ProducerLoop:
     """A ``ProducerLoop`` for every mailbox of ``settings`` (``crmsync.config.Settings``).
 
     ``feeds`` maps a mailbox address to its Exchange feed (mailboxes without one get no Exchange
     poll). ``crm_url`` is the CRM URL with its password (defaults to ``settings.crm.dsn()``).
-    Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell.
+    Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell. ``first_sync_gate``
+    (mailbox -> None or why it waits) is asked before each mailbox's first sync.
     """
     mailboxes = [m.address for m in settings.mailboxes]
     sync = settings.sync
@@ -60,4 +62,5 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),
                         store, doorbell, poll_interval_s=sync.poll_interval_s,
-                        redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size)
+                        redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size,
+                        first_sync_gate=first_sync_gate)

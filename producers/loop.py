@@ -42,7 +42,9 @@ class ProducerLoop:
                  poll_interval_s: float = 5.0, redrive_after_s: float = 300.0,
                  clock: Callable[[], datetime] = utcnow, *,
                  exchange_max_changes: int = 500, max_crm_batches_per_cycle: int = 20,
-                 redrive_limit: int = 1000) -> None:
+                 redrive_limit: int = 1000,
+                 first_sync_gate: Callable[[str], str | None] | None = None,
+                 gate_recheck_s: float = 60.0) -> None:
         self.crm_producer = crm_producer
         self.exchange_producers = list(exchange_producers)
         self.publisher = publisher
@@ -63,6 +65,10 @@ class ProducerLoop:
         #: Ids the broker refused lately, retried every cycle so a Redis that comes back is
         #: caught up within a poll interval (the re-drive covers them after a restart too).
         self._unsent: list[int] = []
+        #: mailbox -> None to go ahead with its first sync, or why it waits (see crmsync.service.linking)
+        self.first_sync_gate = first_sync_gate
+        self.gate_recheck_s = gate_recheck_s
+        self._gate_checked: dict[str, float] = {}   # held mailbox -> when it was last checked
 
     # ------------------------------------------------------------------ one cycle
     def _guarded(self, step: str, mailbox: str | None, fn: Callable[[], T], failed: T) -> T:
@@ -90,6 +96,34 @@ class ProducerLoop:
         if self._unsent:
             ids, self._unsent = self._unsent, []
             self._publish("retry", ids, None)
+
+    def _held(self, mailbox: str) -> bool:
+        """Whether the mailbox's first sync must wait (asked once, then every ``gate_recheck_s``
+        while it waits). Its Exchange feed and CRM events wait with it."""
+        crm = self.crm_producer
+        if self.first_sync_gate is None or crm is None:
+            return False
+        if mailbox not in crm.held:
+            done = self._guarded("crm-initial", mailbox, lambda: crm.initial_done(mailbox), None)
+            if done is None:      # the state database cannot tell now: try again next cycle
+                return True
+            if done:
+                return False
+        else:
+            last = self._gate_checked.get(mailbox)
+            if last is not None and time.monotonic() - last < self.gate_recheck_s:
+                return True
+        self._gate_checked[mailbox] = time.monotonic()
+        gate = self.first_sync_gate
+        why = self._guarded("first-sync-gate", mailbox, lambda: gate(mailbox),
+                            f"mailbox {mailbox}: the first-sync check failed; retrying later")
+        if why is None:
+            crm.held.discard(mailbox)
+            self._gate_checked.pop(mailbox, None)
+            return False
+        crm.held.add(mailbox)
+        log.warning("producer.first_sync_held", mailbox=mailbox, reason=why)
+        return True
 
     def _initial(self, mailbox: str) -> int:
         assert self.crm_producer is not None
@@ -121,6 +155,7 @@ class ProducerLoop:
         crm = self.crm_producer
         if crm is not None:
             first = [mb for mb in crm.mailboxes if mb not in self._initial_done]
+            first = [mb for mb in first if not self._held(mb)]
             for mailbox in first:
                 created += self._guarded("crm-initial", mailbox,
                                          lambda mb=mailbox: self._initial(mb), 0)
@@ -128,7 +163,7 @@ class ProducerLoop:
                     return created
             # The rows the first sync covers (its stored position, never "whatever is pending
             # now"); before the feed below would turn them into events.
-            if first and all(mb in self._initial_done for mb in crm.mailboxes):
+            if first and all(mb in self._initial_done for mb in crm.mailboxes if mb not in crm.held):
                 self._guarded("crm-initial", None, crm.absorb_first_sync, 0)
             for batch in range(self.max_crm_batches_per_cycle):
                 ids = self._guarded("crm", None, crm.poll, None)
@@ -139,7 +174,10 @@ class ProducerLoop:
                 if not crm.more:
                     break
                 self._backlog = batch == self.max_crm_batches_per_cycle - 1
+        held = crm.held if crm is not None else set()
         for producer in self.exchange_producers:
+            if producer.mailbox in held:
+                continue
             created += self._guarded("exchange", producer.mailbox,
                                      lambda p=producer: self._exchange(p), 0)
         self._maybe_redrive()

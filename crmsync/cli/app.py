@@ -191,6 +191,11 @@ def demo(
     run_demo(directory, duration=duration, fresh=fresh, console=console)
 
 
+from crmsync.cli import linking as _linking  # noqa: E402 - its commands need `app` above
+
+_linking.register(app)
+
+
 def main() -> None:
     try:
         app()

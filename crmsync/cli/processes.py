@@ -37,12 +37,13 @@ class LazyFeed:
 
 
 def build_producer_loop(container: Container):
+    from crmsync.cli.linking import first_sync_gate
     from producers.factory import build_loop
 
     settings = container.settings
     feeds = {m.address: LazyFeed(container, m.address) for m in settings.mailboxes}
     return build_loop(settings, changelog=container.changelog, crm=container.crm,
-                      store=container.store, feeds=feeds)
+                      store=container.store, feeds=feeds, first_sync_gate=first_sync_gate(container))
 
 
 def run_producer(container: Container, stop: threading.Event | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import replace
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 
 from crmsync.errors import LeaseTaken, Stale
@@ -77,6 +78,11 @@ class FakeCrm:
     def new_account_no(self) -> str:
         return f"EX-{uuid.uuid4().hex[:10].upper()}"
 
+    def all_keys(self) -> list[str]:
+        """Active accounts, then secondary contacts (like SqlCrm.all_keys)."""
+        accounts = [k for k, r in self.rows.items() if k.startswith("account:") and r["active"]]
+        return accounts + [k for k in self.rows if k.startswith("contact:")]
+
 
 class FakeExchange:
     mailbox = "alice@example.com"
@@ -143,6 +149,13 @@ class FakeExchange:
             it["crm_key"] = crm_key
         self.writes += 1
         return self._rec(item_id)
+
+    def changes(self, sync_state, max_changes=500):
+        """The folder's feed from no state: every item as an upsert (like ExchangeFeed)."""
+        if sync_state is not None:
+            return [], sync_state, False
+        return ([SimpleNamespace(item_id=i, change_key=it["ck"], op="upsert") for i, it in self.items.items()],
+                "listed", False)
 
     def delete(self, item_id, change_key):
         if item_id not in self.items:
@@ -281,6 +294,13 @@ class FakeStore:
     def mark_applied_many(self, outcomes):
         for event_id, outcome in outcomes.items():
             self.mark_applied(event_id, outcome)
+
+    def remove_unsynced_link(self, mailbox, crm_key):
+        link = self.find_link(mailbox, crm_key=crm_key)
+        if link is None or link.base is not None or link.synced_at is not None or link.id in self._lease:
+            return False
+        del self.links[link.id]
+        return True
 
     def mark_retrying(self, event_ids, now):
         for event_id in event_ids:

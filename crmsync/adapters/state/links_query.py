@@ -1,0 +1,29 @@
+"""An administrator's edit of the links table: removing a link that was never synced.
+
+Kept apart from the sync's own store (``sqlalchemy_store``): only ``crmsync unlink`` uses it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, delete, or_
+
+from crmsync.adapters.database import write_tx
+from schemas.state_tables import links
+
+
+class SqlLinkEditor:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def remove_unsynced_link(self, mailbox: str, crm_key: str) -> bool:
+        """Delete the (mailbox, crm_key) link iff it was never synced and no worker holds its
+        lease; True when a row was deleted."""
+        now = datetime.now(UTC)
+        with write_tx(self.engine) as conn:
+            got = conn.execute(delete(links).where(
+                links.c.mailbox == mailbox, links.c.crm_key == crm_key,
+                links.c.base_json.is_(None), links.c.synced_at.is_(None),
+                or_(links.c.lease_token.is_(None), links.c.lease_until.is_(None), links.c.lease_until <= now)))
+            return got.rowcount == 1

@@ -1,0 +1,424 @@
+"""Linking before the first sync: which CRM records and Exchange contacts are the same person,
+links made by hand or automatically, a dry-run plan of the first sync, and the first-sync gate.
+
+Written against the ports only. A link made here is a link row with the contact's ItemId and no
+base: the worker's next reconcile of that pair is a three-way merge with an empty base (a
+two-way merge by policy), never a create. Nothing is written to either side by this module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from crmsync.core import matching
+from crmsync.core.matching import Candidate, LinkDecision, MatchPolicy, NeedsPerson
+from crmsync.errors import CrmsyncError, LeaseTaken
+from crmsync.ports import CrmRecord, ExchangeRecord, ExchangeSide, Link, StateStore
+from schemas.canonical import CanonicalContact, parse_crm_key
+
+FirstSyncMode = Literal["refuse-duplicates", "link-certain", "create-all"]
+#: (stage, done, total): long reads report their progress through this.
+Progress = Callable[[str, int, int], None]
+
+READ_CHUNK = 200
+
+
+class LinkError(CrmsyncError):
+    """A link or unlink that cannot be done (which record, why, what to do)."""
+
+
+# ----------------------------------------------------------------------------- ports used here
+
+class CrmDirectory(Protocol):
+    """The CRM as this service reads it: every key, then the records in batches."""
+
+    def all_keys(self) -> list[str]: ...
+
+    def read_many(self, keys: list[str]) -> dict[str, CrmRecord]: ...
+
+
+class FolderChange(Protocol):
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def op(self) -> str: ...
+
+
+class FolderFeed(Protocol):
+    """A mailbox folder's change feed; from no state it lists every item (SyncFolderItems)."""
+
+    def changes(self, sync_state: str | None,
+                max_changes: int = 500) -> tuple[Sequence[FolderChange], str, bool]: ...
+
+
+class LinkEditor(Protocol):
+    """Removes a link row that was never synced (the state store's additive admin query)."""
+
+    def remove_unsynced_link(self, mailbox: str, crm_key: str) -> bool: ...
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a mailbox's first sync would see: the unlinked records on both sides."""
+
+    mailbox: str
+    crm: dict[str, CrmRecord]              # unlinked CRM records, by key
+    exchange: dict[str, ExchangeRecord]    # unlinked, non-private Exchange contacts, by ItemId
+    links: list[Link]
+    private_items: int
+    crm_total: int
+    folder_total: int
+
+
+@dataclass(frozen=True)
+class MatchReport:
+    snapshot: Snapshot
+    candidates: tuple[Candidate, ...]      # at or above the requested score, best first
+    decision: LinkDecision                 # what ``link --auto`` at that score would do
+
+
+@dataclass(frozen=True)
+class AutoLinkResult:
+    linked: tuple[Candidate, ...]
+    needs_person: tuple[NeedsPerson, ...]
+    failed: tuple[tuple[Candidate, str], ...]
+    dry_run: bool
+
+
+Action = Literal["merge", "create in Exchange", "create in CRM", "nothing", "skip (private)"]
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    side: str                  # "crm" | "exchange" | "pair"
+    crm_key: str | None
+    item_id: str | None
+    name: str
+    action: Action
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FirstSyncPlan:
+    mailbox: str
+    mode: FirstSyncMode
+    rows: tuple[PlanRow, ...]
+    warnings: tuple[str, ...]
+    held: str | None            # why the first sync would be refused now, or None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row.action] = out.get(row.action, 0) + 1
+        return out
+
+
+def display_name(record: CanonicalContact) -> str:
+    name = " ".join(p for p in (record.first_name, record.last_name) if p)
+    company = record.company_name or ""
+    if name and company:
+        return f"{name} ({company})"
+    return name or company or record.email or "(no name)"
+
+
+def is_email_certain(cand: Candidate) -> bool:
+    """A stamp, or the same e-mail address that no two people share on a side."""
+    return cand.certain or any(ev.signal == "email" and not ev.note for ev in cand.agree)
+
+
+def one_to_one(cands: Iterable[Candidate]) -> list[Candidate]:
+    """The candidates whose CRM record and contact appear in no other candidate of the set."""
+    cands = list(cands)
+    crm_count: dict[str, int] = {}
+    ex_count: dict[str, int] = {}
+    for c in cands:
+        crm_count[c.crm_key] = crm_count.get(c.crm_key, 0) + 1
+        ex_count[c.exchange_key] = ex_count.get(c.exchange_key, 0) + 1
+    return [c for c in cands if crm_count[c.crm_key] == 1 and ex_count[c.exchange_key] == 1]
+
+
+# ----------------------------------------------------------------------------- the service
+
+@dataclass
+class LinkingService:
+    store: StateStore
+    crm: CrmDirectory
+    exchange_for: Callable[[str], ExchangeSide]
+    folder_for: Callable[[str], FolderFeed]
+    editor: LinkEditor
+    policy: MatchPolicy = field(default_factory=MatchPolicy)
+    #: mailbox -> whether its secondary contacts are synced ([[mailbox]] secondary_contacts)
+    with_contacts: Callable[[str], bool] = lambda _mailbox: True
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+
+    # ------------------------------------------------------------------ reading
+    def snapshot(self, mailbox: str, progress: Progress | None = None) -> Snapshot:
+        """Every unlinked CRM record and every unlinked Exchange contact of the mailbox's folder.
+        Reads only: the folder is listed from no sync state, nothing is stored."""
+        links = self.store.links_for_mailbox(mailbox)
+        linked_keys = {link.crm_key for link in links}
+        linked_items = {link.item_id for link in links if link.item_id}
+        keys = [k for k in self.crm.all_keys()
+                if self.with_contacts(mailbox) or not k.startswith("contact:")]
+        crm: dict[str, CrmRecord] = {}
+        todo = [k for k in keys if k not in linked_keys]
+        for start in range(0, len(todo), READ_CHUNK):
+            crm.update(self.crm.read_many(todo[start:start + READ_CHUNK]))
+            if progress:
+                progress("reading the CRM", min(start + READ_CHUNK, len(todo)), len(todo))
+        crm = {k: r for k, r in crm.items() if r.active}
+
+        item_ids = self._list_folder(mailbox)
+        side = self.exchange_for(mailbox)
+        exchange: dict[str, ExchangeRecord] = {}
+        private = 0
+        todo = [i for i in item_ids if i not in linked_items]
+        for start in range(0, len(todo), READ_CHUNK):
+            for rec in side.read_many(todo[start:start + READ_CHUNK]):
+                if rec is None:
+                    continue
+                if rec.private:
+                    private += 1
+                else:
+                    exchange[rec.item_id] = rec
+            if progress:
+                progress("reading the Exchange folder", min(start + READ_CHUNK, len(todo)), len(todo))
+        return Snapshot(mailbox, crm, exchange, links, private, len(keys), len(item_ids))
+
+    def _list_folder(self, mailbox: str) -> list[str]:
+        feed = self.folder_for(mailbox)
+        state: str | None = None
+        ids: dict[str, None] = {}
+        while True:
+            changes, state, more = feed.changes(state, 500)
+            for change in changes:
+                if change.op == "delete":
+                    ids.pop(change.item_id, None)
+                else:
+                    ids[change.item_id] = None
+            if not more:
+                return list(ids)
+
+    def _candidates(self, snap: Snapshot) -> tuple[Candidate, ...]:
+        found = matching.find_candidates(
+            [matching.CrmRecord(k, r.record) for k, r in snap.crm.items()],
+            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in snap.exchange.items()],
+            self.policy)
+        return found.candidates
+
+    # ------------------------------------------------------------------ match
+    def match(self, mailbox: str, min_score: float = matching.DEFAULT_MIN_SCORE,
+              progress: Progress | None = None, snap: Snapshot | None = None) -> MatchReport:
+        """Candidate pairs scoring ``min_score`` or more, best first, and what automatic
+        linking at that score would do with them."""
+        snap = snap or self.snapshot(mailbox, progress)
+        cands = self._candidates(snap)
+        decision = matching.auto_links(cands, min_score)
+        shown = sorted((c for c in cands if c.score >= min_score),
+                       key=lambda c: (not c.certain, -c.score, c.crm_key, c.exchange_key))
+        return MatchReport(snap, tuple(shown), decision)
+
+    # ------------------------------------------------------------------ links by hand
+    def link(self, mailbox: str, crm_key: str, item_id: str) -> Link:
+        """Link a CRM record and an Exchange contact; the next sync merges the two.
+        Refuses (LinkError) when either is already linked, the contact is private, or either
+        does not exist."""
+        try:
+            kind, _ = parse_crm_key(crm_key)
+        except ValueError as exc:
+            raise LinkError(str(exc)) from None
+        if kind == "contact" and not self.with_contacts(mailbox):
+            raise LinkError(f"{crm_key}: mailbox {mailbox} does not sync secondary contacts "
+                            "(secondary_contacts = false)")
+        crm = self.crm.read_many([crm_key]).get(crm_key)
+        if crm is None:
+            raise LinkError(f"{crm_key}: no such record in the CRM")
+        if not crm.active:
+            raise LinkError(f"{crm_key}: the account is inactive; re-activate it in the CRM first")
+        item = self.exchange_for(mailbox).read(item_id)
+        if item is None:
+            raise LinkError(f"item {item_id}: no such contact in the sync folder of {mailbox}")
+        if item.private:
+            raise LinkError(f"item {item_id} in {mailbox} is private: private contacts are never "
+                            "synced to the CRM and cannot be linked")
+        if item.crm_key and item.crm_key != crm_key:
+            raise LinkError(f"item {item_id} in {mailbox} is already stamped with {item.crm_key}; "
+                            f"it belongs to that record, not to {crm_key}")
+        taken = self.store.find_link(mailbox, crm_key=crm_key)
+        if taken is not None:
+            raise LinkError(f"{crm_key} is already linked in {mailbox} "
+                            f"(to item {taken.item_id or 'not created yet'}); "
+                            f"`crmsync unlink {crm_key}` first if that link is wrong")
+        taken = self.store.find_link(mailbox, item_id=item_id)
+        if taken is not None:
+            raise LinkError(f"item {item_id} is already linked in {mailbox} to {taken.crm_key}")
+        owner = f"link-{uuid.uuid4().hex}"
+        try:
+            held = self.store.acquire(mailbox, crm_key, item_id, owner, 30.0, self.clock())
+        except (LeaseTaken, CrmsyncError) as exc:
+            raise LinkError(f"{crm_key} / item {item_id} in {mailbox}: {exc}") from None
+        self.store.release(held)
+        if held.item_id != item_id:
+            raise LinkError(f"{crm_key} was linked in {mailbox} by a running sync meanwhile "
+                            f"(to item {held.item_id or 'not created yet'}); nothing changed")
+        return held
+
+    def unlink(self, mailbox: str, key_or_item: str) -> Link:
+        """Remove a link made before the first sync (by hand or automatically). A pair that
+        was synced is refused: both sides hold the merged record already."""
+        link = (self.store.find_link(mailbox, crm_key=key_or_item)
+                or self.store.find_link(mailbox, item_id=key_or_item))
+        if link is None:
+            raise LinkError(f"{key_or_item}: no link in {mailbox} names this CRM key or item id")
+        if link.base is not None or link.synced_at is not None:
+            raise LinkError(f"{link.crm_key} and item {link.item_id} in {mailbox} were synced "
+                            f"(at {link.synced_at or 'an earlier sync'}): both hold the merged "
+                            "record now, and unlinking them would make the next change a second copy")
+        if not self.editor.remove_unsynced_link(mailbox, link.crm_key):
+            raise LinkError(f"{link.crm_key} in {mailbox}: the link is being synced right now; "
+                            "nothing changed")
+        return link
+
+    def auto_link(self, mailbox: str, min_score: float = matching.DEFAULT_MIN_SCORE,
+                  dry_run: bool = False, progress: Progress | None = None,
+                  snap: Snapshot | None = None) -> AutoLinkResult:
+        """Link every unambiguous pair scoring ``min_score`` or more (one-to-one only);
+        ambiguous candidates come back for a person."""
+        report = self.match(mailbox, min_score, progress, snap)
+        return self._link_all(mailbox, report.decision.links, report.decision.needs_person, dry_run)
+
+    def _link_all(self, mailbox: str, pairs: Sequence[Candidate], needs: Sequence[NeedsPerson],
+                  dry_run: bool) -> AutoLinkResult:
+        linked: list[Candidate] = []
+        failed: list[tuple[Candidate, str]] = []
+        for cand in pairs:
+            if dry_run:
+                linked.append(cand)
+                continue
+            try:
+                self.link(mailbox, cand.crm_key, cand.exchange_key)
+            except LinkError as exc:
+                failed.append((cand, str(exc)))
+            else:
+                linked.append(cand)
+        return AutoLinkResult(tuple(linked), tuple(needs), tuple(failed), dry_run)
+
+    # ------------------------------------------------------------------ the first sync
+    def probable_duplicates(self, cands: Iterable[Candidate], min_score: float) -> list[Candidate]:
+        """Pairs a first sync would create twice: not proven by a stamp (the worker pairs those
+        itself), scoring ``min_score`` or more."""
+        return [c for c in cands if not c.certain and c.score >= min_score]
+
+    def plan(self, mailbox: str, mode: FirstSyncMode = "refuse-duplicates",
+             min_score: float = matching.DEFAULT_MIN_SCORE, progress: Progress | None = None) -> FirstSyncPlan:
+        """A dry run of the mailbox's first sync: per record what it would do. Reads only.
+
+        Matched pairs are counted as merges the way ``mode`` would treat them: with
+        "refuse-duplicates" the pairs ``link --auto`` links (needed before the sync may start),
+        with "link-certain" the stamp / exact e-mail pairs, with "create-all" none."""
+        snap = self.snapshot(mailbox, progress)
+        cands = self._candidates(snap)
+        rows: list[PlanRow] = []
+        warnings: list[str] = []
+        crm_all = {**snap.crm}
+        for link in snap.links:
+            if link.deleted or link.private or link.item_id is None:
+                continue
+            if link.base is None:
+                rows.append(PlanRow("pair", link.crm_key, link.item_id, link.crm_key, "merge", "linked by hand"))
+            else:
+                rows.append(PlanRow("pair", link.crm_key, link.item_id, link.crm_key, "nothing",
+                                    "synced before; later changes sync as usual"))
+
+        stamps = [c for c in cands if c.certain]
+        if mode == "create-all":
+            merges, how = one_to_one(stamps), "stamped with this CRM key"
+            decision_needs: tuple[NeedsPerson, ...] = ()
+        elif mode == "link-certain":
+            merges, how = one_to_one(c for c in cands if is_email_certain(c)), "linked by first_sync = link-certain"
+            decision_needs = ()
+        else:
+            decision = matching.auto_links(cands, min_score)
+            merges, how = list(decision.links), "linked by `crmsync link --auto`"
+            decision_needs = decision.needs_person
+        merged_crm = {c.crm_key for c in merges}
+        merged_ex = {c.exchange_key for c in merges}
+        for c in merges:
+            note = "stamped with this CRM key" if c.certain else f"{how} (score {c.score:.4f})"
+            rows.append(PlanRow("pair", c.crm_key, c.exchange_key,
+                                display_name(crm_all[c.crm_key].record), "merge", note))
+        dup_by_crm: dict[str, Candidate] = {}
+        dup_by_ex: dict[str, Candidate] = {}
+        dups = [c for c in self.probable_duplicates(cands, min_score)
+                if c.crm_key not in merged_crm and c.exchange_key not in merged_ex]
+        for c in dups:
+            dup_by_crm.setdefault(c.crm_key, c)
+            dup_by_ex.setdefault(c.exchange_key, c)
+        for key, rec in sorted(snap.crm.items()):
+            if key in merged_crm:
+                continue
+            dup = dup_by_crm.get(key)
+            note = f"probable duplicate of item {dup.exchange_key} (score {dup.score:.4f})" if dup else ""
+            rows.append(PlanRow("crm", key, None, display_name(rec.record), "create in Exchange", note))
+        for item_id, rec in sorted(snap.exchange.items()):
+            if item_id in merged_ex:
+                continue
+            dup = dup_by_ex.get(item_id)
+            note = f"probable duplicate of {dup.crm_key} (score {dup.score:.4f})" if dup else ""
+            if rec.crm_key:
+                note = f"stamped {rec.crm_key}, not in the CRM: the account is created again" + (
+                    f"; {note}" if note else "")
+            rows.append(PlanRow("exchange", None, item_id, display_name(rec.record), "create in CRM", note))
+        if snap.private_items:
+            rows.extend(PlanRow("exchange", None, None, "(private)", "skip (private)", "never read into the CRM")
+                        for _ in range(snap.private_items))
+        for c in dups:
+            warnings.append(f"probable duplicate: {c.crm_key} ({display_name(crm_all[c.crm_key].record)}) and "
+                            f"item {c.exchange_key} score {c.score:.4f}: both would be created on the other side")
+        for need in decision_needs:
+            if need.side == "crm":
+                warnings.append(f"needs a person: {need.key}: {need.detail}")
+        held = None
+        unlinked_dups = self.probable_duplicates(cands, min_score)   # the gate's view: nothing linked yet
+        if mode == "refuse-duplicates" and unlinked_dups and snap.crm and snap.exchange:
+            held = self._held_message(mailbox, unlinked_dups)
+        return FirstSyncPlan(mailbox, mode, tuple(rows), tuple(warnings), held)
+
+    def first_sync_gate(self, mailbox: str, mode: FirstSyncMode,
+                        min_score: float = matching.DEFAULT_MIN_SCORE) -> str | None:
+        """Before a mailbox's first sync: None to go ahead, or why it must wait. With
+        "link-certain" it links the stamp / exact e-mail pairs (one-to-one) first."""
+        if mode == "create-all":
+            return None
+        snap = self.snapshot(mailbox)
+        if not snap.crm or not snap.exchange:
+            return None
+        cands = self._candidates(snap)
+        if mode == "link-certain":
+            self._link_all(mailbox, one_to_one(c for c in cands if is_email_certain(c) and not c.certain),
+                           (), dry_run=False)
+            return None
+        dups = self.probable_duplicates(cands, min_score)
+        return self._held_message(mailbox, dups) if dups else None
+
+    @staticmethod
+    def _held_message(mailbox: str, dups: list[Candidate]) -> str:
+        example = dups[0]
+        return (f"mailbox {mailbox}: first sync held: {len(dups)} pair(s) of an unlinked CRM record and an "
+                f"Outlook contact look like the same person (e.g. {example.crm_key} and item "
+                f"{example.exchange_key}, score {example.score:.2f}); a first sync now would create each "
+                f"twice. Review them with `crmsync plan --mailbox {mailbox}` and `crmsync match --mailbox "
+                f"{mailbox}`, link them with `crmsync link --auto --mailbox {mailbox}` (or by hand: "
+                "`crmsync link CRM_KEY ITEM_ID`), or set [sync] first_sync = \"link-certain\" or "
+                "\"create-all\" to proceed anyway.")
+
+
+__all__ = ["AutoLinkResult", "FirstSyncMode", "FirstSyncPlan", "LinkError", "LinkingService", "MatchReport",
+           "PlanRow", "Snapshot", "display_name"]

@@ -1,0 +1,310 @@
+"""The linking service with the in-memory fakes: matching, links by hand and automatic, the
+first-sync plan and gate; and the producer loop holding a mailbox the gate refuses."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from crmsync.core.reconcile import Policy
+from crmsync.service.apply import SyncServices, apply_events
+from crmsync.service.linking import LinkError, LinkingService
+from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore
+from tests.unit.test_producer_loop import (
+    Change,
+    Clock,
+    FakeChangelog,
+    FakeFeed,
+    FakePublisher,
+    make_loop,
+)
+from tests.unit.test_producer_loop import FakeCrm as KeysCrm
+from tests.unit.test_producer_loop import FakeStore as EventStore
+
+MB = FakeExchange.mailbox
+
+
+@pytest.fixture
+def world():
+    crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
+    svc = LinkingService(store=store, crm=crm, exchange_for=lambda mb: ex, folder_for=lambda mb: ex,
+                         editor=store, clock=lambda: NOW)
+    return svc, crm, ex, store
+
+
+def same_people(crm, ex):
+    """Ada and Grace on both sides (email in capitals, phone written differently); Linus only in
+    the CRM, Margaret only in Outlook."""
+    crm.put("account:A-1", first_name="Ada", last_name="Lovelace", company_name="Acme",
+            email="ada@acme.example", phone_mobile="+1 415 555 0101")
+    crm.put("account:A-2", first_name="Grace", last_name="Hopper", company_name="Navy",
+            email="grace@navy.example")
+    crm.put("account:A-3", first_name="Linus", last_name="Torvalds", company_name="Kernel")
+    ada = ex.put(first_name="Ada", last_name="Lovelace", company_name="Acme Inc.",
+                 email="ADA@ACME.EXAMPLE", phone_mobile="(415) 555-0101")
+    grace = ex.put(first_name="Grace", last_name="Hopper", email="Grace@Navy.example")
+    margaret = ex.put(first_name="Margaret", last_name="Hamilton", company_name="MIT")
+    return ada, grace, margaret
+
+
+def state(crm, ex, store):
+    return copy.deepcopy((crm.rows, ex.items, ex.trash, store.links, store.events, store.conflicts))
+
+
+def sync_services(crm, ex, store):
+    return SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=Policy(),
+                        clock=lambda: NOW, new_account_no=crm.new_account_no)
+
+
+def first_sync(crm, ex, store):
+    """What the producers' first sync does: one upsert per CRM record, one per folder item."""
+    ids = [store.event(source="crm", op="upsert", crm_key=k) for k in crm.all_keys()]
+    ids += [store.event(source="exchange", op="upsert", item_id=i) for i in list(ex.items)]
+    result = apply_events(sync_services(crm, ex, store), ids)
+    assert not result.errors, result.errors
+    return result
+
+
+# ----------------------------------------------------------------------------- match
+
+def test_match_pairs_the_same_people_despite_email_case_and_phone_format(world):
+    svc, crm, ex, _ = world
+    ada, grace, _ = same_people(crm, ex)
+    report = svc.match(MB)
+    pairs = {(c.crm_key, c.exchange_key) for c in report.candidates}
+    assert pairs == {("account:A-1", ada), ("account:A-2", grace)}
+    ada_pair = next(c for c in report.candidates if c.crm_key == "account:A-1")
+    assert {"email", "phone", "name", "company"} <= {e.signal for e in ada_pair.agree}
+    assert {(c.crm_key, c.exchange_key) for c in report.decision.links} == pairs
+
+
+def test_linked_records_are_not_candidates_again(world):
+    svc, crm, ex, _ = world
+    ada, _, _ = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    assert [c.crm_key for c in svc.match(MB).candidates] == ["account:A-2"]
+
+
+# ----------------------------------------------------------------------------- links by hand
+
+def test_a_manual_link_makes_the_first_sync_a_merge_not_a_create(world):
+    svc, crm, ex, store = world
+    ada, grace, margaret = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    link = store.find_link(MB, crm_key="account:A-1")
+    assert (link.item_id, link.base) == (ada, None)
+
+    result = first_sync(crm, ex, store)
+
+    # Ada merged (no copy on either side); Grace, not linked, is created twice (the duplicate)
+    assert "created-exchange" in result.outcomes.values()
+    assert len(ex.items) == 3 + 2            # Linus and Grace created in Outlook
+    assert len(crm.rows) == 3 + 2            # Grace and Margaret created in the CRM
+    merged = store.find_link(MB, crm_key="account:A-1")
+    assert merged.item_id == ada and merged.base is not None
+    assert ex.items[ada]["record"].company_name == crm.read("account:A-1").record.company_name
+
+
+def test_link_refuses_a_record_or_item_already_linked(world):
+    svc, crm, ex, _ = world
+    ada, grace, _ = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    with pytest.raises(LinkError, match="account:A-1 is already linked"):
+        svc.link(MB, "account:A-1", grace)
+    with pytest.raises(LinkError, match=f"item {ada} is already linked .* to account:A-1"):
+        svc.link(MB, "account:A-2", ada)
+
+
+def test_link_refuses_a_private_contact_and_names_what_does_not_exist(world):
+    svc, crm, ex, store = world
+    same_people(crm, ex)
+    secret = ex.put(private=True, first_name="Ada", last_name="Lovelace")
+    with pytest.raises(LinkError, match="is private"):
+        svc.link(MB, "account:A-1", secret)
+    with pytest.raises(LinkError, match="account:NOPE: no such record in the CRM"):
+        svc.link(MB, "account:NOPE", secret)
+    with pytest.raises(LinkError, match="item item-missing: no such contact"):
+        svc.link(MB, "account:A-1", "item-missing")
+    with pytest.raises(LinkError, match="malformed CRM key"):
+        svc.link(MB, "nonsense", secret)
+    assert store.links == {}
+
+
+def test_link_refuses_a_contact_stamped_with_another_record(world):
+    svc, crm, ex, _ = world
+    same_people(crm, ex)
+    stamped = ex.put(crm_key="account:A-3", first_name="Ada", last_name="Lovelace")
+    with pytest.raises(LinkError, match="already stamped with account:A-3"):
+        svc.link(MB, "account:A-1", stamped)
+
+
+def test_unlink_by_either_side_removes_a_link_not_synced_yet(world):
+    svc, crm, ex, store = world
+    ada, grace, _ = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    svc.link(MB, "account:A-2", grace)
+    assert svc.unlink(MB, "account:A-1").item_id == ada
+    assert svc.unlink(MB, grace).crm_key == "account:A-2"
+    assert store.links == {}
+    with pytest.raises(LinkError, match="no link"):
+        svc.unlink(MB, "account:A-1")
+
+
+def test_unlink_refuses_a_pair_that_was_synced(world):
+    svc, crm, ex, store = world
+    ada, _, _ = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    first_sync(crm, ex, store)
+    with pytest.raises(LinkError, match="were synced"):
+        svc.unlink(MB, "account:A-1")
+    assert store.find_link(MB, crm_key="account:A-1") is not None
+
+
+# ----------------------------------------------------------------------------- automatic
+
+def test_auto_link_links_only_unambiguous_pairs_and_lists_the_rest(world):
+    svc, crm, ex, store = world
+    ada, grace, _ = same_people(crm, ex)
+    # two CRM records of one person (a copy) and one Outlook contact: nobody can tell which
+    crm.put("account:B-1", first_name="Barbara", last_name="Liskov", company_name="MIT")
+    crm.put("account:B-2", first_name="Barbara", last_name="Liskov", company_name="MIT")
+    barbara = ex.put(first_name="Barbara", last_name="Liskov", company_name="MIT")
+
+    dry = svc.auto_link(MB, dry_run=True)
+    assert store.links == {}
+    result = svc.auto_link(MB)
+
+    assert {(c.crm_key, c.exchange_key) for c in result.linked} == {("account:A-1", ada), ("account:A-2", grace)}
+    assert {(c.crm_key, c.exchange_key) for c in dry.linked} == {("account:A-1", ada), ("account:A-2", grace)}
+    assert store.find_link(MB, item_id=barbara) is None
+    assert {n.key for n in result.needs_person} >= {"account:B-1", "account:B-2"}
+
+
+# ----------------------------------------------------------------------------- plan
+
+def test_plan_predicts_merges_creates_and_duplicates_and_writes_nothing(world):
+    svc, crm, ex, store = world
+    ada, grace, margaret = same_people(crm, ex)
+    ex.put(private=True, first_name="Secret")
+    before = state(crm, ex, store)
+
+    plan = svc.plan(MB)
+
+    assert state(crm, ex, store) == before
+    assert plan.counts() == {"merge": 2, "create in Exchange": 1, "create in CRM": 1, "skip (private)": 1}
+    by_action = {(r.action, r.crm_key, r.item_id) for r in plan.rows}
+    assert ("create in Exchange", "account:A-3", None) in by_action
+    assert ("create in CRM", None, margaret) in by_action
+    assert plan.held and "crmsync link --auto" in plan.held      # nothing linked yet: the gate would hold
+
+
+def test_plan_with_create_all_warns_about_each_probable_duplicate(world):
+    svc, crm, ex, _ = world
+    same_people(crm, ex)
+    plan = svc.plan(MB, mode="create-all")
+    assert plan.counts() == {"create in Exchange": 3, "create in CRM": 3}
+    assert len(plan.warnings) == 2 and all("probable duplicate" in w for w in plan.warnings)
+    assert plan.held is None
+
+
+def test_the_plan_equals_what_the_sync_does_after_link_auto(world):
+    svc, crm, ex, store = world
+    same_people(crm, ex)
+    svc.auto_link(MB)
+    plan = svc.plan(MB)
+    assert plan.held is None and plan.warnings == ()
+    counts = plan.counts()
+
+    first_sync(crm, ex, store)
+
+    assert len(ex.items) == 3 + counts["create in Exchange"]
+    assert len(crm.rows) == 3 + counts["create in CRM"]
+    assert counts["merge"] == 2
+
+
+# ----------------------------------------------------------------------------- the gate
+
+def test_the_gate_holds_a_first_sync_with_probable_duplicates_and_names_the_ways_out(world):
+    svc, crm, ex, store = world
+    same_people(crm, ex)
+    why = svc.first_sync_gate(MB, "refuse-duplicates")
+    assert why is not None
+    for hint in ("2 pair(s)", "crmsync plan", "crmsync match", "crmsync link --auto", 'first_sync = "link-certain"'):
+        assert hint in why
+    assert store.links == {}
+    assert svc.first_sync_gate(MB, "create-all") is None
+
+
+def test_the_gate_lets_an_empty_folder_or_a_linked_mailbox_through(world):
+    svc, crm, ex, _ = world
+    crm.put("account:A-1", first_name="Ada", last_name="Lovelace", email="ada@acme.example")
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is None
+    ex.put(first_name="Ada", last_name="Lovelace", email="ADA@acme.example")
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is not None
+    svc.auto_link(MB)
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is None
+
+
+def test_link_certain_links_exact_email_pairs_one_to_one_then_lets_the_sync_go(world):
+    svc, crm, ex, store = world
+    ada, grace, _ = same_people(crm, ex)
+    crm.put("account:C-1", first_name="Carl", last_name="Sagan", company_name="Cosmos")
+    ex.put(first_name="Carl", last_name="Sagan", company_name="Cosmos")     # name only: not certain
+    assert svc.first_sync_gate(MB, "link-certain") is None
+    linked = {link.crm_key: link.item_id for link in store.links.values()}
+    assert linked == {"account:A-1": ada, "account:A-2": grace}
+
+
+# ----------------------------------------------------------------------------- the producer loop
+
+def test_a_held_mailbox_gets_no_first_sync_and_no_events_while_the_others_sync():
+    clock = Clock()
+    store, changelog = EventStore(clock), FakeChangelog()
+    crm = KeysCrm({"A-1": [], "A-2": []})
+    feeds = {"alice@example.com": FakeFeed(), "bob@example.com": FakeFeed()}
+    feeds["alice@example.com"].log.append(Change("I1", "ck1", "upsert"))
+    held = {"alice@example.com": "mailbox alice@example.com: first sync held"}
+    asked: list[str] = []
+
+    def gate(mailbox):
+        asked.append(mailbox)
+        return held.get(mailbox)
+
+    loop = make_loop(changelog, crm, store, clock, feeds, FakePublisher(), first_sync_gate=gate, gate_recheck_s=0)
+    loop.run_once()
+    changelog.add("accounts", "A-1", "update")
+    loop.run_once()
+
+    alice = [e for e in store.events.values() if e.mailbox == "alice@example.com"]
+    bob = [e for e in store.events.values() if e.mailbox == "bob@example.com"]
+    assert alice == [] and feeds["alice@example.com"].calls == []
+    assert len(bob) == 2 + 1                       # bob's first sync, then the CRM change
+    assert "crm-initial:alice@example.com" not in store.cursors
+
+    held.clear()                                   # `crmsync link --auto` was run
+    loop.run_once()
+    assert {e.crm_key for e in store.events.values() if e.mailbox == "alice@example.com"} >= {"account:A-1",
+                                                                                             "account:A-2"}
+    assert any(e.item_id == "I1" for e in store.events.values())
+    asked.clear()
+    loop.run_once()
+    assert asked == []                             # a mailbox synced once is never asked again
+
+
+def test_a_failing_gate_holds_the_mailbox_and_is_asked_again():
+    clock = Clock()
+    store, changelog = EventStore(clock), FakeChangelog()
+    crm = KeysCrm({"A-1": []})
+    calls = []
+
+    def gate(mailbox):
+        calls.append(mailbox)
+        raise ConnectionError("EWS endpoint unreachable")
+
+    loop = make_loop(changelog, crm, store, clock, {}, FakePublisher(), first_sync_gate=gate, gate_recheck_s=0)
+    loop.run_once()
+    loop.run_once()
+    assert store.events == {} and len(calls) == 4        # two mailboxes, two cycles
+
+
