@@ -1,0 +1,223 @@
+"""The first sync without duplicates, on real parts: a SQLite CRM with its triggers, the state
+database, the EWS adapter (exchangelib) against the emulator, the real producer loop and the
+real apply service (events applied in this process instead of through Redis and Celery), and the
+`crmsync` command line as a subprocess.
+
+The issue's scenario scaled down: a CRM with 50 accounts, an Outlook folder with 40 contacts,
+30 of them the same people (e-mail in capitals, phone written differently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from crmsync.adapters.database import init_crm, init_state
+from crmsync.adapters.exchange.ews.seed import seed_contacts
+from crmsync.bootstrap import Container
+from crmsync.cli.linking import first_sync_gate
+from crmsync.config import load_settings
+from crmsync.service.apply import apply_events
+from producers.doorbells import NullDoorbell
+from producers.factory import build_loop
+from tests.support.emulator_proc import start_emulator
+
+MB, PW = "alice@example.com", "alice-secret"
+FIRSTS = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "John"]
+LASTS = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman", "Backus"]
+
+
+def person(i: int) -> dict[str, str]:
+    first, last = FIRSTS[i % 10], LASTS[i // 10]
+    return {"first_name": first, "last_name": last, "company_name": f"Company {i}",
+            "email": f"{first.lower()}.{last.lower()}@c{i}.example", "phone_mobile": f"+1 415 555 {1000 + i}"}
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    emu = start_emulator(tmp_path_factory.mktemp("ews"), {MB: PW})
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+class Deployment:
+    """A config file, the databases and a container for one folder of alice's mailbox."""
+
+    def __init__(self, tmp: Path, endpoint: str, folder: str, first_sync: str = "refuse-duplicates",
+                 crm_path: Path | None = None) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp
+        self.crm_path = crm_path or tmp / "crm.db"
+        self.config = tmp / "crmsync.toml"
+        self.config.write_text(f"""
+[crm]
+url = "sqlite:///{self.crm_path}"
+[state]
+url = "sqlite:///{tmp / 'state.db'}"
+[broker]
+url = "redis://127.0.0.1:9/0"
+[exchange]
+endpoint = "{endpoint}"
+auth = "basic"
+username = "{MB}"
+password_env = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
+access = "delegate"
+max_wait_s = 2
+timeout_s = 10
+[[mailbox]]
+address = "{MB}"
+folder = "{folder}"
+[sync]
+first_sync = "{first_sync}"
+[log]
+level = "WARNING"
+""")
+        self.env = {**os.environ, "CRMSYNC_TEST_EXCHANGE_PASSWORD": PW}
+        self.env.pop("CRMSYNC_CONFIG", None)
+        self.settings = load_settings(str(self.config), env=self.env)
+        self.c = Container(self.settings)
+        init_crm(self.c.crm_engine)
+        init_state(self.c.state_engine)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(self.config), *args],
+                              env=self.env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"crmsync {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def sql(self, statement: str, rows: list[tuple]) -> None:
+        with sqlite3.connect(self.crm_path, timeout=30) as db:
+            db.executemany(statement, rows)
+
+    @property
+    def folder(self):
+        return self.c.exchange_account(MB)[1]
+
+    def outlook_emails(self) -> list[str]:
+        return sorted((c.email_addresses[0].email.lower() if c.email_addresses else "")
+                      for c in self.folder.all().only("email_addresses"))
+
+    def crm_emails(self) -> list[str]:
+        with self.c.crm_engine.connect() as conn:
+            return sorted(r[0].lower() for r in conn.execute(sa.text("SELECT email FROM accounts")))
+
+    def dump(self) -> tuple:
+        """Everything a sync could write: both databases' tables and the folder's items."""
+        out = []
+        for engine, tables in ((self.c.crm_engine, ("accounts", "contacts", "crm_changelog")),
+                               (self.c.state_engine, ("links", "events", "cursors", "conflicts"))):
+            with engine.connect() as conn:
+                out += [sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {t}")))) for t in tables]
+        out.append(sorted((c.id, c.changekey) for c in self.folder.all().only("id", "changekey")))
+        return tuple(out)
+
+    def loop(self):
+        svcs = self.c.sync_services
+
+        class ApplyNow:
+            """The workers' service, called in this process for each published batch."""
+
+            def publish(self, store, ids):
+                store.mark_published(list(ids))
+                result = apply_events(svcs, list(ids))
+                assert not result.errors, result.errors
+                return len(ids)
+
+        loop = build_loop(self.settings, changelog=self.c.changelog, crm=self.c.crm, store=self.c.store,
+                          feeds={MB: self.c.exchange_feed(MB)}, publisher=ApplyNow(), doorbell=NullDoorbell(),
+                          first_sync_gate=first_sync_gate(self.c))
+        loop.gate_recheck_s = 0
+        return loop
+
+    def sync(self, loop, cycles: int = 8) -> None:
+        """Producer cycles until two in a row create no event (the folder's own creates come back
+        once through its feed and are recognised as crmsync's writes)."""
+        quiet = 0
+        for _ in range(cycles):
+            quiet = quiet + 1 if loop.run_once() == 0 else 0
+            if quiet == 2:
+                return
+        raise AssertionError("the sync did not settle")
+
+
+def seed_scenario(d: Deployment) -> None:
+    d.sql("INSERT INTO accounts (account_no, company_name, first_name, last_name, email, phone_mobile, is_active) "
+          "VALUES (?, ?, ?, ?, ?, ?, 1)",
+          [(f"A-{i:02d}", p["company_name"], p["first_name"], p["last_name"], p["email"], p["phone_mobile"])
+           for i in range(50) for p in [person(i)]])
+    outlook = []
+    for i in range(20, 60):        # 20..49 are the same people as CRM accounts 20..49
+        p = person(i)
+        outlook.append({**p, "email": p["email"].upper(), "phone_mobile": f"(415) 555-{1000 + i}"})
+    seed_contacts(d.folder, outlook)
+
+
+def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_path, emulator):
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Accounts")
+    seed_scenario(d)
+    assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
+
+    # the producer refuses the first sync of this mailbox and says why
+    loop = d.loop()
+    with capture_logs() as logs:
+        loop.run_once()
+    held = [e for e in logs if e["event"] == "producer.first_sync_held"]
+    assert held and "crmsync link --auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
+    assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
+
+    # the plan: 30 merges, 20 contacts and 10 accounts to create; it writes nothing anywhere
+    before = d.dump()
+    plan = json.loads(d.cli("plan", "--format", "json").stdout)
+    assert d.dump() == before
+    assert plan["counts"] == {"merge": 30, "create in Exchange": 20, "create in CRM": 10}
+    assert plan["held"] and "crmsync match" in plan["held"]
+
+    matches = d.cli("match", "--format", "csv").stdout.splitlines()
+    assert len(matches) == 1 + 30 and matches[0].startswith("crm_key,crm_name,item_id")
+    assert all(line.endswith(",yes") for line in matches[1:])
+
+    out = d.cli("link", "--auto", "--min-score", "0.9").stdout
+    assert "30 pair(s) linked, 0 record(s) need a person, 0 failed" in out
+
+    d.sync(loop)
+
+    outlook, crm = d.outlook_emails(), d.crm_emails()
+    assert (len(outlook), len(crm)) == (60, 60)
+    assert len(set(outlook)) == 60 and len(set(crm)) == 60          # one per person on each side
+    assert set(outlook) == set(crm)
+    links = d.c.store.links_for_mailbox(MB)
+    assert len(links) == 60 and all(link.base is not None for link in links)
+
+
+def test_link_certain_links_the_exact_email_pairs_by_itself(tmp_path, emulator):
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Certain", first_sync="link-certain")
+    seed_scenario(d)
+    d.sync(d.loop())
+    assert (len(d.outlook_emails()), len(d.crm_emails())) == (60, 60)
+
+
+def test_a_new_dedicated_folder_receives_every_account_without_duplicates(tmp_path, emulator):
+    """The second way out: the CRM pushed into a new, empty folder of its own (created by the
+    first sync); the user's existing contacts in another folder are left alone."""
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Accounts")
+    seed_scenario(d)
+    # the same CRM and mailbox, a new folder and a new state database
+    dedicated = Deployment(tmp_path / "dedicated", emulator.endpoint, "CRM Dedicated/Accounts",
+                           crm_path=d.crm_path)
+    before = sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey"))
+
+    dedicated.sync(dedicated.loop())
+
+    assert len(dedicated.outlook_emails()) == 50 and len(set(dedicated.outlook_emails())) == 50
+    assert len(dedicated.crm_emails()) == 50
+    assert sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey")) == before
