@@ -115,8 +115,12 @@ class ProducerLoop:
                 return True
         self._gate_checked[mailbox] = time.monotonic()
         gate = self.first_sync_gate
-        why = self._guarded("first-sync-gate", mailbox, lambda: gate(mailbox),
-                            f"mailbox {mailbox}: the first-sync check failed; retrying later")
+
+        def ask() -> str | None:
+            return gate(mailbox)
+
+        failed: str | None = f"mailbox {mailbox}: the first-sync check failed; retrying later"
+        why = self._guarded("first-sync-gate", mailbox, ask, failed)
         if why is None:
             crm.held.discard(mailbox)
             self._gate_checked.pop(mailbox, None)

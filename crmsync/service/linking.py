@@ -367,15 +367,15 @@ class LinkingService:
             dup = dup_by_crm.get(key)
             note = f"probable duplicate of item {dup.exchange_key} (score {dup.score:.4f})" if dup else ""
             rows.append(PlanRow("crm", key, None, display_name(rec.record), "create in Exchange", note))
-        for item_id, rec in sorted(snap.exchange.items()):
+        for item_id, item in sorted(snap.exchange.items()):
             if item_id in merged_ex:
                 continue
             dup = dup_by_ex.get(item_id)
             note = f"probable duplicate of {dup.crm_key} (score {dup.score:.4f})" if dup else ""
-            if rec.crm_key:
-                note = f"stamped {rec.crm_key}, not in the CRM: the account is created again" + (
+            if item.crm_key:
+                note = f"stamped {item.crm_key}, not in the CRM: the account is created again" + (
                     f"; {note}" if note else "")
-            rows.append(PlanRow("exchange", None, item_id, display_name(rec.record), "create in CRM", note))
+            rows.append(PlanRow("exchange", None, item_id, display_name(item.record), "create in CRM", note))
         if snap.private_items:
             rows.extend(PlanRow("exchange", None, None, "(private)", "skip (private)", "never read into the CRM")
                         for _ in range(snap.private_items))

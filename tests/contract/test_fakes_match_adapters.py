@@ -201,6 +201,13 @@ class CrmSideContract:
             crm.reactivate("account:A-1", "not-the-version")
         assert crm.reactivate("account:A-1", current.version).active is True
 
+    def test_all_keys_lists_the_active_accounts(self, side) -> None:
+        crm, seed = side
+        seed("A-1", first_name="Anna")
+        seed("A-2", active=False, first_name="Old")
+        seed("A-3", first_name="Bea")
+        assert sorted(crm.all_keys()) == ["account:A-1", "account:A-3"]
+
     def test_create_account_is_idempotent_by_account_no(self, side) -> None:
         crm, _ = side
         first = crm.create_account("EX-1", {"first_name": "Olga"})

@@ -89,10 +89,11 @@ level = "WARNING"
         init_crm(self.c.crm_engine)
         init_state(self.c.state_engine)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([sys.executable, "-m", "crmsync", "--config", str(self.config), *args],
                               env=self.env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"crmsync {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        if check:
+            assert done.returncode == 0, f"crmsync {' '.join(args)}: {done.returncode}\n{done.stdout}\n{done.stderr}"
         return done
 
     def sql(self, statement: str, rows: list[tuple]) -> None:
@@ -188,6 +189,17 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
 
     out = d.cli("link", "--auto", "--min-score", "0.9").stdout
     assert "30 pair(s) linked, 0 record(s) need a person, 0 failed" in out
+
+    # a second link of a linked record is refused with one clear line and a non-zero exit
+    link = d.c.store.find_link(MB, crm_key="account:A-20")
+    other = d.c.store.find_link(MB, crm_key="account:A-21")
+    refused = d.cli("link", "account:A-20", other.item_id, check=False)
+    assert refused.returncode == 2
+    assert " ".join(refused.stderr.split()) == (f"crmsync: account:A-20 is already linked in {MB} (to item {link.item_id}); "
+                                      "`crmsync unlink account:A-20` first if that link is wrong")
+    # unlink and link again by hand: the same pair, made by a person
+    assert "unlinked account:A-20" in d.cli("unlink", "account:A-20").stdout
+    assert "the next sync merges them" in d.cli("link", "account:A-20", link.item_id).stdout
 
     d.sync(loop)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import replace
-from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 from crmsync.errors import LeaseTaken, Stale
 from crmsync.ports import CrmRecord, Event, ExchangeRecord, Link, LinkUpdate, NewEvent
@@ -297,7 +297,9 @@ class FakeStore:
 
     def remove_unsynced_link(self, mailbox, crm_key):
         link = self.find_link(mailbox, crm_key=crm_key)
-        if link is None or link.base is not None or link.synced_at is not None or link.id in self._lease:
+        lease = self._lease.get(link.id) if link is not None else None
+        if (link is None or link.base is not None or link.synced_at is not None
+                or (lease is not None and lease[1] > datetime.now(UTC))):
             return False
         del self.links[link.id]
         return True
