@@ -100,8 +100,8 @@ def _emit(fmt: str, title: str, columns: Sequence[str], rows: list[list[Any]]) -
         typer.echo(out.getvalue(), nl=False)
     else:
         table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
+        for column in columns:   # ids are folded, never cut: they are typed into `crmsync link`
+            table.add_column(column, overflow="fold" if column in ("item_id", "crm_key") else "ellipsis")
         for r in rows:
             table.add_row(*("" if v is None else str(v) for v in r))
         cli.console.print(table)

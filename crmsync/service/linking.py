@@ -328,13 +328,15 @@ class LinkingService:
         rows: list[PlanRow] = []
         warnings: list[str] = []
         crm_all = {**snap.crm}
-        for link in snap.links:
-            if link.deleted or link.private or link.item_id is None:
-                continue
+        pending = [link for link in snap.links if not (link.deleted or link.private or link.item_id is None)]
+        linked = self.crm.read_many([link.crm_key for link in pending]) if pending else {}
+        for link in pending:
+            rec = linked.get(link.crm_key)
+            name = display_name(rec.record) if rec is not None else link.crm_key
             if link.base is None:
-                rows.append(PlanRow("pair", link.crm_key, link.item_id, link.crm_key, "merge", "linked by hand"))
+                rows.append(PlanRow("pair", link.crm_key, link.item_id, name, "merge", "linked, not synced yet"))
             else:
-                rows.append(PlanRow("pair", link.crm_key, link.item_id, link.crm_key, "nothing",
+                rows.append(PlanRow("pair", link.crm_key, link.item_id, name, "nothing",
                                     "synced before; later changes sync as usual"))
 
         stamps = [c for c in cands if c.certain]
@@ -413,7 +415,7 @@ class LinkingService:
         example = dups[0]
         return (f"mailbox {mailbox}: first sync held: {len(dups)} pair(s) of an unlinked CRM record and an "
                 f"Outlook contact look like the same person (e.g. {example.crm_key} and item "
-                f"{example.exchange_key}, score {example.score:.2f}); a first sync now would create each "
+                f"{example.exchange_key}, score {example.score:.4f}); a first sync now would create each "
                 f"twice. Review them with `crmsync plan --mailbox {mailbox}` and `crmsync match --mailbox "
                 f"{mailbox}`, link them with `crmsync link --auto --mailbox {mailbox}` (or by hand: "
                 "`crmsync link CRM_KEY ITEM_ID`), or set [sync] first_sync = \"link-certain\" or "
