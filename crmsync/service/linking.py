@@ -226,10 +226,11 @@ class LinkingService:
         return MatchReport(snap, tuple(shown), decision)
 
     # ------------------------------------------------------------------ links by hand
-    def link(self, mailbox: str, crm_key: str, item_id: str) -> Link:
+    def link(self, mailbox: str, crm_key: str, item_id: str, *, crm: CrmRecord | None = None,
+             item: ExchangeRecord | None = None) -> Link:
         """Link a CRM record and an Exchange contact; the next sync merges the two.
         Refuses (LinkError) when either is already linked, the contact is private, or either
-        does not exist."""
+        does not exist. ``crm`` / ``item`` are the records when just read (no second read)."""
         try:
             kind, _ = parse_crm_key(crm_key)
         except ValueError as exc:
@@ -237,12 +238,12 @@ class LinkingService:
         if kind == "contact" and not self.with_contacts(mailbox):
             raise LinkError(f"{crm_key}: mailbox {mailbox} does not sync secondary contacts "
                             "(secondary_contacts = false)")
-        crm = self.crm.read_many([crm_key]).get(crm_key)
+        crm = crm or self.crm.read_many([crm_key]).get(crm_key)
         if crm is None:
             raise LinkError(f"{crm_key}: no such record in the CRM")
         if not crm.active:
             raise LinkError(f"{crm_key}: the account is inactive; re-activate it in the CRM first")
-        item = self.exchange_for(mailbox).read(item_id)
+        item = item or self.exchange_for(mailbox).read(item_id)
         if item is None:
             raise LinkError(f"item {item_id}: no such contact in the sync folder of {mailbox}")
         if item.private:
@@ -292,18 +293,22 @@ class LinkingService:
         """Link every unambiguous pair scoring ``min_score`` or more (one-to-one only);
         ambiguous candidates come back for a person."""
         report = self.match(mailbox, min_score, progress, snap)
-        return self._link_all(mailbox, report.decision.links, report.decision.needs_person, dry_run)
+        return self._link_all(report.snapshot, report.decision.links, report.decision.needs_person, dry_run,
+                              progress)
 
-    def _link_all(self, mailbox: str, pairs: Sequence[Candidate], needs: Sequence[NeedsPerson],
-                  dry_run: bool) -> AutoLinkResult:
+    def _link_all(self, snap: Snapshot, pairs: Sequence[Candidate], needs: Sequence[NeedsPerson],
+                  dry_run: bool, progress: Progress | None = None) -> AutoLinkResult:
         linked: list[Candidate] = []
         failed: list[tuple[Candidate, str]] = []
-        for cand in pairs:
+        for n, cand in enumerate(pairs, 1):
+            if progress:
+                progress("linking", n, len(pairs))
             if dry_run:
                 linked.append(cand)
                 continue
             try:
-                self.link(mailbox, cand.crm_key, cand.exchange_key)
+                self.link(snap.mailbox, cand.crm_key, cand.exchange_key, crm=snap.crm.get(cand.crm_key),
+                          item=snap.exchange.get(cand.exchange_key))
             except LinkError as exc:
                 failed.append((cand, str(exc)))
             else:
@@ -404,7 +409,7 @@ class LinkingService:
             return None
         cands = self._candidates(snap)
         if mode == "link-certain":
-            self._link_all(mailbox, one_to_one(c for c in cands if is_email_certain(c) and not c.certain),
+            self._link_all(snap, one_to_one(c for c in cands if is_email_certain(c) and not c.certain),
                            (), dry_run=False)
             return None
         dups = self.probable_duplicates(cands, min_score)
