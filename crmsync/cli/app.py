@@ -191,6 +191,11 @@ def demo(
     run_demo(directory, duration=duration, fresh=fresh, console=console)
 
 
+from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
+
+app.command("doctor")(_doctor)
+
+
 def main() -> None:
     try:
         app()
