@@ -193,7 +193,10 @@ def demo(
 
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 
+from crmsync.cli.flower import flower as _flower  # noqa: E402
+
 app.command("doctor")(_doctor)
+app.command("flower")(_flower)
 
 
 def main() -> None:
