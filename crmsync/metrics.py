@@ -45,10 +45,11 @@ def use_multiproc_dir(path: str | None) -> None:
     """Make this process (and the processes it forks) write multiprocess samples to ``path``;
     an existing ``PROMETHEUS_MULTIPROC_DIR`` wins. Call before the first metric is used."""
     if path and not os.environ.get(ENV_MULTIPROC):
-        os.makedirs(path, exist_ok=True)
         os.environ[ENV_MULTIPROC] = path
     if os.environ.get(ENV_MULTIPROC):
         from prometheus_client import values
+
+        os.makedirs(os.environ[ENV_MULTIPROC], exist_ok=True)
 
         values.ValueClass = values.get_value_class()   # in case prometheus_client was imported before
 

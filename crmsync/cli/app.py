@@ -89,26 +89,36 @@ def init() -> None:
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker that applies events. Any `celery worker` option passes through,
     e.g. `crmsync worker --concurrency 8 --pool threads -n w1@%h`."""
+    from crmsync.cli.metrics_server import prepare
     from crmsync.cli.processes import run_worker
 
-    run_worker(ready_container().settings, ctx.args)
+    loaded = ready_container().settings
+    prepare(loaded)
+    run_worker(loaded, ctx.args)
 
 
 @app.command()
 def producer() -> None:
     """Run the change producers: the CRM changelog feed and each mailbox's Exchange feed turn
     changes into event rows and publish them to the broker."""
+    from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer
 
-    run_producer(ready_container())
+    c = ready_container()
+    prepare(c.settings)
+    serve_from_producer(c)
+    run_producer(c)
 
 
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context) -> None:
     """Run the producers and one worker together on this host (extra options go to the worker)."""
+    from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer, spawn_worker, stop_process
 
     c = ready_container()
+    prepare(c.settings)
+    serve_from_producer(c)
     child = spawn_worker(state.config, ctx.args)
     try:
         run_producer(c)
@@ -192,11 +202,12 @@ def demo(
 
 
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
-
 from crmsync.cli.flower import flower as _flower  # noqa: E402
+from crmsync.cli.metrics_server import metrics_server as _metrics_server  # noqa: E402
 
 app.command("doctor")(_doctor)
 app.command("flower")(_flower)
+app.command("metrics-server")(_metrics_server)
 
 
 def main() -> None:
