@@ -37,7 +37,9 @@ def settings():
     from crmsync.logging_setup import configure_logging
 
     loaded = load_settings(state.config)
-    configure_logging(loaded.log.level, loaded.log.json, ews_wire=loaded.log.ews_wire)
+    # [log] json unset: JSON lines when the log stream is not a terminal (journald, docker, files)
+    as_json = loaded.log.json if "json_" in loaded.log.model_fields_set else None
+    configure_logging(loaded.log.level, as_json, ews_wire=loaded.log.ews_wire)
     return loaded
 
 

@@ -83,3 +83,28 @@ def test_exchange_side_counts_too(pipeline):
     wait_until(lambda: total(scrape(pipeline.server_port), "crmsync_events_applied_total", source="exchange",
                              mailbox=MAILBOX) > applied0, 60, what="the exchange applied counter to move")
     pipeline.settle()
+
+
+def test_worker_logs_one_json_line_per_applied_event(pipeline):
+    """The worker's log is a file, not a terminal: JSON lines, one per applied event with its id,
+    mailbox, record key and action; and never the Exchange password."""
+    import json
+
+    from tests.support.pipeline import SERVICE_PASSWORD
+
+    pipeline.settle()
+    applied = {row["id"] for row in pipeline.state("SELECT id FROM events WHERE status = 'applied' "
+                                                   "AND outcome NOT IN ('missing', 'done-already')")}
+    lines = []
+    for raw in pipeline.log("worker").splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue   # Celery's start-up banner is printed, not logged
+    logged = [line for line in lines if line.get("event") == "event.applied"]
+    assert applied and {line["event_id"] for line in logged} == applied
+    assert len(logged) == len(applied)
+    for line in logged:
+        assert line["mailbox"] == MAILBOX and line["action"]
+        assert line["crm_key"] or line["item_id"]
+    assert SERVICE_PASSWORD not in pipeline.log("worker")
