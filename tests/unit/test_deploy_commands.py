@@ -117,7 +117,7 @@ def test_compose_service_runs_a_real_crmsync_command(name):
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_systemd_unit_runs_real_crmsync_commands(unit):
     cmds = unit_commands(unit)
-    assert any(True for _ in cmds), f"{unit.name}: no ExecStart"
+    assert cmds, f"{unit.name}: no ExecStart"
     for argv in cmds:
         assert argv[0].startswith("/opt/crmsync/venv/bin/"), f"{unit.name}: {argv[0]} is not the venv's"
         check_command(argv, unit.name)
@@ -132,7 +132,7 @@ def test_crmsync_variables_are_known():
             if var.startswith("CRMSYNC_"):
                 assert var in known, f"docker-compose.yml service {name}: {var} is not a crmsync setting"
     for unit in UNITS:
-        for section, key, value in unit_lines(unit):
+        for _section, key, value in unit_lines(unit):
             if key == "Environment":
                 var = value.split("=", 1)[0]
                 if var.startswith("CRMSYNC_"):
