@@ -108,3 +108,20 @@ def test_worker_logs_one_json_line_per_applied_event(pipeline):
         assert line["mailbox"] == MAILBOX and line["action"]
         assert line["crm_key"] or line["item_id"]
     assert SERVICE_PASSWORD not in pipeline.log("worker")
+
+
+def test_dead_letters_count(pipeline):
+    """A record no link can hold (an account without a number) is a dead letter at once: the dead
+    counter and the event-log gauge move, the applied counter does not count it."""
+    before = scrape(pipeline.server_port)
+    dead0 = total(before, "crmsync_events_dead_total", source="crm", mailbox=MAILBOX)
+    pipeline.crm.execute("INSERT INTO accounts (account_no, company_name, email, is_active) "
+                         "VALUES ('', 'No Number Ltd', :e, 1)", e=f"nonum.{uuid.uuid4().hex[:6]}@example.org")
+    try:
+        after = wait_until(
+            lambda: (s := scrape(pipeline.server_port))
+            and total(s, "crmsync_events_dead_total", source="crm", mailbox=MAILBOX) > dead0 and s,
+            60, what="the dead counter to move")
+        assert total(after, "crmsync_events", mailbox=MAILBOX, status="dead") >= 1
+    finally:
+        pipeline.crm.execute("DELETE FROM accounts WHERE account_no = ''")

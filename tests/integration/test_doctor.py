@@ -55,7 +55,7 @@ class Stack:
         self.worker = None
 
     def write_config(self, name: str, *, crm_url: str | None = None, state_url: str | None = None,
-                     broker_url: str | None = None, folder: str = FOLDER) -> Path:
+                     broker_url: str | None = None, folder: str = FOLDER, queue: str | None = None) -> Path:
         path = self.tmp / f"{name}.toml"
         path.write_text(f"""
 [crm]
@@ -77,7 +77,7 @@ address = "{MAILBOX}"
 folder = "{folder}"
 [worker]
 concurrency = 1
-queue = "{self.queue}"
+queue = "{queue or self.queue}"
 """)
         return path
 
@@ -205,6 +205,26 @@ def test_redis_down_fails_with_how_to_start_it(stack):
     assert "start Redis" in found["redis"]["fix"]
     assert found["celery.workers"]["status"] == "FAIL"
     assert "redis.eviction" not in found
+
+
+def test_no_worker_on_the_configured_queue_fails(stack):
+    config = stack.write_config("other-queue", queue="crmsync.nobody-listens")
+    done = stack.cli(config, "doctor", "--format", "json")
+    workers = rows(done)["celery.workers"]
+    assert done.returncode == 1
+    assert workers["status"] == "FAIL"
+    assert "none consumes 'crmsync.nobody-listens'" in workers["detail"]
+    assert stack.queue in workers["detail"]          # what the live worker does consume
+    assert "crmsync worker -Q crmsync.nobody-listens" in workers["fix"]
+
+
+def test_no_worker_alive_fails_with_how_to_start_one(stack):
+    config = stack.write_config("no-workers", broker_url=stack.redis.url(7))   # a database no worker uses
+    done = stack.cli(config, "doctor", "--format", "json")
+    workers = rows(done)["celery.workers"]
+    assert done.returncode == 1
+    assert workers["status"] == "FAIL" and "no worker answered" in workers["detail"]
+    assert "crmsync worker" in workers["fix"]
 
 
 def test_wrong_exchange_password_fails_without_printing_it(stack):
