@@ -23,8 +23,9 @@ class Format(StrEnum):
     json = "json"
 
 
-def _config_check(config_path: str | None):
-    """(settings or None, the config Check)."""
+def _config_check():
+    """(settings or None, the config Check): a config that does not load is the first FAIL,
+    and nothing else can be checked."""
     from crmsync.cli.app import settings
     from crmsync.errors import ConfigError
     from crmsync.service.doctor import Check
@@ -45,12 +46,11 @@ def doctor(
     (migration level), Redis (eviction policy, persistence), Exchange (endpoint, TLS,
     credentials, each mailbox's folder) and the Celery workers. Prints OK / WARN / FAIL with the
     fix for each problem; exits 1 when anything FAILs (WARN alone exits 0)."""
-    from crmsync.cli.app import state
     from crmsync.config import mask_url
     from crmsync.logging_setup import redact_text
     from crmsync.service.doctor import failed, run_checks
 
-    loaded, config_check = _config_check(state.config)
+    loaded, config_check = _config_check()
     checks = [config_check]
     if loaded is not None:
         from crmsync.bootstrap import container_for
