@@ -110,11 +110,52 @@ class Container:
             new_account_no=self.crm.new_account_no,
         )
 
+    def doctor_probes(self) -> DoctorAdapters:
+        """The probes ``crmsync doctor`` judges (crmsync.service.doctor.DoctorProbes)."""
+        return DoctorAdapters(self)
+
     def dispose(self) -> None:
         for name in ("crm_engine", "state_engine"):
             engine = self.__dict__.get(name)
             if engine is not None:
                 engine.dispose()
+
+
+@dataclass
+class DoctorAdapters:
+    """crmsync.service.doctor.DoctorProbes over this container's settings and engines."""
+
+    container: Container
+
+    def crm(self) -> dict:
+        from crmsync.adapters.diagnostics import probe_crm
+
+        return probe_crm(self.container.crm_engine)
+
+    def state(self) -> dict:
+        from crmsync.adapters.diagnostics import probe_state
+
+        return probe_state(self.container.state_engine)
+
+    def redis(self) -> dict:
+        from crmsync.adapters.diagnostics import probe_redis
+
+        return probe_redis(self.container.settings.broker.dsn())
+
+    def exchange_endpoint(self) -> dict:
+        from crmsync.adapters.exchange.ews.probe import probe_endpoint
+
+        return probe_endpoint(self.container.settings.exchange)
+
+    def mailbox(self, address: str, folder: str) -> dict:
+        from crmsync.adapters.exchange.ews.probe import probe_mailbox
+
+        return probe_mailbox(self.container.settings.exchange, address, folder)
+
+    def workers(self) -> dict:
+        from crmsync.adapters.diagnostics import probe_workers
+
+        return probe_workers(self.container.settings)
 
 
 _per_process: dict[int, Container] = {}

@@ -294,6 +294,17 @@ class WorkerSettings(_Section):
     queue: str = Field(default="crmsync.events", min_length=1)
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint (see crmsync.metrics)."""
+
+    #: Port the producer serves /metrics on; 0: off (``crmsync metrics-server`` serves it instead).
+    port: int = Field(default=0, ge=0, le=65535)
+    address: str = "127.0.0.1"
+    #: Directory for prometheus-client's multiprocess mode (Celery pool processes and the
+    #: producer write samples there; the server adds them up). Empty: PROMETHEUS_MULTIPROC_DIR.
+    multiproc_dir: str | None = None
+
+
 class LogSettings(_Section):
     level: LogLevel = "INFO"
     json_: bool = Field(default=False, alias="json")
@@ -327,6 +338,7 @@ class Settings(BaseModel):
     mailboxes: tuple[MailboxSettings, ...] = ()
     sync: SyncSettings = Field(default_factory=SyncSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     _config_path: str | None = PrivateAttr(default=None)
@@ -383,6 +395,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "exchange": ExchangeSettings,
     "sync": SyncSettings,
     "worker": WorkerSettings,
+    "metrics": MetricsSettings,
     "log": LogSettings,
 }
 

@@ -148,17 +148,30 @@ def _shared_processors() -> list[Any]:
     ]
 
 
-def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO | None = None,
+def wants_json(stream: TextIO) -> bool:
+    """JSON lines unless a person is reading: a terminal gets the console format, a pipe, file,
+    journald or docker log gets one JSON object per line."""
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):   # no isatty, or a closed stream
+        return True
+
+
+def configure_logging(level: str = "INFO", json: bool | None = False, *, stream: TextIO | None = None,
                       quiet_loggers: Iterable[str] = ("exchangelib", "alembic"), ews_wire: bool = False) -> None:
     """Route structlog and stdlib logging to ``stream`` (stderr) at ``level``, rendered as JSON
     lines or for a console, with secrets redacted. Safe to call again (it replaces its handler).
 
+    ``json=None`` chooses by the stream: JSON lines when it is not a terminal (:func:`wants_json`).
     ``quiet_loggers`` are held at WARNING, or at INFO when ``level`` is DEBUG. exchangelib's wire
     loggers log at DEBUG only with ``ews_wire`` (``[log] ews_wire``), and always redacted."""
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
     shared = _shared_processors()
+    target = stream if stream is not None else sys.stderr
+    if json is None:
+        json = wants_json(target)
     renderer: Any = (
         structlog.processors.JSONRenderer(default=str) if json
         else structlog.dev.ConsoleRenderer(colors=False)
@@ -171,7 +184,7 @@ def configure_logging(level: str = "INFO", json: bool = False, *, stream: TextIO
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
 

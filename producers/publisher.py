@@ -15,6 +15,7 @@ import structlog
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
+from crmsync import metrics
 from crmsync.testhooks import crash_point
 from schemas.events import APPLY_EVENTS_TASK, EVENTS_QUEUE, EventBatchMessage
 
@@ -143,7 +144,19 @@ class CeleryPublisher:
                 store.mark_published(unmarked)
         if sent:
             log.debug("producer.published", count=sent, queue=self.queue)
+            self._count(store, ids[:sent])
         return sent
+
+    @staticmethod
+    def _count(store: EventStore, sent_ids: list[int]) -> None:
+        """The published counter, labelled by each event's source and mailbox (stores without
+        ``get_events`` are not counted)."""
+        get_events = getattr(store, "get_events", None)
+        if get_events is not None:
+            try:
+                metrics.count_published(get_events(sent_ids).values())
+            except Exception:  # noqa: BLE001 - counting never breaks publishing
+                log.debug("producer.count_failed", exc_info=True)
 
     def close(self) -> None:
         """Release the broker connections (pool) of the client app, if it was built."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import structlog
 from celery import Celery, Task
 
+from crmsync import metrics
 from crmsync.bootstrap import container_for
 from crmsync.config import SyncSettings
 from crmsync.errors import BadRecord, LeaseTaken, Transient
@@ -40,21 +41,35 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def settle(store, result: service.BatchResult, max_attempts: int) -> list[int]:
-    """Write what the batch could not do into the event rows; returns the ids to retry."""
+def settle(store, result: service.BatchResult, max_attempts: int,
+           rows: dict | None = None) -> list[int]:
+    """Write what the batch could not do into the event rows; returns the ids to retry.
+    ``rows`` (id -> event row) label the metrics."""
+    rows = rows or {}
     retry: list[int] = []
     for event_id, exc in result.errors.items():
         if isinstance(exc, LeaseTaken):      # another execution holds the link: not an attempt
             retry.append(event_id)
             continue
         attempts = store.record_attempt(event_id, describe(exc))
+        row = rows.get(event_id)
         if isinstance(exc, BadRecord) or attempts >= max_attempts:
             store.mark_dead(event_id, describe(exc))
             log.error("event.dead", event_id=event_id, attempts=attempts, error=describe(exc))
+            if row is not None:
+                metrics.count_dead(row)
         else:
             log.warning("event.retry", event_id=event_id, attempts=attempts, error=describe(exc))
             retry.append(event_id)
+            if row is not None:
+                metrics.count_failed(row)
     return retry
+
+
+def count_applied(rows: dict, outcomes: dict) -> None:
+    """The applied/lag metrics (the service logs one line per applied event)."""
+    done = {i: o for i, o in outcomes.items() if o not in ("missing", "done-already")}
+    metrics.count_applied(rows, done, datetime.now(UTC))
 
 
 class ApplyTask(Task):
@@ -83,6 +98,7 @@ class ApplyTask(Task):
         for event_id, event in store.get_events([int(i) for i in ids]).items():
             if event.status not in ("applied", "dead"):
                 store.mark_dead(event_id, event.last_error or describe(exc))
+                metrics.count_dead(event)
                 log.error("event.dead", event_id=event_id, attempts=event.attempts,
                           error=event.last_error or describe(exc))
 
@@ -102,7 +118,9 @@ def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
         owner = f"{self.request.id or 'local'}:{uuid.uuid4().hex[:12]}"   # one execution, never shared
         result = service.apply_events(container.sync_services, [int(i) for i in event_ids], owner)
         sync = self.app.crmsync_settings.sync
-        retry = settle(container.store, result, sync.max_attempts)
+        rows = container.store.get_events([int(i) for i in event_ids])
+        count_applied(rows, result.outcomes)
+        retry = settle(container.store, result, sync.max_attempts, rows)
         if not retry:
             return {"applied": len(result.outcomes), "dead": len(result.errors)}
         errors = [result.errors[i] for i in retry]

@@ -37,7 +37,9 @@ def settings():
     from crmsync.logging_setup import configure_logging
 
     loaded = load_settings(state.config)
-    configure_logging(loaded.log.level, loaded.log.json, ews_wire=loaded.log.ews_wire)
+    # [log] json unset: JSON lines when the log stream is not a terminal (journald, docker, files)
+    as_json = loaded.log.json if "json_" in loaded.log.model_fields_set else None
+    configure_logging(loaded.log.level, as_json, ews_wire=loaded.log.ews_wire)
     return loaded
 
 
@@ -89,26 +91,36 @@ def init() -> None:
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker that applies events. Any `celery worker` option passes through,
     e.g. `crmsync worker --concurrency 8 --pool threads -n w1@%h`."""
+    from crmsync.cli.metrics_server import prepare
     from crmsync.cli.processes import run_worker
 
-    run_worker(ready_container().settings, ctx.args)
+    loaded = ready_container().settings
+    prepare(loaded)
+    run_worker(loaded, ctx.args)
 
 
 @app.command()
 def producer() -> None:
     """Run the change producers: the CRM changelog feed and each mailbox's Exchange feed turn
     changes into event rows and publish them to the broker."""
+    from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer
 
-    run_producer(ready_container())
+    c = ready_container()
+    prepare(c.settings)
+    serve_from_producer(c)
+    run_producer(c)
 
 
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context) -> None:
     """Run the producers and one worker together on this host (extra options go to the worker)."""
+    from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer, spawn_worker, stop_process
 
     c = ready_container()
+    prepare(c.settings)
+    serve_from_producer(c)
     child = spawn_worker(state.config, ctx.args)
     try:
         run_producer(c)
@@ -116,24 +128,73 @@ def run(ctx: typer.Context) -> None:
         stop_process(child)
 
 
-@app.command()
-def status() -> None:
-    """Per mailbox: links, last sync, pending/failed events; and the broker's queue depth."""
-    from crmsync.adapters.broker import queue_depth
+def _status_view(c, stale_after_s: float):
+    """(the status table and queue line as one renderable, the list of problems for --check)."""
+    from datetime import UTC, datetime
 
-    c = ready_container()
+    from rich.console import Group
+
+    from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.state.status import attention
+
+    now = datetime.now(UTC)
     summary = c.store.status_summary()
-    table = Table(title="crmsync status")
-    for column in ("mailbox", "links", "last sync", "pending", "published", "applied", "dead"):
+    trouble = attention(c.state_engine)
+    problems: list[str] = []
+    table = Table(title=f"crmsync status ({now:%Y-%m-%d %H:%M:%S} UTC)")
+    for column in ("mailbox", "links", "last sync", "pending", "published", "applied", "retrying", "dead"):
         table.add_column(column)
     for row in summary:
+        extra = trouble.get(row["mailbox"], {})
+        retrying = extra.get("retrying", 0) + extra.get("failed", 0)
         table.add_row(row["mailbox"], str(row["links"]), str(row["last_synced_at"] or "never"),
                       str(row["pending"]), str(row["published"]), str(row["applied"]),
-                      str(row["dead"]))
-    console.print(table)
+                      str(retrying), str(row["dead"]))
+        if row["dead"]:
+            problems.append(f"{row['mailbox']}: {row['dead']} dead event(s); see them and replay after fixing")
+        if retrying:
+            problems.append(f"{row['mailbox']}: {retrying} event(s) failing and being retried")
+        oldest = extra.get("oldest_unfinished")
+        if oldest is not None and (now - oldest).total_seconds() > stale_after_s:
+            problems.append(f"{row['mailbox']}: sync is stale: an event has waited since {oldest:%Y-%m-%d %H:%M:%S} "
+                            f"UTC (over {stale_after_s:g} s); are the workers running? (`crmsync doctor`)")
     depth = queue_depth(c.settings)
-    console.print(f"broker queue {c.settings.worker.queue}: "
-                  f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
+    queue = (f"broker queue {c.settings.worker.queue}: "
+             f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
+    return Group(table, queue), problems
+
+
+@app.command()
+def status(
+    check: bool = typer.Option(False, "--check", help="exit 1 when something needs a person (dead or failing "
+                               "events, a stale sync), listing what; for cron and monitoring"),
+    watch: bool = typer.Option(False, "--watch", help="refresh in place until Ctrl-C"),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="seconds between refreshes with --watch"),
+    stale_after: float = typer.Option(900.0, "--stale-after", min=1,
+                                      help="seconds an event may wait before the sync counts as stale"),
+) -> None:
+    """Per mailbox: links, last sync, pending/retrying/dead events; and the broker's queue depth."""
+    c = ready_container()
+    if watch:
+        import time
+
+        from rich.live import Live
+
+        try:
+            with Live(_status_view(c, stale_after)[0], console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(_status_view(c, stale_after)[0])
+        except KeyboardInterrupt:
+            return
+    view, problems = _status_view(c, stale_after)
+    console.print(view)
+    if check:
+        if problems:
+            for line in problems:
+                console.print(f"NEEDS ATTENTION: {line}", markup=False, highlight=False)
+            raise typer.Exit(1)
+        console.print("all good: nothing needs a person")
 
 
 @app.command()
@@ -194,6 +255,14 @@ def demo(
 from crmsync.cli import linking as _linking  # noqa: E402 - its commands need `app` above
 
 _linking.register(app)
+
+from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
+from crmsync.cli.flower import flower as _flower  # noqa: E402
+from crmsync.cli.metrics_server import metrics_server as _metrics_server  # noqa: E402
+
+app.command("doctor")(_doctor)
+app.command("flower")(_flower)
+app.command("metrics-server")(_metrics_server)
 
 
 def main() -> None:

@@ -33,3 +33,30 @@ def applied_events_after(engine, after_id: int, limit: int = 200) -> list[dict]:
              .order_by(events.c.id).limit(limit))
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def attention(engine) -> dict[str, dict]:
+    """Per mailbox, what may need a person: ``retrying`` (unfinished events that already failed
+    at least once), ``failed`` (events in a ``failed`` status, where the event log has one) and
+    ``oldest_unfinished`` (aware UTC creation time of the oldest event not yet applied or dead)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select
+
+    from schemas.state_tables import events
+
+    unfinished = events.c.status.in_(("pending", "published", "failed"))
+    query = (select(events.c.mailbox,
+                    func.count().filter(unfinished & (events.c.attempts > 0) & (events.c.status != "failed")),
+                    func.count().filter(events.c.status == "failed"),
+                    func.min(events.c.created_at).filter(unfinished))
+             .group_by(events.c.mailbox))
+    out: dict[str, dict] = {}
+    with engine.connect() as conn:
+        for mailbox, retrying, failed, oldest in conn.execute(query):
+            if isinstance(oldest, str):   # MIN() over a TypeDecorator column comes back untyped on SQLite
+                oldest = datetime.fromisoformat(oldest)
+            if oldest is not None:
+                oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest.astimezone(UTC)
+            out[mailbox] = {"retrying": int(retrying or 0), "failed": int(failed or 0), "oldest_unfinished": oldest}
+    return out

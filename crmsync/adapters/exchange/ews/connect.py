@@ -59,7 +59,8 @@ class _TlsPerEndpointAdapter(HTTPAdapter):
     ``NoVerifyHTTPAdapter`` does, but scoped to those endpoints)."""
 
     def cert_verify(self, conn, url, verify, cert):  # noqa: ANN001 - requests' signature
-        super().cert_verify(conn=conn, url=url, verify=verify and not _unverified(url), cert=cert)
+        # keep ``verify`` as given when it is a CA bundle path (REQUESTS_CA_BUNDLE): `verify and ...` made it True
+        super().cert_verify(conn=conn, url=url, verify=False if _unverified(url) else verify, cert=cert)
 
 
 _UNVERIFIED: set[str] = set()  # scheme://host:port of endpoints with verify_tls = false

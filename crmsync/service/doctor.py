@@ -1,0 +1,235 @@
+"""``crmsync doctor``: turn what the probes found into OK / WARN / FAIL, each failure with its fix.
+
+Why a service: the judgement (what is wrong, how bad, what to do about it) is the part worth
+testing and keeping in one place; the probes that look at databases, Redis, Exchange and the
+Celery workers are adapters, wired in crmsync.bootstrap, and report plain facts (dicts) so that
+this module needs no driver. A probe that raises is reported as a FAIL of its check, never as a
+crash of the doctor.
+
+Severity: FAIL is "crmsync cannot work correctly like this" (exit non-zero); WARN is "it works,
+but an outage or a restart will cost you" (persistence off, TLS not verified, plain HTTP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Status = Literal["OK", "WARN", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+class DoctorProbes(Protocol):
+    """What the doctor asks of the deployment (implemented in crmsync.bootstrap)."""
+
+    def crm(self) -> dict[str, Any]: ...            # error | schema_error | missing_triggers
+    def state(self) -> dict[str, Any]: ...          # error | revision, head, known
+    def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb
+    def exchange_endpoint(self) -> dict[str, Any]: ...  # kind, detail, scheme, verify_tls
+    def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail
+    def workers(self) -> dict[str, Any]: ...        # error | workers: {hostname: [queues]}
+
+
+def _safely(name: str, probe: Callable[[], dict[str, Any]]) -> dict[str, Any] | Check:
+    try:
+        return probe()
+    except Exception as exc:  # noqa: BLE001 - a probe's own failure is a FAIL, not a crash
+        return Check(name, "FAIL", f"the check itself failed: {type(exc).__name__}: {exc}",
+                     "see the error; run with --config pointing at the right file")
+
+
+def check_crm(probes: DoctorProbes, where: str) -> list[Check]:
+    facts = _safely("crm.database", probes.crm)
+    if isinstance(facts, Check):
+        return [facts]
+    if facts.get("error"):
+        return [Check("crm.database", "FAIL", f"{where}: cannot connect: {facts['error']}",
+                      "check [crm] url (and crm.password_env) and that the database server is up")]
+    checks = [Check("crm.database", "OK", f"{where}: reachable")]
+    if facts.get("schema_error"):
+        checks.append(Check("crm.schema", "FAIL", facts["schema_error"],
+                            "run `crmsync init` (creates missing tables; never alters existing ones), "
+                            "or add the missing columns"))
+        return checks
+    checks.append(Check("crm.schema", "OK", "accounts, contacts and crm_changelog present"))
+    missing = list(facts.get("missing_triggers") or ())
+    if missing:
+        checks.append(Check("crm.triggers", "FAIL",
+                            f"change-capture trigger(s) missing: {', '.join(missing)}; CRM edits are not seen",
+                            "run `crmsync init` to install the triggers"))
+    else:
+        checks.append(Check("crm.triggers", "OK", "change-capture triggers installed"))
+    return checks
+
+
+def check_state(probes: DoctorProbes, where: str) -> list[Check]:
+    facts = _safely("state.database", probes.state)
+    if isinstance(facts, Check):
+        return [facts]
+    if facts.get("error"):
+        return [Check("state.database", "FAIL", f"{where}: cannot connect: {facts['error']}",
+                      "check [state] url (and state.password_env) and that the database server is up")]
+    checks = [Check("state.database", "OK", f"{where}: reachable")]
+    revision, head = facts.get("revision"), facts.get("head")
+    if revision is None:
+        checks.append(Check("state.migrations", "FAIL", "no crmsync tables (not migrated)",
+                            "run `crmsync init` to create the state tables"))
+    elif revision == head:
+        checks.append(Check("state.migrations", "OK", f"at the latest migration ({head})"))
+    elif facts.get("known", True):
+        checks.append(Check("state.migrations", "FAIL", f"at migration {revision}, this crmsync needs {head}",
+                            "stop the producer and workers, run `crmsync init` (it upgrades), start them again"))
+    else:
+        checks.append(Check("state.migrations", "FAIL",
+                            f"at migration {revision}, unknown to this crmsync (latest known: {head})",
+                            "this crmsync is older than the database: install the crmsync version that migrated it"))
+    return checks
+
+
+def check_redis(probes: DoctorProbes, where: str) -> list[Check]:
+    facts = _safely("redis", probes.redis)
+    if isinstance(facts, Check):
+        return [facts]
+    if facts.get("not_redis"):
+        return [Check("redis", "WARN", f"{where}: not a Redis broker; Redis checks skipped",
+                      "use Redis in production ([broker] url = redis://...)")]
+    if facts.get("error"):
+        return [Check("redis", "FAIL", f"{where}: unreachable: {facts['error']}",
+                      "start Redis (systemctl start redis-server / docker compose up redis) "
+                      "or fix [broker] url and broker.password_env")]
+    checks = [Check("redis", "OK", f"{where}: answers PING (Redis {facts.get('version', '?')})")]
+    policy = facts.get("maxmemory_policy")
+    if policy == "noeviction":
+        checks.append(Check("redis.eviction", "OK", "maxmemory-policy noeviction"))
+    elif policy is None:
+        checks.append(Check("redis.eviction", "WARN", "maxmemory-policy could not be read",
+                            "make sure the server runs with maxmemory-policy noeviction"))
+    else:
+        # FAIL: under memory pressure Redis would drop queued tasks; the re-drive finds them only
+        # after sync.redrive_after_s, and nothing says why changes arrive late.
+        checks.append(Check("redis.eviction", "FAIL", f"maxmemory-policy {policy}: queued tasks may be evicted",
+                            "set `maxmemory-policy noeviction` in redis.conf (or CONFIG SET maxmemory-policy "
+                            "noeviction; CONFIG REWRITE)"))
+    aof, rdb = facts.get("aof"), facts.get("rdb")
+    if aof is None and rdb is None:
+        checks.append(Check("redis.persistence", "WARN", "persistence settings could not be read",
+                            "make sure the server runs with appendonly yes"))
+    elif aof or rdb:
+        kind = "AOF" if aof else "RDB snapshots only"
+        status: Status = "OK" if aof else "WARN"
+        checks.append(Check("redis.persistence", status, f"persistence on ({kind})",
+                            "" if aof else "set `appendonly yes` (RDB loses the messages since the last snapshot)"))
+    else:
+        checks.append(Check("redis.persistence", "WARN",
+                            "persistence off: a Redis restart drops queued tasks (the re-drive re-sends them "
+                            "after sync.redrive_after_s)",
+                            "set `appendonly yes` and `appendfsync everysec` (see deploy/redis.conf)"))
+    return checks
+
+
+_MAILBOX_FIX = {
+    "auth": "check exchange.username and the password in the variable exchange.password_env names",
+    "secret": "set the environment variable named by exchange.password_env (or client_secret_env)",
+    "access": "grant the service account ApplicationImpersonation (access = \"impersonation\") or "
+              "delegate access to the mailbox (access = \"delegate\")",
+    "mailbox": "check the [[mailbox]] address: Exchange does not know it",
+    "folder": "create the folder under Contacts in Outlook, or start `crmsync producer` once "
+              "(it creates the folder), or fix [[mailbox]] folder",
+    "unreachable": "check exchange.endpoint and the network path to the server",
+    "tls": "install the server's CA certificate on this host (or set verify_tls = false for a test server)",
+}
+
+
+def check_exchange(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -> list[Check]:
+    facts = _safely("exchange.endpoint", probes.exchange_endpoint)
+    if isinstance(facts, Check):
+        return [facts]
+    kind = facts.get("kind")
+    if kind == "missing":
+        return [Check("exchange.endpoint", "FAIL", "exchange.endpoint is not set",
+                      "set [exchange] endpoint = \"https://mail.example.com/EWS/Exchange.asmx\"")]
+    if kind != "ok":
+        return [Check("exchange.endpoint", "FAIL", facts.get("detail", kind or "?"),
+                      _MAILBOX_FIX.get(kind or "", "check the [exchange] settings"))]
+    checks = []
+    endpoint = facts.get("endpoint", "")
+    if facts.get("scheme") == "http":
+        checks.append(Check("exchange.endpoint", "WARN", f"{endpoint} answers, over plain HTTP",
+                            "use https:// so credentials and contacts are encrypted"))
+    elif not facts.get("verify_tls", True):
+        checks.append(Check("exchange.endpoint", "WARN", f"{endpoint} answers over TLS, certificate NOT verified",
+                            "install the CA certificate and set verify_tls = true"))
+    else:
+        checks.append(Check("exchange.endpoint", "OK", f"{endpoint} answers over TLS, certificate verified"))
+    if not mailboxes:
+        checks.append(Check("exchange.mailboxes", "FAIL", "no mailbox is configured",
+                            "add a [[mailbox]] table with an address, or set CRMSYNC_MAILBOXES"))
+        return checks
+    results = []
+    for address, folder in mailboxes:
+        result = _safely(f"mailbox {address}", lambda a=address, f=folder: probes.mailbox(a, f))
+        results.append((address, folder, result))
+    kinds = [r.get("kind") for _, _, r in results if not isinstance(r, Check)]
+    if "auth" in kinds or "secret" in kinds:
+        bad = "secret" if "secret" in kinds else "auth"
+        detail = next(r["detail"] for _, _, r in results if not isinstance(r, Check) and r.get("kind") == bad)
+        checks.append(Check("exchange.credentials", "FAIL", detail, _MAILBOX_FIX[bad]))
+    elif any(k in ("ok", "folder", "access", "mailbox") for k in kinds):
+        checks.append(Check("exchange.credentials", "OK", "the service account signs in"))
+    for address, folder, result in results:
+        name = f"mailbox {address}"
+        if isinstance(result, Check):
+            checks.append(result)
+        elif result.get("kind") == "ok":
+            checks.append(Check(name, "OK", f"folder {folder!r} present and readable"))
+        elif result.get("kind") in ("auth", "secret"):
+            checks.append(Check(name, "FAIL", "not checked: the service account cannot sign in",
+                                _MAILBOX_FIX[result["kind"]]))
+        else:
+            checks.append(Check(name, "FAIL", result.get("detail", "?"),
+                                _MAILBOX_FIX.get(result.get("kind") or "", "check the [exchange] settings")))
+    return checks
+
+
+def check_workers(probes: DoctorProbes, queue: str) -> list[Check]:
+    facts = _safely("celery.workers", probes.workers)
+    if isinstance(facts, Check):
+        return [facts]
+    if facts.get("error"):
+        return [Check("celery.workers", "FAIL", f"cannot ask the workers: {facts['error']}",
+                      "fix the broker first (see the redis checks)")]
+    workers: dict[str, list[str]] = facts.get("workers") or {}
+    if not workers:
+        return [Check("celery.workers", "FAIL", "no worker answered the ping",
+                      "start workers: `crmsync worker` (systemctl start crmsync-worker@main)")]
+    listing = "; ".join(f"{name} ({', '.join(queues) or 'no queue'})" for name, queues in sorted(workers.items()))
+    consuming = [name for name, queues in workers.items() if queue in queues]
+    if not consuming:
+        return [Check("celery.workers", "FAIL", f"{len(workers)} alive, none consumes {queue!r}: {listing}",
+                      f"start a worker on {queue!r} (the [worker] queue setting, or `crmsync worker -Q {queue}`)")]
+    return [Check("celery.workers", "OK", f"{len(workers)} alive, {len(consuming)} on {queue!r}: {listing}")]
+
+
+def run_checks(probes: DoctorProbes, *, crm_where: str, state_where: str, broker_where: str,
+               mailboxes: Sequence[tuple[str, str]], queue: str) -> list[Check]:
+    """Every check, in the order an administrator would fix them. ``*_where`` are the URLs
+    without passwords; ``mailboxes`` are (address, folder) pairs."""
+    return [
+        *check_crm(probes, crm_where),
+        *check_state(probes, state_where),
+        *check_redis(probes, broker_where),
+        *check_exchange(probes, mailboxes),
+        *check_workers(probes, queue),
+    ]
+
+
+def failed(checks: Sequence[Check]) -> bool:
+    return any(c.status == "FAIL" for c in checks)

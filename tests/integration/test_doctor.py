@@ -1,0 +1,290 @@
+"""``crmsync doctor`` against real parts: a private redis-server, the EWS emulator over TLS
+(certificate verified through a throwaway CA), SQLite CRM and state databases and a real
+Celery worker process. One healthy stack is shared by the module; each failure test points a
+config file at one broken part (a Redis port nobody listens on, a wrong password, a folder
+that does not exist, a CRM without its triggers, a state database never migrated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from crmsync.adapters.database import init_crm, init_state, make_engine
+from tests.support.emulator_proc import ca_signed_cert, free_port, start_emulator
+from tests.support.pipeline import wait_until
+from tests.support.redis_proc import start_redis
+
+MAILBOX = "alice@example.com"
+SERVICE_USER = "svc@example.com"
+SERVICE_PASSWORD = "svc-doctor-Secret-77"
+WRONG_PASSWORD = "not-the-Password-42"
+FOLDER = "CRM Accounts"
+PASSWORD_ENV = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.redis = start_redis(tmp / "redis")
+        self.redis.client().config_set("appendonly", "yes")     # a production-like broker
+        ca, cert, key = ca_signed_cert(tmp / "tls")
+        self.ca = ca
+        self.emulator = start_emulator(tmp / "exchange", users={MAILBOX: "alice-pw", SERVICE_USER: SERVICE_PASSWORD},
+                                       extra_args=["--impersonator", SERVICE_USER, "--tls-cert", str(cert),
+                                                   "--tls-key", str(key)])
+        self.queue = f"crmsync.doctor.{uuid.uuid4().hex[:8]}"
+        self.crm_url = f"sqlite:///{tmp / 'crm.db'}"
+        self.state_url = f"sqlite:///{tmp / 'state.db'}"
+        self.broker_url = self.redis.url(0)
+        self.env = {**os.environ, PASSWORD_ENV: SERVICE_PASSWORD, "REQUESTS_CA_BUNDLE": str(ca),
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.pop("CRMSYNC_CONFIG", None)
+        self.config = self.write_config("healthy")
+        for url, init in ((self.crm_url, init_crm), (self.state_url, init_state)):
+            engine = make_engine(url)
+            init(engine)
+            engine.dispose()
+        self.worker = None
+
+    def write_config(self, name: str, *, crm_url: str | None = None, state_url: str | None = None,
+                     broker_url: str | None = None, folder: str = FOLDER, queue: str | None = None) -> Path:
+        path = self.tmp / f"{name}.toml"
+        path.write_text(f"""
+[crm]
+url = "{crm_url or self.crm_url}"
+[state]
+url = "{state_url or self.state_url}"
+[broker]
+url = "{broker_url or self.broker_url}"
+[exchange]
+endpoint = "{self.emulator.endpoint}"
+auth = "basic"
+username = "{SERVICE_USER}"
+password_env = "{PASSWORD_ENV}"
+access = "impersonation"
+timeout_s = 4
+max_wait_s = 2
+[[mailbox]]
+address = "{MAILBOX}"
+folder = "{folder}"
+[worker]
+concurrency = 1
+queue = "{queue or self.queue}"
+""")
+        return path
+
+    def cli(self, config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "crmsync", "--config", str(config), *args],
+                              env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+    def start_worker(self) -> None:
+        log = open(self.tmp / "worker.log", "ab")  # noqa: SIM115 - owned by the process
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "crmsync", "--config", str(self.config), "worker",
+             "-n", f"doctor-{uuid.uuid4().hex[:6]}@%h"],
+            env=self.env, stdout=log, stderr=log, start_new_session=True)
+        app = Celery("doctor-test", broker=self.broker_url, set_as_current=False)
+        try:
+            wait_until(lambda: app.control.ping(timeout=1.0), 60, what="the Celery worker to answer a ping")
+        finally:
+            app.close()
+
+    def close(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(10)
+        self.emulator.stop()
+        self.redis.stop()
+
+
+def create_folder(stack: Stack) -> None:
+    """The mailbox owner makes the sync folder in Outlook (exchangelib as alice)."""
+    from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
+    from exchangelib.folders import Folder
+
+    config = Configuration(service_endpoint=stack.emulator.endpoint, credentials=Credentials(MAILBOX, "alice-pw"),
+                           auth_type=BASIC)
+    account = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
+    Folder(parent=account.contacts, name=FOLDER, folder_class="IPF.Contact").save()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("doctor"))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("REQUESTS_CA_BUNDLE", str(s.ca))
+            create_folder(s)
+        s.start_worker()
+        yield s
+    finally:
+        s.close()
+
+
+def rows(done: subprocess.CompletedProcess) -> dict[str, dict]:
+    """The doctor's JSON rows by check name (asserting the output is nothing but that JSON)."""
+    return {row["check"]: row for row in json.loads(done.stdout)}
+
+
+def assert_no_secret(done: subprocess.CompletedProcess) -> None:
+    for secret in (SERVICE_PASSWORD, WRONG_PASSWORD):
+        assert secret not in done.stdout and secret not in done.stderr
+
+
+EXPECTED = {"config", "crm.database", "crm.schema", "crm.triggers", "state.database", "state.migrations",
+            "redis", "redis.eviction", "redis.persistence", "exchange.endpoint", "exchange.credentials",
+            f"mailbox {MAILBOX}", "celery.workers"}
+
+
+def test_healthy_stack_is_all_ok(stack):
+    done = stack.cli(stack.config, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(found) == EXPECTED
+    assert {name: row["status"] for name, row in found.items()} == dict.fromkeys(EXPECTED, "OK")
+    assert "certificate verified" in found["exchange.endpoint"]["detail"]
+    assert stack.queue in found["celery.workers"]["detail"]
+    assert_no_secret(done)
+
+
+def test_table_output_names_every_check(stack):
+    done = stack.cli(stack.config, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "overall: OK" in done.stdout
+    for name in ("crm.triggers", "state.migrations", "redis.persistence", "celery.workers"):
+        assert name in done.stdout
+
+
+def test_persistence_off_is_only_a_warning(stack):
+    client = stack.redis.client()
+    client.config_set("appendonly", "no")
+    try:
+        done = stack.cli(stack.config, "doctor", "--format", "json")
+    finally:
+        client.config_set("appendonly", "yes")
+    found = rows(done)
+    assert done.returncode == 0, done.stdout
+    assert found["redis.persistence"]["status"] == "WARN"
+    assert "appendonly yes" in found["redis.persistence"]["fix"]
+    assert [n for n, r in found.items() if r["status"] != "OK"] == ["redis.persistence"]
+
+
+def test_evicting_redis_fails(stack):
+    client = stack.redis.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        done = stack.cli(stack.config, "doctor", "--format", "json")
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["redis.eviction"]["status"] == "FAIL"
+    assert "allkeys-lru" in found["redis.eviction"]["detail"]
+    assert "noeviction" in found["redis.eviction"]["fix"]
+
+
+def test_redis_down_fails_with_how_to_start_it(stack):
+    config = stack.write_config("redis-down", broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    done = stack.cli(config, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["redis"]["status"] == "FAIL"
+    assert "unreachable" in found["redis"]["detail"]
+    assert "start Redis" in found["redis"]["fix"]
+    assert found["celery.workers"]["status"] == "FAIL"
+    assert "redis.eviction" not in found
+
+
+def test_no_worker_on_the_configured_queue_fails(stack):
+    config = stack.write_config("other-queue", queue="crmsync.nobody-listens")
+    done = stack.cli(config, "doctor", "--format", "json")
+    workers = rows(done)["celery.workers"]
+    assert done.returncode == 1
+    assert workers["status"] == "FAIL"
+    assert "none consumes 'crmsync.nobody-listens'" in workers["detail"]
+    assert stack.queue in workers["detail"]          # what the live worker does consume
+    assert "crmsync worker -Q crmsync.nobody-listens" in workers["fix"]
+
+
+def test_no_worker_alive_fails_with_how_to_start_one(stack):
+    config = stack.write_config("no-workers", broker_url=stack.redis.url(7))   # a database no worker uses
+    done = stack.cli(config, "doctor", "--format", "json")
+    workers = rows(done)["celery.workers"]
+    assert done.returncode == 1
+    assert workers["status"] == "FAIL" and "no worker answered" in workers["detail"]
+    assert "crmsync worker" in workers["fix"]
+
+
+def test_wrong_exchange_password_fails_without_printing_it(stack):
+    done = stack.cli(stack.config, "doctor", "--format", "json", env={PASSWORD_ENV: WRONG_PASSWORD})
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["exchange.credentials"]["status"] == "FAIL"
+    assert "password" in found["exchange.credentials"]["fix"]
+    assert found[f"mailbox {MAILBOX}"]["status"] == "FAIL"
+    assert found["exchange.endpoint"]["status"] == "OK"
+    assert_no_secret(done)
+    table = stack.cli(stack.config, "doctor", env={PASSWORD_ENV: WRONG_PASSWORD})
+    assert table.returncode == 1 and "overall: FAIL" in table.stdout
+    assert_no_secret(table)
+
+
+def test_missing_folder_fails_with_how_to_create_it(stack):
+    config = stack.write_config("no-folder", folder="Not There")
+    done = stack.cli(config, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    mailbox = found[f"mailbox {MAILBOX}"]
+    assert mailbox["status"] == "FAIL"
+    assert "'Not There' does not exist" in mailbox["detail"]
+    assert "create the folder" in mailbox["fix"]
+    assert found["exchange.credentials"]["status"] == "OK"
+
+
+def test_missing_triggers_fail_with_crmsync_init(stack):
+    path = stack.tmp / "crm-no-triggers.db"
+    engine = make_engine(f"sqlite:///{path}")
+    init_crm(engine)
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        name = db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name").fetchone()[0]
+        db.execute(f'DROP TRIGGER "{name}"')
+    config = stack.write_config("no-triggers", crm_url=f"sqlite:///{path}")
+    done = stack.cli(config, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["crm.triggers"]["status"] == "FAIL"
+    assert name in found["crm.triggers"]["detail"]
+    assert "crmsync init" in found["crm.triggers"]["fix"]
+    assert found["crm.schema"]["status"] == "OK"
+
+
+def test_state_database_not_migrated_fails_with_crmsync_init(stack):
+    config = stack.write_config("no-state", state_url=f"sqlite:///{stack.tmp / 'empty-state.db'}")
+    done = stack.cli(config, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["state.migrations"]["status"] == "FAIL"
+    assert "crmsync init" in found["state.migrations"]["fix"]
+
+
+def test_invalid_config_is_a_failure_not_a_crash(stack):
+    path = stack.tmp / "bad.toml"
+    path.write_text('[sync]\nconflict_policy = "loudest-wins"\n')
+    done = stack.cli(path, "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    assert list(found) == ["config"]
+    assert "sync.conflict_policy" in found["config"]["detail"]
