@@ -154,6 +154,8 @@ class StateSettings(_UrlSection):
     """crmsync's own tables: links, event log, cursors, conflicts."""
 
     url: str = "sqlite:///crmsync-state.db"
+    #: ``crmsync events purge`` (without --before) deletes applied and skipped events older than this
+    keep_applied_days: int = Field(default=30, ge=1)
 
 
 class BrokerSettings(_UrlSection):

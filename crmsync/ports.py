@@ -130,6 +130,17 @@ class ConflictRecord:
 
 
 @dataclass(frozen=True)
+class FieldWrite:
+    """One field crmsync wrote on one side (old and new raw value), for the event log; like
+    conflicts, written with the link commit. ``field`` None: a whole-record act (a delete)."""
+
+    side: str                     # crm | exchange
+    field: str | None
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
 class NewEvent:
     """A change seen by a producer, before it has an id."""
 
@@ -168,6 +179,9 @@ class LinkUpdate:
     deleted: bool = False
     private: bool = False
     conflicts: tuple[ConflictRecord, ...] = ()
+    writes: tuple[FieldWrite, ...] = ()      # what this apply wrote (the event log's diffs)
+    action: str | None = None                # the outcome, e.g. "updated"
+    event_ids: tuple[int, ...] = ()          # the events this commit applied
 
 
 class StateStore(Protocol):

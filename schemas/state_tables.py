@@ -4,7 +4,8 @@ Created and evolved only by the Alembic migrations in ``schemas/migrations``; th
 their ``target_metadata`` and what the state store queries.
 
 Privacy: events carry ids only (crm_key, item_id), never contact data, so a private Exchange
-contact leaves no trace of its content here.
+contact leaves no trace of its content here; the field diffs in ``event_changes`` are written
+only for shared contacts and leave with the link's conflicts when a contact turns private.
 """
 
 from __future__ import annotations
@@ -106,8 +107,36 @@ events = Table(
     Column("published_at", UtcDateTime),
     Column("applied_at", UtcDateTime),
     Column("outcome", Text),                     # what the worker did: updated, noop, ...
+    # the last error, taken apart for the event log (last_error keeps "Class: message")
+    Column("error_class", Text),
+    Column("error_record", Text),                # the CRM key or ItemId the error is about
+    Column("error_field", Text),                 # the canonical field(s), when known
+    Column("failed_at", UtcDateTime),            # when the last error happened
     Index("ix_events_status_created_at", "status", "created_at"),
+    Index("ix_events_crm_key", "crm_key"),
+    Index("ix_events_item_id", "item_id"),
     sqlite_autoincrement=True,
+)
+
+event_changes = Table(
+    # What crmsync wrote, per field and side, committed with the link (the event log's diffs
+    # and ``crmsync history``). Never a private contact's data: a link turning private takes
+    # its rows with it, as it does its conflicts.
+    "event_changes",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("event_id", _Id),                     # the event the write was done for
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("item_id", Text),
+    Column("action", Text, nullable=False),      # the outcome: updated, created-exchange, ...
+    Column("side", Text),                        # crm | exchange: the side written
+    Column("field", Text),                       # None for a whole-record act (delete, deactivate)
+    Column("old_value", Text),
+    Column("new_value", Text),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_event_changes_event_id", "event_id"),
+    Index("ix_event_changes_mailbox_crm_key", "mailbox", "crm_key"),
 )
 
 cursors = Table(

@@ -18,6 +18,7 @@ import structlog
 from celery import Celery, Task
 
 from crmsync import metrics
+from crmsync.adapters.state.event_log import error_parts, record_errors
 from crmsync.bootstrap import container_for
 from crmsync.config import SyncSettings
 from crmsync.errors import BadRecord, LeaseTaken, Transient
@@ -38,7 +39,9 @@ class RetryLater(Transient):
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """One readable line: a database error's driver message, never its SQL and parameters."""
+    parts = error_parts(exc)
+    return f"{parts['error_class']}: {parts['message']}"
 
 
 def settle(store, result: service.BatchResult, max_attempts: int,
@@ -120,6 +123,8 @@ def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
         sync = self.app.crmsync_settings.sync
         rows = container.store.get_events([int(i) for i in event_ids])
         count_applied(rows, result.outcomes)
+        record_errors(container.state_engine,   # the event log: class, record, field, when
+                      {i: e for i, e in result.errors.items() if not isinstance(e, LeaseTaken)})
         retry = settle(container.store, result, sync.max_attempts, rows)
         if not retry:
             return {"applied": len(result.outcomes), "dead": len(result.errors)}

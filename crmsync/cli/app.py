@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from crmsync.cli.events import events_app, history_command
 from crmsync.errors import CrmsyncError
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+app.add_typer(events_app, name="events")
+app.command("history")(history_command)
 
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -195,38 +198,6 @@ def status(
                 console.print(f"NEEDS ATTENTION: {line}", markup=False, highlight=False)
             raise typer.Exit(1)
         console.print("all good: nothing needs a person")
-
-
-@app.command()
-def replay(
-    event_ids: list[int] = typer.Argument(None, help="event ids to replay"),
-    all_dead: bool = typer.Option(False, "--all-dead", help="replay every dead letter"),
-) -> None:
-    """Send dead letters (or any events) to the workers again, with their attempts reset."""
-    from producers.publisher import CeleryPublisher
-
-    c = ready_container()
-    ids = list(event_ids or [])
-    if all_dead:
-        ids += [e.id for e in c.store.dead_letters(10_000)]
-    if not ids:
-        raise CrmsyncError("nothing to replay: give event ids or --all-dead")
-    c.store.requeue(ids)
-    sent = CeleryPublisher.from_settings(c.settings).publish(c.store, ids)
-    console.print(f"replayed {sent} of {len(ids)} event(s)")
-
-
-@app.command("dead-letters")
-def dead_letters(limit: int = typer.Option(50, help="how many to list")) -> None:
-    """List dead letters with their last error."""
-    c = ready_container()
-    table = Table(title="dead letters")
-    for column in ("event", "mailbox", "source", "record", "attempts", "last error"):
-        table.add_column(column)
-    for e in c.store.dead_letters(limit):
-        table.add_row(str(e.id), e.mailbox, e.source, e.crm_key or e.item_id or "",
-                      str(e.attempts), e.last_error or "")
-    console.print(table)
 
 
 @app.command(context_settings={**PASSTHROUGH, "help_option_names": []})

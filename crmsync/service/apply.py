@@ -15,7 +15,8 @@ again through the stamp, and a re-read after a partial apply yields a plan that 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -32,6 +33,7 @@ from crmsync.ports import (
     Event,
     ExchangeRecord,
     ExchangeSide,
+    FieldWrite,
     Link,
     LinkUpdate,
     StateStore,
@@ -143,6 +145,7 @@ class _MailboxBatch:
         self.mailbox = mailbox
         self.exchange = svc.exchange_for(mailbox)
         self.held: dict[str, Link] = {}          # crm_key -> link with our lease token
+        self.event_ids: dict[str, tuple[int, ...]] = {}   # crm_key -> its events (the event log)
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -174,6 +177,7 @@ class _MailboxBatch:
         keyed = self._keys(events, outcomes, errors)
         if not keyed:
             return
+        self.event_ids = {k: tuple(e.id for e in evs) for k, (_, evs) in keyed.items()}
         svc = self.svc
         now = svc.clock()
         leased, refused = svc.store.acquire_many(self.mailbox, [(k, item) for k, (item, _) in keyed.items()],
@@ -272,8 +276,8 @@ class _MailboxBatch:
             if creates:
                 commits.extend(self._create(creates, results))
             crash_point("before_link_commit")
-            failed = svc.store.commit_many([(self.held[link.crm_key], u) for link, u in commits
-                                            if link.crm_key in self.held], svc.clock())
+            failed = svc.store.commit_many([(self.held[link.crm_key], self._logged(link.crm_key, u, results))
+                                            for link, u in commits if link.crm_key in self.held], svc.clock())
             for link, _ in commits:
                 if link.crm_key in self.held:
                     del self.held[link.crm_key]   # committed (the commit released the lease) or lost
@@ -283,6 +287,16 @@ class _MailboxBatch:
             todo = self._reread_links(again, results)
         for key in todo:
             results[key] = Stale(f"{key} in {self.mailbox}: still changing after {MAX_STALE_ROUNDS} re-reads")
+
+    def _logged(self, key: str, update: LinkUpdate, results: dict[str, Outcome | BaseException]) -> LinkUpdate:
+        """The update with what the event log records of it: the outcome, the events, and a
+        whole-record act (a delete) when no field was written."""
+        action = results.get(key)
+        action = action if isinstance(action, str) else None
+        writes = update.writes
+        if not writes and action in _ACTS:
+            writes = (FieldWrite(_ACTS[action], None, None, None),)
+        return replace(update, action=action, writes=writes, event_ids=self.event_ids.get(key, ()))
 
     def _reread_links(self, keys: list[str], results: dict[str, Outcome | BaseException]) -> list[str]:
         """The link rows themselves are read again after a lost race: another execution may
@@ -344,10 +358,13 @@ class _MailboxBatch:
         out = []
         for (link, deferred), rec in zip(creates, made, strict=True):
             if isinstance(rec, BaseException):
+                rec.add_note(_writing_note("exchange", link.crm_key, deferred.plan.to_exchange))
                 results[link.crm_key] = rec
             else:
                 fields = fields_for(parse_crm_key(link.crm_key)[0])
-                out.append((link, self._update(link, fields, deferred.plan.base, rec, deferred.crm)))
+                written = _writes("exchange", {}, deferred.plan.to_exchange)
+                out.append((link, replace(self._update(link, fields, deferred.plan.base, rec, deferred.crm),
+                                          writes=written)))
         return out
 
     # ------------------------------------------------------------------ one link
@@ -448,24 +465,30 @@ class _MailboxBatch:
             crash_point("after_exchange_write")
         plan = plan_create_crm(ex.record, fields, self.svc.policy)
         self._check(link.crm_key)
-        crm = self.svc.crm.create_account(ident, plan.to_crm)
+        with _writing("crm", link.crm_key, plan.to_crm):
+            crm = self.svc.crm.create_account(ident, plan.to_crm)
         crash_point("after_crm_write")
-        return self._update(link, fields, plan.base, ex, crm)
+        return replace(self._update(link, fields, plan.base, ex, crm), writes=_writes("crm", {}, plan.to_crm))
 
     def _merge(self, link: Link, fields: tuple[str, ...], crm: CrmRecord, ex: ExchangeRecord) -> Step:
         plan: Plan = reconcile(link.base, crm.record, ex.record, self._policy(link), fields=fields,
                                crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at)
+        written = (_writes("exchange", ex.record.model_dump(), plan.to_exchange)
+                   + _writes("crm", crm.record.model_dump(), plan.to_crm))
         if plan.to_exchange:
             self._check(link.crm_key)
-            ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
+            with _writing("exchange", link.crm_key, plan.to_exchange):
+                ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
             crash_point("after_exchange_write")
         if plan.to_crm:
             self._check(link.crm_key)
-            crm = self.svc.crm.update(link.crm_key, plan.to_crm, crm.version)
+            with _writing("crm", link.crm_key, plan.to_crm):
+                crm = self.svc.crm.update(link.crm_key, plan.to_crm, crm.version)
             crash_point("after_crm_write")
         outcome: Outcome = "updated" if (plan.to_crm or plan.to_exchange) else "noop"
         conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts)
-        return outcome, replace(self._update(link, fields, plan.base, ex, crm), conflicts=conflicts)
+        return outcome, replace(self._update(link, fields, plan.base, ex, crm), conflicts=conflicts,
+                                writes=written)
 
     def _policy(self, link: Link) -> Policy:
         """Secondary contacts take their company name from the CRM account, never from Exchange."""
@@ -480,6 +503,29 @@ class _MailboxBatch:
         digest = content_hash(base, fields, region=self.svc.policy.region)
         return LinkUpdate(item_id=ex.item_id, change_key=ex.change_key, crm_version=crm.version,
                           base=base, crm_hash=digest, exchange_hash=digest)
+
+
+#: Whole-record acts the event log records (with the side they act on) when no field was written.
+_ACTS: dict[str, str | None] = {"deleted-exchange": "exchange", "deactivated-crm": "crm", "restored": None}
+
+
+def _writes(side: str, old: Mapping[str, str | None], new: Mapping[str, str | None]) -> tuple[FieldWrite, ...]:
+    """Field diffs of one side's write: old raw value (None on a create) and new raw value."""
+    return tuple(FieldWrite(side, f, old.get(f), v) for f, v in new.items())
+
+
+def _writing_note(side: str, key: str, fields: Iterable[str]) -> str:
+    return f"while writing {', '.join(fields) or 'the record'} of {key} to the {side}"
+
+
+@contextmanager
+def _writing(side: str, key: str, fields: Iterable[str]) -> Iterator[None]:
+    """Name the record and fields on an error of this write: the event log shows them."""
+    try:
+        yield
+    except Exception as exc:
+        exc.add_note(_writing_note(side, key, fields))
+        raise
 
 
 def _deleted_update(link: Link) -> LinkUpdate:

@@ -194,12 +194,12 @@ def test_a_bad_record_is_a_dead_letter_that_names_it_and_the_rest_carries_on(pip
     dead = wait_until(lambda: [e for e in pipeline.dead_events() if e["crm_key"] == f"account:{bad_no}"],
                       90, what="the bad account's dead letter")
     assert "company_name" in dead[0]["last_error"] and bad_no in dead[0]["last_error"]
-    listing = pipeline.cli("dead-letters", env={"COLUMNS": "300"}).stdout
+    listing = pipeline.cli("events", "list", "--status", "dead", env={"COLUMNS": "300"}).stdout
     assert f"account:{bad_no}" in listing
     # the administrator fixes the row and replays the dead letters
     pipeline.crm.execute("UPDATE accounts SET company_name = 'Bad Chars Ltd' WHERE account_no = :n", n=bad_no)
     pipeline.settle()
-    pipeline.cli("replay", "--all-dead")
+    pipeline.cli("events", "replay", "--status", "dead")
     wait_until(lambda: [c for c in pipeline.contacts() if c.company_name == "Bad Chars Ltd"], 60,
                what="the fixed account after the replay")
     assert pipeline.dead_events() == []

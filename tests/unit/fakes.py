@@ -256,7 +256,8 @@ class FakeStore:
                                   and other.mailbox == link.mailbox for other in self.links.values()):
             raise Stale(f"Exchange item {update.item_id} is already linked to another record")
         del self._lease[link.id]
-        values = {k: v for k, v in update.__dict__.items() if k != "conflicts"}
+        values = {k: v for k, v in update.__dict__.items()
+                  if k not in ("conflicts", "writes", "action", "event_ids")}   # not link columns
         self.links[link.id] = replace(self.links[link.id], **values, synced_at=now)
         if update.private:
             self.conflicts = [c for c in self.conflicts if (c[0], c[1]) != (link.mailbox, link.crm_key)]

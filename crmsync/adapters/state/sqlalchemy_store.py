@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import read_tx, write_tx
+from crmsync.adapters.state.event_log import write_changes
 from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import Event, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact
@@ -487,8 +488,8 @@ def _acquire_on(conn: Connection, mailbox: str, crm_key: str, item_id: str | Non
 
 
 def _write_conflicts(conn: Connection, committed: list[tuple[Link, LinkUpdate]], now: datetime) -> None:
-    """The conflicts a commit resolved, in its transaction; a link turning private takes its
-    conflict history (field values) with it."""
+    """The conflicts a commit resolved (and what it wrote), in its transaction; a link turning
+    private takes its conflict history (field values) with it."""
     for link, update_ in committed:
         if update_.private:
             conn.execute(delete(conflicts).where(conflicts.c.mailbox == link.mailbox,
@@ -498,6 +499,7 @@ def _write_conflicts(conn: Connection, committed: list[tuple[Link, LinkUpdate]],
             for link, update_ in committed for c in update_.conflicts]
     if rows:
         conn.execute(conflicts.insert(), rows)
+    write_changes(conn, committed, now)   # the event log's field diffs, in the same transaction
 
 
 def _commit_params(link: Link, update_: LinkUpdate, now: datetime) -> dict[str, Any]:
