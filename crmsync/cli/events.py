@@ -91,14 +91,15 @@ def _emit_rows(rows: list[dict[str, Any]], fmt: Format) -> bool:
 
 
 def _error_text(row: dict[str, Any]) -> str:
-    return row.get("last_error") or ""
+    """The last error of an event still to be done (an applied one keeps it for `show`)."""
+    return "" if row["status"] in ("applied", "skipped") else (row.get("last_error") or "")
 
 
 def _events_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for column in ("id", "status", "source", "mailbox", "record", "op", "attempts", "outcome",
-                   "created", "last error"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "status", "source", "mailbox", "record", "op", "attempts", "outcome", "created"):
+        table.add_column(column, no_wrap=column not in ("mailbox", "record", "outcome"), overflow="fold")
+    table.add_column("last error", overflow="fold", ratio=1)
     for r in rows:
         table.add_row(str(r["id"]), r["status"], r["source"], r["mailbox"], r["crm_key"] or r["item_id"] or "",
                       r["op"], str(r["attempts"]), r["outcome"] or "", _when(r["created_at"]), _error_text(r))
@@ -168,6 +169,8 @@ def show_command(
                        ("applied", "applied_at"), ("last failure", "failed_at"),
                        ("error class", "error_class"), ("error record", "error_record"),
                        ("error field", "error_field"), ("last error", "last_error")):
+        if key == "last_error" and event["status"] in ("applied", "skipped"):
+            label = "last error (before it was applied)"
         value = event.get(key)
         if value is not None and value != "":
             facts.add_row(label, _when(value))
@@ -281,6 +284,9 @@ def history_command(
     out = _out()
     keys = ", ".join(f"{key} in {mb}" for mb, key in found["keys"])
     out.print(_changes_table(found["changes"], f"changes crmsync made to {keys}"))
+    if not found["conflicts"]:
+        out.print("conflicts: none")
+        return
     table = Table(title="conflicts")
     for column in ("at", "field", "CRM value", "Exchange value", "resolved"):
         table.add_column(column, overflow="fold")

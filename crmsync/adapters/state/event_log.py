@@ -257,11 +257,11 @@ def record_errors(engine: Engine, errors: Mapping[int, BaseException], now: date
 
 # --------------------------------------------------------------------------- rows out
 
+_RENAMED = {"shown_status": "status", "record_key": "crm_key"}
+
+
 def _row(m: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(m)
-    out["status"] = out.pop("shown_status")
-    out["crm_key"] = out.pop("record_key")
-    return out
+    return {_RENAMED.get(k, k): v for k, v in m.items()}
 
 
 def _change(m: Mapping[str, Any]) -> dict[str, Any]:
