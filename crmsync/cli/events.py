@@ -97,12 +97,13 @@ def _error_text(row: dict[str, Any]) -> str:
 
 def _events_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for column in ("id", "status", "source", "mailbox", "record", "op", "attempts", "outcome", "created"):
-        table.add_column(column, no_wrap=column not in ("mailbox", "record", "outcome"), overflow="fold")
-    table.add_column("last error", overflow="fold", ratio=1)
+    for column in ("id", "status", "source", "mailbox", "record", "tries", "outcome", "created"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "status", "tries", "created"))
+    table.add_column("last error", overflow="fold")
     for r in rows:
-        table.add_row(str(r["id"]), r["status"], r["source"], r["mailbox"], r["crm_key"] or r["item_id"] or "",
-                      r["op"], str(r["attempts"]), r["outcome"] or "", _when(r["created_at"]), _error_text(r))
+        source = r["source"] if r["op"] == "upsert" else f"{r['source']} {r['op']}"
+        table.add_row(str(r["id"]), r["status"], source, r["mailbox"], r["crm_key"] or r["item_id"] or "",
+                      str(r["attempts"]), r["outcome"] or "", _when(r["created_at"]), _error_text(r))
     return table
 
 
@@ -144,8 +145,10 @@ def show_command(
     event_id: int = typer.Argument(..., help="the event id (from `crmsync events list`)"),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, or json for scripts"),
 ) -> None:
-    """Everything about one event: keys, status, times, attempts, the last error (class,
-    record, field, message) and, once applied, each field written with its old and new value."""
+    """Everything about one event, with its error and what it wrote.
+
+    Keys, status, times, attempts, the last error (class, record, field, message) and, once
+    applied, each field written with its side and old and new value."""
     from crmsync.adapters.state.event_log import show_event
 
     engine, _ = _engine_and_settings()
@@ -208,9 +211,11 @@ def replay_command(
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="only this mailbox"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list what would be replayed, change nothing"),
 ) -> None:
-    """Publish events to the workers again, attempts reset. The worker re-reads both sides, so
-    an event whose change is already in place writes nothing; a dead letter whose record was
-    fixed is applied. Replaces the old `crmsync replay` (`--all-dead` is now `--status dead`)."""
+    """Publish events to the workers again (dead letters once fixed, or any others).
+
+    Attempts are reset. The worker re-reads both sides, so an event whose change is already in
+    place writes nothing; a dead letter whose record was fixed is applied. Replaces the old
+    `crmsync replay` (`--all-dead` is now `--status dead`)."""
     from crmsync.adapters.state.event_log import list_events, matching_ids, requeue
 
     if not event_ids and status is None and since is None:
@@ -243,8 +248,9 @@ def purge_command(
                                       "this (ISO 8601 or an age, 30d); default: [state] keep_applied_days ago"),
     dry_run: bool = typer.Option(False, "--dry-run", help="count what would be deleted, delete nothing"),
 ) -> None:
-    """Delete applied and skipped events (and their field diffs) older than the retention.
-    Pending, failed and dead events are never purged."""
+    """Delete applied and skipped events older than the retention.
+
+    Their field diffs go with them. Pending, failed and dead events are never purged."""
     from crmsync.adapters.state.event_log import purge
 
     engine, c = _engine_and_settings()
@@ -262,8 +268,10 @@ def history_command(
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="only this mailbox"),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="table, or json/csv for scripts"),
 ) -> None:
-    """Every change crmsync made to one record: which side, each field's old and new value,
-    and the conflicts with how they were resolved (oldest first)."""
+    """Every change crmsync made to one record, with field diffs and conflicts.
+
+    Oldest first: which side was written, each field's old and new value, and the conflicts
+    with how they were resolved."""
     from crmsync.adapters.state.event_log import history
 
     engine, _ = _engine_and_settings()
