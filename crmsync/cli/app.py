@@ -154,7 +154,8 @@ def _status_view(c, stale_after_s: float):
                       str(row["pending"]), str(row["published"]), str(row["applied"]),
                       str(retrying), str(row["dead"]))
         if row["dead"]:
-            problems.append(f"{row['mailbox']}: {row['dead']} dead event(s); see them and replay after fixing")
+            problems.append(f"{row['mailbox']}: {row['dead']} dead event(s); see them with `crmsync events list "
+                            "--status dead`, replay after fixing with `crmsync events replay --status dead`")
         if retrying:
             problems.append(f"{row['mailbox']}: {retrying} event(s) failing and being retried")
         oldest = extra.get("oldest_unfinished")
