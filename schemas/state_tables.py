@@ -119,9 +119,10 @@ events = Table(
 )
 
 event_changes = Table(
-    # What crmsync wrote, per field and side, committed with the link (the event log's diffs
-    # and ``crmsync history``). Never a private contact's data: a link turning private takes
-    # its rows with it, as it does its conflicts.
+    # What crmsync wrote for an event, committed with the link (the event log's diffs and
+    # ``crmsync history``): one row per event and commit, its field writes as JSON (one row,
+    # not one per field, keeps the commit of an initial sync's batch cheap). Never a private
+    # contact's data: a link turning private takes its rows with it, as it does its conflicts.
     "event_changes",
     state_metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
@@ -130,10 +131,9 @@ event_changes = Table(
     Column("crm_key", Text, nullable=False),
     Column("item_id", Text),
     Column("action", Text, nullable=False),      # the outcome: updated, created-exchange, ...
-    Column("side", Text),                        # crm | exchange: the side written
-    Column("field", Text),                       # None for a whole-record act (delete, deactivate)
-    Column("old_value", Text),
-    Column("new_value", Text),
+    # [[side, field, old, new], ...]: side crm | exchange (None: unknown); field None for a
+    # whole-record act (a delete, a deactivation)
+    Column("writes", Text, nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Index("ix_event_changes_event_id", "event_id"),
     Index("ix_event_changes_mailbox_crm_key", "mailbox", "crm_key"),

@@ -9,6 +9,7 @@ either side).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def show_event(engine: Engine, event_id: int) -> dict[str, Any] | None:
         changes = conn.execute(select(event_changes).where(event_changes.c.event_id == event_id)
                                .order_by(event_changes.c.id)).all()
     out = _row(row._mapping)
-    out["changes"] = [_change(c._mapping) for c in changes]
+    out["changes"] = [c for r in changes for c in _changes(r._mapping)]
     return out
 
 
@@ -154,9 +155,9 @@ def history(engine: Engine, record: str, mailbox: str | None = None) -> dict[str
         changes: list[dict[str, Any]] = []
         found_conflicts: list[dict[str, Any]] = []
         for mb, key in keys:
-            changes.extend(_change(r._mapping) for r in conn.execute(
+            changes.extend(c for r in conn.execute(
                 select(event_changes).where(event_changes.c.mailbox == mb, event_changes.c.crm_key == key)
-                .order_by(event_changes.c.at, event_changes.c.id)))
+                .order_by(event_changes.c.at, event_changes.c.id)) for c in _changes(r._mapping))
             found_conflicts.extend(dict(r._mapping) for r in conn.execute(
                 select(conflicts).where(conflicts.c.mailbox == mb, conflicts.c.crm_key == key)
                 .order_by(conflicts.c.at, conflicts.c.id)))
@@ -194,8 +195,8 @@ def _one_per_write(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- written by a commit
 
 def write_changes(conn: Connection, committed: Iterable[tuple[Any, LinkUpdate]], now: datetime) -> None:
-    """In the link commit's transaction: one row per field written per event (the diffs); a
-    link turning private takes its logged values with it (nothing of a private contact stays)."""
+    """In the link commit's transaction: one row per event with the fields written (the diffs);
+    a link turning private takes its logged values with it (nothing of a private contact stays)."""
     rows: list[dict[str, Any]] = []
     for link, update_ in committed:
         if update_.private:
@@ -204,11 +205,10 @@ def write_changes(conn: Connection, committed: Iterable[tuple[Any, LinkUpdate]],
             continue
         if not update_.writes or update_.action is None:
             continue
-        for event_id in update_.event_ids or (None,):
-            rows.extend({"event_id": event_id, "mailbox": link.mailbox, "crm_key": link.crm_key,
-                         "item_id": update_.item_id, "action": update_.action, "side": w.side,
-                         "field": w.field, "old_value": w.old, "new_value": w.new, "at": now}
-                        for w in update_.writes)
+        writes = json.dumps([[w.side, w.field, w.old, w.new] for w in update_.writes], ensure_ascii=False)
+        rows.extend({"event_id": event_id, "mailbox": link.mailbox, "crm_key": link.crm_key,
+                     "item_id": update_.item_id, "action": update_.action, "writes": writes, "at": now}
+                    for event_id in update_.event_ids or (None,))
     if rows:
         conn.execute(event_changes.insert(), rows)
 
@@ -264,6 +264,8 @@ def _row(m: Mapping[str, Any]) -> dict[str, Any]:
     return {_RENAMED.get(k, k): v for k, v in m.items()}
 
 
-def _change(m: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: m[k] for k in ("event_id", "mailbox", "crm_key", "item_id", "action", "side", "field",
-                              "old_value", "new_value", "at")}
+def _changes(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One logged commit as one dict per field written (side, field, old_value, new_value)."""
+    common = {k: m[k] for k in ("event_id", "mailbox", "crm_key", "item_id", "action", "at")}
+    return [{**common, "side": side, "field": field, "old_value": old, "new_value": new}
+            for side, field, old, new in json.loads(m["writes"])]

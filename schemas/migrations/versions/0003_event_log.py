@@ -5,8 +5,8 @@ Revises: 0002_fenced_leases
 Create Date: 2026-12-01
 
 ``events`` gains the last error's class, record, field and time, and indexes for looking
-events up by record; ``event_changes`` keeps per field and side the old and new value each
-link commit wrote (for ``crmsync events show`` and ``crmsync history``).
+events up by record; ``event_changes`` keeps, per event and link commit, the fields written
+with side, old and new value as JSON (for ``crmsync events show`` and ``crmsync history``).
 """
 from collections.abc import Sequence
 
@@ -37,10 +37,7 @@ def upgrade() -> None:
         sa.Column("crm_key", sa.Text(), nullable=False),
         sa.Column("item_id", sa.Text()),
         sa.Column("action", sa.Text(), nullable=False),
-        sa.Column("side", sa.Text()),
-        sa.Column("field", sa.Text()),
-        sa.Column("old_value", sa.Text()),
-        sa.Column("new_value", sa.Text()),
+        sa.Column("writes", sa.Text(), nullable=False),
         sa.Column("at", _Ts, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_event_changes"),
     )
