@@ -237,7 +237,7 @@ def test_a_contact_stamped_over_ews_is_found_over_graph_and_its_ews_edits_reach_
     over_ews = ews.create("account:EWS-1", {"first_name": "Written", "last_name": "Over EWS", "fax": "+41 1"})
     found = graph.find_by_crm_key("account:EWS-1")
     assert found is not None and found.crm_key == "account:EWS-1"
-    assert (found.record.first_name, found.record.last_name) == ("Written", "Over EWS")
+    assert (found.record.first_name, found.record.last_name, found.record.fax) == ("Written", "Over EWS", "+41 1")
     assert found.change_key == over_ews.change_key                 # one ChangeKey behind both doors
 
     # An Outlook (EWS) edit and a new Outlook contact show up in the Graph delta feed.
