@@ -14,8 +14,9 @@ job_title          ``jobTitle``
 department         ``department``
 email / email2     ``emailAddresses[0]`` / ``[1]`` (Graph lists addresses by position, so email2
                    without email is a BadRecord: it would read back as email)
-phone_business     ``businessPhones[0]``
-phone_home         ``homePhones[0]``
+phone_business     ``businessPhones[0]`` (clearing it while the user has a second business
+                   phone is a BadRecord: Graph would move the second into its place)
+phone_home         ``homePhones[0]`` (likewise)
 phone_mobile       ``mobilePhone``
 fax                extended property ``String 0x3A24`` (PidTagBusinessFaxNumber; Graph's
                    contact has no fax property)
@@ -178,8 +179,11 @@ def patch_body(current: Mapping[str, Any], changes: Mapping[str, str | None]) ->
             phones = list(current.get(prop) or [])
             if ch[f]:
                 new_phones = [ch[f], *phones[1:]]
+            elif len(phones) > 1:
+                raise BadRecord(f"field {f}: Graph lists {prop} by position, so clearing the first would move the "
+                                f"user's second number into its place; clear it in Outlook, or keep a value")
             else:
-                new_phones = phones[1:]
+                new_phones = []
             if new_phones != phones:
                 body[prop] = new_phones
     if any(f in ch for f in ADDRESS_PARTS):
