@@ -15,6 +15,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import httpx
@@ -393,3 +394,43 @@ def test_requests_carry_immutable_ids_and_go_to_the_configured_graph(client, gra
     assert 'IdType="ImmutableId"' in resp.headers.get("Preference-Applied", "")
     assert str(resp.url).startswith(graph_emulator[0].graph_base)
     assert isinstance(client.http, httpx.Client)
+
+
+def test_concurrent_requests_stay_within_the_mailbox_concurrency_limit(graph_side, graph_emulator):
+    """Exchange Online answers a 5th concurrent request of an app on one mailbox with 429; the
+    client queues its own requests instead, so none is refused (the emulator counts each one)."""
+    emu, _ = graph_emulator
+    created = graph_side.create_many([(f"account:CC{i}", {"first_name": f"C{i}"}) for i in range(12)])
+    emu.inject_fault("graph:get contact", "delay", count=12, delay_ms=300)   # keep them in flight together
+    emu.reset_stats()
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            read = list(pool.map(graph_side.read, [c.item_id for c in created]))
+    finally:
+        emu.clear_faults()
+    assert [r.record.first_name for r in read] == [f"C{i}" for i in range(12)]
+    assert emu.stats().get("graph:get contact") == 12          # no 429 ApplicationThrottled, no repeat
+
+
+def test_the_container_wires_the_graph_adapter_for_a_graph_mailbox(graph_emulator, monkeypatch):
+    from crmsync.bootstrap import Container
+
+    emu, ca = graph_emulator
+    monkeypatch.setenv("SSL_CERT_FILE", ca)          # the deployment trusts the emulator's CA
+    env = {"CRMSYNC_EXCHANGE_ENDPOINT": emu.endpoint, "CRMSYNC_EXCHANGE_USERNAME": ALICE,
+           "CRMSYNC_EXCHANGE_TENANT_ID": TENANT, "CRMSYNC_EXCHANGE_CLIENT_ID": APP,
+           "CRMSYNC_EXCHANGE_CLIENT_SECRET_ENV": SECRET_ENV, SECRET_ENV: SECRET,
+           "CRMSYNC_EXCHANGE_AUTHORITY": emu.base_url, "CRMSYNC_EXCHANGE_GRAPH_URL": emu.graph_base}
+    cfg = f'[[mailbox]]\naddress = "{ALICE}"\nfolder = "Wired {uuid.uuid4().hex[:6]}"\napi = "graph"\n'
+    path = emu.data_dir / "wired.toml"
+    path.write_text(cfg)
+    container = Container(load_settings(str(path), env=env))
+    try:
+        side, feed = container.exchange_side(ALICE), container.exchange_feed(ALICE)
+        assert isinstance(side, GraphExchange) and isinstance(feed, GraphFeed)
+        assert container.exchange_side(ALICE) is side
+        created = side.create("account:WIRED", {"first_name": "Wired"})
+        changes, _, _ = feed.changes(None)
+        assert [c.item_id for c in changes] == [created.item_id]
+    finally:
+        container.dispose()
