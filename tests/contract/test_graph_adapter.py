@@ -268,10 +268,15 @@ def test_an_unknown_delta_token_asks_for_a_restart(client, folder_id):
         feed.changes(state.replace("deltatoken=", "deltatoken=x"))
 
 
-def test_a_delta_link_to_another_host_is_not_followed(client, folder_id):
+def test_a_state_that_is_no_delta_link_of_this_graph_is_not_followed_but_restarts(client, folder_id):
     feed = GraphFeed(client, ALICE, folder_id)
-    with pytest.raises(ConfigError, match="not following"):
-        feed.changes("https://attacker.example/v1.0/users/x/contactFolders/y/contacts/delta?$deltatoken=z")
+    for state in ("https://attacker.example/v1.0/users/x/contactFolders/y/contacts/delta?$deltatoken=z",
+                  "H4sIAAAAAAAEAGNgYGBkYGBgZGRk",          # an EWS SyncFolderItems state (base64)
+                  "users/x/contactFolders/y/contacts/delta"):
+        with pytest.raises(SyncStateExpired, match="not a Graph delta link"):
+            feed.changes(state)
+    with pytest.raises(ConfigError, match="not following"):   # the client never sends the token elsewhere
+        client.request("GET", "https://attacker.example/v1.0/users/x", where="test")
 
 
 def test_restore_brings_a_deleted_contact_back_stamped(graph_side):

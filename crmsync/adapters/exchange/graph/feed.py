@@ -6,7 +6,8 @@ One ``changes`` call is one delta page. The sync state is the link Graph returne
 SyncFolderItems state, so a crash replays the page. Only ids and changeKeys are requested
 (``$select=changeKey``), so nothing of a private contact reaches the event log.
 
-``@removed`` entries are deletes. A 410 (``syncStateNotFound`` and friends: the token expired or
+``@removed`` entries are deletes. A stored state that is not a delta link of ``graph_url`` (an
+EWS SyncFolderItems state after the mailbox moved to Graph) starts a new round too. A 410 (``syncStateNotFound`` and friends: the token expired or
 was reset) raises the EWS feed's ``SyncStateExpired``: the producer restarts from a full round,
 whose entries are de-duplicated against the links by (item, changeKey).
 """
@@ -35,6 +36,11 @@ class GraphFeed:
     def changes(self, sync_state: str | None, max_changes: int = 500) -> tuple[Sequence[ExchangeChange], str, bool]:
         """(changes, new sync state, more) for one delta page after ``sync_state``."""
         where = f"mailbox {self.mailbox}: reading changes (contacts delta)"
+        if sync_state and not sync_state.startswith(self.client.graph_url + "/"):
+            # An EWS SyncFolderItems state (the mailbox moved from api = "ews"), or a link of
+            # another graph_url: not ours to follow (the token goes with it). Start a new round.
+            raise SyncStateExpired(f"mailbox {self.mailbox}: the stored sync state is not a Graph delta link of "
+                                   f"{self.client.graph_url}; restart the folder's feed from the beginning")
         url = sync_state or self._start
         params = None if sync_state else {"$select": "changeKey"}
         resp = self.client.request("GET", url, where=where, mailbox=self.mailbox, params=params, allow=(410, 400),
