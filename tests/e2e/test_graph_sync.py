@@ -122,3 +122,44 @@ def test_a_crm_update_reaches_the_contact_and_an_outlook_delete_deactivates_the_
     outlook.delete(outlook.by_email(email)[0])
     wait_until(lambda: not _account(p, account_no)["is_active"], 60, what="the account deactivated")
     assert not p.dead_events()
+
+
+def test_a_mailbox_moved_from_ews_to_graph_keeps_its_links_and_syncs_both_ways(tmp_path_factory, redis_server):
+    """The migration: a mailbox synced over EWS is switched to api = "graph" (processes restarted).
+    The contact is found through its stamp, not created twice, and edits cross both ways."""
+    p = Pipeline(tmp_path_factory.mktemp("e2e-graph-move"), "sqlite", api="graph",
+                 broker_url=redis_server.url(redis_server.new_database()))
+    graph_config = p.config_path.read_text()
+    # Over EWS first; exchangelib is not given the emulator's CA, so that phase does not verify TLS.
+    p.config_path.write_text(graph_config.replace('api = "graph"\n', 'api = "ews"\nverify_tls = false\n', 1))
+    try:
+        p.start_worker()
+        p.start_producer()
+        outlook = Outlook(p)
+        email = f"moved.{uuid.uuid4().hex[:6]}@example.com"
+        account_no = _insert_account(p, company_name="Moving Co", first_name="Mo", last_name="Ved", email=email)
+        wait_until(lambda: outlook.by_email(email), 60, what="the contact, written over EWS")
+        p.settle()
+        assert p.emulator.stats().get("graph:delta", 0) == 0          # EWS only so far
+        p.stop("producer")
+        p.stop("worker")
+
+        p.config_path.write_text(graph_config)
+        p.emulator.reset_stats()
+        p.start_worker()
+        p.start_producer()
+        (contact,) = outlook.by_email(email)
+        outlook.patch(contact, {"jobTitle": "Edited after the move"})
+        wait_until(lambda: _account(p, account_no)["job_title"] == "Edited after the move", 60,
+                   what="the Outlook edit in the CRM, over Graph")
+        p.crm.execute("UPDATE accounts SET department = 'Logistics' WHERE account_no = :n", n=account_no)
+        wait_until(lambda: outlook.by_email(email)[0]["department"] == "Logistics", 60,
+                   what="the CRM edit in the contact, over Graph")
+        p.settle()
+        assert len(outlook.by_email(email)) == 1 and len(outlook.contacts()) == 1
+        assert _account(p, account_no)["is_active"]
+        assert not p.dead_events()
+        stats = p.emulator.stats()
+        assert stats.get("graph:delta", 0) > 0 and stats.get("SyncFolderItems", 0) == 0
+    finally:
+        p.close()
