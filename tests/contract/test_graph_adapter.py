@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from exchangelib import Contact
+from exchangelib.indexed_properties import EmailAddress
 
 from crmsync.adapters.exchange.ews import connect as ews_connect
 from crmsync.adapters.exchange.ews.connect import open_folder as ews_open_folder
@@ -259,6 +260,19 @@ def test_a_contact_stamped_over_ews_is_found_over_graph_and_its_ews_edits_reach_
     ews_on_graph_emulator.bulk_delete(ids=[(item.id, None)], delete_type="MoveToDeletedItems")
     changes, _, _ = feed.changes(state)
     assert [(c.item_id, c.op) for c in changes] == [(found.item_id, "delete")]
+
+
+def test_a_third_email_address_reads_as_email2_while_the_second_is_empty(client, ews_on_graph_emulator):
+    """Graph lists e-mail addresses by position: a documented limit of the Graph mapping."""
+    name = f"Pos {uuid.uuid4().hex[:6]}"
+    folder = ews_open_folder(ews_on_graph_emulator, name)
+    Contact(account=ews_on_graph_emulator, folder=folder, given_name="Pos", display_name="Pos",
+            email_addresses=[EmailAddress(label="EmailAddress1", email="one@example.com"),
+                             EmailAddress(label="EmailAddress3", email="three@example.com")]).save()
+    graph_folder = open_folder(client, ALICE, name, create=False)
+    (change,), _, _ = GraphFeed(client, ALICE, graph_folder).changes(None)
+    rec = GraphExchange(client, ALICE, graph_folder).read(change.item_id)
+    assert (rec.record.email, rec.record.email2) == ("one@example.com", "three@example.com")
 
 
 def test_an_unknown_delta_token_asks_for_a_restart(client, folder_id):

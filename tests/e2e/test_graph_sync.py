@@ -124,6 +124,27 @@ def test_a_crm_update_reaches_the_contact_and_an_outlook_delete_deactivates_the_
     assert not p.dead_events()
 
 
+def test_reactivating_an_account_over_graph_creates_its_contact_again(graph_pipeline):
+    """Graph cannot look into Deleted Items: the re-activated account gets a new contact (the old
+    one stays deleted), not two in the folder."""
+    p, outlook = graph_pipeline
+    email = f"react.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _insert_account(p, company_name="Again Ltd", first_name="Re", email=email)
+    (first,) = wait_until(lambda: outlook.by_email(email), 60, what="the contact over Graph")
+    p.settle()
+    p.crm.execute("UPDATE accounts SET is_active = false WHERE account_no = :n", n=account_no)
+    wait_until(lambda: not outlook.by_email(email), 60, what="the contact deleted")
+    p.settle()
+    p.crm.execute("UPDATE accounts SET is_active = true, job_title = 'Head Buyer' WHERE account_no = :n",
+                  n=account_no)
+    (back,) = wait_until(lambda: outlook.by_email(email), 60, what="the contact created again")
+    p.settle()
+    back = outlook.by_email(email)
+    assert len(back) == 1 and back[0]["id"] != first["id"] and back[0]["jobTitle"] == "Head Buyer"
+    assert outlook.http.get(f"{outlook.user}/contacts/{quote(first['id'], safe='')}").status_code == 200  # still deleted
+    assert not p.dead_events()
+
+
 def test_a_mailbox_moved_from_ews_to_graph_keeps_its_links_and_syncs_both_ways(tmp_path_factory, redis_server):
     """The migration: a mailbox synced over EWS is switched to api = "graph" (processes restarted).
     The contact is found through its stamp, not created twice, and edits cross both ways."""
