@@ -6,10 +6,11 @@ One ``changes`` call is one delta page. The sync state is the link Graph returne
 SyncFolderItems state, so a crash replays the page. Only ids and changeKeys are requested
 (``$select=changeKey``), so nothing of a private contact reaches the event log.
 
-``@removed`` entries are deletes. A stored state that is not a delta link of ``graph_url`` (an
-EWS SyncFolderItems state after the mailbox moved to Graph) starts a new round too. A 410 (``syncStateNotFound`` and friends: the token expired or
+``@removed`` entries are deletes. A 410 (``syncStateNotFound`` and friends: the token expired or
 was reset) raises the EWS feed's ``SyncStateExpired``: the producer restarts from a full round,
-whose entries are de-duplicated against the links by (item, changeKey).
+whose entries are de-duplicated against the links by (item, changeKey). So does a stored state
+that is not a delta link of ``graph_url`` (an EWS SyncFolderItems state after the mailbox moved
+to Graph).
 """
 
 from __future__ import annotations
