@@ -32,6 +32,7 @@ from crmsync.adapters.exchange.graph.feed import GraphFeed, SyncStateExpired
 from crmsync.adapters.exchange.graph.side import GraphExchange
 from crmsync.config import load_settings
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
+from crmsync.ports import ExchangeRecord
 from tests.contract.exchange_side_contract import ExchangeSideContract
 from tests.support.emulator_proc import EmulatorProcess, ca_signed_cert, start_emulator
 from tests.support.exchange_settings import exchange_settings
@@ -453,3 +454,38 @@ def test_the_container_wires_the_graph_adapter_for_a_graph_mailbox(graph_emulato
         assert [c.item_id for c in changes] == [created.item_id]
     finally:
         container.dispose()
+
+
+def test_the_token_is_fetched_once_and_reused(graph_emulator):
+    emu, ca = graph_emulator
+    emu.reset_stats()
+    c = connect(graph_settings(emu), verify=ca_context(ca))
+    try:
+        side = GraphExchange(c, ALICE, open_folder(c, ALICE, f"Token {uuid.uuid4().hex[:6]}"))
+        for i in range(3):
+            side.create(f"account:TK{i}", {"first_name": f"T{i}"})
+        assert side.find_by_crm_key("account:TK2").record.first_name == "T2"
+    finally:
+        c.close()
+    stats = emu.stats()
+    assert stats.get("graph:token") == 1 and c.requests_sent >= 5
+
+
+def test_concurrent_batches_and_reads_share_the_mailbox_limit(graph_side, graph_emulator):
+    """A $batch runs its requests in parallel on the mailbox: it counts for as many slots."""
+    emu, _ = graph_emulator
+    one = graph_side.create("account:ONE", {"first_name": "One"})
+    emu.inject_fault("graph:create contact", "delay", count=40, delay_ms=100)
+    emu.inject_fault("graph:get contact", "delay", count=4, delay_ms=100)
+    emu.reset_stats()
+    jobs = [lambda n=n: graph_side.create_many([(f"account:PB{n}-{i}", {"first_name": "B"}) for i in range(20)])
+            for n in range(2)] + [lambda: graph_side.read(one.item_id) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda job: job(), jobs))
+    finally:
+        emu.clear_faults()
+    assert all(isinstance(r, ExchangeRecord) for batch in results[:2] for r in batch)
+    assert all(r.record.first_name == "One" for r in results[2:])
+    stats = emu.stats()
+    assert stats.get("graph:create contact") == 40 and stats.get("graph:get contact") == 4   # none refused

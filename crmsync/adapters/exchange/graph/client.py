@@ -13,7 +13,8 @@ they need and keeps the failure modes visible:
   Transient(retry_after=the server's value) hands the retry to Celery, as the EWS adapter does
   with ErrorServerBusy.
 * **Concurrency.** Exchange Online allows 4 concurrent requests per app per mailbox; each
-  mailbox gets a semaphore of ``mailbox_concurrency`` slots in this process.
+  mailbox gets ``mailbox_concurrency`` slots in this process, and a ``$batch`` takes as many
+  as it has requests (up to all of them), since Graph runs a batch's requests in parallel.
 * **Every request** carries ``Prefer: IdType="ImmutableId"`` so ids survive moves between folders.
 """
 
@@ -85,6 +86,29 @@ def translate(status: int, headers: Mapping[str, str], body: Any, where: str) ->
     return Transient(f"{where}: unexpected HTTP {status} ({text})")
 
 
+class _Slots:
+    """A counting semaphore that takes several slots at once (a ``$batch`` runs up to 4 of its
+    requests in parallel on the mailbox), atomically, so two batches never deadlock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, n: int) -> Iterator[None]:
+        n = max(1, min(n, self.limit))
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= n
+                self.cond.notify_all()
+
+
 class GraphClient:
     """Authenticated Graph requests for one app registration, shared by all its mailboxes."""
 
@@ -105,7 +129,7 @@ class GraphClient:
         self._msal: msal.ConfidentialClientApplication | None = None
         self._msal_http: httpx.Client | None = None
         self._token_lock = threading.Lock()
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots: dict[str, _Slots] = {}
         self._slots_lock = threading.Lock()
         self._concurrency = mailbox_concurrency
         self.requests_sent = 0          # HTTP requests to Graph (batches count once), for benchmarks
@@ -149,13 +173,13 @@ class GraphClient:
     # ------------------------------------------------------------------------- requests
 
     @contextlib.contextmanager
-    def _slot(self, mailbox: str | None) -> Iterator[None]:
+    def _slot(self, mailbox: str | None, weight: int = 1) -> Iterator[None]:
         if mailbox is None:
             yield
             return
         with self._slots_lock:
-            sem = self._slots.setdefault(mailbox.lower(), threading.BoundedSemaphore(self._concurrency))
-        with sem:
+            slots = self._slots.setdefault(mailbox.lower(), _Slots(self._concurrency))
+        with slots.take(weight):
             yield
 
     def _check_origin(self, url: str) -> None:
@@ -167,7 +191,7 @@ class GraphClient:
                                   f"({mine.scheme}://{mine.netloc}); not following it")
 
     def request(self, method: str, url: str, *, where: str, mailbox: str | None = None,
-                allow: Sequence[int] = (), **kw: Any) -> httpx.Response:
+                allow: Sequence[int] = (), weight: int = 1, **kw: Any) -> httpx.Response:
         """Send one request; 2xx and the ``allow``-ed statuses are returned, other errors raise
         (see :func:`translate`). 429/503 are retried here while the waits fit in ``max_wait_s``."""
         self._check_origin(url)
@@ -177,7 +201,7 @@ class GraphClient:
         while True:
             headers = {"Authorization": f"Bearer {self.token(fresh=False)}", **extra}
             try:
-                with self._slot(mailbox):
+                with self._slot(mailbox, weight):
                     self.requests_sent += 1
                     resp = self.http.request(method, url.lstrip("/") if "://" not in url else url,
                                              headers=headers, **kw)
@@ -219,7 +243,8 @@ class GraphClient:
                     if "body" in part:
                         part["headers"].setdefault("Content-Type", "application/json")
                     parts.append(part)
-                resp = self.request("POST", "$batch", where=where, mailbox=mailbox, json={"requests": parts})
+                resp = self.request("POST", "$batch", where=where, mailbox=mailbox, json={"requests": parts},
+                                    weight=len(parts))
                 answers = {str(a.get("id")): a for a in (_json(resp) or {}).get("responses", [])}
                 for n, i in enumerate(chunk):
                     a = answers.get(str(n + 1)) or {"status": 500, "headers": {}, "body": None}
