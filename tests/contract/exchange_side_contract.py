@@ -268,9 +268,11 @@ class ExchangeSideContract:
     # ------------------------------------------------------------------ round trip
 
     # One base-class method runs for every adapter (differing executors): the examples it stores
-    # for one adapter are replayed for the others, which is what a shared contract wants.
+    # for one adapter are replayed for the others, which is what a shared contract wants. Each
+    # example is a few requests to a server process: slow by design on a loaded machine.
     @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors,
+                                     HealthCheck.too_slow])
     @given(record=st.builds(CanonicalContact, **{f: st.none() | _text for f in ACCOUNT_FIELDS}))
     def test_generated_records_survive_create_read_and_clear(self, side, record) -> None:
         assume(self.representable(record))
