@@ -276,6 +276,23 @@ def test_a_third_email_address_reads_as_email2_while_the_second_is_empty(client,
     assert (rec.record.email, rec.record.email2) == ("one@example.com", "three@example.com")
 
 
+def test_an_ews_item_id_is_read_updated_and_deleted_over_graph(client, ews_on_graph_emulator):
+    """Links made over EWS hold EWS ItemIds; after a move to Graph they still reach the contact."""
+    name = f"Ids {uuid.uuid4().hex[:6]}"
+    ews = EwsExchange(ews_on_graph_emulator, ews_open_folder(ews_on_graph_emulator, name))
+    graph = GraphExchange(client, ALICE, open_folder(client, ALICE, name, create=False))
+    made = [ews.create(f"account:ID{i}", {"first_name": f"I{i}"}) for i in range(12)]
+    odd = [m for m in made if "+" in m.item_id or "/" in m.item_id]
+    assert odd, "no EWS id with + or / among 12 (each has 48 base64 characters)"
+    m = odd[0]
+    rec = graph.read(m.item_id)
+    assert rec.crm_key == m.crm_key and "+" not in rec.item_id and "/" not in rec.item_id
+    assert graph.read_many([m.item_id])[0].item_id == rec.item_id
+    updated = graph.update(m.item_id, {"job_title": "Moved"}, rec.change_key)
+    graph.delete(m.item_id, updated.change_key)
+    assert graph.read(rec.item_id) is None
+
+
 def test_an_unknown_delta_token_asks_for_a_restart(client, folder_id):
     feed = GraphFeed(client, ALICE, folder_id)
     _, state, _ = feed.changes(None)

@@ -180,6 +180,8 @@ def test_a_mailbox_moved_from_ews_to_graph_keeps_its_links_and_syncs_both_ways(t
         assert len(outlook.by_email(email)) == 1 and len(outlook.contacts()) == 1
         assert _account(p, account_no)["is_active"]
         assert not p.dead_events()
+        (link,) = p.state("SELECT item_id FROM links WHERE crm_key = :k", k=f"account:{account_no}")
+        assert link["item_id"] == outlook.by_email(email)[0]["id"]   # the Graph id, re-learned
         stats = p.emulator.stats()
         assert stats.get("graph:delta", 0) > 0 and stats.get("SyncFolderItems", 0) == 0
     finally:

@@ -2,8 +2,10 @@
 
 Decisions worth knowing (the EWS adapter's, in Graph's terms):
 
-* **Ids.** Immutable ids (``Prefer: IdType="ImmutableId"`` on every request). The port's
-  ChangeKey is Graph's ``changeKey``; the ETag Graph checks is ``W/"<changeKey>"``.
+* **Ids.** Immutable ids (``Prefer: IdType="ImmutableId"`` on every request). An id in EWS form
+  (a link made before the mailbox moved to Graph) is sent in its URL-safe REST form; the records
+  returned carry Graph's ids, so the links re-learn them. The port's ChangeKey is Graph's
+  ``changeKey``; the ETag Graph checks is ``W/"<changeKey>"``.
 * **Stamp.** The CRM key is the named extended property EWS uses
   (``String {00020329-0000-0000-C000-000000000046} Name crmsync-crm-key``), so a contact stamped
   over EWS is found over Graph. Lookups are ``$filter=singleValueExtendedProperties/Any(...)``;
@@ -55,6 +57,12 @@ def stamp_filter(crm_key: str) -> str:
             f" and ep/value eq {_odata_string(crm_key)})")
 
 
+def rest_id(item_id: str) -> str:
+    """The Graph (REST) form of an item id. An EWS ItemId (standard base64, as links made over EWS
+    hold) becomes its URL-safe REST form, which Graph accepts; a Graph id is unchanged."""
+    return item_id.replace("+", "-").replace("/", "_")
+
+
 def _when(value: Any) -> datetime | None:
     if not value:
         return None
@@ -79,7 +87,7 @@ class GraphExchange:
     # ------------------------------------------------------------------------- helpers
 
     def _contact_url(self, item_id: str) -> str:
-        return f"{self._folder}/contacts/{quote(item_id, safe='')}"
+        return f"{self._folder}/contacts/{quote(rest_id(item_id), safe='')}"
 
     def _where(self, doing: str) -> str:
         return f"mailbox {self.mailbox}: {doing}"
@@ -183,7 +191,7 @@ class GraphExchange:
         sync folder, and the copy deleted. The new contact has a new id. Idempotent: a contact
         already carrying the copy's stamp in the sync folder is returned instead."""
         where = f"restoring item {item_id} from Deleted Items"
-        resp = self.client.request("GET", f"{self._user}/contacts/{quote(item_id, safe='')}",
+        resp = self.client.request("GET", f"{self._user}/contacts/{quote(rest_id(item_id), safe='')}",
                                    where=self._where(where), mailbox=self.mailbox,
                                    params={"$expand": "singleValueExtendedProperties"}, allow=(404,))
         if resp.status_code == 404:
@@ -200,7 +208,7 @@ class GraphExchange:
         body = {k: v for k, v in body.items() if v not in (None, [], {})}
         new = self.client.request("POST", f"{self._folder}/contacts", where=self._where(where), mailbox=self.mailbox,
                                   json=body).json()
-        self.client.request("DELETE", f"{self._user}/contacts/{quote(item_id, safe='')}",
+        self.client.request("DELETE", f"{self._user}/contacts/{quote(rest_id(item_id), safe='')}",
                             where=self._where(where), mailbox=self.mailbox, allow=(404,))
         rec = self.read(new["id"])
         if rec is None:
