@@ -2,7 +2,8 @@
 
 The CLI, the Celery workers, the producers and the tests all build their parts here, so there
 is one place that knows which adapter implements which port. Nothing is connected until a
-part is first used (Exchange accounts are opened lazily, one per mailbox).
+part is first used (Exchange accounts are opened lazily, one per mailbox). Each mailbox is reached
+over EWS or Microsoft Graph as its ``api`` (else ``exchange.api``) says.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Container:
     settings: Settings
     _accounts: dict[str, tuple[object, object]] = field(default_factory=dict)  # address -> (account, folder)
     _sides: dict[str, object] = field(default_factory=dict)                    # address -> ExchangeSide
+    _graph: object | None = None                                               # GraphClient, made on first use
+    _graph_folders: dict[str, str] = field(default_factory=dict)              # address -> Graph folder id
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # databases ---------------------------------------------------------------------------
@@ -80,7 +83,36 @@ class Container:
                 self._accounts[address] = (account, folder)
             return self._accounts[address]
 
+    def api(self, address: str) -> str:
+        """"ews" or "graph" for this mailbox (its own ``api``, else ``exchange.api``)."""
+        return self.settings.api_of(address)
+
+    def graph_client(self):
+        """The process's Graph client (one app registration, one token for every mailbox)."""
+        with self._lock:
+            if self._graph is None:
+                from crmsync.adapters.exchange.graph.connect import connect
+
+                self._graph = connect(self.settings.exchange)
+            return self._graph
+
+    def graph_folder(self, address: str) -> str:
+        """The id of one mailbox's sync folder over Graph, found (or created) once per process."""
+        client = self.graph_client()
+        with self._lock:
+            if address not in self._graph_folders:
+                from crmsync.adapters.exchange.graph.connect import open_folder
+
+                mbox = self.mailbox_settings(address)
+                try:
+                    self._graph_folders[address] = open_folder(client, mbox.address, mbox.folder, create=True)
+                except BadRecord as exc:
+                    raise ConfigError(str(exc)) from None
+            return self._graph_folders[address]
+
     def exchange_side(self, address: str):
+        if self.api(address) == "graph":
+            return self._graph_side(address)
         from crmsync.adapters.exchange.ews.side import EwsExchange
 
         account, folder = self.exchange_account(address)
@@ -91,7 +123,23 @@ class Container:
                     private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
             return self._sides[address]
 
+    def _graph_side(self, address: str):
+        from crmsync.adapters.exchange.graph.side import GraphExchange
+
+        folder_id = self.graph_folder(address)
+        with self._lock:
+            if address not in self._sides:
+                self._sides[address] = GraphExchange(
+                    self._graph, self.mailbox_settings(address).address, folder_id,
+                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+            return self._sides[address]
+
     def exchange_feed(self, address: str):
+        if self.api(address) == "graph":
+            from crmsync.adapters.exchange.graph.feed import GraphFeed
+
+            folder_id = self.graph_folder(address)
+            return GraphFeed(self.graph_client(), self.mailbox_settings(address).address, folder_id)
         from crmsync.adapters.exchange.ews.feed import ExchangeFeed
 
         account, folder = self.exchange_account(address)
@@ -115,6 +163,8 @@ class Container:
         return DoctorAdapters(self)
 
     def dispose(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
         for name in ("crm_engine", "state_engine"):
             engine = self.__dict__.get(name)
             if engine is not None:

@@ -55,6 +55,7 @@ ENV_MAILBOXES = "CRMSYNC_MAILBOXES"
 DEFAULT_FOLDER = "CRM Accounts"
 
 AuthType = Literal["basic", "ntlm", "oauth", "noauth"]
+ExchangeApi = Literal["ews", "graph"]
 AccessType = Literal["impersonation", "delegate"]
 ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -165,7 +166,8 @@ class BrokerSettings(_UrlSection):
 
 
 class ExchangeSettings(_Section):
-    """How to reach EWS. Passwords and client secrets are read from the named variables."""
+    """How to reach Exchange: EWS (``api = "ews"``) or Microsoft Graph (``api = "graph"``, app-only
+    client credentials). Passwords and client secrets are read from the named variables."""
 
     endpoint: str | None = None
     auth: AuthType = "basic"
@@ -178,6 +180,29 @@ class ExchangeSettings(_Section):
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret_env: str = "CRMSYNC_EXCHANGE_CLIENT_SECRET"
+    # Microsoft Graph (Exchange Online); a [[mailbox]] may override ``api``.
+    api: ExchangeApi = "ews"
+    certificate_path: str | None = None        # PEM private key (+ certificate) instead of a client secret
+    certificate_thumbprint: str | None = None  # SHA-1 thumbprint of that certificate, as Entra ID shows it
+    authority: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+
+    @field_validator("authority", "graph_url")
+    @classmethod
+    def _graph_http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise PydanticCustomError("graph_url", "must be an http(s) URL such as https://graph.microsoft.com/v1.0")
+        return value.rstrip("/")
+
+    def graph_problems(self) -> list[tuple[str, str]]:
+        """(key, why) for each Graph setting missing or inconsistent; empty when Graph can be used."""
+        problems = [(f"exchange.{key}", "is required when a mailbox uses api = 'graph'")
+                    for key in ("tenant_id", "client_id") if not getattr(self, key)]
+        if bool(self.certificate_path) != bool(self.certificate_thumbprint):
+            problems.append(("exchange.certificate_thumbprint" if self.certificate_path else "exchange.certificate_path",
+                             "certificate_path and certificate_thumbprint go together (or neither: then "
+                             "client_secret_env names the variable holding the client secret)"))
+        return problems
 
     @field_validator("endpoint")
     @classmethod
@@ -190,6 +215,9 @@ class ExchangeSettings(_Section):
 
     @model_validator(mode="after")
     def _auth_needs(self) -> ExchangeSettings:
+        if self.api == "graph":
+            for key, why in self.graph_problems():
+                raise _key_error(key.removeprefix("exchange."), why)
         if self.endpoint is None:
             return self
         if self.auth in ("basic", "ntlm") and not self.username:
@@ -248,6 +276,7 @@ class MailboxSettings(_Section):
     address: str
     folder: str = DEFAULT_FOLDER
     secondary_contacts: bool = True
+    api: ExchangeApi | None = None    # None: exchange.api
 
     @field_validator("address")
     @classmethod
@@ -358,6 +387,18 @@ class Settings(BaseModel):
             raise _key_error("sync.redrive_after_s", f"{self.sync.redrive_after_s:g} must be above {longest:g} s: "
                              "the longest retry countdown (sync.retry_backoff_max_s)")
         return self
+
+    @model_validator(mode="after")
+    def _graph_mailboxes(self) -> Settings:
+        """A mailbox that overrides ``api = "graph"`` needs the Graph settings too."""
+        if self.exchange.api != "graph" and any(m.api == "graph" for m in self.mailboxes):
+            for key, why in self.exchange.graph_problems():
+                raise _key_error(key, why)
+        return self
+
+    def api_of(self, address: str) -> str:
+        """"ews" or "graph": the mailbox's own ``api``, else ``exchange.api``."""
+        return self.mailbox(address).api or self.exchange.api
 
     @model_validator(mode="after")
     def _unique_mailboxes(self) -> Settings:

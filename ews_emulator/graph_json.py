@@ -54,6 +54,8 @@ FOLDER_PROPERTIES = ["id", "displayName", "parentFolderId"]
 
 SENSITIVITY_NAMES = ["Normal", "Personal", "Private", "Confidential"]   # PidTagSensitivity 0..3
 SENSITIVITY_TAG = 0x0036
+# PidTagBusinessFaxNumber: on Exchange the same MAPI property as the EWS BusinessFax phone entry.
+BUSINESS_FAX_TAG = 0x3A24
 # Distinguished property sets by GUID (MS-OXPROPS); Graph names sets by GUID only.
 PROPERTY_SETS = {
     "00020329-0000-0000-c000-000000000046": "PublicStrings",
@@ -135,6 +137,10 @@ class ExtId:
     def is_sensitivity(self) -> bool:
         return self.tag == SENSITIVITY_TAG
 
+    @property
+    def is_business_fax(self) -> bool:
+        return self.tag == BUSINESS_FAX_TAG
+
     def uri_candidates(self) -> list[dict[str, str]]:
         """The EWS ExtendedFieldURI attribute sets naming this property; the first is the one a
         new value is written with (exchangelib's form: DistinguishedPropertySetId when the GUID is a
@@ -213,15 +219,25 @@ def sensitivity_of(item: dict, fields: dict | None = None) -> str:
     return str(SENSITIVITY_NAMES.index(name)) if name in SENSITIVITY_NAMES else "0"
 
 
+def business_fax_of(item: dict, fields: dict | None = None) -> str | None:
+    """PidTagBusinessFaxNumber of a stored contact: its EWS BusinessFax phone entry (None when unset)."""
+    f = fields if fields is not None else read_fields(item)
+    entry = f.get("PhoneNumbers", {}).get("BusinessFax")
+    return entry["text"] if entry and entry["text"] else None
+
+
 def ext_properties(item: dict, fields: dict | None = None) -> list[tuple[ExtId, str]]:
     """Every single-value extended property of a stored item as (id, value), including
     PidTagSensitivity (Integer 0x0036) from the EWS Sensitivity."""
     out = [(ExtId("Integer", tag=SENSITIVITY_TAG), sensitivity_of(item, fields))]
+    fax = business_fax_of(item, fields)
+    if fax:
+        out.append((ExtId("String", tag=BUSINESS_FAX_TAG), fax))
     for rec in item["data"].get("ext", {}).values():
         if "v" not in rec:
             continue
         eid = ext_id_of_uri(rec.get("u") or {})
-        if eid is None or eid.is_sensitivity:
+        if eid is None or eid.is_sensitivity or eid.is_business_fax:
             continue
         out.append((eid, rec.get("v", "")))
     return out
@@ -231,6 +247,8 @@ def read_ext(item: dict, eid: ExtId, fields: dict | None = None) -> str | None:
     """The value of one extended property of a stored item, or None if it has none."""
     if eid.is_sensitivity:
         return sensitivity_of(item, fields)
+    if eid.is_business_fax:
+        return business_fax_of(item, fields)
     stored = item["data"].get("ext", {})
     for uri in eid.uri_candidates():
         rec = stored.get(ext_key(uri))
@@ -483,6 +501,11 @@ def _ext_changes(eid: ExtId, value, item: dict | None) -> list[_Change]:
             raise bad_request(f"PidTagSensitivity (Integer 0x0036) takes 0-3, not '{value}'.",
                               "ErrorInvalidPropertyValue") from None
         return [_Change("FieldURI", {"FieldURI": "item:Sensitivity"}, _elem("Sensitivity", name))]
+    if eid.is_business_fax:
+        uri = {"FieldURI": "contacts:PhoneNumber", "FieldIndex": "BusinessFax"}
+        if not value:
+            return [_Change("IndexedFieldURI", uri, None)] if item is not None else []
+        return [_Change("IndexedFieldURI", uri, _entry_coll("PhoneNumbers", "BusinessFax", value))]
     candidates = eid.uri_candidates()
     stored = (item or {}).get("data", {}).get("ext", {})
     existing = [u for u in candidates if ext_key(u) in stored]

@@ -1,5 +1,7 @@
 """Contract of the EWS adapter (``EwsExchange``, ``ExchangeFeed``, ``connect``/``open_folder``)
 against the project's EWS emulator, run as a subprocess and driven by unmodified exchangelib.
+``TestEwsSide`` runs the port contract shared with the Graph adapter (exchange_side_contract.py);
+the module's functions test what is EWS's own.
 
 Contacts "made in Outlook" are created with plain exchangelib, as a user's client would.
 """
@@ -25,6 +27,7 @@ from crmsync.config import load_settings
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
+from tests.contract.exchange_side_contract import ExchangeSideContract
 from tests.support.emulator_proc import EmulatorProcess, free_port, self_signed_cert, start_emulator
 from tests.support.exchange_settings import exchange_settings
 
@@ -589,3 +592,71 @@ def test_processes_opening_a_missing_folder_at_once_all_get_the_one_folder(emula
         th.join(30)
     assert failed == []
     assert len(set(opened)) == 1
+
+
+# --------------------------------------------------------------------------- the shared port contract
+
+class _EwsUser:
+    """The mailbox owner in Outlook, over EWS (plain exchangelib)."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def add(self, given_name, *, private=False, business_phones=(), home_city=None, business_city=None):
+        labels = ("BusinessPhone", "BusinessPhone2")
+        phones = [PhoneNumber(label=lab, phone_number=p) for lab, p in zip(labels, business_phones, strict=False)]
+        addresses = [PhysicalAddress(label=lab, city=c) for lab, c in (("Home", home_city), ("Business", business_city))
+                     if c]
+        return outlook_contact(self.folder, given_name=given_name, sensitivity="Private" if private else "Normal",
+                               phone_numbers=phones or None, physical_addresses=addresses or None).id
+
+    def set_job_title(self, item_id, value):
+        (item,) = self.folder.account.fetch(ids=[(item_id, None)], only_fields=["job_title"])
+        item.job_title = value
+        item.save(update_fields=["job_title"])
+
+    def entries(self, item_id):
+        (item,) = self.folder.account.fetch(ids=[(item_id, None)], only_fields=["phone_numbers", "physical_addresses"])
+        phones = {p.label: p.phone_number for p in item.phone_numbers or []}
+        addresses = {a.label: a.city for a in item.physical_addresses or []}
+        return {"business_phones": [phones[k] for k in ("BusinessPhone", "BusinessPhone2") if k in phones],
+                "home_city": addresses.get("Home"), "business_city": addresses.get("Business")}
+
+    def folder_ids(self):
+        return folder_ids(self.folder)
+
+
+class _EwsFaults:
+    def __init__(self, emu: EmulatorProcess) -> None:
+        self.emu = emu
+
+    def busy_on_create(self, seconds):
+        self.emu.inject_fault("CreateItem", "server_busy", count=1, back_off_ms=int(seconds * 1000))
+
+    def unavailable_on_read(self):
+        self.emu.inject_fault("GetItem", "http_503", count=1)
+
+    def clear(self):
+        self.emu.clear_faults()
+
+
+class TestEwsSide(ExchangeSideContract):
+    """The port contract over EWS (exchangelib), against the emulator."""
+
+    @pytest.fixture
+    def side(self, ews_side):
+        return ews_side
+
+    @pytest.fixture
+    def user(self, ews_folder):
+        return _EwsUser(ews_folder)
+
+    @pytest.fixture
+    def feed(self, ews_account, ews_folder):
+        return ExchangeFeed(ews_account, ews_folder)
+
+    @pytest.fixture
+    def faults(self, emulator_proc):
+        f = _EwsFaults(emulator_proc)
+        yield f
+        f.clear()

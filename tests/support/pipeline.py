@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tests.support.emulator_proc import start_emulator
+from tests.support.emulator_proc import ca_signed_cert, start_emulator
 from tests.support.redis_proc import RedisServer, start_redis
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -31,6 +31,9 @@ MAILBOX_PASSWORD = "alice-pw"
 SERVICE_USER = "svc@example.com"
 SERVICE_PASSWORD = "svc-secret-pw"
 FOLDER = "CRM Accounts"
+GRAPH_TENANT = "contoso.onmicrosoft.com"   # api="graph": the app registered in the emulator
+GRAPH_APP = "crmsync-e2e"
+GRAPH_SECRET = "e2e-graph-secret-4b2c"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2,
@@ -97,8 +100,9 @@ class CrmDatabase:
 class Pipeline:
     def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
                  poll_interval_s: float = 0.5, max_attempts: int = 8,
-                 broker_url: str | None = None, batch_size: int = 200) -> None:
+                 broker_url: str | None = None, batch_size: int = 200, api: str = "ews") -> None:
         self.tmp = tmp
+        self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
         # A broker nobody else uses: the caller's (a fresh database of a private server) or a
         # redis-server of the pipeline's own. Nothing here flushes anything.
@@ -110,9 +114,26 @@ class Pipeline:
             self.broker_url = broker_url
             self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
             self.crm = CrmDatabase(crm_kind, tmp)
+            extra_args = ["--impersonator", SERVICE_USER]
+            graph_env: dict[str, str] = {}
+            if api == "graph":
+                # Graph over HTTPS (msal insists), from a throwaway CA the crmsync processes trust
+                # through SSL_CERT_FILE; the app may use every mailbox.
+                ca, cert, key = ca_signed_cert(tmp / "tls")
+                self.graph_ca = str(ca)
+                extra_args += ["--tls-cert", str(cert), "--tls-key", str(key),
+                               "--graph-app", f"{GRAPH_TENANT}:{GRAPH_APP}:{GRAPH_SECRET}"]
+                graph_env = {"CRMSYNC_TEST_GRAPH_SECRET": GRAPH_SECRET, "SSL_CERT_FILE": str(ca)}
             self.emulator = start_emulator(
                 tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD},
-                extra_args=["--impersonator", SERVICE_USER])
+                extra_args=extra_args)
+            graph_config = "" if api != "graph" else f"""api = "graph"
+tenant_id = "{GRAPH_TENANT}"
+client_id = "{GRAPH_APP}"
+client_secret_env = "CRMSYNC_TEST_GRAPH_SECRET"
+authority = "{self.emulator.base_url}"
+graph_url = "{self.emulator.graph_base}"
+"""
             self.config_path = tmp / "crmsync.toml"
             self.config_path.write_text(f"""
 [crm]
@@ -129,7 +150,7 @@ password_env = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
 access = "impersonation"
 max_wait_s = 2
 timeout_s = 4
-[[mailbox]]
+{graph_config}[[mailbox]]
 address = "{MAILBOX}"
 folder = "{FOLDER}"
 [sync]
@@ -146,7 +167,7 @@ queue = "{self.queue}"
 level = "INFO"
 """)
             self.env = {**os.environ, "CRMSYNC_TEST_EXCHANGE_PASSWORD": SERVICE_PASSWORD,
-                        "PYTHONUNBUFFERED": "1"}
+                        "PYTHONUNBUFFERED": "1", **graph_env}
             self.env.pop("CRMSYNC_CONFIG", None)
             self.procs: dict[str, subprocess.Popen] = {}
             self._state_engine = sa.create_engine(self.crm.state_url)

@@ -178,3 +178,27 @@ def test_graph_ids_are_url_safe(graph_env):
     ids = [g.new_contact(folder, {"givenName": f"n{i}"})["id"] for i in range(20)]
     assert all("/" not in i and "+" not in i for i in ids)
     assert all(g.get(f"/users/{ALICE}/contacts/{quote(i)}").status_code == 200 for i in ids)
+
+
+FAX_ID = "String 0x3A24"   # PidTagBusinessFaxNumber: Exchange's BusinessFax phone entry
+
+
+def test_the_business_fax_is_one_property_behind_both_doors(graph_env, ews_account):
+    """Graph's contact has no fax; PidTagBusinessFaxNumber (String 0x3A24) is the EWS BusinessFax entry."""
+    _, _, g = graph_env
+    folder = Contacts(parent=ews_account.contacts, name="Fax")
+    folder.save()
+    c = Contact(folder=folder, given_name="Fax", display_name="Fax",
+                phone_numbers=[PhoneNumber(label="BusinessFax", phone_number="+41 44 000 00 01")])
+    c.save()
+    url = f"/users/{ALICE}/contacts/{_graph_id(c.id)}"
+    expand = f"singleValueExtendedProperties($filter=id eq '{FAX_ID}')"
+    assert _props(g.get(url, params={"$expand": expand}).json()) == {FAX_ID.lower(): "+41 44 000 00 01"}
+    r = g.patch(url, json={"singleValueExtendedProperties": [{"id": FAX_ID, "value": "+41 44 000 00 02"}]})
+    assert r.status_code == 200, r.text
+    phones = {p.label: p.phone_number for p in folder.get(id=c.id).phone_numbers}
+    assert phones == {"BusinessFax": "+41 44 000 00 02"}
+    made = g.new_contact(_graph_id(folder.id), {"givenName": "New", "singleValueExtendedProperties": [
+        {"id": FAX_ID, "value": "+41 44 000 00 03"}]})
+    phones = {p.label: p.phone_number for p in folder.get(id=_ews_id(made["id"])).phone_numbers}
+    assert phones == {"BusinessFax": "+41 44 000 00 03"}

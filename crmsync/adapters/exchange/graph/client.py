@@ -1,0 +1,273 @@
+"""A small synchronous Microsoft Graph client: one app registration, app-only (client credentials).
+
+Why not the Graph SDK: crmsync's workers are synchronous Celery processes; httpx + msal is all
+they need and keeps the failure modes visible:
+
+* **Token.** msal's ``ConfidentialClientApplication.acquire_token_for_client`` caches the token
+  and fetches a new one shortly before it expires. A 401 from Graph (token revoked, clock skew)
+  drops the cache once and retries; a second 401 is a ConfigError. Token errors name the tenant,
+  app and Entra ID's error code, never the secret (the secret is registered for log redaction
+  when it is read, see ``crmsync.config``).
+* **Throttling.** 429 and 503 carry ``Retry-After``. A wait that fits in what is left of
+  ``max_wait_s`` (in total per call) is slept here and the request repeated; otherwise
+  Transient(retry_after=the server's value) hands the retry to Celery, as the EWS adapter does
+  with ErrorServerBusy.
+* **Concurrency.** Exchange Online allows 4 concurrent requests per app per mailbox; each
+  mailbox gets ``mailbox_concurrency`` slots in this process, and a ``$batch`` takes as many
+  as it has requests (up to all of them), since Graph runs a batch's requests in parallel.
+* **Every request** carries ``Prefer: IdType="ImmutableId"`` so ids survive moves between folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import msal
+import structlog
+
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
+
+log = structlog.get_logger(__name__)
+
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
+MAX_BATCH = 20                       # Graph's limit of requests in one $batch
+DEFAULT_RETRY_AFTER = 1.0            # seconds, when a 429/503 carries no Retry-After
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    try:
+        return max(0.0, float(headers.get("Retry-After") or headers.get("retry-after") or DEFAULT_RETRY_AFTER))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+
+
+def error_code(body: Any) -> str:
+    """Graph's ``error.code`` of an error body ("" when there is none)."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("code") or "")
+    return ""
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        msg = str(err.get("message") or "").strip().splitlines()[0:1]
+        text = f"{err.get('code')}: {msg[0] if msg else ''}"
+        return text if len(text) <= 200 else text[:200] + " ..."
+    return "no error body"
+
+
+def translate(status: int, headers: Mapping[str, str], body: Any, where: str) -> CrmsyncError:
+    """The crmsync error for a Graph error answer (``where`` names the mailbox and the action)."""
+    text = _error_text(body)
+    if status in (429, 503, 504) or status >= 500:
+        wait = _retry_after(headers) if status in (429, 503) else None
+        busy = "throttled" if status == 429 else "server unavailable"
+        return Transient(f"{where}: {busy} (HTTP {status}, {text})", retry_after=wait)
+    if status == 412:
+        return Stale(f"{where}: the contact changed since it was read (HTTP 412, the ETag is no longer current)")
+    if status == 401:
+        return ConfigError(f"{where}: Graph refused the app's token (HTTP 401, {text}); check exchange.tenant_id, "
+                           "exchange.client_id and the app's credentials")
+    if status == 403:
+        return ConfigError(f"{where}: access denied (HTTP 403, {text}); grant the app the Application permission "
+                           "Contacts.ReadWrite and include this mailbox in its RBAC for Applications scope")
+    if status == 404 and error_code(body) in ("ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound"):
+        return ConfigError(f"{where}: no such mailbox over Graph (HTTP 404, {text}); check the [[mailbox]] address")
+    if status in (400, 404, 409, 413, 422):
+        return BadRecord(f"{where}: Graph refused the request (HTTP {status}, {text})")
+    return Transient(f"{where}: unexpected HTTP {status} ({text})")
+
+
+class _Slots:
+    """A counting semaphore that takes several slots at once (a ``$batch`` runs up to 4 of its
+    requests in parallel on the mailbox), atomically, so two batches never deadlock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self, n: int) -> Iterator[None]:
+        n = max(1, min(n, self.limit))
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= n
+                self.cond.notify_all()
+
+
+class GraphClient:
+    """Authenticated Graph requests for one app registration, shared by all its mailboxes."""
+
+    def __init__(self, *, tenant_id: str, client_id: str, credential: str | dict[str, str],
+                 authority: str = "https://login.microsoftonline.com",
+                 graph_url: str = "https://graph.microsoft.com/v1.0", verify: Any = True,
+                 timeout_s: float = 20.0, max_wait_s: float = 5.0, mailbox_concurrency: int = 4) -> None:
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.authority = f"{authority.rstrip('/')}/{tenant_id}"
+        self.graph_url = graph_url.rstrip("/")
+        self.max_wait_s = max_wait_s
+        self._credential = credential
+        self._verify = verify
+        self._timeout = timeout_s
+        self.http = httpx.Client(base_url=self.graph_url + "/", verify=verify, timeout=timeout_s,
+                                 headers={"Prefer": IMMUTABLE_IDS, "Accept": "application/json"})
+        self._msal: msal.ConfidentialClientApplication | None = None
+        self._msal_http: httpx.Client | None = None
+        self._token_lock = threading.Lock()
+        self._slots: dict[str, _Slots] = {}
+        self._slots_lock = threading.Lock()
+        self._concurrency = mailbox_concurrency
+        self.requests_sent = 0          # HTTP requests to Graph (batches count once), for benchmarks
+
+    # ------------------------------------------------------------------------- token
+
+    def _app(self) -> msal.ConfidentialClientApplication:
+        if self._msal is None:
+            # msal speaks through a requests-like client; httpx's Client is one, and it uses
+            # the same TLS trust as the Graph requests.
+            self._msal_http = httpx.Client(verify=self._verify, timeout=self._timeout)
+            self._msal = msal.ConfidentialClientApplication(
+                self.client_id, client_credential=self._credential, authority=self.authority,
+                http_client=self._msal_http, instance_discovery=False)
+        return self._msal
+
+    def token(self, *, fresh: bool = False) -> str:
+        """A bearer token for Graph (cached by msal until shortly before it expires)."""
+        where = f"tenant {self.tenant_id}, app {self.client_id}: getting a Graph token from {self.authority}"
+        with self._token_lock:
+            if fresh:
+                self._msal = None
+            try:
+                result = self._app().acquire_token_for_client(scopes=[GRAPH_SCOPE])
+            except (httpx.TransportError, OSError) as exc:
+                self._msal = None
+                raise Transient(f"{where}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            except ValueError as exc:  # msal: the authority's discovery document is missing or wrong
+                self._msal = None
+                raise ConfigError(f"{where}: {str(exc)[:200]}; check exchange.authority and exchange.tenant_id") from None
+        if "access_token" not in result:
+            code = result.get("error") or "error"
+            desc = str(result.get("error_description") or "").strip().splitlines()[0:1]
+            detail = f"{code}: {desc[0] if desc else ''}"
+            if code in ("temporarily_unavailable",) or str(code).startswith("server_error"):
+                raise Transient(f"{where}: {detail}")
+            raise ConfigError(f"{where}: {detail}; check exchange.tenant_id, exchange.client_id and the secret or "
+                              "certificate the app was registered with")
+        return str(result["access_token"])
+
+    # ------------------------------------------------------------------------- requests
+
+    @contextlib.contextmanager
+    def _slot(self, mailbox: str | None, weight: int = 1) -> Iterator[None]:
+        if mailbox is None:
+            yield
+            return
+        with self._slots_lock:
+            slots = self._slots.setdefault(mailbox.lower(), _Slots(self._concurrency))
+        with slots.take(weight):
+            yield
+
+    def _check_origin(self, url: str) -> None:
+        """Absolute URLs (nextLink, deltaLink) must point at the configured Graph: the token goes with them."""
+        if "://" in url:
+            mine, theirs = urlsplit(self.graph_url), urlsplit(url)
+            if (mine.scheme, mine.netloc.lower()) != (theirs.scheme, theirs.netloc.lower()):
+                raise ConfigError(f"a Graph link points at {theirs.scheme}://{theirs.netloc}, not at exchange.graph_url "
+                                  f"({mine.scheme}://{mine.netloc}); not following it")
+
+    def request(self, method: str, url: str, *, where: str, mailbox: str | None = None,
+                allow: Sequence[int] = (), weight: int = 1, **kw: Any) -> httpx.Response:
+        """Send one request; 2xx and the ``allow``-ed statuses are returned, other errors raise
+        (see :func:`translate`). 429/503 are retried here while the waits fit in ``max_wait_s``."""
+        self._check_origin(url)
+        waited = 0.0
+        refreshed = False
+        extra = dict(kw.pop("headers", None) or {})
+        while True:
+            headers = {"Authorization": f"Bearer {self.token(fresh=False)}", **extra}
+            try:
+                with self._slot(mailbox, weight):
+                    self.requests_sent += 1
+                    resp = self.http.request(method, url.lstrip("/") if "://" not in url else url,
+                                             headers=headers, **kw)
+            except httpx.TransportError as exc:
+                raise Transient(f"{where}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            if resp.status_code < 400 or resp.status_code in allow:
+                return resp
+            if resp.status_code == 401 and not refreshed:
+                refreshed = True
+                self.token(fresh=True)
+                continue
+            if resp.status_code in (429, 503):
+                wait = _retry_after(resp.headers)
+                if waited + wait <= self.max_wait_s:
+                    log.info("graph.throttled", where=where, status=resp.status_code, retry_after=wait)
+                    time.sleep(wait)
+                    waited += wait
+                    continue
+            raise translate(resp.status_code, resp.headers, _json(resp), where)
+
+    def batch(self, requests: Sequence[dict[str, Any]], *, where: str, mailbox: str | None = None
+              ) -> list[tuple[int, dict[str, str], Any]]:
+        """Send ``requests`` (``{"method", "url", "headers"?, "body"?}``; urls relative to /v1.0) in
+        ``$batch`` requests of at most 20; (status, headers, body) per request, in order. A part
+        answered 429/503 is sent again in the next batch while the waits fit in ``max_wait_s``."""
+        results: list[tuple[int, dict[str, str], Any] | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        waited = 0.0
+        while todo:
+            retry: list[int] = []
+            longest = 0.0
+            for start in range(0, len(todo), MAX_BATCH):
+                chunk = todo[start:start + MAX_BATCH]
+                parts = []
+                for n, i in enumerate(chunk):
+                    part = {"id": str(n + 1), **requests[i]}
+                    part["url"] = "/" + part["url"].lstrip("/")
+                    part["headers"] = {"Prefer": IMMUTABLE_IDS, **(part.get("headers") or {})}
+                    if "body" in part:
+                        part["headers"].setdefault("Content-Type", "application/json")
+                    parts.append(part)
+                resp = self.request("POST", "$batch", where=where, mailbox=mailbox, json={"requests": parts},
+                                    weight=len(parts))
+                answers = {str(a.get("id")): a for a in (_json(resp) or {}).get("responses", [])}
+                for n, i in enumerate(chunk):
+                    a = answers.get(str(n + 1)) or {"status": 500, "headers": {}, "body": None}
+                    status, headers = int(a.get("status", 500)), dict(a.get("headers") or {})
+                    results[i] = (status, headers, a.get("body"))
+                    if status in (429, 503):
+                        retry.append(i)
+                        longest = max(longest, _retry_after(headers))
+            if not retry or waited + longest > self.max_wait_s:
+                break
+            time.sleep(longest)
+            waited += longest
+            todo = retry
+        return [r if r is not None else (500, {}, None) for r in results]
+
+    def close(self) -> None:
+        self.http.close()
+        if self._msal_http is not None:
+            self._msal_http.close()
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json() if resp.content else None
+    except ValueError:
+        return None
