@@ -225,15 +225,21 @@ class PostgresListenDoorbell(_ThreadedBell):
 
 class CallbackDoorbell(_ThreadedBell):
     """Rings when ``check(timeout_s)`` returns True, called over and over in a thread — e.g. an
-    Exchange feed's ``wait_for_change`` on a pull/streaming subscription."""
+    Exchange feed's ``wait_for_change`` on a pull/streaming subscription.
+
+    A failing check is retried with back-off (``error_backoff_s`` doubling up to
+    ``error_backoff_max_s``), and the first check that works again rings once: a reply lost
+    with the error may have carried events the server will not hand out again.
+    """
 
     def __init__(self, check: Callable[[float], bool], name: str, timeout_s: float = 30.0,
-                 error_backoff_s: float = 10.0) -> None:
+                 error_backoff_s: float = 1.0, error_backoff_max_s: float = 30.0) -> None:
         super().__init__()
         self.check = check
         self.name = name
         self.timeout_s = timeout_s
         self.error_backoff_s = error_backoff_s
+        self.error_backoff_max_s = error_backoff_max_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -241,14 +247,21 @@ class CallbackDoorbell(_ThreadedBell):
         return self.timeout_s + 1
 
     def _run(self) -> None:
+        delay = self.error_backoff_s
+        failed = False
         while not self._stopping.is_set():
             try:
-                if self.check(self.timeout_s):
-                    self.ring()
+                changed = self.check(self.timeout_s)
             except Exception as exc:  # noqa: BLE001 - fail soft, the poll interval is the net
                 log.warning("doorbell.check_failed", doorbell=self.name, error=type(exc).__name__,
-                            detail=str(exc)[:200])
-                self._stopping.wait(self.error_backoff_s)
+                            detail=str(exc)[:200], retry_in_s=delay)
+                failed = True
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.error_backoff_max_s)
+                continue
+            if changed or failed:
+                self.ring()
+            failed, delay = False, self.error_backoff_s
 
 
 class CombinedDoorbell(_Bell):

@@ -1,0 +1,57 @@
+"""The callback doorbell (the Exchange subscription's thread) rings on a change and after an
+error it recovered from, and keeps trying through failures."""
+
+from __future__ import annotations
+
+import threading
+
+from producers.doorbells import CallbackDoorbell
+
+
+class _Check:
+    """Answers from a script, then False (nothing changed) until told otherwise."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.drained = threading.Event()
+        self._never = threading.Event()
+
+    def __call__(self, timeout_s: float) -> bool:
+        self.calls += 1
+        if not self.answers:
+            self.drained.set()
+            self._never.wait(timeout_s)  # idle like a real long wait
+            return False
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _run(check: _Check) -> tuple[CallbackDoorbell, bool]:
+    bell = CallbackDoorbell(check, name="test", timeout_s=0.05, error_backoff_s=0.01)
+    bell.start()
+    try:
+        assert check.drained.wait(5), "the doorbell stopped calling its check"
+        return bell, bell.wait(0)
+    finally:
+        bell.stop()
+
+
+def test_a_change_rings():
+    _, rung = _run(_Check(False, True))
+    assert rung
+
+
+def test_nothing_changed_does_not_ring():
+    _, rung = _run(_Check(False, False))
+    assert not rung
+
+
+def test_the_first_check_that_works_after_errors_rings():
+    """A reply lost with the error may have carried the only event of a change."""
+    check = _Check(ConnectionError("reset"), TimeoutError("slow"), False)
+    _, rung = _run(check)
+    assert rung
+    assert check.calls >= 3
