@@ -271,6 +271,8 @@ class SyncSettings(_Section):
     max_attempts: int = Field(default=8, ge=1)
     lease_ttl_s: float = Field(default=120.0, gt=0)
     redrive_after_s: float = Field(default=300.0, gt=0)
+    #: How often the producer looks for overdue events and a restarted broker (also when idle).
+    redrive_check_s: float = Field(default=5.0, gt=0)
     retry_backoff_max_s: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
 

@@ -106,7 +106,11 @@ events = Table(
     Column("published_at", UtcDateTime),
     Column("applied_at", UtcDateTime),
     Column("outcome", Text),                     # what the worker did: updated, noop, ...
+    # When the event's current delivery starts: its publish, or its retry's ETA while in
+    # back-off. The re-drive sends it again once it is overdue (or its message was lost).
+    Column("due_at", UtcDateTime),
     Index("ix_events_status_created_at", "status", "created_at"),
+    Index("ix_events_status_due_at", "status", "due_at"),
     sqlite_autoincrement=True,
 )
 

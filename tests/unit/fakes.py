@@ -282,7 +282,7 @@ class FakeStore:
         for event_id, outcome in outcomes.items():
             self.mark_applied(event_id, outcome)
 
-    def mark_retrying(self, event_ids, now):
+    def mark_retrying(self, event_ids, now, due_at=None):
         for event_id in event_ids:
             if self.events[event_id]["status"] not in ("applied", "dead"):
-                self.events[event_id]["published_at"] = now
+                self.events[event_id].update(published_at=now, due_at=due_at or now)
