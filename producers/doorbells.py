@@ -40,12 +40,17 @@ class _Bell:
     def start(self) -> None:
         """Nothing to start for a bell that is only rung by hand."""
 
+    def armed(self) -> bool:
+        """True while it would ring on a change; False makes the loop poll at its short
+        fallback interval instead of the long safety-net one."""
+        return False
+
     def stop(self) -> None:
         """Nothing to stop."""
 
 
 class NullDoorbell(_Bell):
-    """No early wake-up: the loop relies on its poll interval (and ``ring()`` by hand)."""
+    """No early wake-up: the loop relies on its (fallback) poll interval (and ``ring()`` by hand)."""
 
 
 # ----------------------------------------------------------------------------- SQLite file
@@ -101,6 +106,9 @@ class SqliteFileDoorbell(_Bell):
                 self._written.set()                 # a write slipped in between: go again
                 continue
             self.ring()
+
+    def armed(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
 
     def _on_event(self, event) -> None:  # watchdog FileSystemEvent
         if event.is_directory or event.event_type not in self._EVENT_TYPES:
@@ -194,6 +202,9 @@ class PostgresListenDoorbell(_ThreadedBell):
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()   # set while LISTEN is active (tests wait on it)
 
+    def armed(self) -> bool:
+        return self.listening.is_set()
+
     def _thread_name(self) -> str:
         return f"pg-listen-{self.channel}"
 
@@ -242,6 +253,10 @@ class CallbackDoorbell(_ThreadedBell):
         self.error_backoff_max_s = error_backoff_max_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._working = threading.Event()
+
+    def armed(self) -> bool:
+        return self._working.is_set()
 
     def _join_timeout(self) -> float:
         return self.timeout_s + 1
@@ -252,7 +267,9 @@ class CallbackDoorbell(_ThreadedBell):
         while not self._stopping.is_set():
             try:
                 changed = self.check(self.timeout_s)
+                self._working.set()
             except Exception as exc:  # noqa: BLE001 - fail soft, the poll interval is the net
+                self._working.clear()
                 log.warning("doorbell.check_failed", doorbell=self.name, error=type(exc).__name__,
                             detail=str(exc)[:200], retry_in_s=delay)
                 failed = True
@@ -276,6 +293,10 @@ class CombinedDoorbell(_Bell):
     def start(self) -> None:
         for bell in self.doorbells:
             bell.start()
+
+    def armed(self) -> bool:
+        """Only when every source has a working doorbell may the loop poll rarely."""
+        return all(bell.armed() for bell in self.doorbells)
 
     def stop(self) -> None:
         for bell in self.doorbells:

@@ -57,6 +57,8 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
         bells += [CallbackDoorbell(feed.wait_for_change, name=f"exchange:{mb}")
                   for mb, feed in feeds.items() if callable(getattr(feed, "wait_for_change", None))]
+        if any(not callable(getattr(feed, "wait_for_change", None)) for feed in feeds.values()):
+            bells.append(NullDoorbell())   # a feed without a doorbell: never poll rarely
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),
                         store, doorbell, poll_interval_s=sync.poll_interval_s,

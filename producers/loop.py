@@ -46,13 +46,17 @@ class ProducerLoop:
                  poll_interval_s: float = 5.0, redrive_after_s: float = 300.0,
                  clock: Callable[[], datetime] = utcnow, *,
                  exchange_max_changes: int = 500, max_crm_batches_per_cycle: int = 20,
-                 redrive_limit: int = 1000, redrive_check_s: float = 5.0) -> None:
+                 redrive_limit: int = 1000, redrive_check_s: float = 5.0,
+                 fallback_poll_s: float = 5.0) -> None:
         self.crm_producer = crm_producer
         self.exchange_producers = list(exchange_producers)
         self.publisher = publisher
         self.store = store
         self.doorbell: Doorbell = doorbell or NullDoorbell()
         self.poll_interval_s = poll_interval_s
+        #: The poll interval while the doorbell is not armed (a source without one, a lost
+        #: subscription, a dropped LISTEN): the long safety-net poll only holds behind a doorbell.
+        self.fallback_poll_s = fallback_poll_s
         self.redrive_after_s = redrive_after_s
         self.clock = clock
         self.exchange_max_changes = exchange_max_changes
@@ -223,7 +227,10 @@ class ProducerLoop:
     def _sleep(self) -> None:
         """Until the doorbell rings or the poll interval passes; the re-drive keeps its own
         few-second rhythm meanwhile (a long poll interval must not delay a lost message)."""
-        deadline = time.monotonic() + self.poll_interval_s
+        interval = self.poll_interval_s
+        if not self.doorbell.armed():
+            interval = min(interval, self.fallback_poll_s)
+        deadline = time.monotonic() + interval
         while not self._stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.doorbell.wait(min(remaining, 0.25)):

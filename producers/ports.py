@@ -98,3 +98,6 @@ class Doorbell(Protocol):
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if rung (and the ring is consumed)."""
+
+    def armed(self) -> bool:
+        """True while every source it covers would ring on a change."""

@@ -4,8 +4,9 @@ error it recovered from, and keeps trying through failures."""
 from __future__ import annotations
 
 import threading
+import time
 
-from producers.doorbells import CallbackDoorbell
+from producers.doorbells import CallbackDoorbell, CombinedDoorbell, NullDoorbell
 
 
 class _Check:
@@ -55,3 +56,27 @@ def test_the_first_check_that_works_after_errors_rings():
     _, rung = _run(check)
     assert rung
     assert check.calls >= 3
+
+
+def test_a_callback_doorbell_is_armed_once_its_check_works_again():
+    check = _Check(False, ConnectionError("reset"))
+    bell = CallbackDoorbell(check, name="test", timeout_s=0.05, error_backoff_s=0.01)
+    assert not bell.armed()                  # not yet subscribed
+    bell.start()
+    try:
+        assert check.drained.wait(5)
+        deadline = time.monotonic() + 5
+        while not bell.armed() and time.monotonic() < deadline:   # the drained check returns
+            time.sleep(0.01)
+        assert bell.armed()                  # working again after the error
+    finally:
+        bell.stop()
+
+
+def test_the_loop_polls_at_the_fallback_interval_while_a_doorbell_is_not_armed():
+    """A 60 s poll only holds behind armed doorbells: one source without (or a lost
+    subscription) and the loop looks every few seconds."""
+    armed = CallbackDoorbell(lambda t: False, name="ok")
+    armed._working.set()
+    assert CombinedDoorbell(armed).armed()
+    assert not CombinedDoorbell(armed, NullDoorbell()).armed()

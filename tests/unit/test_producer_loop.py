@@ -846,3 +846,20 @@ def test_the_idle_loop_keeps_looking_for_lost_messages_between_polls(changelog, 
     loop.stop.set()
     thread.join(5)
     assert sorted(broker.sent) == [1, 2]
+
+
+def test_without_an_armed_doorbell_the_loop_polls_at_the_fallback_interval(changelog, crm, store, clock):
+    mark_initial_done(store)
+    loop = make_loop(changelog, crm, store, clock, fallback_poll_s=0.1)
+    loop.poll_interval_s = 60                       # the safety net, behind doorbells only
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        changelog.add("accounts", "A-2", "update")  # nobody rings: NullDoorbell is never armed
+        deadline = time.monotonic() + 5
+        while len(store.events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(store.events) == 2
+    finally:
+        loop.stop.set()
+        thread.join(5)
