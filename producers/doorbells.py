@@ -18,17 +18,47 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger(__name__)
 
 
+CRM_SOURCE = "crm"
+
+
+def exchange_source(mailbox: str) -> str:
+    """The source name an Exchange mailbox's doorbell rings with (the loop reads that mailbox)."""
+    return f"exchange:{mailbox}"
+
+
 class _Bell:
-    """A ``threading.Event`` that can be rung, waited on (consuming the ring) and forwarded."""
+    """A ``threading.Event`` that can be rung, waited on (consuming the ring) and forwarded.
+
+    A ring may name its source (``exchange_source(mailbox)``), so the loop reads only what
+    rang; a ring without one means "anything may have changed".
+    """
+
+    #: What this bell watches; None: no one source (its rings make the loop read everything).
+    source: str | None = None
 
     def __init__(self) -> None:
         self._rung = threading.Event()
-        self._forward: Callable[[], None] | None = None
+        self._forward: Callable[[str | None], None] | None = None
+        self._sources_lock = threading.Lock()
+        self._sources: set[str] | None = set()
 
-    def ring(self) -> None:
+    def ring(self, source: str | None = None) -> None:
+        source = source or self.source
+        with self._sources_lock:   # recorded before the ring is seen, so never lost
+            if source is None:
+                self._sources = None
+            elif self._sources is not None:
+                self._sources.add(source)
         self._rung.set()
         if self._forward is not None:
-            self._forward()
+            self._forward(source)
+
+    def take_sources(self) -> set[str] | None:
+        """The sources rung since the last call (take them after ``wait`` returned True and
+        before reading); None when a ring named none: read everything."""
+        with self._sources_lock:
+            taken, self._sources = self._sources, set()
+        return taken
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if rung since the last wait."""
@@ -79,6 +109,7 @@ class SqliteFileDoorbell(_Bell):
     """
 
     _EVENT_TYPES = frozenset({"modified", "created", "moved", "deleted"})
+    source = CRM_SOURCE
 
     def __init__(self, db_path: str | Path, settle_s: float = 0.05) -> None:
         super().__init__()
@@ -190,6 +221,8 @@ class PostgresListenDoorbell(_ThreadedBell):
     notifications sent while it was away are gone.
     """
 
+    source = CRM_SOURCE
+
     def __init__(self, url: str, channel: str = "crm_changelog", *,
                  reconnect_max_s: float = 30.0) -> None:
         super().__init__()
@@ -248,6 +281,7 @@ class CallbackDoorbell(_ThreadedBell):
         super().__init__()
         self.check = check
         self.name = name
+        self.source = name
         self.timeout_s = timeout_s
         self.error_backoff_s = error_backoff_s
         self.error_backoff_max_s = error_backoff_max_s

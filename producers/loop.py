@@ -19,7 +19,7 @@ import structlog
 
 from crmsync.testhooks import crash_point
 from producers.crm_feed import CrmProducer
-from producers.doorbells import NullDoorbell
+from producers.doorbells import NullDoorbell, exchange_source
 from producers.exchange_feed import ExchangeProducer
 from producers.ports import Doorbell, EventStore, Publisher
 from producers.redrive import redrive
@@ -127,8 +127,10 @@ class ProducerLoop:
                 break
         return created
 
-    def run_once(self) -> int:
-        """One cycle; returns the number of events created."""
+    def run_once(self, only: set[str] | None = None) -> int:
+        """One cycle; returns the number of events created. ``only``: the doorbell sources that
+        rang — the Exchange mailboxes outside it are not read this time (None: read all). The
+        CRM changelog, one query, is read every cycle."""
         created = 0
         self._backlog = False
         # Before publishing anything: a restart noticed after this cycle's sends would
@@ -157,6 +159,8 @@ class ProducerLoop:
                     break
                 self._backlog = batch == self.max_crm_batches_per_cycle - 1
         for producer in self.exchange_producers:
+            if only is not None and exchange_source(producer.mailbox) not in only:
+                continue
             created += self._guarded("exchange", producer.mailbox,
                                      lambda p=producer: self._exchange(p), 0)
         self._maybe_redrive()
@@ -216,23 +220,28 @@ class ProducerLoop:
         log.info("producer.started", mailboxes=[p.mailbox for p in self.exchange_producers],
                  poll_interval_s=self.poll_interval_s)
         try:
+            only: set[str] | None = None
             while not self._stopping():
-                self.run_once()
-                if not self._backlog:
-                    self._sleep()
+                self.run_once(only)
+                only = None if self._backlog else self._sleep()
         finally:
             self.doorbell.stop()
             log.info("producer.stopped")
 
-    def _sleep(self) -> None:
-        """Until the doorbell rings or the poll interval passes; the re-drive keeps its own
-        few-second rhythm meanwhile (a long poll interval must not delay a lost message)."""
+    def _sleep(self) -> set[str] | None:
+        """Until the doorbell rings (returns the sources that rang) or the poll interval passes
+        (returns None: read everything); the re-drive keeps its own few-second rhythm meanwhile
+        (a long poll interval must not delay a lost message)."""
         interval = self.poll_interval_s
         if not self.doorbell.armed():
             interval = min(interval, self.fallback_poll_s)
         deadline = time.monotonic() + interval
         while not self._stopping():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.doorbell.wait(min(remaining, 0.25)):
-                return
+            if remaining <= 0:
+                self.doorbell.take_sources()
+                return None
+            if self.doorbell.wait(min(remaining, 0.25)):
+                return self.doorbell.take_sources()
             self._maybe_redrive()
+        return None

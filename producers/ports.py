@@ -101,3 +101,6 @@ class Doorbell(Protocol):
 
     def armed(self) -> bool:
         """True while every source it covers would ring on a change."""
+
+    def take_sources(self) -> set[str] | None:
+        """The sources rung since the last call; None: read everything."""

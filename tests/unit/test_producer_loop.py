@@ -863,3 +863,51 @@ def test_without_an_armed_doorbell_the_loop_polls_at_the_fallback_interval(chang
     finally:
         loop.stop.set()
         thread.join(5)
+
+
+def test_a_doorbell_naming_its_mailbox_reads_only_that_mailbox(changelog, crm, store, clock):
+    """Work proportional to change: a ring from one mailbox's subscription (or from the CRM)
+    does not read the other mailboxes; the safety-net poll reads them all."""
+    from producers.doorbells import CRM_SOURCE, CombinedDoorbell, _Bell, exchange_source
+
+    mark_initial_done(store)
+    alice, bob = FakeFeed(), FakeFeed()
+    loop = make_loop(changelog, crm, store, clock, {"alice@example.com": alice, "bob@example.com": bob})
+    crm_bell, alice_bell, bob_bell = _Bell(), _Bell(), _Bell()
+    crm_bell.source, alice_bell.source = CRM_SOURCE, exchange_source("alice@example.com")
+    bob_bell.source = exchange_source("bob@example.com")
+    loop.doorbell = CombinedDoorbell(crm_bell, alice_bell, bob_bell)
+
+    alice_bell.ring()
+    assert loop.doorbell.wait(0)
+    loop.run_once(loop.doorbell.take_sources())
+    assert (len(alice.calls), len(bob.calls)) == (1, 0)
+
+    crm_bell.ring()
+    assert loop.doorbell.wait(0)
+    loop.run_once(loop.doorbell.take_sources())
+    assert (len(alice.calls), len(bob.calls)) == (1, 0)
+
+    loop.doorbell.ring()                            # a ring naming nothing: read everything
+    assert loop.doorbell.wait(0)
+    assert loop.doorbell.take_sources() is None
+    loop.run_once(None)
+    assert (len(alice.calls), len(bob.calls)) == (2, 1)
+
+
+def test_a_ring_during_a_cycle_is_read_in_the_next_one(changelog, crm, store, clock):
+    from producers.doorbells import CombinedDoorbell, _Bell, exchange_source
+
+    mark_initial_done(store)
+    alice = FakeFeed()
+    loop = make_loop(changelog, crm, store, clock, {"alice@example.com": alice})
+    bell = _Bell()
+    bell.source = exchange_source("alice@example.com")
+    loop.doorbell = CombinedDoorbell(bell)
+    bell.ring()
+    assert loop.doorbell.wait(0)
+    sources = loop.doorbell.take_sources()
+    bell.ring()                                     # while the cycle below runs
+    loop.run_once(sources)
+    assert loop.doorbell.wait(0)
+    assert loop.doorbell.take_sources() == {exchange_source("alice@example.com")}
