@@ -18,10 +18,11 @@ EDITS = 30
 PER_EDIT_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def slow_poll(tmp_path_factory, redis_server):
-    """A pipeline whose poll is 60 s: anything faster than that came through a doorbell."""
-    p = Pipeline(tmp_path_factory.mktemp("doorbell"), "sqlite", poll_interval_s=60,
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def slow_poll(request, tmp_path_factory, redis_server):
+    """A pipeline whose poll is 60 s: anything faster than that came through a doorbell (the
+    CRM's: a file watch on SQLite, LISTEN on PostgreSQL; Exchange's: the pull subscription)."""
+    p = Pipeline(tmp_path_factory.mktemp(f"doorbell-{request.param}"), request.param, poll_interval_s=60,
                  broker_url=redis_server.url(redis_server.new_database()))
     p.start_worker()
     p.start_producer()
@@ -38,7 +39,7 @@ def _linked_account(pipeline) -> tuple[str, object]:
     email = f"bell.{uuid.uuid4().hex[:6]}@example.org"
     account_no = f"T-{uuid.uuid4().hex[:8]}"
     pipeline.crm.execute("INSERT INTO accounts (account_no, company_name, first_name, last_name, "
-                         "email, is_active) VALUES (:n, 'Bell Ltd', 'Bea', 'Bell', :e, 1)",
+                         "email, is_active) VALUES (:n, 'Bell Ltd', 'Bea', 'Bell', :e, true)",
                          n=account_no, e=email)
 
     def contact():
