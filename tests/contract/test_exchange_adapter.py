@@ -392,6 +392,29 @@ def test_the_doorbell_makes_a_lost_subscription_again(ews_side, ews_account, ews
         feed.close()
 
 
+def test_the_doorbell_makes_an_expired_subscription_again(ews_side, ews_account, ews_folder,
+                                                         emulator_proc):
+    """A subscription not polled for its Timeout expires on the server (the producer was
+    paused, Exchange unreachable for a while): noticed, made again, and it rings again."""
+    import sqlite3
+
+    feed = ExchangeFeed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is True
+        store = emulator_proc.data_dir / "store" / "mailboxes.sqlite3"
+        with sqlite3.connect(store, timeout=30) as db:    # as if not polled for an hour
+            aged = db.execute("UPDATE ews_subscriptions SET last_used = last_used - 3600 "
+                              "WHERE id = ?", (feed._subscription,)).rowcount
+        assert aged == 1
+        expired = feed._subscription
+        assert feed.wait_for_change(0.5) is True              # ErrorExpiredSubscription
+        assert feed._subscription not in (None, expired)
+        ews_side.create("account:EXPIRED", {"first_name": "Expired"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        feed.close()
+
+
 def test_the_doorbell_reads_past_a_page_of_events(ews_side, ews_account, ews_folder):
     """More events than one GetEvents page (MoreEvents) ring, and the next wait starts after
     them instead of ringing again for the same ones."""
