@@ -171,7 +171,7 @@ class ProducerLoop:
         a producer started after the restart notices it too); a new one loses every message
         sent before ``now``."""
         identity = getattr(self.publisher, "broker_identity", None)
-        current = self._guarded("broker-identity", None, identity, None) if identity else None
+        current = identity() if identity is not None else None
         if current is None:       # unreachable, or a broker that cannot tell
             return
         if self._broker_id is None:
@@ -232,12 +232,12 @@ class ProducerLoop:
         """Until the doorbell rings (returns the sources that rang) or the poll interval passes
         (returns None: read everything); the re-drive keeps its own few-second rhythm meanwhile
         (a long poll interval must not delay a lost message)."""
-        interval = self.poll_interval_s
-        if not self.doorbell.armed():
-            interval = min(interval, self.fallback_poll_s)
-        deadline = time.monotonic() + interval
+        started = time.monotonic()
         while not self._stopping():
-            remaining = deadline - time.monotonic()
+            interval = self.poll_interval_s
+            if not self.doorbell.armed():   # asked each time: a subscription may be lost meanwhile
+                interval = min(interval, self.fallback_poll_s)
+            remaining = started + interval - time.monotonic()
             if remaining <= 0:
                 self.doorbell.take_sources()
                 return None

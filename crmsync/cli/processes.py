@@ -44,10 +44,6 @@ class LazyFeed:
         """The feed's doorbell: without this the producer saw Exchange edits only at its poll."""
         return self._opened().wait_for_change(timeout_s)
 
-    def close(self) -> None:
-        if self._feed is not None:
-            self._feed.close()
-
 
 def build_producer_loop(container: Container):
     from producers.factory import build_loop
