@@ -298,10 +298,14 @@ class SyncSettings(_Section):
     conflict_policy: ConflictPolicy = "newest-wins"
     phone_region: str = "US"
     private_sensitivities: tuple[Sensitivity, ...] = ("Private",)
-    poll_interval_s: float = Field(default=5.0, gt=0)
+    #: The safety net behind the doorbells; while a doorbell is not armed the producer polls
+    #: every 5 s instead.
+    poll_interval_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
     lease_ttl_s: float = Field(default=120.0, gt=0)
     redrive_after_s: float = Field(default=300.0, gt=0)
+    #: How often the producer looks for overdue events and a restarted broker (also when idle).
+    redrive_check_s: float = Field(default=5.0, gt=0)
     retry_backoff_max_s: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
     #: Before a mailbox's first sync, when its folder and the CRM hold probable duplicates:

@@ -207,8 +207,12 @@ class StateStore(Protocol):
 
     def mark_dead(self, event_id: int, error: str) -> None: ...
 
-    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]:
-        """Pending or published events not applied since ``older_than`` (Redis may have lost them)."""
+    def events_to_redrive(self, older_than: datetime, limit: int, *,
+                          lost_before: datetime | None = None,
+                          now: datetime | None = None) -> list[Event]:
+        """Pending or published events whose delivery (publish or retry ETA) was due before
+        ``older_than``; with ``lost_before``, also those sent before it and due by ``now``
+        (the broker lost its messages)."""
 
     def get_cursor(self, name: str) -> str | None: ...
 
@@ -247,6 +251,7 @@ class StateStore(Protocol):
 
     def mark_applied_many(self, outcomes: Mapping[int, str | None]) -> None: ...
 
-    def mark_retrying(self, event_ids: list[int], now: datetime) -> None:
-        """A retry of these events is scheduled: their published time is now (the re-drive
-        leaves them alone until it is overdue)."""
+    def mark_retrying(self, event_ids: list[int], now: datetime,
+                      due_at: datetime | None = None) -> None:
+        """A retry of these events was sent ``now`` to run at ``due_at`` (default now): the
+        re-drive leaves them alone until that is overdue."""

@@ -18,17 +18,47 @@ from sqlalchemy.engine import make_url
 log = structlog.get_logger(__name__)
 
 
+CRM_SOURCE = "crm"
+
+
+def exchange_source(mailbox: str) -> str:
+    """The source name an Exchange mailbox's doorbell rings with (the loop reads that mailbox)."""
+    return f"exchange:{mailbox}"
+
+
 class _Bell:
-    """A ``threading.Event`` that can be rung, waited on (consuming the ring) and forwarded."""
+    """A ``threading.Event`` that can be rung, waited on (consuming the ring) and forwarded.
+
+    A ring may name its source (``exchange_source(mailbox)``), so the loop reads only what
+    rang; a ring without one means "anything may have changed".
+    """
+
+    #: What this bell watches; None: no one source (its rings make the loop read everything).
+    source: str | None = None
 
     def __init__(self) -> None:
         self._rung = threading.Event()
-        self._forward: Callable[[], None] | None = None
+        self._forward: Callable[[str | None], None] | None = None
+        self._sources_lock = threading.Lock()
+        self._sources: set[str] | None = set()
 
-    def ring(self) -> None:
+    def ring(self, source: str | None = None) -> None:
+        source = source or self.source
+        with self._sources_lock:   # recorded before the ring is seen, so never lost
+            if source is None:
+                self._sources = None
+            elif self._sources is not None:
+                self._sources.add(source)
         self._rung.set()
         if self._forward is not None:
-            self._forward()
+            self._forward(source)
+
+    def take_sources(self) -> set[str] | None:
+        """The sources rung since the last call (take them after ``wait`` returned True and
+        before reading); None when a ring named none: read everything."""
+        with self._sources_lock:
+            taken, self._sources = self._sources, set()
+        return taken
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if rung since the last wait."""
@@ -40,12 +70,17 @@ class _Bell:
     def start(self) -> None:
         """Nothing to start for a bell that is only rung by hand."""
 
+    def armed(self) -> bool:
+        """True while it would ring on a change; False makes the loop poll at its short
+        fallback interval instead of the long safety-net one."""
+        return False
+
     def stop(self) -> None:
         """Nothing to stop."""
 
 
 class NullDoorbell(_Bell):
-    """No early wake-up: the loop relies on its poll interval (and ``ring()`` by hand)."""
+    """No early wake-up: the loop relies on its (fallback) poll interval (and ``ring()`` by hand)."""
 
 
 # ----------------------------------------------------------------------------- SQLite file
@@ -74,6 +109,7 @@ class SqliteFileDoorbell(_Bell):
     """
 
     _EVENT_TYPES = frozenset({"modified", "created", "moved", "deleted"})
+    source = CRM_SOURCE
 
     def __init__(self, db_path: str | Path, settle_s: float = 0.05) -> None:
         super().__init__()
@@ -101,6 +137,9 @@ class SqliteFileDoorbell(_Bell):
                 self._written.set()                 # a write slipped in between: go again
                 continue
             self.ring()
+
+    def armed(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
 
     def _on_event(self, event) -> None:  # watchdog FileSystemEvent
         if event.is_directory or event.event_type not in self._EVENT_TYPES:
@@ -182,6 +221,8 @@ class PostgresListenDoorbell(_ThreadedBell):
     notifications sent while it was away are gone.
     """
 
+    source = CRM_SOURCE
+
     def __init__(self, url: str, channel: str = "crm_changelog", *,
                  reconnect_max_s: float = 30.0) -> None:
         super().__init__()
@@ -193,6 +234,9 @@ class PostgresListenDoorbell(_ThreadedBell):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()   # set while LISTEN is active (tests wait on it)
+
+    def armed(self) -> bool:
+        return self.listening.is_set()
 
     def _thread_name(self) -> str:
         return f"pg-listen-{self.channel}"
@@ -225,30 +269,50 @@ class PostgresListenDoorbell(_ThreadedBell):
 
 class CallbackDoorbell(_ThreadedBell):
     """Rings when ``check(timeout_s)`` returns True, called over and over in a thread — e.g. an
-    Exchange feed's ``wait_for_change`` on a pull/streaming subscription."""
+    Exchange feed's ``wait_for_change`` on a pull/streaming subscription.
+
+    A failing check is retried with back-off (``error_backoff_s`` doubling up to
+    ``error_backoff_max_s``), and the first check that works again rings once: a reply lost
+    with the error may have carried events the server will not hand out again.
+    """
 
     def __init__(self, check: Callable[[float], bool], name: str, timeout_s: float = 30.0,
-                 error_backoff_s: float = 10.0) -> None:
+                 error_backoff_s: float = 1.0, error_backoff_max_s: float = 30.0) -> None:
         super().__init__()
         self.check = check
         self.name = name
+        self.source = name
         self.timeout_s = timeout_s
         self.error_backoff_s = error_backoff_s
+        self.error_backoff_max_s = error_backoff_max_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._working = threading.Event()
+
+    def armed(self) -> bool:
+        return self._working.is_set()
 
     def _join_timeout(self) -> float:
         return self.timeout_s + 1
 
     def _run(self) -> None:
+        delay = self.error_backoff_s
+        failed = False
         while not self._stopping.is_set():
             try:
-                if self.check(self.timeout_s):
-                    self.ring()
+                changed = self.check(self.timeout_s)
+                self._working.set()
             except Exception as exc:  # noqa: BLE001 - fail soft, the poll interval is the net
+                self._working.clear()
                 log.warning("doorbell.check_failed", doorbell=self.name, error=type(exc).__name__,
-                            detail=str(exc)[:200])
-                self._stopping.wait(self.error_backoff_s)
+                            detail=str(exc)[:200], retry_in_s=delay)
+                failed = True
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.error_backoff_max_s)
+                continue
+            if changed or failed:
+                self.ring()
+            failed, delay = False, self.error_backoff_s
 
 
 class CombinedDoorbell(_Bell):
@@ -263,6 +327,10 @@ class CombinedDoorbell(_Bell):
     def start(self) -> None:
         for bell in self.doorbells:
             bell.start()
+
+    def armed(self) -> bool:
+        """Only when every source has a working doorbell may the loop poll rarely."""
+        return all(bell.armed() for bell in self.doorbells)
 
     def stop(self) -> None:
         for bell in self.doorbells:

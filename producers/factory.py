@@ -19,6 +19,7 @@ from producers.doorbells import (
     PostgresListenDoorbell,
     SqliteFileDoorbell,
     _Bell,
+    exchange_source,
 )
 from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
@@ -57,10 +58,13 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
     exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
     if doorbell is None:
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
-        bells += [CallbackDoorbell(feed.wait_for_change, name=f"exchange:{mb}")
+        bells += [CallbackDoorbell(feed.wait_for_change, name=exchange_source(mb))
                   for mb, feed in feeds.items() if callable(getattr(feed, "wait_for_change", None))]
+        if any(not callable(getattr(feed, "wait_for_change", None)) for feed in feeds.values()):
+            bells.append(NullDoorbell())   # a feed without a doorbell: never poll rarely
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),
                         store, doorbell, poll_interval_s=sync.poll_interval_s,
                         redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size,
-                        first_sync_gate=first_sync_gate)
+                        first_sync_gate=first_sync_gate,
+                        redrive_check_s=sync.redrive_check_s)

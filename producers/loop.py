@@ -19,7 +19,7 @@ import structlog
 
 from crmsync.testhooks import crash_point
 from producers.crm_feed import CrmProducer
-from producers.doorbells import NullDoorbell
+from producers.doorbells import NullDoorbell, exchange_source
 from producers.exchange_feed import ExchangeProducer
 from producers.ports import Doorbell, EventStore, Publisher
 from producers.redrive import redrive
@@ -29,6 +29,10 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 MAX_UNSENT_KEPT = 100_000
+
+#: The cursor holding the broker's identity (Redis ``run_id``) seen last: a new one means the
+#: server restarted, and whatever it held before is gone.
+BROKER_CURSOR = "broker:run-id"
 
 
 def utcnow() -> datetime:
@@ -42,7 +46,8 @@ class ProducerLoop:
                  poll_interval_s: float = 5.0, redrive_after_s: float = 300.0,
                  clock: Callable[[], datetime] = utcnow, *,
                  exchange_max_changes: int = 500, max_crm_batches_per_cycle: int = 20,
-                 redrive_limit: int = 1000,
+                 redrive_limit: int = 1000, redrive_check_s: float = 5.0,
+                 fallback_poll_s: float = 5.0,
                  first_sync_gate: Callable[[str], str | None] | None = None,
                  gate_recheck_s: float = 60.0) -> None:
         self.crm_producer = crm_producer
@@ -51,16 +56,25 @@ class ProducerLoop:
         self.store = store
         self.doorbell: Doorbell = doorbell or NullDoorbell()
         self.poll_interval_s = poll_interval_s
+        #: The poll interval while the doorbell is not armed (a source without one, a lost
+        #: subscription, a dropped LISTEN): the long safety-net poll only holds behind a doorbell.
+        self.fallback_poll_s = fallback_poll_s
         self.redrive_after_s = redrive_after_s
         self.clock = clock
         self.exchange_max_changes = exchange_max_changes
         self.max_crm_batches_per_cycle = max_crm_batches_per_cycle
         self.redrive_limit = redrive_limit
+        #: How often the re-drive looks for overdue events (and a restarted broker), also idle.
+        self.redrive_check_s = redrive_check_s
         #: Set it (e.g. from a SIGTERM handler) to end ``run`` after the current step.
         self.stop = threading.Event()
         self._external_stop: threading.Event | None = None
         self._initial_done: set[str] = set()
         self._last_redrive: datetime | None = None
+        self._broker_id: str | None = None
+        self._last_broker_check: datetime | None = None
+        #: When a broker restart was noticed: messages sent before it are gone.
+        self._lost_before: datetime | None = None
         self._backlog = False
         #: Ids the broker refused lately, retried every cycle so a Redis that comes back is
         #: caught up within a poll interval (the re-drive covers them after a restart too).
@@ -151,10 +165,15 @@ class ProducerLoop:
                 break
         return created
 
-    def run_once(self) -> int:
-        """One cycle; returns the number of events created."""
+    def run_once(self, only: set[str] | None = None) -> int:
+        """One cycle; returns the number of events created. ``only``: the doorbell sources that
+        rang — the Exchange mailboxes outside it are not read this time (None: read all). The
+        CRM changelog, one query, is read every cycle."""
         created = 0
         self._backlog = False
+        # Before publishing anything: a restart noticed after this cycle's sends would
+        # count them as lost too.
+        self._check_broker(self.clock())
         self._retry_unsent()
         crm = self.crm_producer
         if crm is not None:
@@ -180,22 +199,55 @@ class ProducerLoop:
                 self._backlog = batch == self.max_crm_batches_per_cycle - 1
         held = crm.held if crm is not None else set()
         for producer in self.exchange_producers:
-            if producer.mailbox in held:
+            if producer.mailbox in held or (only is not None
+                                            and exchange_source(producer.mailbox) not in only):
                 continue
             created += self._guarded("exchange", producer.mailbox,
                                      lambda p=producer: self._exchange(p), 0)
         self._maybe_redrive()
         return created
 
+    def _notice_broker_restart(self, now: datetime) -> None:
+        """Compare the broker's identity with the last one seen (kept in the state database, so
+        a producer started after the restart notices it too); a new one loses every message
+        sent before ``now``."""
+        identity = getattr(self.publisher, "broker_identity", None)
+        current = identity() if identity is not None else None
+        if current is None:       # unreachable, or a broker that cannot tell
+            return
+        if self._broker_id is None:
+            self._broker_id = self.store.get_cursor(BROKER_CURSOR)
+        if current == self._broker_id:
+            return
+        if self._broker_id is not None:
+            log.warning("producer.broker_restarted",
+                        action="re-driving every unfinished event sent before now")
+        self._lost_before = now
+        self.store.add_events([], cursor=(BROKER_CURSOR, current))
+        self._broker_id = current
+
+    def _check_broker(self, now: datetime) -> None:
+        """``_notice_broker_restart`` at most every ``redrive_check_s`` (it asks the broker)."""
+        if (self._last_broker_check is not None
+                and (now - self._last_broker_check).total_seconds() < self.redrive_check_s):
+            return
+        self._last_broker_check = now
+        self._guarded("broker-identity", None, lambda: self._notice_broker_restart(now), None)
+
     def _maybe_redrive(self) -> None:
+        """Every ``redrive_check_s``: retry what the broker refused, notice a broker restart,
+        and re-send the events that are overdue (or were lost with the broker's messages)."""
         now = self.clock()
         due = (self._last_redrive is None
-               or (now - self._last_redrive).total_seconds() >= self.redrive_after_s / 2)
+               or (now - self._last_redrive).total_seconds() >= self.redrive_check_s)
         if not due:
             return
         self._last_redrive = now
+        self._check_broker(now)
+        self._retry_unsent()
         try:
-            redrive(self.store, self.publisher, self.redrive_after_s, now, self.redrive_limit)
+            redrive(self.store, self.publisher, self.redrive_after_s, now, self.redrive_limit,
+                    lost_before=self._lost_before)
         except Exception as exc:  # noqa: BLE001
             log.exception("producer.step_failed", step="redrive", mailbox=None,
                           error=type(exc).__name__)
@@ -209,17 +261,28 @@ class ProducerLoop:
         log.info("producer.started", mailboxes=[p.mailbox for p in self.exchange_producers],
                  poll_interval_s=self.poll_interval_s)
         try:
+            only: set[str] | None = None
             while not self._stopping():
-                self.run_once()
-                if not self._backlog:
-                    self._sleep()
+                self.run_once(only)
+                only = None if self._backlog else self._sleep()
         finally:
             self.doorbell.stop()
             log.info("producer.stopped")
 
-    def _sleep(self) -> None:
-        deadline = time.monotonic() + self.poll_interval_s
+    def _sleep(self) -> set[str] | None:
+        """Until the doorbell rings (returns the sources that rang) or the poll interval passes
+        (returns None: read everything); the re-drive keeps its own few-second rhythm meanwhile
+        (a long poll interval must not delay a lost message)."""
+        started = time.monotonic()
         while not self._stopping():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.doorbell.wait(min(remaining, 0.25)):
-                return
+            interval = self.poll_interval_s
+            if not self.doorbell.armed():   # asked each time: a subscription may be lost meanwhile
+                interval = min(interval, self.fallback_poll_s)
+            remaining = started + interval - time.monotonic()
+            if remaining <= 0:
+                self.doorbell.take_sources()
+                return None
+            if self.doorbell.wait(min(remaining, 0.25)):
+                return self.doorbell.take_sources()
+            self._maybe_redrive()
+        return None

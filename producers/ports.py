@@ -71,7 +71,9 @@ class EventStore(Protocol):
 
     def mark_published(self, event_ids: list[int]) -> None: ...
 
-    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]: ...
+    def events_to_redrive(self, older_than: datetime, limit: int, *,
+                          lost_before: datetime | None = None,
+                          now: datetime | None = None) -> list[Event]: ...
 
     def get_cursor(self, name: str) -> str | None: ...
 
@@ -96,3 +98,9 @@ class Doorbell(Protocol):
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if rung (and the ring is consumed)."""
+
+    def armed(self) -> bool:
+        """True while every source it covers would ring on a change."""
+
+    def take_sources(self) -> set[str] | None:
+        """The sources rung since the last call; None: read everything."""

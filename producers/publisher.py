@@ -113,6 +113,21 @@ class CeleryPublisher:
             self._app = app
         return self._app
 
+    def broker_identity(self) -> str | None:
+        """The Redis server's ``run_id`` (new on every start, so a changed one says the
+        messages held before are gone); None for another transport or an unreachable broker."""
+        if not self.broker_url.startswith(("redis://", "rediss://")):
+            return None
+        try:
+            with self._client().pool.acquire(block=True, timeout=5) as conn:
+                info = conn.default_channel.client.info("server")
+        except self._errors as exc:
+            log.info("producer.broker_unreachable", broker=self.safe_broker_url,
+                     error=type(exc).__name__)
+            return None
+        run_id = info.get("run_id")
+        return str(run_id) if run_id else None
+
     def publish(self, store: EventStore, event_ids: Sequence[int]) -> int:
         """Send each id, marking the sent ones published; on a broker error log it and leave
         the rest ``pending`` for the re-drive. Returns how many were sent."""

@@ -112,7 +112,11 @@ events = Table(
     Column("error_record", Text),                # the CRM key or ItemId the error is about
     Column("error_field", Text),                 # the canonical field(s), when known
     Column("failed_at", UtcDateTime),            # when the last error happened
+    # When the event's current delivery starts: its publish, or its retry's ETA while in
+    # back-off. The re-drive sends it again once it is overdue (or its message was lost).
+    Column("due_at", UtcDateTime),
     Index("ix_events_status_created_at", "status", "created_at"),
+    Index("ix_events_status_due_at", "status", "due_at"),
     Index("ix_events_crm_key", "crm_key"),
     Index("ix_events_item_id", "item_id"),
     sqlite_autoincrement=True,

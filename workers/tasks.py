@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from celery import Celery, Task
@@ -75,6 +75,16 @@ def count_applied(rows: dict, outcomes: dict) -> None:
     metrics.count_applied(rows, done, datetime.now(UTC))
 
 
+def retry_eta(retry: BaseException | None, now: datetime) -> datetime:
+    """When a scheduled retry runs: Celery's ``Retry.when`` is a countdown (s) or an ETA."""
+    when = getattr(retry, "when", None)
+    if isinstance(when, datetime):
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    if isinstance(when, (int, float)) and when > 0:
+        return now + timedelta(seconds=float(when))
+    return now
+
+
 class ApplyTask(Task):
     """The hooks that keep event rows in step with Celery's retries."""
 
@@ -90,8 +100,10 @@ class ApplyTask(Task):
         return container_for(self.app.crmsync_settings).store
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):  # noqa: ANN001 - Celery's signature
+        """The retry's ETA is the events' due time: the re-drive leaves them alone until then."""
         ids = getattr(exc, "event_ids", None) or list(kwargs.get("event_ids", ()))
-        self._store().mark_retrying(ids, datetime.now(UTC))
+        now = datetime.now(UTC)
+        self._store().mark_retrying(ids, now, retry_eta(getattr(einfo, "exception", None), now))
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # noqa: ANN001 - Celery's signature
         """Retries exhausted, or an error nothing can retry: the unfinished events are dead

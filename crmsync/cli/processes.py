@@ -29,11 +29,20 @@ class LazyFeed:
         self.container = container
         self.mailbox = mailbox
         self._feed = None
+        self._lock = threading.Lock()
+
+    def _opened(self):
+        with self._lock:   # the loop and the doorbell thread both open it
+            if self._feed is None:
+                self._feed = self.container.exchange_feed(self.mailbox)
+            return self._feed
 
     def changes(self, sync_state, max_changes=500):
-        if self._feed is None:
-            self._feed = self.container.exchange_feed(self.mailbox)
-        return self._feed.changes(sync_state, max_changes)
+        return self._opened().changes(sync_state, max_changes)
+
+    def wait_for_change(self, timeout_s: float) -> bool:
+        """The feed's doorbell: without this the producer saw Exchange edits only at its poll."""
+        return self._opened().wait_for_change(timeout_s)
 
 
 def build_producer_loop(container: Container):

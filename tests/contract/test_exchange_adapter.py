@@ -372,8 +372,66 @@ def test_the_feed_carries_ids_only(ews_side, ews_account, ews_folder, emulator_p
 def test_the_doorbell_rings_on_a_change(ews_side, ews_account, ews_folder):
     feed = ExchangeFeed(ews_account, ews_folder)
     try:
-        assert feed.wait_for_change(0.5) is False  # subscribes; nothing happened yet
+        assert feed.wait_for_change(0.5) is True   # subscribed: whatever came before, look now
+        assert feed.wait_for_change(0.5) is False  # nothing happened since
         ews_side.create("account:BELL", {"first_name": "Bell"})
+        assert feed.wait_for_change(5) is True
+        assert feed.wait_for_change(0.5) is False  # that event was handed out once
+    finally:
+        feed.close()
+
+
+def test_the_doorbell_makes_a_lost_subscription_again(ews_side, ews_account, ews_folder):
+    """A subscription the server dropped rings once and is made again before the ring, so a
+    change right after it still rings."""
+    feed = ExchangeFeed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is True
+        ews_account.root.unsubscribe(feed._subscription)       # the server forgets it
+        assert feed.wait_for_change(0.5) is True              # noticed, made again
+        ews_side.create("account:AGAIN", {"first_name": "Again"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        feed.close()
+
+
+def test_the_doorbell_makes_an_expired_subscription_again(ews_side, ews_account, ews_folder,
+                                                         emulator_proc):
+    """A subscription not polled for its Timeout expires on the server (the producer was
+    paused, Exchange unreachable for a while): noticed, made again, and it rings again."""
+    import sqlite3
+
+    feed = ExchangeFeed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is True
+        store = emulator_proc.data_dir / "store" / "mailboxes.sqlite3"
+        with sqlite3.connect(store, timeout=30) as db:    # as if not polled for an hour
+            aged = db.execute("UPDATE ews_subscriptions SET last_used = last_used - 3600 "
+                              "WHERE id = ?", (feed._subscription,)).rowcount
+        assert aged == 1
+        expired = feed._subscription
+        assert feed.wait_for_change(0.5) is True              # ErrorExpiredSubscription
+        assert feed._subscription not in (None, expired)
+        ews_side.create("account:EXPIRED", {"first_name": "Expired"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        feed.close()
+
+
+def test_the_doorbell_reads_past_a_page_of_events(ews_side, ews_account, ews_folder):
+    """More events than one GetEvents page (MoreEvents) ring, and the next wait starts after
+    them instead of ringing again for the same ones."""
+    feed = ExchangeFeed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is True
+        for i in range(60):
+            ews_side.create(f"account:PAGE{i}", {"first_name": f"Page{i}"})
+        assert feed.wait_for_change(5) is True
+        rings = 0
+        while feed.wait_for_change(0.3):
+            rings += 1
+            assert rings < 5, "the doorbell keeps ringing for events it already reported"
+        ews_side.create("account:AFTER", {"first_name": "After"})
         assert feed.wait_for_change(5) is True
     finally:
         feed.close()

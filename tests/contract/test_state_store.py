@@ -37,10 +37,25 @@ def update_for(link, name: str = "Anna") -> LinkUpdate:
 
 # ------------------------------------------------------------------------------------ setup
 
+def _head_revision() -> str:
+    """The newest migration in schemas/migrations (one head: the chain has no branches)."""
+    from pathlib import Path
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import schemas
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(schemas.__file__).parent / "migrations"))
+    (head,) = ScriptDirectory.from_config(cfg).get_heads()
+    return head
+
+
 def test_init_state_is_idempotent(state_engine: Engine) -> None:
     init_state(state_engine)
     init_state(state_engine)
-    assert state_revision(state_engine) == "0003_event_log"
+    assert state_revision(state_engine) == _head_revision()
 
 
 def test_migrations_create_exactly_the_models(state_engine: Engine) -> None:
@@ -231,6 +246,34 @@ def test_mark_retrying_refreshes_the_published_time(store: SqlStateStore) -> Non
     assert [e.id for e in store.events_to_redrive(now + timedelta(hours=1), 10)] == [eid]
     store.mark_retrying([eid], now + timedelta(hours=2))
     assert store.events_to_redrive(now + timedelta(hours=1), 10) == []
+
+
+def test_a_retry_in_back_off_is_due_at_its_eta_not_at_its_send(store: SqlStateStore) -> None:
+    """The re-drive may look every few seconds: a retry waiting for its countdown is not
+    overdue until its ETA has passed by the re-drive age."""
+    (eid,) = store.add_events([crm_event(1, "account:R2")])
+    store.mark_published([eid])
+    now = datetime.now(UTC)
+    store.mark_retrying([eid], now, due_at=now + timedelta(minutes=10))
+    assert store.events_to_redrive(now + timedelta(minutes=9), 10) == []
+    assert [e.id for e in store.events_to_redrive(now + timedelta(minutes=11), 10)] == [eid]
+
+
+def test_after_a_broker_restart_what_was_sent_before_it_is_due_at_once(store: SqlStateStore) -> None:
+    """Messages sent to a Redis that restarted are gone: those events are re-driven as soon as
+    their delivery is due (a retry still in back-off waits for its ETA); later sends are not."""
+    lost, backing_off, after = store.add_events([crm_event(i, f"account:L{i}") for i in (1, 2, 3)])
+    store.mark_published([lost, backing_off])
+    now = datetime.now(UTC)
+    store.mark_retrying([backing_off], now, due_at=now + timedelta(seconds=30))
+    restart = datetime.now(UTC)
+    store.mark_published([after])                        # sent to the new server
+    long_ago = now - timedelta(hours=1)                  # nothing is overdue by age
+    assert store.events_to_redrive(long_ago, 10) == []
+    late = store.events_to_redrive(long_ago, 10, lost_before=restart, now=datetime.now(UTC))
+    assert [e.id for e in late] == [lost]
+    late = store.events_to_redrive(long_ago, 10, lost_before=restart, now=now + timedelta(seconds=31))
+    assert [e.id for e in late] == [lost, backing_off]
 
 
 def test_naive_timestamps_are_refused(store: SqlStateStore) -> None:

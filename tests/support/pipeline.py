@@ -100,7 +100,8 @@ class CrmDatabase:
 class Pipeline:
     def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
                  poll_interval_s: float = 0.5, max_attempts: int = 8,
-                 broker_url: str | None = None, batch_size: int = 200, api: str = "ews") -> None:
+                 broker_url: str | None = None, batch_size: int = 200, api: str = "ews",
+                 redrive_after_s: float = 10) -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ address = "{MAILBOX}"
 folder = "{FOLDER}"
 [sync]
 poll_interval_s = {poll_interval_s}
-redrive_after_s = 10
+redrive_after_s = {redrive_after_s}
 retry_backoff_max_s = 5
 max_attempts = {max_attempts}
 batch_size = {batch_size}

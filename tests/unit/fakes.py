@@ -305,7 +305,7 @@ class FakeStore:
         del self.links[link.id]
         return True
 
-    def mark_retrying(self, event_ids, now):
+    def mark_retrying(self, event_ids, now, due_at=None):
         for event_id in event_ids:
             if self.events[event_id]["status"] not in ("applied", "dead"):
-                self.events[event_id]["published_at"] = now
+                self.events[event_id].update(published_at=now, due_at=due_at or now)

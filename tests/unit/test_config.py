@@ -81,7 +81,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert s.sync.conflict_policy == "newest-wins"
     assert s.sync.phone_region == "US"
     assert s.sync.private_sensitivities == ("Private",)
-    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (5, 8, 120)
+    assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (60, 8, 120)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (300, 200)
     assert s.worker.queue == "crmsync.events"
     assert (s.log.level, s.log.json) == ("INFO", False)

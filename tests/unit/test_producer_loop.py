@@ -56,6 +56,8 @@ class FakeStore:
         self.cursors: dict[str, str] = {}
         self.add_calls: list[tuple[int, tuple[str, str] | None]] = []
         self.crash_on_add = 0          # crash on the next N add_events calls
+        self.sent_at: dict[int, datetime] = {}   # published_at
+        self.due_at: dict[int, datetime] = {}
 
     def synced_change_keys(self, mailbox, item_ids):
         return {i: self.synced[i] for i in item_ids if i in self.synced}
@@ -82,13 +84,22 @@ class FakeStore:
 
     def mark_published(self, event_ids):
         for event_id in event_ids:
-            if self.events[event_id].status == "pending":
+            if self.events[event_id].status in ("pending", "published"):
                 self.events[event_id] = replace(self.events[event_id], status="published")
+                self.sent_at[event_id] = self.due_at[event_id] = self.clock()
 
-    def events_to_redrive(self, older_than, limit):
-        late = [e for e in self.events.values()
-                if e.status in ("pending", "published") and e.created_at < older_than]
-        return late[:limit]
+    def mark_retrying(self, event_ids, now, due_at=None):
+        for event_id in event_ids:
+            self.sent_at[event_id], self.due_at[event_id] = now, due_at or now
+
+    def events_to_redrive(self, older_than, limit, *, lost_before=None, now=None):
+        """Like the SQL store: overdue past the delivery's due time, or lost with the broker."""
+        def late(e: Event) -> bool:
+            due = self.due_at.get(e.id, e.created_at)
+            lost = (lost_before is not None and self.sent_at.get(e.id, e.created_at) < lost_before
+                    and due <= (now or self.clock()))
+            return due < older_than or lost
+        return [e for e in self.events.values() if e.status in ("pending", "published") and late(e)][:limit]
 
     def get_cursor(self, name):
         return self.cursors.get(name)
@@ -495,7 +506,7 @@ def test_redrive_drains_a_backlog_larger_than_its_limit_in_one_call(store, clock
             super().mark_published(event_ids)
             self.published_at.update(dict.fromkeys(event_ids, self.clock()))
 
-        def events_to_redrive(self, older_than, limit):
+        def events_to_redrive(self, older_than, limit, **_):
             late = [e for e in self.events.values() if e.status in ("pending", "published")
                     and self.published_at.get(e.id, e.created_at) < older_than]
             return late[:limit]
@@ -749,3 +760,154 @@ def test_an_exchange_version_the_link_was_synced_at_is_not_an_event(store):
     producer = ExchangeProducer("alice@example.com", feed, store)
     ids = producer.poll()
     assert [(store.events[i].item_id, store.events[i].op) for i in ids] == [("I2", "upsert"), ("I1", "delete")]
+
+
+# ----------------------------------------------------------------------------- broker restarts
+
+class RestartingBroker(FakePublisher):
+    """A publisher whose Redis can restart (a new run_id) and lose what it held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_id = "run-1"
+
+    def broker_identity(self):
+        return None if self.down else self.run_id
+
+
+def test_a_restarted_broker_is_noticed_and_what_it_held_is_sent_again_at_once(changelog, crm, store, clock):
+    mark_initial_done(store)
+    broker = RestartingBroker()
+    loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
+    changelog.add("accounts", "A-2", "update")
+    loop.run_once()
+    assert sorted(broker.sent) == [1, 2] and store.cursors["broker:run-id"] == "run-1"
+
+    broker.sent.clear()
+    broker.run_id = "run-2"                         # restarted without persistence: both lost
+    clock.now += timedelta(seconds=6)               # the next check, long before redrive_after_s
+    loop.run_once()
+    assert sorted(broker.sent) == [1, 2]
+    assert store.cursors["broker:run-id"] == "run-2"
+
+    broker.sent.clear()
+    clock.now += timedelta(seconds=6)
+    loop.run_once()
+    assert broker.sent == []                        # sent to the new server: not again
+
+
+def test_a_retry_in_back_off_is_not_sent_again_before_its_eta_even_after_a_restart(
+        changelog, crm, store, clock):
+    mark_initial_done(store)
+    broker = RestartingBroker()
+    loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
+    changelog.add("accounts", "A-2", "update")
+    loop.run_once()
+    store.mark_retrying([1], clock.now, due_at=clock.now + timedelta(seconds=60))
+    broker.sent.clear()
+    broker.run_id = "run-2"
+    clock.now += timedelta(seconds=6)
+    loop.run_once()
+    assert broker.sent == [2]                       # event 1 waits for its retry's ETA
+    clock.now += timedelta(seconds=60)
+    loop.run_once()
+    assert broker.sent == [2, 1]
+
+
+def test_a_producer_started_after_the_restart_notices_it_too(changelog, crm, store, clock):
+    mark_initial_done(store)
+    broker = RestartingBroker()
+    make_loop(changelog, crm, store, clock, publisher=broker).run_once()
+    changelog.add("accounts", "A-2", "update")
+    make_loop(changelog, crm, store, clock, publisher=broker).run_once()
+    broker.sent.clear()
+    broker.run_id = "run-2"                         # Redis and the producer both restarted
+    clock.now += timedelta(seconds=1)
+    make_loop(changelog, crm, store, clock, publisher=broker).run_once()
+    assert sorted(broker.sent) == [1, 2]
+
+
+def test_the_idle_loop_keeps_looking_for_lost_messages_between_polls(changelog, crm, store, clock):
+    """A 60 s poll must not delay a re-drive: the sleep runs the few-second check itself."""
+    mark_initial_done(store)
+    broker = RestartingBroker()
+    loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
+    loop.poll_interval_s = 60
+    changelog.add("accounts", "A-2", "update")
+    loop.run_once()
+    broker.sent.clear()
+    broker.run_id = "run-2"
+    clock.now += timedelta(seconds=6)
+    thread = threading.Thread(target=loop._sleep, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while sorted(broker.sent) != [1, 2] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    loop.stop.set()
+    thread.join(5)
+    assert sorted(broker.sent) == [1, 2]
+
+
+def test_without_an_armed_doorbell_the_loop_polls_at_the_fallback_interval(changelog, crm, store, clock):
+    mark_initial_done(store)
+    loop = make_loop(changelog, crm, store, clock, fallback_poll_s=0.1)
+    loop.poll_interval_s = 60                       # the safety net, behind doorbells only
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        changelog.add("accounts", "A-2", "update")  # nobody rings: NullDoorbell is never armed
+        deadline = time.monotonic() + 5
+        while len(store.events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(store.events) == 2
+    finally:
+        loop.stop.set()
+        thread.join(5)
+
+
+def test_a_doorbell_naming_its_mailbox_reads_only_that_mailbox(changelog, crm, store, clock):
+    """Work proportional to change: a ring from one mailbox's subscription (or from the CRM)
+    does not read the other mailboxes; the safety-net poll reads them all."""
+    from producers.doorbells import CRM_SOURCE, CombinedDoorbell, _Bell, exchange_source
+
+    mark_initial_done(store)
+    alice, bob = FakeFeed(), FakeFeed()
+    loop = make_loop(changelog, crm, store, clock, {"alice@example.com": alice, "bob@example.com": bob})
+    crm_bell, alice_bell, bob_bell = _Bell(), _Bell(), _Bell()
+    crm_bell.source, alice_bell.source = CRM_SOURCE, exchange_source("alice@example.com")
+    bob_bell.source = exchange_source("bob@example.com")
+    loop.doorbell = CombinedDoorbell(crm_bell, alice_bell, bob_bell)
+
+    alice_bell.ring()
+    assert loop.doorbell.wait(0)
+    loop.run_once(loop.doorbell.take_sources())
+    assert (len(alice.calls), len(bob.calls)) == (1, 0)
+
+    crm_bell.ring()
+    assert loop.doorbell.wait(0)
+    loop.run_once(loop.doorbell.take_sources())
+    assert (len(alice.calls), len(bob.calls)) == (1, 0)
+
+    loop.doorbell.ring()                            # a ring naming nothing: read everything
+    assert loop.doorbell.wait(0)
+    assert loop.doorbell.take_sources() is None
+    loop.run_once(None)
+    assert (len(alice.calls), len(bob.calls)) == (2, 1)
+
+
+def test_a_ring_during_a_cycle_is_read_in_the_next_one(changelog, crm, store, clock):
+    from producers.doorbells import CombinedDoorbell, _Bell, exchange_source
+
+    mark_initial_done(store)
+    alice = FakeFeed()
+    loop = make_loop(changelog, crm, store, clock, {"alice@example.com": alice})
+    bell = _Bell()
+    bell.source = exchange_source("alice@example.com")
+    loop.doorbell = CombinedDoorbell(bell)
+    bell.ring()
+    assert loop.doorbell.wait(0)
+    sources = loop.doorbell.take_sources()
+    bell.ring()                                     # while the cycle below runs
+    loop.run_once(sources)
+    assert loop.doorbell.wait(0)
+    assert loop.doorbell.take_sources() == {exchange_source("alice@example.com")}

@@ -129,7 +129,7 @@ class SqlStateStore:
         rows = [
             {"source": e.source, "mailbox": e.mailbox, "op": e.op, "crm_key": e.crm_key,
              "item_id": e.item_id, "dedup_key": e.dedup_key, "status": PENDING, "attempts": 0,
-             "created_at": now}
+             "created_at": now, "due_at": now}
             for e in new
         ]
         ids: list[int] = []
@@ -165,7 +165,7 @@ class SqlStateStore:
                 conn.execute(
                     update(events)
                     .where(events.c.id.in_(chunk), events.c.status.in_((PENDING, PUBLISHED)))
-                    .values(status=PUBLISHED, published_at=now)
+                    .values(status=PUBLISHED, published_at=now, due_at=now)
                 )
 
     def mark_applied(self, event_id: int, outcome: str | None = None) -> None:
@@ -185,11 +185,19 @@ class SqlStateStore:
             conn.execute(update(events).where(events.c.id == event_id)
                          .values(status=DEAD, last_error=error))
 
-    def events_to_redrive(self, older_than: datetime, limit: int) -> list[Event]:
-        """Pending or published events whose last publish (or creation, if never published) is
-        before ``older_than``: Redis may have lost them. Oldest first."""
-        last = func.coalesce(events.c.published_at, events.c.created_at)
-        stmt = (select(events).where(events.c.status.in_((PENDING, PUBLISHED)), last < older_than)
+    def events_to_redrive(self, older_than: datetime, limit: int, *,
+                          lost_before: datetime | None = None,
+                          now: datetime | None = None) -> list[Event]:
+        """Pending or published events, oldest first, that are overdue: their delivery was due
+        (published, or a retry's ETA passed) before ``older_than``. With ``lost_before`` (the
+        broker lost its messages then), also those last sent before it whose delivery is due by
+        ``now``: a retry still in back-off is left to its ETA either way."""
+        due = func.coalesce(events.c.due_at, events.c.published_at, events.c.created_at)
+        late = due < older_than
+        if lost_before is not None:
+            sent = func.coalesce(events.c.published_at, events.c.created_at)
+            late = or_(late, (sent < lost_before) & (due <= (now or _now())))
+        stmt = (select(events).where(events.c.status.in_((PENDING, PUBLISHED)), late)
                 .order_by(events.c.id).limit(limit))
         with read_tx(self.engine) as conn:
             return [_event(r._mapping) for r in conn.execute(stmt)]
@@ -208,7 +216,7 @@ class SqlStateStore:
             for chunk in _chunks(list(event_ids)):
                 out.extend(int(x) for x in conn.execute(
                     update(events).where(events.c.id.in_(chunk), events.c.status == DEAD)
-                    .values(status=PENDING, attempts=0, published_at=None)
+                    .values(status=PENDING, attempts=0, published_at=None, due_at=_now())
                     .returning(events.c.id)
                 ).scalars())
         return sorted(out)
@@ -404,13 +412,15 @@ class SqlStateStore:
                                              for eid, outcome in outcomes.items()])
 
     # ----------------------------------------------------------------------------- conflicts
-    def mark_retrying(self, event_ids: list[int], now: datetime) -> None:
+    def mark_retrying(self, event_ids: list[int], now: datetime,
+                      due_at: datetime | None = None) -> None:
+        """A retry was sent now, to run at ``due_at`` (its ETA; default now)."""
         if event_ids:
             with write_tx(self.engine) as conn:
                 for chunk in _chunks(list(event_ids)):
                     conn.execute(update(events).where(events.c.id.in_(chunk), events.c.status != APPLIED,
                                                       events.c.status != DEAD)
-                                 .values(published_at=now))
+                                 .values(published_at=now, due_at=due_at or now))
 
     def conflicts_for(self, mailbox: str, crm_key: str) -> list[dict[str, Any]]:
         """The conflict log of one record, oldest first (for history and tests)."""

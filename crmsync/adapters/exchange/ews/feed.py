@@ -26,7 +26,7 @@ from exchangelib.errors import (
     ErrorSubscriptionNotFound,
 )
 from exchangelib.items import ID_ONLY
-from exchangelib.services import SyncFolderItems
+from exchangelib.services import GetEvents, SyncFolderItems
 
 from crmsync.adapters.exchange.ews.faults import ews_errors
 from crmsync.errors import CrmsyncError
@@ -58,6 +58,7 @@ class ExchangeFeed:
         self.folder = folder
         self.mailbox: str = account.primary_smtp_address
         self._subscription: str | None = None
+        self._watermark: str | None = None
 
     def changes(self, sync_state: str | None, max_changes: int = 500) -> tuple[list[ExchangeChange], str, bool]:
         """(changes, new sync state, more) for one page after ``sync_state`` (None: from the start).
@@ -94,32 +95,50 @@ class ExchangeFeed:
             new_state, more = sync_state or "", False
         return out, new_state, bool(more)
 
+    def _subscribe(self) -> None:
+        self._subscription, self._watermark = self.folder.subscribe_to_pull(
+            event_types=_DOORBELL_EVENTS, timeout=_SUBSCRIPTION_MINUTES)
+        log.info("exchange.subscribed", mailbox=self.mailbox, kind="pull")
+
+    def _get_events(self):
+        """One GetEvents call. exchangelib's ``folder.get_events`` repeats the first watermark
+        while MoreEvents is true; here each call names the watermark of the last event seen, so
+        nothing is acknowledged before it was read, whichever way the server counts."""
+        return GetEvents(account=self.account).get(subscription_id=self._subscription,
+                                                    watermark=self._watermark)
+
     def wait_for_change(self, timeout_s: float, poll_s: float = 1.0) -> bool:
         """Block up to ``timeout_s`` for a change in the folder (a pull-subscription doorbell).
 
-        True when the server reported an event (then read ``changes``); False on timeout. The
-        subscription is made on first use and polled with GetEvents every ``poll_s``; a lost
-        subscription (expired, server restarted) rings once and is made again. The truth stays
-        SyncFolderItems: a missed doorbell only delays a change until the caller's next poll.
+        True when the caller should read ``changes``: the server reported an event, or the
+        subscription was (re)made, since a change before that has no event to report. The
+        subscription is made *before* returning True, so whatever happens after the caller's
+        read is reported by it. A lost subscription (expired, dropped by the server) is made
+        again at once. The truth stays SyncFolderItems; the doorbell only says "look now".
         """
         deadline = time.monotonic() + max(0.0, timeout_s)
         with ews_errors(self.mailbox, "waiting for changes (pull subscription)"):
+            if self._subscription is None:
+                self._subscribe()
+                return True
             while True:
-                if self._subscription is None:
-                    self._subscription, self._watermark = self.folder.subscribe_to_pull(
-                        event_types=_DOORBELL_EVENTS, timeout=_SUBSCRIPTION_MINUTES)
                 try:
-                    rang = False
-                    for notification in self.folder.get_events(self._subscription, self._watermark):
-                        for event in notification.events:
-                            self._watermark = getattr(event, "watermark", None) or self._watermark
-                            rang |= type(event).__name__ != "StatusEvent"
+                    notification = self._get_events()
                 except (ErrorSubscriptionNotFound, ErrorInvalidSubscription, ErrorInvalidWatermark,
-                        ErrorExpiredSubscription):
+                        ErrorExpiredSubscription) as exc:
+                    log.warning("exchange.subscription_lost", mailbox=self.mailbox,
+                                error=type(exc).__name__, action="subscribing again")
                     self._subscription = None
+                    self._subscribe()
                     return True  # events may have been missed: let the caller look
+                rang = False
+                for event in notification.events:
+                    self._watermark = getattr(event, "watermark", None) or self._watermark
+                    rang |= type(event).__name__ != "StatusEvent"
                 if rang:
                     return True
+                if notification.more_events:
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -1,0 +1,82 @@
+"""The callback doorbell (the Exchange subscription's thread) rings on a change and after an
+error it recovered from, and keeps trying through failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from producers.doorbells import CallbackDoorbell, CombinedDoorbell, NullDoorbell
+
+
+class _Check:
+    """Answers from a script, then False (nothing changed) until told otherwise."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.drained = threading.Event()
+        self._never = threading.Event()
+
+    def __call__(self, timeout_s: float) -> bool:
+        self.calls += 1
+        if not self.answers:
+            self.drained.set()
+            self._never.wait(timeout_s)  # idle like a real long wait
+            return False
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _run(check: _Check) -> tuple[CallbackDoorbell, bool]:
+    bell = CallbackDoorbell(check, name="test", timeout_s=0.05, error_backoff_s=0.01)
+    bell.start()
+    try:
+        assert check.drained.wait(5), "the doorbell stopped calling its check"
+        return bell, bell.wait(0)
+    finally:
+        bell.stop()
+
+
+def test_a_change_rings():
+    _, rung = _run(_Check(False, True))
+    assert rung
+
+
+def test_nothing_changed_does_not_ring():
+    _, rung = _run(_Check(False, False))
+    assert not rung
+
+
+def test_the_first_check_that_works_after_errors_rings():
+    """A reply lost with the error may have carried the only event of a change."""
+    check = _Check(ConnectionError("reset"), TimeoutError("slow"), False)
+    _, rung = _run(check)
+    assert rung
+    assert check.calls >= 3
+
+
+def test_a_callback_doorbell_is_armed_once_its_check_works_again():
+    check = _Check(False, ConnectionError("reset"))
+    bell = CallbackDoorbell(check, name="test", timeout_s=0.05, error_backoff_s=0.01)
+    assert not bell.armed()                  # not yet subscribed
+    bell.start()
+    try:
+        assert check.drained.wait(5)
+        deadline = time.monotonic() + 5
+        while not bell.armed() and time.monotonic() < deadline:   # the drained check returns
+            time.sleep(0.01)
+        assert bell.armed()                  # working again after the error
+    finally:
+        bell.stop()
+
+
+def test_the_loop_polls_at_the_fallback_interval_while_a_doorbell_is_not_armed():
+    """A 60 s poll only holds behind armed doorbells: one source without (or a lost
+    subscription) and the loop looks every few seconds."""
+    armed = CallbackDoorbell(lambda t: False, name="ok")
+    armed._working.set()
+    assert CombinedDoorbell(armed).armed()
+    assert not CombinedDoorbell(armed, NullDoorbell()).armed()
