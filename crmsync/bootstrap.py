@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from sqlalchemy.engine import Engine
@@ -70,10 +70,10 @@ class Container:
             if address not in self._accounts:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
-                mbox = self.mailbox_settings(address)
+                mbox = self.settings.effective(address)
                 account = connect(self.settings.exchange, mbox.address)
                 try:
-                    folder = open_folder(account, mbox.folder, create=True)
+                    folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
                 except BadRecord as exc:
                     # Not a record's fault: the events must be retried, not dead-lettered.
                     raise ConfigError(str(exc)) from None
@@ -102,12 +102,17 @@ class Container:
     def policy(self) -> Policy:
         return Policy(conflict=self.settings.sync.conflict_policy, region=self.settings.sync.phone_region)
 
+    def policy_for(self, address: str) -> Policy:
+        """One mailbox's policy: the global one with its direction and field rules."""
+        mbox = self.settings.effective(address)
+        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {})
+
     @cached_property
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
             lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
-            new_account_no=self.crm.new_account_no,
+            new_account_no=self.crm.new_account_no, policy_for=self.policy_for,
         )
 
     def doctor_probes(self) -> DoctorAdapters:

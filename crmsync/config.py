@@ -58,6 +58,9 @@ AuthType = Literal["basic", "ntlm", "oauth", "noauth"]
 AccessType = Literal["impersonation", "delegate"]
 ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: Which way a mailbox syncs, and (plus ``ignore``) which way one field does.
+Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
+FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
 
@@ -240,12 +243,36 @@ def _check_address(value: str) -> str:
     return value
 
 
+def _check_field_rules(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """Field rules name mapped (canonical) fields only: a typo is an error, not a silent no-op."""
+    from schemas.canonical import ACCOUNT_FIELDS, CONTACT_FIELDS
+
+    if value is None:
+        return None
+    known = dict.fromkeys((*ACCOUNT_FIELDS, *CONTACT_FIELDS))
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        raise PydanticCustomError("field_rules", "unknown field(s) {unknown}; mapped fields are: {known}",
+                                  {"unknown": ", ".join(unknown), "known": ", ".join(known)})
+    return value
+
+
 class MailboxSettings(_Section):
-    """One synced mailbox: its SMTP address and the folder under its Contacts folder."""
+    """One synced mailbox: its SMTP address, the folder under its Contacts folder, and its own
+    policy; a policy key left out here takes its default from ``[sync]``."""
 
     address: str
     folder: str = DEFAULT_FOLDER
     secondary_contacts: bool = True
+    enabled: bool | None = None
+    direction: Direction | None = None
+    create_folder: bool | None = None
+    fields: dict[str, FieldDirection] | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_field_rules(value)  # type: ignore[return-value]
 
     @field_validator("address")
     @classmethod
@@ -277,6 +304,16 @@ class SyncSettings(_Section):
     #: wait for `crmsync link` (refuse-duplicates), link stamp / exact e-mail pairs one-to-one
     #: and go (link-certain), or create every unlinked record on the other side (create-all).
     first_sync: Literal["refuse-duplicates", "link-certain", "create-all"] = "refuse-duplicates"
+    #: Defaults of every mailbox's policy (each [[mailbox]] may set its own).
+    enabled: bool = True
+    direction: Direction = "two-way"
+    create_folder: bool = True
+    fields: dict[str, FieldDirection] = Field(default_factory=dict)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_field_rules(value)  # type: ignore[return-value]
 
     @field_validator("phone_region")
     @classmethod
@@ -377,6 +414,22 @@ class Settings(BaseModel):
             raise ConfigError("config key mailbox: no mailbox is configured; add a [[mailbox]] table with "
                               "an address, or set CRMSYNC_MAILBOXES")
         return self.mailboxes
+
+    def effective(self, address: str) -> MailboxSettings:
+        """One mailbox's settings with every policy key it leaves out taken from ``[sync]``;
+        field rules merge (the mailbox's own win per field)."""
+        mbox = self.mailbox(address)
+        sync = self.sync
+        return mbox.model_copy(update={
+            "enabled": sync.enabled if mbox.enabled is None else mbox.enabled,
+            "direction": mbox.direction or sync.direction,
+            "create_folder": sync.create_folder if mbox.create_folder is None else mbox.create_folder,
+            "fields": {**sync.fields, **(mbox.fields or {})},
+        })
+
+    def enabled_mailboxes(self) -> tuple[MailboxSettings, ...]:
+        """The mailboxes that sync now (``enabled`` false: their producers and events pause)."""
+        return tuple(m for m in self.mailboxes if self.effective(m.address).enabled)
 
     def mailbox(self, address: str) -> MailboxSettings:
         """The settings of one mailbox by address (case-insensitive); ConfigError if not listed."""

@@ -20,6 +20,13 @@ Per field, with "changed" meaning "not normalized-equal to the base" (``normaliz
 * a field in ``Policy.crm_readonly``: the CRM value goes to Exchange whenever the two differ and
   the CRM is never written. When Exchange had edited it, the discarded Exchange value is kept as a
   ``Conflict`` with reason ``"crm-readonly"``;
+* a field whose direction (``Policy.direction_of``) is one-way mirrors its source side: the
+  source's value goes to the target whenever the two differ, the source is never written, and an
+  edit on the target is discarded and kept as a ``Conflict`` with reason ``"one-way: ..."``.
+  ``crm_readonly`` is the same as the direction ``crm-to-exchange``. The base advances to the
+  source's value, so a later switch to two-way has no old edit left to replay;
+* a field whose direction is ``ignore`` is never written on either side; its base keeps the last
+  synced value;
 * ``base=None`` (first pairing): a field empty on one side takes the other side's value; both
   non-empty and different is a conflict by policy (``base_value=None``).
 
@@ -34,7 +41,7 @@ fields outside ``fields`` are ``None`` in it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
@@ -44,6 +51,11 @@ from schemas.canonical import CanonicalContact
 
 ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
 _POLICIES = ("newest-wins", "crm-wins", "exchange-wins")
+#: Which way a mailbox (or one field) syncs. ``ignore`` is for fields only: never written.
+Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
+FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
+DIRECTIONS = ("two-way", "crm-to-exchange", "exchange-to-crm")
+FIELD_DIRECTIONS = (*DIRECTIONS, "ignore")
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,55 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Policy:
-    """How to resolve conflicts, which fields the CRM never takes, and the phone region."""
+    """How to resolve conflicts, which way the mailbox and each field sync, and the phone region.
+
+    Data only: ``direction`` is the mailbox's, ``field_rules`` maps a field to its own direction
+    (overriding the mailbox's where it is narrower), ``crm_readonly`` names fields the CRM never
+    takes (the direction ``crm-to-exchange``)."""
 
     conflict: ConflictPolicy = "newest-wins"
     crm_readonly: frozenset[str] = frozenset()
     region: str = "US"
+    direction: Direction = "two-way"
+    field_rules: Mapping[str, FieldDirection] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.conflict not in _POLICIES:
             raise ValueError(f"conflict policy {self.conflict!r} is not one of {', '.join(_POLICIES)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
+        bad = {f: d for f, d in self.field_rules.items() if d not in FIELD_DIRECTIONS}
+        if bad:
+            raise ValueError("field direction(s) " + ", ".join(f"{f}={d!r}" for f, d in bad.items())
+                             + f" not one of {', '.join(FIELD_DIRECTIONS)}")
         object.__setattr__(self, "crm_readonly", frozenset(self.crm_readonly))
+        object.__setattr__(self, "field_rules", MappingProxyType(dict(self.field_rules)))
+
+    def __hash__(self) -> int:
+        return hash((self.conflict, self.crm_readonly, self.region, self.direction,
+                     tuple(sorted(self.field_rules.items()))))
+
+    def direction_of(self, name: str) -> FieldDirection:
+        """The effective direction of one field: ``ignore`` wins, then the narrowest of the
+        mailbox's direction, the field's own rule and ``crm_readonly``. Two opposite one-way
+        directions leave nothing that may cross: ``ignore``."""
+        own = self.field_rules.get(name, "two-way")
+        if own == "ignore":
+            return "ignore"
+        ways: set[FieldDirection] = {d for d in (self.direction, own) if d != "two-way"}
+        if name in self.crm_readonly:
+            ways.add("crm-to-exchange")
+        if not ways:
+            return "two-way"
+        if len(ways) > 1:
+            return "ignore"
+        return ways.pop()
+
+    def writes_crm(self, name: str) -> bool:
+        return self.direction_of(name) in ("two-way", "exchange-to-crm")
+
+    def writes_exchange(self, name: str) -> bool:
+        return self.direction_of(name) in ("two-way", "crm-to-exchange")
 
 
 @dataclass(frozen=True)
@@ -167,13 +218,23 @@ def reconcile(
         crm_changed = nc != nb if base is not None else nc is not None
         exchange_changed = ne != nb if base is not None else ne is not None
 
+        way = policy.direction_of(f)
+        if way == "ignore":
+            merged[f] = b  # never written: the base keeps the last synced value
+            continue
         if nc == ne:
             merged[f] = c  # already equal: no write; the base keeps the CRM's raw value
             continue
-        if f in policy.crm_readonly:
+        if way == "crm-to-exchange":
             merged[f] = to_exchange[f] = c
             if exchange_changed:
-                conflicts.append(Conflict(f, c, e, b, "crm", "crm-readonly"))
+                why = "crm-readonly" if f in policy.crm_readonly else "one-way: crm-to-exchange"
+                conflicts.append(Conflict(f, c, e, b, "crm", why))
+            continue
+        if way == "exchange-to-crm":
+            merged[f] = to_crm[f] = e
+            if crm_changed:
+                conflicts.append(Conflict(f, c, e, b, "exchange", "one-way: exchange-to-crm"))
             continue
         if crm_changed and exchange_changed:
             chosen, reason = _resolve(policy, crm_modified_at, exchange_modified_at)
@@ -194,9 +255,12 @@ def _present(record: CanonicalContact, fields: tuple[str, ...]) -> dict[str, str
     return {f: v for f, v in values.items() if v is not None and v.strip()}
 
 
-def plan_create_exchange(crm: CanonicalContact, fields: tuple[str, ...]) -> Plan:
-    """Create the Exchange contact from a CRM record: every non-empty field goes to Exchange."""
+def plan_create_exchange(crm: CanonicalContact, fields: tuple[str, ...], policy: Policy | None = None) -> Plan:
+    """Create the Exchange contact from a CRM record: every non-empty field Exchange may take
+    goes to Exchange (all of them without a policy). The base holds only what was written."""
     values = _present(crm, fields)
+    if policy is not None:
+        values = {f: v for f, v in values.items() if policy.writes_exchange(f)}
     return Plan({}, values, CanonicalContact(**values), ())
 
 
@@ -207,5 +271,19 @@ def plan_create_crm(exchange: CanonicalContact, fields: tuple[str, ...], policy:
     then sees the Exchange side unchanged and simply sends the CRM's own value there if it differs.
     """
     values = _present(exchange, fields)
-    to_crm = {f: v for f, v in values.items() if f not in policy.crm_readonly}
-    return Plan(to_crm, {}, CanonicalContact(**values), ())
+    to_crm = {f: v for f, v in values.items() if policy.writes_crm(f)}
+    base = {f: v for f, v in values.items() if policy.direction_of(f) != "ignore"}
+    return Plan(to_crm, {}, CanonicalContact(**base), ())
+
+
+def may_create(policy: Policy, side: Literal["crm", "exchange"]) -> bool:
+    """Whether a record missing on ``side`` may be created there (a one-way mailbox never
+    creates on the side it only reads)."""
+    if side == "crm":
+        return policy.direction != "crm-to-exchange"
+    return policy.direction != "exchange-to-crm"
+
+
+def may_delete(policy: Policy, side: Literal["crm", "exchange"]) -> bool:
+    """Whether a delete may cross to ``side`` (the same rule as creates)."""
+    return may_create(policy, side)

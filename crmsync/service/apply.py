@@ -23,7 +23,15 @@ from typing import Literal
 import structlog
 
 from crmsync.core.normalize import content_hash, same
-from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
+from crmsync.core.reconcile import (
+    Plan,
+    Policy,
+    may_create,
+    may_delete,
+    plan_create_crm,
+    plan_create_exchange,
+    reconcile,
+)
 from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.ports import (
     ConflictRecord,
@@ -48,7 +56,7 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored",
+    "restored", "skipped-one-way",
 ]
 
 
@@ -70,6 +78,8 @@ class SyncServices:
     call_budget_s: float = 25.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     new_account_no: Callable[[], str] | None = None
+    #: Each mailbox's own policy (direction, field rules); None: ``policy`` for every mailbox.
+    policy_for: Callable[[str], Policy] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,7 @@ class _MailboxBatch:
         self.owner = owner
         self.mailbox = mailbox
         self.exchange = svc.exchange_for(mailbox)
+        self.policy = svc.policy_for(mailbox) if svc.policy_for else svc.policy
         self.held: dict[str, Link] = {}          # crm_key -> link with our lease token
 
     # ------------------------------------------------------------------ leases (the fence)
@@ -225,6 +236,8 @@ class _MailboxBatch:
                     outcomes[event.id] = "gone"
                 elif item.private:
                     outcomes[event.id] = "private-skipped"
+                elif item.crm_key is None and not may_create(self.policy, "crm"):
+                    outcomes[event.id] = "skipped-one-way"   # new in Outlook; this mailbox never writes the CRM
                 else:
                     key = item.crm_key or self._new_account_key(item)
                     keyed.setdefault(key, (item.item_id, []))[1].append(event)
@@ -381,22 +394,28 @@ class _MailboxBatch:
             return ("gone" if not was_synced else "unlinked"), _deleted_update(link)
         if not crm_live:
             if was_synced:
+                if not may_delete(self.policy, "exchange"):
+                    return "unlinked", _deleted_update(link)   # one-way: the delete does not cross
                 self._check(link.crm_key)
                 self.exchange.delete(ex.item_id, ex.change_key)
                 crash_point("after_exchange_write")
                 return "deleted-exchange", _deleted_update(link)
             if crm is not None and not crm.active:
                 return "noop", None       # first pairing with an inactive account: keep both as they are
+            if not may_create(self.policy, "crm"):
+                return "skipped-one-way", None
             return "created-crm", self._create_crm(link, kind, ident, ex, fields)
         if ex is None:
             if was_synced:
-                if kind == "account":
+                if kind == "account" and may_delete(self.policy, "crm"):
                     self._check(link.crm_key)
                     self.svc.crm.deactivate(link.crm_key, crm.version)
                     crash_point("after_crm_write")
                     return "deactivated-crm", _deleted_update(link)
                 return "unlinked", _deleted_update(link)
-            return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+            if not may_create(self.policy, "exchange"):
+                return "skipped-one-way", None
+            return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
         return self._merge(link, fields, crm, ex)
 
     def _after_delete(self, link: Link, kind: str, ident: str, fields: tuple[str, ...],
@@ -411,12 +430,14 @@ class _MailboxBatch:
             if crm is None:
                 return "noop", None
             if not crm.active:
+                if not may_create(self.policy, "crm"):
+                    return "noop", None         # one-way: a restore in Outlook does not reach the CRM
                 self._check(link.crm_key)
                 crm = self.svc.crm.reactivate(link.crm_key, crm.version)
                 crash_point("after_crm_write")
             outcome, update = self._merge(replace(link, deleted=False), fields, crm, ex)
             return ("restored", update)
-        if not crm_live:
+        if not crm_live or not may_create(self.policy, "exchange"):
             return "noop", None
         if kind == "contact" and link.base is not None and self._unchanged_since(link, crm, fields):
             return "noop", None                 # deleted in Outlook; stays deleted until edited in the CRM
@@ -428,12 +449,12 @@ class _MailboxBatch:
             outcome, update = self._merge(replace(link, deleted=False, item_id=restored.item_id), fields,
                                           crm, restored)
             return ("restored", update)
-        return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+        return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
 
     def _unchanged_since(self, link: Link, crm: CrmRecord, fields: tuple[str, ...]) -> bool:
         own = tuple(f for f in fields if f not in CONTACT_CRM_READONLY)
         assert link.base is not None
-        return all(same(f, getattr(crm.record, f), getattr(link.base, f), region=self.svc.policy.region)
+        return all(same(f, getattr(crm.record, f), getattr(link.base, f), region=self.policy.region)
                    for f in own)
 
     def _create_crm(self, link: Link, kind: str, ident: str, ex: ExchangeRecord,
@@ -446,7 +467,7 @@ class _MailboxBatch:
             self._check(link.crm_key)
             ex = self.exchange.update(ex.item_id, {}, ex.change_key, crm_key=link.crm_key)
             crash_point("after_exchange_write")
-        plan = plan_create_crm(ex.record, fields, self.svc.policy)
+        plan = plan_create_crm(ex.record, fields, self._policy(link))
         self._check(link.crm_key)
         crm = self.svc.crm.create_account(ident, plan.to_crm)
         crash_point("after_crm_write")
@@ -469,15 +490,14 @@ class _MailboxBatch:
 
     def _policy(self, link: Link) -> Policy:
         """Secondary contacts take their company name from the CRM account, never from Exchange."""
-        policy = self.svc.policy
+        policy = self.policy
         if parse_crm_key(link.crm_key)[0] == "contact":
-            return Policy(conflict=policy.conflict, region=policy.region,
-                          crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
+            return replace(policy, crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
         return policy
 
     def _update(self, link: Link, fields: tuple[str, ...], base: CanonicalContact,
                 ex: ExchangeRecord, crm: CrmRecord) -> LinkUpdate:
-        digest = content_hash(base, fields, region=self.svc.policy.region)
+        digest = content_hash(base, fields, region=self.policy.region)
         return LinkUpdate(item_id=ex.item_id, change_key=ex.change_key, crm_version=crm.version,
                           base=base, crm_hash=digest, exchange_hash=digest)
 
