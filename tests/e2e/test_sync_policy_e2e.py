@@ -1,0 +1,121 @@
+"""Sync policy through the real pipeline (issue 9): a one-way mailbox, switching it to two-way
+later, and a field rule. One stack for the module; each test sets the mailbox policy it needs
+(the config file is rewritten and the worker restarted, as an administrator would)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from exchangelib import Contact
+from exchangelib.indexed_properties import EmailAddress
+
+from tests.support.pipeline import FOLDER, Pipeline, wait_until
+
+BEGIN, END = "# policy-begin\n", "# policy-end\n"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, redis_server):
+    p = Pipeline(tmp_path_factory.mktemp("e2e-policy"), "sqlite",
+                 broker_url=redis_server.url(redis_server.new_database()))
+    text = p.config_path.read_text()
+    p.config_path.write_text(text.replace(f'folder = "{FOLDER}"\n', f'folder = "{FOLDER}"\n{BEGIN}{END}', 1))
+    p.policy = None
+    p.start_producer()
+    try:
+        p.outlook()
+        yield p
+    finally:
+        p.close()
+
+
+def set_policy(p: Pipeline, policy: str) -> None:
+    """Write the mailbox's policy keys and (re)start the worker with them."""
+    if p.policy == policy:
+        return
+    text = p.config_path.read_text()
+    p.config_path.write_text(re.sub(f"{BEGIN}.*?{END}", lambda _: f"{BEGIN}{policy}\n{END}", text, flags=re.S))
+    p.stop("worker")
+    p.start_worker()
+    p.policy = policy
+    p.settle()
+
+
+def insert_account(p: Pipeline, **values) -> str:
+    values.setdefault("account_no", f"P-{uuid.uuid4().hex[:8]}")
+    values.setdefault("is_active", True)
+    p.crm.execute(f"INSERT INTO accounts ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})",
+                  **values)
+    return values["account_no"]
+
+
+def account(p: Pipeline, account_no: str) -> dict:
+    return p.crm.query("SELECT * FROM accounts WHERE account_no = :no", no=account_no)[0]
+
+
+def contact_by_email(p: Pipeline, email: str):
+    found = [c for c in p.contacts() if any(e.email == email for e in (c.email_addresses or []))]
+    return found[0] if len(found) == 1 else None
+
+
+def outlook_edit(p: Pipeline, contact, **fields) -> None:
+    for name, value in fields.items():
+        setattr(contact, name, value)
+    contact.save(update_fields=list(fields))
+
+
+def test_a_crm_to_exchange_mailbox_pushes_and_never_writes_the_crm(pipeline):
+    p = pipeline
+    set_policy(p, 'direction = "crm-to-exchange"')
+    email = f"ada.{uuid.uuid4().hex[:6]}@oneway.example"
+    no = insert_account(p, company_name="One Way Ltd", first_name="Ada", last_name="Lovelace", email=email)
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    p.settle()
+    accounts_before = p.crm.query("SELECT count(*) AS n FROM accounts")[0]["n"]
+    changelog_before = p.crm_changelog_count()
+
+    outlook_edit(p, contact, job_title="Countess")                          # edited in Outlook
+    account_, folder = p.outlook()
+    Contact(account=account_, folder=folder, given_name="Only", surname="Outlook", display_name="Only Outlook",
+            email_addresses=[EmailAddress(email=f"only.{uuid.uuid4().hex[:6]}@outlook.example")]).save()
+    wait_until(lambda: (contact_by_email(p, email) or contact).job_title is None, 60,
+               what="Outlook to mirror the CRM again")
+    p.settle()
+
+    assert p.crm_changelog_count() == changelog_before                       # not one CRM write
+    assert p.crm.query("SELECT count(*) AS n FROM accounts")[0]["n"] == accounts_before
+    assert account(p, no)["job_title"] is None
+    outcomes = {r["outcome"] for r in p.state("SELECT outcome FROM events WHERE source = 'exchange'")}
+    assert "skipped-one-way" in outcomes
+
+    p.crm.execute("UPDATE accounts SET job_title = 'Engineer' WHERE account_no = :no", no=no)  # CRM edits go out
+    wait_until(lambda: contact_by_email(p, email).job_title == "Engineer", 60, what="the CRM edit in Outlook")
+
+
+def test_switching_to_two_way_replays_no_one_way_edit_and_a_field_rule_holds(pipeline):
+    p = pipeline
+    set_policy(p, 'direction = "crm-to-exchange"')
+    email = f"grace.{uuid.uuid4().hex[:6]}@switch.example"
+    no = insert_account(p, company_name="Switch Inc", first_name="Grace", last_name="Hopper", email=email,
+                        notes="CRM notes")
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    outlook_edit(p, contact, job_title="Admiral")                             # discarded: one-way
+    wait_until(lambda: contact_by_email(p, email).job_title is None, 60, what="the mirror restored")
+    p.settle()
+    changelog_before = p.crm_changelog_count()
+
+    set_policy(p, 'direction = "two-way"\nfields = {notes = "crm-to-exchange"}')
+    p.crm.execute("UPDATE accounts SET phone_business = '+1 202 555 0101' WHERE account_no = :no", no=no)
+    wait_until(lambda: contact_by_email(p, email).phone_numbers, 60, what="the CRM edit in Outlook")
+    p.settle()
+    assert account(p, no)["job_title"] is None                                # nothing replayed
+    assert p.crm_changelog_count() == changelog_before + 1                    # only our own UPDATE
+
+    contact = contact_by_email(p, email)
+    outlook_edit(p, contact, job_title="Rear Admiral", body="my own scribbles")
+    wait_until(lambda: account(p, no)["job_title"] == "Rear Admiral", 60, what="the Outlook edit in the CRM")
+    p.settle()
+    assert account(p, no)["notes"] == "CRM notes"                             # the field rule
+    assert "CRM notes" in str(contact_by_email(p, email).body)
