@@ -104,15 +104,27 @@ class Container:
 
     def policy_for(self, address: str) -> Policy:
         """One mailbox's policy: the global one with its direction and field rules."""
+        from crmsync.core.deletes import DeleteRules
+
         mbox = self.settings.effective(address)
-        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {})
+        deletes = DeleteRules(on_exchange_delete=mbox.on_exchange_delete, on_crm_delete=mbox.on_crm_delete,
+                              max_count=mbox.max_delete_count, max_percent=mbox.max_delete_percent,
+                              min_count_for_percent=mbox.min_delete_count_for_percent,
+                              window_s=mbox.delete_window_s)
+        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {}, deletes=deletes)
+
+    @cached_property
+    def held_deletes(self):
+        from crmsync.adapters.state.held import SqlHeldDeletes
+
+        return SqlHeldDeletes(self.state_engine)
 
     @cached_property
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
             lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
-            new_account_no=self.crm.new_account_no, policy_for=self.policy_for,
+            new_account_no=self.crm.new_account_no, policy_for=self.policy_for, held=self.held_deletes,
         )
 
     def doctor_probes(self) -> DoctorAdapters:

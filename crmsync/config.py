@@ -61,6 +61,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: Which way a mailbox syncs, and (plus ``ignore``) which way one field does.
 Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
 FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
+OnExchangeDelete = Literal["deactivate", "unlink"]
+OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
+#: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
+POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
+               "max_delete_count", "max_delete_percent", "min_delete_count_for_percent", "delete_window_s")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
 
@@ -268,6 +273,12 @@ class MailboxSettings(_Section):
     direction: Direction | None = None
     create_folder: bool | None = None
     fields: dict[str, FieldDirection] | None = None
+    on_exchange_delete: OnExchangeDelete | None = None
+    on_crm_delete: OnCrmDelete | None = None
+    max_delete_count: int | None = Field(default=None, ge=0)
+    max_delete_percent: float | None = Field(default=None, ge=0, le=100)
+    min_delete_count_for_percent: int | None = Field(default=None, ge=0)
+    delete_window_s: float | None = Field(default=None, gt=0)
 
     @field_validator("fields")
     @classmethod
@@ -309,6 +320,17 @@ class SyncSettings(_Section):
     direction: Direction = "two-way"
     create_folder: bool = True
     fields: dict[str, FieldDirection] = Field(default_factory=dict)
+    #: A contact deleted in Outlook: deactivate its CRM account, or only unlink the pair.
+    on_exchange_delete: OnExchangeDelete = "deactivate"
+    #: A CRM account deactivated or deleted: move its contact to Deleted Items, or only unlink.
+    on_crm_delete: OnCrmDelete = "move-to-deleted-items"
+    #: The delete brake: more deletes than this in one window are all held for an administrator.
+    max_delete_count: int = Field(default=25, ge=0)
+    #: ... or more than this share (percent) of the mailbox's synced links ...
+    max_delete_percent: float = Field(default=10.0, ge=0, le=100)
+    #: ... while numbering at least this many.
+    min_delete_count_for_percent: int = Field(default=5, ge=0)
+    delete_window_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("fields")
     @classmethod
@@ -419,13 +441,9 @@ class Settings(BaseModel):
         """One mailbox's settings with every policy key it leaves out taken from ``[sync]``;
         field rules merge (the mailbox's own win per field)."""
         mbox = self.mailbox(address)
-        sync = self.sync
-        return mbox.model_copy(update={
-            "enabled": sync.enabled if mbox.enabled is None else mbox.enabled,
-            "direction": mbox.direction or sync.direction,
-            "create_folder": sync.create_folder if mbox.create_folder is None else mbox.create_folder,
-            "fields": {**sync.fields, **(mbox.fields or {})},
-        })
+        update: dict[str, Any] = {key: getattr(self.sync, key) for key in POLICY_KEYS if getattr(mbox, key) is None}
+        update["fields"] = {**self.sync.fields, **(mbox.fields or {})}
+        return mbox.model_copy(update=update)
 
     def enabled_mailboxes(self) -> tuple[MailboxSettings, ...]:
         """The mailboxes that sync now (``enabled`` false: their producers and events pause)."""

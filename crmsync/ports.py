@@ -236,3 +236,37 @@ class StateStore(Protocol):
     def mark_retrying(self, event_ids: list[int], now: datetime) -> None:
         """A retry of these events is scheduled: their published time is now (the re-drive
         leaves them alone until it is overdue)."""
+
+
+@dataclass(frozen=True)
+class HeldDelete:
+    """A delete noted by the delete brake (see crmsync.core.deletes)."""
+
+    id: int
+    mailbox: str
+    crm_key: str
+    side: str            # where the delete would land: crm | exchange
+    status: str          # passed | held | approved | applied | discarded | unlinked | resolved
+    noted_at: datetime
+
+
+class HeldDeletes(Protocol):
+    """The brake's record of deletes, per mailbox, in the state database."""
+
+    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime) -> list[int]:
+        """Record (crm_key, side) deletes with ``status``; their ids, in order."""
+
+    def count_since(self, mailbox: str, since: datetime) -> int:
+        """Deletes noted for ``mailbox`` at or after ``since`` that crossed or wait to
+        under the brake or are held by it (passed, held)."""
+
+    def latest(self, mailbox: str, crm_keys: list[str]) -> dict[str, HeldDelete]:
+        """Per key, its most recent noted delete (absent: none)."""
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("held",)) -> list[HeldDelete]: ...
+
+    def set_status(self, ids: list[int], status: str, now: datetime, *, only_from: tuple[str, ...] = ()) -> list[int]:
+        """Move these rows to ``status`` (only rows now in ``only_from``, when given); the ids moved."""
+
+    def synced_links(self, mailbox: str) -> int:
+        """How many links of the mailbox are synced (have a base) and not deleted."""

@@ -131,3 +131,18 @@ conflicts = Table(
     Column("at", UtcDateTime, nullable=False),
     Index("ix_conflicts_mailbox_crm_key", "mailbox", "crm_key"),
 )
+
+held_deletes = Table(
+    "held_deletes",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("side", Text, nullable=False),        # where the delete would land: crm | exchange
+    # passed (crossed under the brake) | held | approved | applied | discarded | unlinked | resolved
+    Column("status", Text, nullable=False),
+    Column("noted_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime),
+    Index("ix_held_deletes_mailbox_status", "mailbox", "status"),
+    Index("ix_held_deletes_mailbox_crm_key", "mailbox", "crm_key"),
+)

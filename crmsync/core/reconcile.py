@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from crmsync.core.deletes import DeleteRules
 from crmsync.core.normalize import normalize_field
 from schemas.canonical import CanonicalContact
 
@@ -87,6 +88,7 @@ class Policy:
     region: str = "US"
     direction: Direction = "two-way"
     field_rules: Mapping[str, FieldDirection] = field(default_factory=dict)
+    deletes: DeleteRules = DeleteRules()
 
     def __post_init__(self) -> None:
         if self.conflict not in _POLICIES:
@@ -102,7 +104,7 @@ class Policy:
 
     def __hash__(self) -> int:
         return hash((self.conflict, self.crm_readonly, self.region, self.direction,
-                     tuple(sorted(self.field_rules.items()))))
+                     tuple(sorted(self.field_rules.items())), self.deletes))
 
     def direction_of(self, name: str) -> FieldDirection:
         """The effective direction of one field: ``ignore`` wins, then the narrowest of the

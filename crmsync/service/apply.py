@@ -40,6 +40,7 @@ from crmsync.ports import (
     Event,
     ExchangeRecord,
     ExchangeSide,
+    HeldDeletes,
     Link,
     LinkUpdate,
     StateStore,
@@ -56,8 +57,11 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored", "skipped-one-way",
+    "restored", "skipped-one-way", "delete-held",
 ]
+#: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
+#: an administrator, or kept from crossing by the mailbox's delete rule.
+Verdict = Literal["go", "hold", "discard", "unlink"]
 
 
 class LeaseLost(LeaseTaken):
@@ -80,6 +84,8 @@ class SyncServices:
     new_account_no: Callable[[], str] | None = None
     #: Each mailbox's own policy (direction, field rules); None: ``policy`` for every mailbox.
     policy_for: Callable[[str], Policy] | None = None
+    #: The delete brake's record; None: deletes cross by the mailbox's rules, never held.
+    held: HeldDeletes | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,8 @@ class _MailboxBatch:
         self.exchange = svc.exchange_for(mailbox)
         self.policy = svc.policy_for(mailbox) if svc.policy_for else svc.policy
         self.held: dict[str, Link] = {}          # crm_key -> link with our lease token
+        self.gate: dict[str, Verdict] = {}       # crm_key -> what its crossing delete may do
+        self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -256,6 +264,7 @@ class _MailboxBatch:
             if not todo:
                 return
             reads = self._read(todo)
+            self.gate = self._brake(todo, reads)
             commits: list[tuple[Link, LinkUpdate]] = []
             creates: list[tuple[Link, _Deferred]] = []
             again: list[str] = []
@@ -394,11 +403,15 @@ class _MailboxBatch:
             return ("gone" if not was_synced else "unlinked"), _deleted_update(link)
         if not crm_live:
             if was_synced:
-                if not may_delete(self.policy, "exchange"):
-                    return "unlinked", _deleted_update(link)   # one-way: the delete does not cross
+                verdict = self.gate.get(link.crm_key, "go")
+                if verdict == "hold":
+                    return "delete-held", None
+                if verdict != "go" or not may_delete(self.policy, "exchange"):
+                    return "unlinked", _deleted_update(link)   # kept from crossing (one-way, rule, discard)
                 self._check(link.crm_key)
                 self.exchange.delete(ex.item_id, ex.change_key)
                 crash_point("after_exchange_write")
+                self._delete_done(link.crm_key)
                 return "deleted-exchange", _deleted_update(link)
             if crm is not None and not crm.active:
                 return "noop", None       # first pairing with an inactive account: keep both as they are
@@ -407,10 +420,14 @@ class _MailboxBatch:
             return "created-crm", self._create_crm(link, kind, ident, ex, fields)
         if ex is None:
             if was_synced:
-                if kind == "account" and may_delete(self.policy, "crm"):
+                verdict = self.gate.get(link.crm_key, "go")
+                if verdict == "hold" and kind == "account":
+                    return "delete-held", None
+                if kind == "account" and verdict == "go" and may_delete(self.policy, "crm"):
                     self._check(link.crm_key)
                     self.svc.crm.deactivate(link.crm_key, crm.version)
                     crash_point("after_crm_write")
+                    self._delete_done(link.crm_key)
                     return "deactivated-crm", _deleted_update(link)
                 return "unlinked", _deleted_update(link)
             if not may_create(self.policy, "exchange"):
@@ -426,6 +443,14 @@ class _MailboxBatch:
         twice); a secondary contact deleted in Outlook comes back only when that contact itself
         is edited in the CRM."""
         crm_live = crm is not None and crm.active
+        marker = self._unlinked_by_delete(link.crm_key)
+        if marker is not None:
+            # Discarded, or kept from crossing by a rule: nothing comes back on its own. Only both
+            # sides live again (restored or re-created by a person) re-link the pair.
+            if ex is None or not crm_live:
+                return "noop", None
+            assert self.svc.held is not None
+            self.svc.held.set_status([marker], "resolved", self.svc.clock())
         if ex is not None:                      # restored in Outlook (same or a new ItemId)
             if crm is None:
                 return "noop", None
@@ -450,6 +475,81 @@ class _MailboxBatch:
                                           crm, restored)
             return ("restored", update)
         return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
+
+    # ------------------------------------------------------------------ the delete brake
+    def _crossing(self, link: Link, crm: CrmRecord | None, ex: ExchangeRecord | None) -> str | None:
+        """The side a delete would land on if this link were stepped now (the cases of
+        ``_step`` that delete or deactivate), or None."""
+        if link.private or link.deleted or link.base is None or (ex is not None and ex.private):
+            return None
+        crm_live = crm is not None and crm.active
+        if not crm_live and ex is not None:
+            return "exchange" if may_delete(self.policy, "exchange") else None
+        if crm_live and ex is None and parse_crm_key(link.crm_key)[0] == "account":
+            return "crm" if may_delete(self.policy, "crm") else None
+        return None
+
+    def _brake(self, keys: list[str], reads: dict) -> dict[str, Verdict]:
+        """Every crossing delete of this round gets its verdict at once, so a mass delete that
+        arrives together is held together: approved or discarded earlier by an administrator,
+        still held, or new; new ones are held when the window's count trips the brake (or
+        deletes are held already), else they pass. Every one is noted in the state database."""
+        rules = self.policy.deletes
+        crossing: dict[str, str] = {}
+        for key in keys:
+            crm, ex = reads[key]
+            if key in self.held and not isinstance(crm, BadRecord):
+                side = self._crossing(self.held[key], crm, ex)
+                if side is not None:
+                    crossing[key] = side
+        gate: dict[str, Verdict] = {k: "unlink" for k, side in crossing.items() if not rules.crosses(side)}
+        held = self.svc.held
+        if held is None:
+            return {k: gate.get(k, "go") for k in crossing}
+        now = self.svc.clock()
+        since = now - timedelta(seconds=rules.window_s)
+        if gate:
+            held.note(self.mailbox, [(k, crossing[k]) for k in gate], "unlinked", now)
+        latest = held.latest(self.mailbox, [k for k in crossing if k not in gate])
+        fresh: list[str] = []
+        for key in crossing:
+            if key in gate:
+                continue
+            row = latest.get(key)
+            status = row.status if row is not None else None
+            if row is not None and status == "approved":
+                gate[key] = "go"
+                self.approved[key] = row.id
+            elif status == "discarded":
+                gate[key] = "discard"
+            elif status == "held":
+                gate[key] = "hold"
+            elif row is not None and status == "passed" and row.noted_at >= since:
+                gate[key] = "go"                # this delete's own earlier attempt passed
+            else:
+                fresh.append(key)
+        if fresh:
+            count = held.count_since(self.mailbox, since) + len(fresh)
+            trip = bool(held.find(self.mailbox, ("held",))) or rules.trips(count, held.synced_links(self.mailbox))
+            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now)
+            for key in fresh:
+                gate[key] = "hold" if trip else "go"
+            if trip:
+                log.warning("deletes.held", mailbox=self.mailbox, held=len(fresh), in_window=count,
+                            hint="crmsync deletes list | approve | discard")
+        return gate
+
+    def _delete_done(self, key: str) -> None:
+        row = self.approved.pop(key, None)
+        if row is not None and self.svc.held is not None:
+            self.svc.held.set_status([row], "applied", self.svc.clock(), only_from=("approved",))
+
+    def _unlinked_by_delete(self, key: str) -> int | None:
+        """The id of the marker that keeps this deleted pair unlinked (discarded or by rule)."""
+        if self.svc.held is None:
+            return None
+        row = self.svc.held.latest(self.mailbox, [key]).get(key)
+        return row.id if row is not None and row.status in ("discarded", "unlinked") else None
 
     def _unchanged_since(self, link: Link, crm: CrmRecord, fields: tuple[str, ...]) -> bool:
         own = tuple(f for f in fields if f not in CONTACT_CRM_READONLY)

@@ -40,7 +40,7 @@ def update_for(link, name: str = "Anna") -> LinkUpdate:
 def test_init_state_is_idempotent(state_engine: Engine) -> None:
     init_state(state_engine)
     init_state(state_engine)
-    assert state_revision(state_engine) == "0002_fenced_leases"
+    assert state_revision(state_engine) == "0006_policy"
 
 
 def test_migrations_create_exactly_the_models(state_engine: Engine) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from crmsync.errors import LeaseTaken, Stale
-from crmsync.ports import CrmRecord, Event, ExchangeRecord, Link, LinkUpdate, NewEvent
+from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldDelete, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact, parse_crm_key
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -308,3 +308,43 @@ class FakeStore:
         for event_id in event_ids:
             if self.events[event_id]["status"] not in ("applied", "dead"):
                 self.events[event_id]["published_at"] = now
+
+
+class FakeHeldDeletes:
+    """``HeldDeletes`` in memory; counts links in the FakeStore it is given."""
+
+    COUNTED = ("passed", "held")
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.rows: list[HeldDelete] = []
+
+    def note(self, mailbox, entries, status, now):
+        out = []
+        for key, side in entries:
+            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now)
+            self.rows.append(row)
+            out.append(row.id)
+        return out
+
+    def count_since(self, mailbox, since):
+        return sum(1 for r in self.rows if r.mailbox == mailbox and r.noted_at >= since and r.status in self.COUNTED)
+
+    def latest(self, mailbox, crm_keys):
+        wanted = set(crm_keys)
+        return {r.crm_key: r for r in self.rows if r.mailbox == mailbox and r.crm_key in wanted}
+
+    def find(self, mailbox=None, statuses=("held",)):
+        return [r for r in self.rows if r.status in statuses and (mailbox is None or r.mailbox == mailbox)]
+
+    def set_status(self, ids, status, now, *, only_from=()):
+        moved = []
+        for i, r in enumerate(self.rows):
+            if r.id in ids and (not only_from or r.status in only_from):
+                self.rows[i] = replace(r, status=status)
+                moved.append(r.id)
+        return sorted(moved)
+
+    def synced_links(self, mailbox):
+        return sum(1 for link in self.store.links.values()
+                   if link.mailbox == mailbox and link.base is not None and not link.deleted)

@@ -1,0 +1,42 @@
+"""Held deletes: the delete brake's record (issue 9).
+
+Revision ID: 0006_policy
+Revises: 0002_fenced_leases
+Create Date: 2026-12-02
+
+Every delete that would cross to the other side is noted per (mailbox, CRM key): ``passed`` when
+it crossed under the brake, ``held`` when the brake stopped it, then ``approved``/``applied`` or
+``discarded`` by an administrator; ``unlinked`` marks a delete that a policy keeps from crossing.
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006_policy"
+down_revision: str | Sequence[str] | None = "0002_fenced_leases"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    _id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    ts = sa.DateTime(timezone=True)
+    op.create_table(
+        "held_deletes",
+        sa.Column("id", _id, primary_key=True, autoincrement=True),
+        sa.Column("mailbox", sa.Text(), nullable=False),
+        sa.Column("crm_key", sa.Text(), nullable=False),
+        sa.Column("side", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("noted_at", ts, nullable=False),
+        sa.Column("decided_at", ts),
+    )
+    op.create_index("ix_held_deletes_mailbox_status", "held_deletes", ["mailbox", "status"])
+    op.create_index("ix_held_deletes_mailbox_crm_key", "held_deletes", ["mailbox", "crm_key"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_held_deletes_mailbox_crm_key", "held_deletes")
+    op.drop_index("ix_held_deletes_mailbox_status", "held_deletes")
+    op.drop_table("held_deletes")
