@@ -16,9 +16,9 @@ from tests.support.pipeline import FOLDER, Pipeline, wait_until
 BEGIN, END = "# policy-begin\n", "# policy-end\n"
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, redis_server):
-    p = Pipeline(tmp_path_factory.mktemp("e2e-policy"), "sqlite",
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def pipeline(request, tmp_path_factory, redis_server):
+    p = Pipeline(tmp_path_factory.mktemp(f"e2e-policy-{request.param}"), request.param,
                  broker_url=redis_server.url(redis_server.new_database()))
     text = p.config_path.read_text()
     p.config_path.write_text(text.replace(f'folder = "{FOLDER}"\n', f'folder = "{FOLDER}"\n{BEGIN}{END}', 1))
@@ -119,3 +119,45 @@ def test_switching_to_two_way_replays_no_one_way_edit_and_a_field_rule_holds(pip
     p.settle()
     assert account(p, no)["notes"] == "CRM notes"                             # the field rule
     assert "CRM notes" in str(contact_by_email(p, email).body)
+
+
+def test_a_mass_delete_in_outlook_is_held_until_approved_then_exactly_those_are_deactivated(pipeline):
+    p = pipeline
+    set_policy(p, "max_delete_count = 5\nmin_delete_count_for_percent = 1000")
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Brake {tag} {n}", first_name="B", last_name=f"N{n}",
+                              email=f"b{n}.{tag}@brake.example") for n in range(12)]
+    emails = {f"b{n}.{tag}@brake.example": no for n, no in enumerate(numbers)}
+
+    def pushed():
+        found = {e.email: c for c in p.contacts() for e in (c.email_addresses or []) if e.email in emails}
+        return found if len(found) == 12 else None
+    contacts = wait_until(pushed, 90, what="the 12 contacts in Outlook")
+    p.settle()
+
+    doomed = sorted(emails)[:8]
+    account_, _ = p.outlook()
+    account_.bulk_delete([contacts[e] for e in doomed], delete_type="MoveToDeletedItems")   # one gesture in Outlook
+
+    def held():
+        rows = json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+        return rows if len(rows) == 8 else None
+    rows = wait_until(held, 60, what="8 held deletes")
+    p.settle()
+    assert all(account(p, no)["is_active"] for no in numbers)                 # nothing deactivated yet
+    assert sorted(r["crm_key"] for r in rows) == sorted(f"account:{emails[e]}" for e in doomed)
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1 and "8 delete(s) held by the delete brake" in check.stdout
+
+    done = p.cli("deletes", "approve", "--all")
+    assert "8 held delete(s) approved; 8 carried out now" in done.stdout
+    p.settle()
+    inactive = sorted(no for no in numbers if not account(p, no)["is_active"])
+    assert inactive == sorted(emails[e] for e in doomed)
+    assert json_rows(p.cli("deletes", "list", "--format", "json").stdout) == []
+
+
+def json_rows(text: str) -> list[dict]:
+    import json
+
+    return json.loads(text) if text.strip() else []

@@ -254,3 +254,22 @@ def test_bad_policy_config_names_the_key(tmp_path, text, expect):
     with pytest.raises(ConfigError, match=None) as info:
         load_settings(write(tmp_path, text), env={})
     assert expect in str(info.value)
+
+
+def test_create_folder_false_reaches_the_folder_opener(tmp_path, monkeypatch):
+    from crmsync.adapters.exchange.ews import connect as ews
+    from crmsync.bootstrap import Container
+
+    seen: dict[str, bool] = {}
+
+    def open_folder(account, path, create=True):
+        seen[path] = create
+        raise ConfigError(f"mailbox a@example.com: folder {path!r} does not exist under Contacts")
+    monkeypatch.setattr(ews, "connect", lambda exchange, address: object())
+    monkeypatch.setattr(ews, "open_folder", open_folder)
+    s = load_settings(write(tmp_path, '[[mailbox]]\naddress = "a@example.com"\nfolder = "Shared/CRM"\n'
+                                      'create_folder = false\n[[mailbox]]\naddress = "b@example.com"\n'), env={})
+    for address in ("a@example.com", "b@example.com"):
+        with pytest.raises(ConfigError, match="does not exist"):
+            Container(s).exchange_account(address)
+    assert seen == {"Shared/CRM": False, "CRM Accounts": True}
