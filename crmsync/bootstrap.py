@@ -111,7 +111,12 @@ class Container:
                               max_count=mbox.max_delete_count, max_percent=mbox.max_delete_percent,
                               min_count_for_percent=mbox.min_delete_count_for_percent,
                               window_s=mbox.delete_window_s)
-        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {}, deletes=deletes)
+        from crmsync.core.crm_mapping import ACCOUNT_COLUMNS
+
+        field_of = {column: name for name, column in ACCOUNT_COLUMNS.items()}
+        push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
+        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {}, deletes=deletes,
+                       push_filter=push_filter)
 
     @cached_property
     def held_deletes(self):

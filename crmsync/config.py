@@ -64,7 +64,7 @@ FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignor
 OnExchangeDelete = Literal["deactivate", "unlink"]
 OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
-POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
+POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete", "push_filter",
                "max_delete_count", "max_delete_percent", "min_delete_count_for_percent", "delete_window_s")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
@@ -262,6 +262,25 @@ def _check_field_rules(value: Mapping[str, str] | None) -> Mapping[str, str] | N
     return value
 
 
+class PushRule(_Section):
+    """One rule of a push filter: the CRM account column and the values it may hold."""
+
+    column: str
+    in_: tuple[str, ...] = Field(alias="in", min_length=1)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    @field_validator("column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        from crmsync.core.crm_mapping import ACCOUNT_COLUMNS
+
+        if value not in ACCOUNT_COLUMNS.values():
+            raise PydanticCustomError("push_filter", "unknown CRM accounts column '{column}'; filterable columns "
+                                      "are: {known}", {"column": value, "known": ", ".join(ACCOUNT_COLUMNS.values())})
+        return value
+
+
 class MailboxSettings(_Section):
     """One synced mailbox: its SMTP address, the folder under its Contacts folder, and its own
     policy; a policy key left out here takes its default from ``[sync]``."""
@@ -275,6 +294,7 @@ class MailboxSettings(_Section):
     fields: dict[str, FieldDirection] | None = None
     on_exchange_delete: OnExchangeDelete | None = None
     on_crm_delete: OnCrmDelete | None = None
+    push_filter: tuple[PushRule, ...] | None = None
     max_delete_count: int | None = Field(default=None, ge=0)
     max_delete_percent: float | None = Field(default=None, ge=0, le=100)
     min_delete_count_for_percent: int | None = Field(default=None, ge=0)
@@ -320,6 +340,8 @@ class SyncSettings(_Section):
     direction: Direction = "two-way"
     create_folder: bool = True
     fields: dict[str, FieldDirection] = Field(default_factory=dict)
+    #: CRM -> Exchange: only accounts whose columns hold one of the listed values get a contact.
+    push_filter: tuple[PushRule, ...] = ()
     #: A contact deleted in Outlook: deactivate its CRM account, or only unlink the pair.
     on_exchange_delete: OnExchangeDelete = "deactivate"
     #: A CRM account deactivated or deleted: move its contact to Deleted Items, or only unlink.

@@ -89,6 +89,9 @@ class Policy:
     direction: Direction = "two-way"
     field_rules: Mapping[str, FieldDirection] = field(default_factory=dict)
     deletes: DeleteRules = DeleteRules()
+    #: CRM -> Exchange filter: (account field, allowed values); a CRM account is pushed to a new
+    #: Exchange contact only when every rule holds (its secondary contacts follow the account).
+    push_filter: tuple[tuple[str, frozenset[str]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.conflict not in _POLICIES:
@@ -101,10 +104,12 @@ class Policy:
                              + f" not one of {', '.join(FIELD_DIRECTIONS)}")
         object.__setattr__(self, "crm_readonly", frozenset(self.crm_readonly))
         object.__setattr__(self, "field_rules", MappingProxyType(dict(self.field_rules)))
+        object.__setattr__(self, "push_filter", tuple((f, frozenset(v)) for f, v in self.push_filter))
+        _check_fields(tuple(f for f, _ in self.push_filter))
 
     def __hash__(self) -> int:
         return hash((self.conflict, self.crm_readonly, self.region, self.direction,
-                     tuple(sorted(self.field_rules.items())), self.deletes))
+                     tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter))
 
     def direction_of(self, name: str) -> FieldDirection:
         """The effective direction of one field: ``ignore`` wins, then the narrowest of the
@@ -121,6 +126,14 @@ class Policy:
         if len(ways) > 1:
             return "ignore"
         return ways.pop()
+
+    def pushes(self, account: CanonicalContact) -> bool:
+        """Whether this CRM account passes the push filter (values compared trimmed, exactly)."""
+        for name, allowed in self.push_filter:
+            value = getattr(account, name)
+            if value is None or value.strip() not in allowed:
+                return False
+        return True
 
     def writes_crm(self, name: str) -> bool:
         return self.direction_of(name) in ("two-way", "exchange-to-crm")

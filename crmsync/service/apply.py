@@ -57,7 +57,7 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored", "skipped-one-way", "delete-held",
+    "restored", "skipped-one-way", "delete-held", "skipped-filter",
 ]
 #: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
 #: an administrator, or kept from crossing by the mailbox's delete rule.
@@ -432,6 +432,8 @@ class _MailboxBatch:
                 return "unlinked", _deleted_update(link)
             if not may_create(self.policy, "exchange"):
                 return "skipped-one-way", None
+            if not self._pushes(crm):
+                return "skipped-filter", None
             return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
         return self._merge(link, fields, crm, ex)
 
@@ -475,6 +477,13 @@ class _MailboxBatch:
                                           crm, restored)
             return ("restored", update)
         return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
+
+    def _pushes(self, crm: CrmRecord) -> bool:
+        """The push filter, judged on the account (a secondary contact on its account's values)."""
+        if not self.policy.push_filter:
+            return True
+        account = crm if crm.account_key is None else self.svc.crm.read(crm.account_key)
+        return account is not None and self.policy.pushes(account.record)
 
     # ------------------------------------------------------------------ the delete brake
     def _crossing(self, link: Link, crm: CrmRecord | None, ex: ExchangeRecord | None) -> str | None:

@@ -3,6 +3,8 @@ apply service honours them. Table cases, Hypothesis laws, then stories with the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,3 +275,36 @@ def test_create_folder_false_reaches_the_folder_opener(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="does not exist"):
             Container(s).exchange_account(address)
     assert seen == {"Shared/CRM": False, "CRM Accounts": True}
+
+
+# ------------------------------------------------------------------ the push filter
+def test_push_filter_is_data_checked_against_the_mapping():
+    policy = Policy(push_filter=(("country", {"NO", "SE"}),))
+    assert policy.pushes(R(country=" NO "))
+    assert not policy.pushes(R(country="DK")) and not policy.pushes(R())
+    with pytest.raises(ValueError, match="unknown canonical field"):
+        Policy(push_filter=(("account_type", {"Customer"}),))
+
+
+def test_push_filter_decides_which_accounts_and_their_contacts_get_an_outlook_contact():
+    crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
+    svc = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=Policy(),
+                       policy_for=lambda mb: Policy(push_filter=(("country", {"NO"}),)), new_account_no=crm.new_account_no)
+    crm.put("account:N1", first_name="Nora", country="NO")
+    crm.put("account:D1", first_name="Dag", country="DK")
+    crm.rows["contact:7"] = {**crm.rows["account:D1"], "record": R(first_name="Colleague")}
+    real_read = crm.read
+    crm.read = lambda key: (replace(real_read(key), account_key="account:D1") if key == "contact:7" else real_read(key))
+    crm.read_many = lambda keys: {k: r for k in keys if (r := crm.read(k)) is not None}
+    outcomes = [apply_event(svc, crm_event(store, k)) for k in ("account:N1", "account:D1", "contact:7")]
+    assert outcomes == ["created-exchange", "skipped-filter", "skipped-filter"]
+    assert [it["crm_key"] for it in ex.items.values()] == ["account:N1"]
+
+
+def test_push_filter_config_names_an_unknown_column(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, '[sync]\npush_filter = [{column = "account_type", in = ["Customer"]}]\n'), env={})
+    assert "sync.push_filter[0].column: unknown CRM accounts column 'account_type'" in str(info.value)
+    s = load_settings(write(tmp_path, '[[mailbox]]\naddress = "a@example.com"\n'
+                                      'push_filter = [{column = "country", in = ["NO"]}]\n'), env={})
+    assert [(r.column, r.in_) for r in s.effective("a@example.com").push_filter] == [("country", ("NO",))]
