@@ -88,7 +88,8 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = EwsExchange(
                     account, folder,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities),
+                    categories=self.settings.effective(address).categories or ())
             return self._sides[address]
 
     def exchange_feed(self, address: str):

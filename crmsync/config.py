@@ -64,7 +64,7 @@ FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignor
 OnExchangeDelete = Literal["deactivate", "unlink"]
 OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
-POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete", "push_filter",
+POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete", "push_filter", "categories",
                "max_delete_count", "max_delete_percent", "min_delete_count_for_percent", "delete_window_s")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
@@ -295,6 +295,7 @@ class MailboxSettings(_Section):
     on_exchange_delete: OnExchangeDelete | None = None
     on_crm_delete: OnCrmDelete | None = None
     push_filter: tuple[PushRule, ...] | None = None
+    categories: tuple[str, ...] | None = None
     max_delete_count: int | None = Field(default=None, ge=0)
     max_delete_percent: float | None = Field(default=None, ge=0, le=100)
     min_delete_count_for_percent: int | None = Field(default=None, ge=0)
@@ -342,6 +343,8 @@ class SyncSettings(_Section):
     fields: dict[str, FieldDirection] = Field(default_factory=dict)
     #: CRM -> Exchange: only accounts whose columns hold one of the listed values get a contact.
     push_filter: tuple[PushRule, ...] = ()
+    #: CRM -> Exchange: Outlook categories stamped on every contact crmsync creates.
+    categories: tuple[str, ...] = ()
     #: A contact deleted in Outlook: deactivate its CRM account, or only unlink the pair.
     on_exchange_delete: OnExchangeDelete = "deactivate"
     #: A CRM account deactivated or deleted: move its contact to Deleted Items, or only unlink.

@@ -308,3 +308,10 @@ def test_push_filter_config_names_an_unknown_column(tmp_path):
     s = load_settings(write(tmp_path, '[[mailbox]]\naddress = "a@example.com"\n'
                                       'push_filter = [{column = "country", in = ["NO"]}]\n'), env={})
     assert [(r.column, r.in_) for r in s.effective("a@example.com").push_filter] == [("country", ("NO",))]
+
+
+def test_categories_take_the_sync_default_per_mailbox(tmp_path):
+    s = load_settings(write(tmp_path, '[sync]\ncategories = ["CRM"]\n[[mailbox]]\naddress = "a@example.com"\n'
+                                      '[[mailbox]]\naddress = "b@example.com"\ncategories = ["CRM", "Sales"]\n'), env={})
+    assert s.effective("a@example.com").categories == ("CRM",)
+    assert s.effective("b@example.com").categories == ("CRM", "Sales")
