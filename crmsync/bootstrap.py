@@ -116,8 +116,8 @@ class Container:
 
         field_of = {column: name for name, column in ACCOUNT_COLUMNS.items()}
         push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
-        return replace(self.policy, direction=mbox.direction, field_rules=mbox.fields or {}, deletes=deletes,
-                       push_filter=push_filter)
+        return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
+                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter)
 
     @cached_property
     def held_deletes(self):
@@ -126,11 +126,18 @@ class Container:
         return SqlHeldDeletes(self.state_engine)
 
     @cached_property
+    def held_conflicts(self):
+        from crmsync.adapters.state.held import SqlHeldConflicts
+
+        return SqlHeldConflicts(self.state_engine)
+
+    @cached_property
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
             lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
             new_account_no=self.crm.new_account_no, policy_for=self.policy_for, held=self.held_deletes,
+            conflicts=self.held_conflicts,
         )
 
     def doctor_probes(self) -> DoctorAdapters:

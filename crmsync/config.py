@@ -56,7 +56,7 @@ DEFAULT_FOLDER = "CRM Accounts"
 
 AuthType = Literal["basic", "ntlm", "oauth", "noauth"]
 AccessType = Literal["impersonation", "delegate"]
-ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins", "manual"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: Which way a mailbox syncs, and (plus ``ignore``) which way one field does.
 Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
@@ -64,8 +64,9 @@ FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignor
 OnExchangeDelete = Literal["deactivate", "unlink"]
 OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
-POLICY_KEYS = ("enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete", "push_filter", "categories",
-               "max_delete_count", "max_delete_percent", "min_delete_count_for_percent", "delete_window_s")
+POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
+               "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
+               "delete_window_s")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
 
@@ -288,6 +289,7 @@ class MailboxSettings(_Section):
     address: str
     folder: str = DEFAULT_FOLDER
     secondary_contacts: bool = True
+    conflict_policy: ConflictPolicy | None = None
     enabled: bool | None = None
     direction: Direction | None = None
     create_folder: bool | None = None

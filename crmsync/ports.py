@@ -270,3 +270,41 @@ class HeldDeletes(Protocol):
 
     def synced_links(self, mailbox: str) -> int:
         """How many links of the mailbox are synced (have a base) and not deleted."""
+
+
+@dataclass(frozen=True)
+class HeldConflict:
+    """A field held by ``conflict_policy = "manual"``: both values, and a person's decision."""
+
+    id: int
+    mailbox: str
+    crm_key: str
+    field: str
+    crm_value: str | None
+    exchange_value: str | None
+    base_value: str | None
+    status: str                   # held | resolved | applied
+    value: str | None = None      # the decided value (resolved, applied)
+    decided_by: str | None = None
+    held_at: datetime | None = None
+
+
+class HeldConflicts(Protocol):
+    """The manual conflict queue in the state database."""
+
+    def hold(self, mailbox: str, crm_key: str, fields: list[tuple[str, str | None, str | None, str | None]],
+             now: datetime) -> None:
+        """Hold (field, crm value, exchange value, base value): one open row per field, whose
+        values are refreshed when it is held again."""
+
+    def open_for(self, mailbox: str, crm_key: str) -> dict[str, HeldConflict]:
+        """Per field, its row that is held or resolved (not yet applied)."""
+
+    def get(self, conflict_id: int) -> HeldConflict | None: ...
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("held",)) -> list[HeldConflict]: ...
+
+    def resolve(self, conflict_id: int, value: str | None, decided_by: str, now: datetime) -> bool:
+        """A held row becomes resolved with ``value``; False when it is not held (any more)."""
+
+    def mark_applied(self, ids: list[int], now: datetime) -> None: ...

@@ -1,6 +1,7 @@
-"""`crmsync deletes list | approve | discard`: the administrator's half of the delete brake.
+"""`crmsync deletes list | approve | discard` and `crmsync conflicts list | show | resolve`: the
+administrator's half of the delete brake and of the manual conflict queue.
 
-Wiring of ``crmsync.service.deletes`` onto the container: rich tables by default, ``--format
+Wiring of ``crmsync.service.deletes`` and ``crmsync.service.conflicts`` onto the container: rich tables by default, ``--format
 json|csv`` for scripts, a progress bar while decisions are carried out. A decision is carried out
 here at once through the normal apply path; whatever cannot be done now (Exchange down, a lease
 taken) stays as a pending event that the producer's re-drive publishes to the workers.
@@ -15,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from crmsync.cli.linking import _check_format, _emit
+from crmsync.service.conflicts import ConflictQueue
 from crmsync.service.deletes import DeleteReview
 
 deletes_app = typer.Typer(help="Deletes held by the delete brake: list them, approve or discard them.",
@@ -94,6 +96,73 @@ def discard(
     _decide("discard", ids, all_, mailbox)
 
 
+conflicts_app = typer.Typer(help="Fields held by conflict_policy = \"manual\": list, show and resolve them.",
+                            no_args_is_help=True)
+
+
+def _queue(c) -> ConflictQueue:
+    return ConflictQueue(conflicts=c.held_conflicts, store=c.store, clock=lambda: datetime.now(UTC))
+
+
+CONFLICT_COLUMNS = ["id", "mailbox", "crm_key", "field", "crm_value", "exchange_value", "base_value", "held_since"]
+
+
+def _conflict_row(r) -> list:
+    return [r.id, r.mailbox, r.crm_key, r.field, r.crm_value, r.exchange_value, r.base_value,
+            r.held_at.isoformat(timespec="seconds") if r.held_at else None]
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="only this mailbox"),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+) -> None:
+    """The held fields: both sides' values and the last synced one."""
+    from crmsync.cli import app as cli
+
+    _check_format(fmt)
+    c = cli.ready_container()
+    mb = c.settings.mailbox(mailbox).address if mailbox else None
+    _emit(fmt, "held conflicts", CONFLICT_COLUMNS, [_conflict_row(r) for r in _queue(c).pending(mb)])
+
+
+@conflicts_app.command("show")
+def conflicts_show(
+    conflict_id: int = typer.Argument(..., help="the conflict id (see `crmsync conflicts list`)"),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+) -> None:
+    """One conflict, with its status and, once decided, the value and who decided."""
+    from crmsync.cli import app as cli
+
+    _check_format(fmt)
+    r = _queue(cli.ready_container()).show(conflict_id)
+    _emit(fmt, f"conflict {conflict_id}", [*CONFLICT_COLUMNS, "status", "value", "decided_by"],
+          [[*_conflict_row(r), r.status, r.value, r.decided_by]])
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    conflict_id: int = typer.Argument(..., help="the conflict id (see `crmsync conflicts list`)"),
+    take: str | None = typer.Option(None, "--take", help="crm | exchange: keep that side's value"),
+    value: str | None = typer.Option(None, "--value", help="write this value on both sides instead"),
+) -> None:
+    """Decide a held field; the value is written on both sides at once (or by the workers)."""
+    import getpass
+
+    from crmsync.cli import app as cli
+    from crmsync.service.apply import apply_events
+
+    if take is not None and take not in ("crm", "exchange"):
+        raise typer.BadParameter("--take must be crm or exchange")
+    c = cli.ready_container()
+    row, events = _queue(c).resolve(conflict_id, take, value, f"cli:{getpass.getuser()}")  # type: ignore[arg-type]
+    failed = apply_events(c.sync_services, events).errors
+    cli.console.print(f"conflict {row.id} ({row.crm_key} {row.field}) resolved by {row.decided_by}; "
+                      + ("left to the workers (retried by the re-drive)" if failed else "written on both sides"),
+                      markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the policy commands to the ``crmsync`` app."""
     app.add_typer(deletes_app, name="deletes")
+    app.add_typer(conflicts_app, name="conflicts")

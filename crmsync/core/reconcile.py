@@ -27,6 +27,10 @@ Per field, with "changed" meaning "not normalized-equal to the base" (``normaliz
   source's value, so a later switch to two-way has no old edit left to replay;
 * a field whose direction is ``ignore`` is never written on either side; its base keeps the last
   synced value;
+* ``manual``: a field both sides changed differently is *held*: neither side is written, the
+  base keeps its old value (so the field stays a conflict), the rest of the record merges, and
+  the ``Conflict`` has ``chosen="held"``. A person's decision comes in as ``resolved`` (field ->
+  value): that value goes to whichever side does not hold it yet and becomes the base;
 * ``base=None`` (first pairing): a field empty on one side takes the other side's value; both
   non-empty and different is a conflict by policy (``base_value=None``).
 
@@ -50,8 +54,8 @@ from crmsync.core.deletes import DeleteRules
 from crmsync.core.normalize import normalize_field
 from schemas.canonical import CanonicalContact
 
-ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
-_POLICIES = ("newest-wins", "crm-wins", "exchange-wins")
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins", "manual"]
+_POLICIES = ("newest-wins", "crm-wins", "exchange-wins", "manual")
 #: Which way a mailbox (or one field) syncs. ``ignore`` is for fields only: never written.
 Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
 FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
@@ -67,7 +71,7 @@ class Conflict:
     crm_value: str | None
     exchange_value: str | None
     base_value: str | None
-    chosen: str  # "crm" | "exchange"
+    chosen: str  # "crm" | "exchange" | "held" (manual: waits for a person, nothing written)
     reason: str
 
     @property
@@ -215,9 +219,11 @@ def reconcile(
     fields: tuple[str, ...],
     crm_modified_at: datetime | None = None,
     exchange_modified_at: datetime | None = None,
+    resolved: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Merge both sides against the base, field by field (rules in the module docstring)."""
     _check_fields(fields)
+    resolved = resolved or {}
     to_crm: dict[str, str | None] = {}
     to_exchange: dict[str, str | None] = {}
     merged: dict[str, str | None] = {}
@@ -234,6 +240,15 @@ def reconcile(
         exchange_changed = ne != nb if base is not None else ne is not None
 
         way = policy.direction_of(f)
+        if f in resolved and way != "ignore":
+            value = resolved[f]
+            nv = normalize_field(f, value, region=policy.region)
+            merged[f] = value
+            if nv != nc and policy.writes_crm(f):
+                to_crm[f] = value
+            if nv != ne and policy.writes_exchange(f):
+                to_exchange[f] = value
+            continue
         if way == "ignore":
             merged[f] = b  # never written: the base keeps the last synced value
             continue
@@ -252,6 +267,10 @@ def reconcile(
                 conflicts.append(Conflict(f, c, e, b, "exchange", "one-way: exchange-to-crm"))
             continue
         if crm_changed and exchange_changed:
+            if policy.conflict == "manual":
+                merged[f] = b                   # held: both keep their value, the base its old one
+                conflicts.append(Conflict(f, c, e, b, "held", "manual"))
+                continue
             chosen, reason = _resolve(policy, crm_modified_at, exchange_modified_at)
             conflicts.append(Conflict(f, c, e, b, chosen, reason))
         else:

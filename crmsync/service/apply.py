@@ -40,6 +40,7 @@ from crmsync.ports import (
     Event,
     ExchangeRecord,
     ExchangeSide,
+    HeldConflicts,
     HeldDeletes,
     Link,
     LinkUpdate,
@@ -86,6 +87,8 @@ class SyncServices:
     policy_for: Callable[[str], Policy] | None = None
     #: The delete brake's record; None: deletes cross by the mailbox's rules, never held.
     held: HeldDeletes | None = None
+    #: The manual conflict queue; None: held fields are not recorded (nothing is written either).
+    conflicts: HeldConflicts | None = None
 
 
 @dataclass(frozen=True)
@@ -583,8 +586,14 @@ class _MailboxBatch:
         return self._update(link, fields, plan.base, ex, crm)
 
     def _merge(self, link: Link, fields: tuple[str, ...], crm: CrmRecord, ex: ExchangeRecord) -> Step:
-        plan: Plan = reconcile(link.base, crm.record, ex.record, self._policy(link), fields=fields,
-                               crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at)
+        policy = self._policy(link)
+        queue = self.svc.conflicts if policy.conflict == "manual" else None
+        decided = {}
+        if queue is not None:   # a person's decisions on held fields of this link
+            decided = {f: row for f, row in queue.open_for(self.mailbox, link.crm_key).items() if row.status == "resolved"}
+        plan: Plan = reconcile(link.base, crm.record, ex.record, policy, fields=fields,
+                               crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at,
+                               resolved={f: row.value for f, row in decided.items()})
         if plan.to_exchange:
             self._check(link.crm_key)
             ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
@@ -594,7 +603,14 @@ class _MailboxBatch:
             crm = self.svc.crm.update(link.crm_key, plan.to_crm, crm.version)
             crash_point("after_crm_write")
         outcome: Outcome = "updated" if (plan.to_crm or plan.to_exchange) else "noop"
-        conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts)
+        conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts
+                          if c.chosen != "held")
+        conflicts += tuple(ConflictRecord(f, row.crm_value, row.exchange_value, f"manual: {row.decided_by}")
+                           for f, row in decided.items())
+        if queue is not None:
+            held = [(c.field, c.crm_value, c.exchange_value, c.base_value) for c in plan.conflicts if c.chosen == "held"]
+            queue.hold(self.mailbox, link.crm_key, held, self.svc.clock())
+            queue.mark_applied([row.id for row in decided.values()], self.svc.clock())
         return outcome, replace(self._update(link, fields, plan.base, ex, crm), conflicts=conflicts)
 
     def _policy(self, link: Link) -> Policy:

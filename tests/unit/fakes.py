@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from crmsync.errors import LeaseTaken, Stale
-from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldDelete, Link, LinkUpdate, NewEvent
+from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldConflict, HeldDelete, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact, parse_crm_key
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -348,3 +348,43 @@ class FakeHeldDeletes:
     def synced_links(self, mailbox):
         return sum(1 for link in self.store.links.values()
                    if link.mailbox == mailbox and link.base is not None and not link.deleted)
+
+
+class FakeHeldConflicts:
+    """``HeldConflicts`` in memory."""
+
+    def __init__(self) -> None:
+        self.rows: list[HeldConflict] = []
+
+    def hold(self, mailbox, crm_key, fields, now):
+        for name, crm_value, exchange_value, base_value in fields:
+            values = {"crm_value": crm_value, "exchange_value": exchange_value, "base_value": base_value}
+            for i, r in enumerate(self.rows):
+                if (r.mailbox, r.crm_key, r.field, r.status) == (mailbox, crm_key, name, "held"):
+                    self.rows[i] = replace(r, **values)
+                    break
+            else:
+                self.rows.append(HeldConflict(len(self.rows) + 1, mailbox, crm_key, name, status="held",
+                                              held_at=now, **values))
+
+    def open_for(self, mailbox, crm_key):
+        return {r.field: r for r in self.rows
+                if r.mailbox == mailbox and r.crm_key == crm_key and r.status in ("held", "resolved")}
+
+    def get(self, conflict_id):
+        return next((r for r in self.rows if r.id == conflict_id), None)
+
+    def find(self, mailbox=None, statuses=("held",)):
+        return [r for r in self.rows if r.status in statuses and (mailbox is None or r.mailbox == mailbox)]
+
+    def resolve(self, conflict_id, value, decided_by, now):
+        for i, r in enumerate(self.rows):
+            if r.id == conflict_id and r.status == "held":
+                self.rows[i] = replace(r, status="resolved", value=value, decided_by=decided_by)
+                return True
+        return False
+
+    def mark_applied(self, ids, now):
+        for i, r in enumerate(self.rows):
+            if r.id in ids and r.status == "resolved":
+                self.rows[i] = replace(r, status="applied")

@@ -1,5 +1,6 @@
-"""The delete brake's record in the state database (``held_deletes``): SQLAlchemy adapter of
-``crmsync.ports.HeldDeletes``."""
+"""What waits for a person, in the state database: held deletes (the delete brake) and held
+conflicts (the manual conflict queue). SQLAlchemy adapters of
+``crmsync.ports.HeldDeletes`` and ``HeldConflicts``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from datetime import datetime
 from sqlalchemy import Engine, func, insert, select, update
 
 from crmsync.adapters.database import read_tx, write_tx
-from crmsync.ports import HeldDelete
-from schemas.state_tables import held_deletes, links
+from crmsync.ports import HeldConflict, HeldDelete
+from schemas.state_tables import held_conflicts, held_deletes, links
 
 #: What the brake counts in its window: deletes that crossed under it, and those it holds
 #: (approved ones are not counted again: an administrator already let them through).
@@ -72,3 +73,65 @@ class SqlHeldDeletes:
             links.c.mailbox == mailbox, links.c.base_json.is_not(None), links.c.deleted.is_(False))
         with read_tx(self.engine) as conn:
             return int(conn.execute(query).scalar_one())
+
+
+def _conflict(m) -> HeldConflict:
+    return HeldConflict(id=m["id"], mailbox=m["mailbox"], crm_key=m["crm_key"], field=m["field"],
+                        crm_value=m["crm_value"], exchange_value=m["exchange_value"], base_value=m["base_value"],
+                        status=m["status"], value=m["value"], decided_by=m["decided_by"], held_at=m["held_at"])
+
+
+class SqlHeldConflicts:
+    """``HeldConflicts`` on the state engine (SQLite or PostgreSQL)."""
+
+    OPEN = ("held", "resolved")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def hold(self, mailbox: str, crm_key: str, fields: list[tuple[str, str | None, str | None, str | None]],
+             now: datetime) -> None:
+        if not fields:
+            return
+        t = held_conflicts
+        with write_tx(self.engine) as conn:
+            for name, crm_value, exchange_value, base_value in fields:
+                values = {"crm_value": crm_value, "exchange_value": exchange_value, "base_value": base_value}
+                done = conn.execute(update(t).where(t.c.mailbox == mailbox, t.c.crm_key == crm_key, t.c.field == name,
+                                                    t.c.status == "held").values(**values))
+                if not done.rowcount:
+                    conn.execute(insert(t).values(mailbox=mailbox, crm_key=crm_key, field=name, status="held",
+                                                  held_at=now, **values))
+
+    def open_for(self, mailbox: str, crm_key: str) -> dict[str, HeldConflict]:
+        t = held_conflicts
+        query = select(t).where(t.c.mailbox == mailbox, t.c.crm_key == crm_key, t.c.status.in_(self.OPEN)).order_by(t.c.id)
+        with read_tx(self.engine) as conn:
+            return {row.field: row for row in (_conflict(r._mapping) for r in conn.execute(query))}
+
+    def get(self, conflict_id: int) -> HeldConflict | None:
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(held_conflicts).where(held_conflicts.c.id == conflict_id)).first()
+        return _conflict(row._mapping) if row is not None else None
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("held",)) -> list[HeldConflict]:
+        t = held_conflicts
+        query = select(t).where(t.c.status.in_(statuses)).order_by(t.c.id)
+        if mailbox is not None:
+            query = query.where(t.c.mailbox == mailbox)
+        with read_tx(self.engine) as conn:
+            return [_conflict(r._mapping) for r in conn.execute(query)]
+
+    def resolve(self, conflict_id: int, value: str | None, decided_by: str, now: datetime) -> bool:
+        t = held_conflicts
+        with write_tx(self.engine) as conn:
+            done = conn.execute(update(t).where(t.c.id == conflict_id, t.c.status == "held")
+                                .values(status="resolved", value=value, decided_by=decided_by, decided_at=now))
+            return bool(done.rowcount)
+
+    def mark_applied(self, ids: list[int], now: datetime) -> None:
+        if not ids:
+            return
+        with write_tx(self.engine) as conn:
+            conn.execute(update(held_conflicts).where(held_conflicts.c.id.in_(ids),
+                                                      held_conflicts.c.status == "resolved").values(status="applied"))

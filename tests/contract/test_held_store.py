@@ -1,5 +1,5 @@
-"""The HeldDeletes port (the delete brake's record), run against the SQL adapter on SQLite and
-PostgreSQL and against the in-memory fake the unit tests use (the pattern of
+"""The HeldDeletes and HeldConflicts ports (the delete brake, the manual conflict queue), run
+against the SQL adapter on SQLite and PostgreSQL and against the in-memory fake the unit tests use (the pattern of
 test_fakes_match_adapters.py)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from crmsync.adapters.state.held import SqlHeldDeletes
+from crmsync.adapters.state.held import SqlHeldConflicts, SqlHeldDeletes
 from crmsync.adapters.state.sqlalchemy_store import SqlStateStore
 from crmsync.ports import LinkUpdate
 from schemas.canonical import CanonicalContact
-from tests.unit.fakes import FakeHeldDeletes, FakeStore
+from tests.unit.fakes import FakeHeldConflicts, FakeHeldDeletes, FakeStore
 
 MB, OTHER = "alice@example.com", "bob@example.com"
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -89,3 +89,44 @@ class TestFakeHeldDeletes(HeldDeletesContract):
     def parts(self):
         store = FakeStore()
         return FakeHeldDeletes(store), store
+
+
+class HeldConflictsContract:
+    @pytest.fixture
+    def conflicts(self):
+        raise NotImplementedError
+
+    def test_a_field_is_held_once_with_its_latest_values(self, conflicts) -> None:
+        conflicts.hold(MB, "account:A1", [("city", "Oslo", "Bergen", "Bodø"), ("notes", "a", "b", None)], T0)
+        conflicts.hold(MB, "account:A1", [("city", "Oslo", "Tromsø", "Bodø")], T0 + timedelta(minutes=1))
+        rows = conflicts.find(MB)
+        assert [(r.field, r.crm_value, r.exchange_value, r.base_value, r.status) for r in rows] == [
+            ("city", "Oslo", "Tromsø", "Bodø", "held"), ("notes", "a", "b", None, "held")]
+        assert rows[0].held_at == T0
+        assert conflicts.find(OTHER) == [] and len(conflicts.find()) == 2
+
+    def test_a_resolution_is_open_until_applied(self, conflicts) -> None:
+        conflicts.hold(MB, "account:A1", [("city", "Oslo", "Bergen", None)], T0)
+        (row,) = conflicts.find(MB)
+        assert conflicts.resolve(row.id, "Bergen", "cli:admin", T0) is True
+        assert conflicts.resolve(row.id, "Oslo", "cli:admin", T0) is False      # decided once
+        got = conflicts.get(row.id)
+        assert (got.status, got.value, got.decided_by) == ("resolved", "Bergen", "cli:admin")
+        assert set(conflicts.open_for(MB, "account:A1")) == {"city"}
+        conflicts.mark_applied([row.id], T0)
+        assert conflicts.open_for(MB, "account:A1") == {} and conflicts.get(row.id).status == "applied"
+        conflicts.hold(MB, "account:A1", [("city", "X", "Y", "Bergen")], T0)   # a new conflict: a new row
+        assert [r.id != row.id for r in conflicts.find(MB)] == [True]
+        assert conflicts.get(10_000) is None
+
+
+class TestSqlHeldConflicts(HeldConflictsContract):
+    @pytest.fixture
+    def conflicts(self, state_engine: Engine):
+        return SqlHeldConflicts(state_engine)
+
+
+class TestFakeHeldConflicts(HeldConflictsContract):
+    @pytest.fixture
+    def conflicts(self):
+        return FakeHeldConflicts()
