@@ -308,3 +308,6 @@ class HeldConflicts(Protocol):
         """A held row becomes resolved with ``value``; False when it is not held (any more)."""
 
     def mark_applied(self, ids: list[int], now: datetime) -> None: ...
+
+    def forget(self, mailbox: str, crm_key: str) -> None:
+        """Remove every row of this link (its contact turned Private: its data leaves)."""

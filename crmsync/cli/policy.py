@@ -28,12 +28,17 @@ def _review(c) -> DeleteReview:
 
 
 def held_problems(c) -> list[str]:
-    """Lines for `crmsync status --check`: a mailbox with held deletes needs a person."""
+    """Lines for `crmsync status --check`: held deletes and held conflicts need a person."""
     per: dict[str, int] = {}
     for row in _review(c).pending():
         per[row.mailbox] = per.get(row.mailbox, 0) + 1
-    return [f"{mb}: {n} delete(s) held by the delete brake; `crmsync deletes list`, then approve or discard"
-            for mb, n in sorted(per.items())]
+    lines = [f"{mb}: {n} delete(s) held by the delete brake; `crmsync deletes list`, then approve or discard"
+             for mb, n in sorted(per.items())]
+    waiting: dict[str, int] = {}
+    for conflict in _queue(c).pending():
+        waiting[conflict.mailbox] = waiting.get(conflict.mailbox, 0) + 1
+    return lines + [f"{mb}: {n} conflict(s) wait for a person; `crmsync conflicts list`, then resolve"
+                    for mb, n in sorted(waiting.items())]
 
 
 @deletes_app.command("list")

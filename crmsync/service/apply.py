@@ -389,6 +389,8 @@ class _MailboxBatch:
             if link.base is not None or link.item_id is not None:
                 # Linked before, Private now: unlink and forget its data; the CRM keeps the
                 # account as it was last shared.
+                if self.svc.conflicts is not None:
+                    self.svc.conflicts.forget(self.mailbox, link.crm_key)
                 return "unlinked-private", LinkUpdate(item_id=ex.item_id, change_key=None, crm_version=None,
                                                       base=None, crm_hash=None, exchange_hash=None,
                                                       deleted=False, private=True)

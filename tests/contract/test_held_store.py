@@ -119,6 +119,13 @@ class HeldConflictsContract:
         assert [r.id != row.id for r in conflicts.find(MB)] == [True]
         assert conflicts.get(10_000) is None
 
+    def test_forget_removes_every_row_of_the_link(self, conflicts) -> None:
+        conflicts.hold(MB, "account:A1", [("city", "Oslo", "Bergen", None)], T0)
+        conflicts.hold(MB, "account:A2", [("city", "X", "Y", None)], T0)
+        conflicts.hold(OTHER, "account:A1", [("city", "X", "Y", None)], T0)
+        conflicts.forget(MB, "account:A1")
+        assert sorted((r.mailbox, r.crm_key) for r in conflicts.find()) == [(MB, "account:A2"), (OTHER, "account:A1")]
+
 
 class TestSqlHeldConflicts(HeldConflictsContract):
     @pytest.fixture

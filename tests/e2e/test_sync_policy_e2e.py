@@ -161,3 +161,30 @@ def json_rows(text: str) -> list[dict]:
     import json
 
     return json.loads(text) if text.strip() else []
+
+
+def test_manual_conflict_keeps_both_values_syncs_the_rest_and_a_resolution_reaches_both_sides(pipeline):
+    p = pipeline
+    set_policy(p, 'conflict_policy = "manual"')
+    email = f"hedy.{uuid.uuid4().hex[:6]}@manual.example"
+    no = insert_account(p, company_name="Manual AB", first_name="Hedy", last_name="Lamarr", email=email,
+                        job_title="Inventor")
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    p.settle()
+    p.stop("worker")                                     # both sides edit before anything syncs
+    p.crm.execute("UPDATE accounts SET job_title = 'Actress' WHERE account_no = :no", no=no)
+    outlook_edit(p, contact, job_title="Engineer", department="Radio")
+    p.start_worker()
+    rows = wait_until(lambda: json_rows(p.cli("conflicts", "list", "--format", "json").stdout), 60,
+                      what="a held conflict")
+    wait_until(lambda: account(p, no)["department"] == "Radio", 60, what="the rest of the record in the CRM")
+    p.settle()
+    assert [(r["crm_key"], r["field"], r["crm_value"], r["exchange_value"], r["base_value"]) for r in rows] == [
+        (f"account:{no}", "job_title", "Actress", "Engineer", "Inventor")]
+    assert account(p, no)["job_title"] == "Actress" and contact_by_email(p, email).job_title == "Engineer"
+
+    done = p.cli("conflicts", "resolve", str(rows[0]["id"]), "--take", "exchange")
+    assert "written on both sides" in done.stdout
+    p.settle()
+    assert account(p, no)["job_title"] == "Engineer" and contact_by_email(p, email).job_title == "Engineer"
+    assert json_rows(p.cli("conflicts", "list", "--format", "json").stdout) == []

@@ -384,6 +384,9 @@ class FakeHeldConflicts:
                 return True
         return False
 
+    def forget(self, mailbox, crm_key):
+        self.rows = [r for r in self.rows if (r.mailbox, r.crm_key) != (mailbox, crm_key)]
+
     def mark_applied(self, ids, now):
         for i, r in enumerate(self.rows):
             if r.id in ids and r.status == "resolved":

@@ -89,3 +89,12 @@ def test_take_a_side_and_bad_requests(world):
         queue.resolve(held.id, "crm", None, "cli:admin")
     apply_event(svc, events[0])
     assert crm.read("account:A1").record.city == "Bodø" and ex.items[item]["record"].city == "Bodø"
+
+
+def test_a_contact_turning_private_takes_its_held_conflicts_with_it(world):
+    svc, crm, ex, store, queue = world
+    item = both_edited(svc, crm, ex, store)
+    assert queue.pending()
+    ex.items[item]["private"] = True
+    assert apply_event(svc, store.event(source="exchange", op="upsert", item_id=item)) == "unlinked-private"
+    assert svc.conflicts.rows == []

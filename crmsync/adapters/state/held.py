@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from crmsync.adapters.database import read_tx, write_tx
 from crmsync.ports import HeldConflict, HeldDelete
@@ -128,6 +128,11 @@ class SqlHeldConflicts:
             done = conn.execute(update(t).where(t.c.id == conflict_id, t.c.status == "held")
                                 .values(status="resolved", value=value, decided_by=decided_by, decided_at=now))
             return bool(done.rowcount)
+
+    def forget(self, mailbox: str, crm_key: str) -> None:
+        with write_tx(self.engine) as conn:
+            conn.execute(delete(held_conflicts).where(held_conflicts.c.mailbox == mailbox,
+                                                      held_conflicts.c.crm_key == crm_key))
 
     def mark_applied(self, ids: list[int], now: datetime) -> None:
         if not ids:
