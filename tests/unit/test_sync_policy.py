@@ -315,3 +315,15 @@ def test_categories_take_the_sync_default_per_mailbox(tmp_path):
                                       '[[mailbox]]\naddress = "b@example.com"\ncategories = ["CRM", "Sales"]\n'), env={})
     assert s.effective("a@example.com").categories == ("CRM",)
     assert s.effective("b@example.com").categories == ("CRM", "Sales")
+
+
+def test_a_disabled_mailbox_gets_no_producer_and_no_fan_out(tmp_path):
+    from producers.factory import build_loop
+
+    s = load_settings(write(tmp_path, '[[mailbox]]\naddress = "a@example.com"\n'
+                                      '[[mailbox]]\naddress = "b@example.com"\nenabled = false\n'), env={})
+    feeds = {"a@example.com": FakeExchange(), "b@example.com": FakeExchange()}
+    loop = build_loop(s, changelog=object(), crm=object(), store=FakeStore(), feeds=feeds,
+                      publisher=object(), doorbell=object())
+    assert loop.crm_producer.mailboxes == ["a@example.com"]
+    assert [p.mailbox for p in loop.exchange_producers] == ["a@example.com"]
