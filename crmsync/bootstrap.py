@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from sqlalchemy.engine import Engine
@@ -73,10 +73,10 @@ class Container:
             if address not in self._accounts:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
-                mbox = self.mailbox_settings(address)
+                mbox = self.settings.effective(address)
                 account = connect(self.settings.exchange, mbox.address)
                 try:
-                    folder = open_folder(account, mbox.folder, create=True)
+                    folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
                 except BadRecord as exc:
                     # Not a record's fault: the events must be retried, not dead-lettered.
                     raise ConfigError(str(exc)) from None
@@ -120,7 +120,8 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = EwsExchange(
                     account, folder,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities),
+                    categories=self.settings.effective(address).categories or ())
             return self._sides[address]
 
     def _graph_side(self, address: str):
@@ -150,12 +151,41 @@ class Container:
     def policy(self) -> Policy:
         return Policy(conflict=self.settings.sync.conflict_policy, region=self.settings.sync.phone_region)
 
+    def policy_for(self, address: str) -> Policy:
+        """One mailbox's policy: the global one with its direction and field rules."""
+        from crmsync.core.deletes import DeleteRules
+
+        mbox = self.settings.effective(address)
+        deletes = DeleteRules(on_exchange_delete=mbox.on_exchange_delete, on_crm_delete=mbox.on_crm_delete,
+                              max_count=mbox.max_delete_count, max_percent=mbox.max_delete_percent,
+                              min_count_for_percent=mbox.min_delete_count_for_percent,
+                              window_s=mbox.delete_window_s)
+        from crmsync.core.crm_mapping import ACCOUNT_COLUMNS
+
+        field_of = {column: name for name, column in ACCOUNT_COLUMNS.items()}
+        push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
+        return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
+                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter)
+
+    @cached_property
+    def held_deletes(self):
+        from crmsync.adapters.state.held import SqlHeldDeletes
+
+        return SqlHeldDeletes(self.state_engine)
+
+    @cached_property
+    def held_conflicts(self):
+        from crmsync.adapters.state.held import SqlHeldConflicts
+
+        return SqlHeldConflicts(self.state_engine)
+
     @cached_property
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
             lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
-            new_account_no=self.crm.new_account_no,
+            new_account_no=self.crm.new_account_no, policy_for=self.policy_for, held=self.held_deletes,
+            conflicts=self.held_conflicts,
         )
 
     def doctor_probes(self) -> DoctorAdapters:

@@ -57,8 +57,17 @@ DEFAULT_FOLDER = "CRM Accounts"
 AuthType = Literal["basic", "ntlm", "oauth", "noauth"]
 ExchangeApi = Literal["ews", "graph"]
 AccessType = Literal["impersonation", "delegate"]
-ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins", "manual"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: Which way a mailbox syncs, and (plus ``ignore``) which way one field does.
+Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
+FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
+OnExchangeDelete = Literal["deactivate", "unlink"]
+OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
+#: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
+POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
+               "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
+               "delete_window_s")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
 Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
 
@@ -270,13 +279,65 @@ def _check_address(value: str) -> str:
     return value
 
 
+def _check_field_rules(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """Field rules name mapped (canonical) fields only: a typo is an error, not a silent no-op."""
+    from schemas.canonical import ACCOUNT_FIELDS, CONTACT_FIELDS
+
+    if value is None:
+        return None
+    known = dict.fromkeys((*ACCOUNT_FIELDS, *CONTACT_FIELDS))
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        raise PydanticCustomError("field_rules", "unknown field(s) {unknown}; mapped fields are: {known}",
+                                  {"unknown": ", ".join(unknown), "known": ", ".join(known)})
+    return value
+
+
+class PushRule(_Section):
+    """One rule of a push filter: the CRM account column and the values it may hold."""
+
+    column: str
+    in_: tuple[str, ...] = Field(alias="in", min_length=1)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    @field_validator("column")
+    @classmethod
+    def _column(cls, value: str) -> str:
+        from crmsync.core.crm_mapping import ACCOUNT_COLUMNS
+
+        if value not in ACCOUNT_COLUMNS.values():
+            raise PydanticCustomError("push_filter", "unknown CRM accounts column '{column}'; filterable columns "
+                                      "are: {known}", {"column": value, "known": ", ".join(ACCOUNT_COLUMNS.values())})
+        return value
+
+
 class MailboxSettings(_Section):
-    """One synced mailbox: its SMTP address and the folder under its Contacts folder."""
+    """One synced mailbox: its SMTP address, the folder under its Contacts folder, and its own
+    policy; a policy key left out here takes its default from ``[sync]``."""
 
     address: str
     folder: str = DEFAULT_FOLDER
     secondary_contacts: bool = True
     api: ExchangeApi | None = None    # None: exchange.api
+    conflict_policy: ConflictPolicy | None = None
+    enabled: bool | None = None
+    direction: Direction | None = None
+    create_folder: bool | None = None
+    fields: dict[str, FieldDirection] | None = None
+    on_exchange_delete: OnExchangeDelete | None = None
+    on_crm_delete: OnCrmDelete | None = None
+    push_filter: tuple[PushRule, ...] | None = None
+    categories: tuple[str, ...] | None = None
+    max_delete_count: int | None = Field(default=None, ge=0)
+    max_delete_percent: float | None = Field(default=None, ge=0, le=100)
+    min_delete_count_for_percent: int | None = Field(default=None, ge=0)
+    delete_window_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_field_rules(value)  # type: ignore[return-value]
 
     @field_validator("address")
     @classmethod
@@ -312,6 +373,31 @@ class SyncSettings(_Section):
     #: wait for `crmsync link` (refuse-duplicates), link stamp / exact e-mail pairs one-to-one
     #: and go (link-certain), or create every unlinked record on the other side (create-all).
     first_sync: Literal["refuse-duplicates", "link-certain", "create-all"] = "refuse-duplicates"
+    #: Defaults of every mailbox's policy (each [[mailbox]] may set its own).
+    enabled: bool = True
+    direction: Direction = "two-way"
+    create_folder: bool = True
+    fields: dict[str, FieldDirection] = Field(default_factory=dict)
+    #: CRM -> Exchange: only accounts whose columns hold one of the listed values get a contact.
+    push_filter: tuple[PushRule, ...] = ()
+    #: CRM -> Exchange: Outlook categories stamped on every contact crmsync creates.
+    categories: tuple[str, ...] = ()
+    #: A contact deleted in Outlook: deactivate its CRM account, or only unlink the pair.
+    on_exchange_delete: OnExchangeDelete = "deactivate"
+    #: A CRM account deactivated or deleted: move its contact to Deleted Items, or only unlink.
+    on_crm_delete: OnCrmDelete = "move-to-deleted-items"
+    #: The delete brake: more deletes than this in one window are all held for an administrator.
+    max_delete_count: int = Field(default=25, ge=0)
+    #: ... or more than this share (percent) of the mailbox's synced links ...
+    max_delete_percent: float = Field(default=10.0, ge=0, le=100)
+    #: ... while numbering at least this many.
+    min_delete_count_for_percent: int = Field(default=5, ge=0)
+    delete_window_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_field_rules(value)  # type: ignore[return-value]
 
     @field_validator("phone_region")
     @classmethod
@@ -424,6 +510,18 @@ class Settings(BaseModel):
             raise ConfigError("config key mailbox: no mailbox is configured; add a [[mailbox]] table with "
                               "an address, or set CRMSYNC_MAILBOXES")
         return self.mailboxes
+
+    def effective(self, address: str) -> MailboxSettings:
+        """One mailbox's settings with every policy key it leaves out taken from ``[sync]``;
+        field rules merge (the mailbox's own win per field)."""
+        mbox = self.mailbox(address)
+        update: dict[str, Any] = {key: getattr(self.sync, key) for key in POLICY_KEYS if getattr(mbox, key) is None}
+        update["fields"] = {**self.sync.fields, **(mbox.fields or {})}
+        return mbox.model_copy(update=update)
+
+    def enabled_mailboxes(self) -> tuple[MailboxSettings, ...]:
+        """The mailboxes that sync now (``enabled`` false: their producers and events pause)."""
+        return tuple(m for m in self.mailboxes if self.effective(m.address).enabled)
 
     def mailbox(self, address: str) -> MailboxSettings:
         """The settings of one mailbox by address (case-insensitive); ConfigError if not listed."""

@@ -255,3 +255,78 @@ class StateStore(Protocol):
                       due_at: datetime | None = None) -> None:
         """A retry of these events was sent ``now`` to run at ``due_at`` (default now): the
         re-drive leaves them alone until that is overdue."""
+
+
+@dataclass(frozen=True)
+class HeldDelete:
+    """A delete noted by the delete brake (see crmsync.core.deletes)."""
+
+    id: int
+    mailbox: str
+    crm_key: str
+    side: str            # where the delete would land: crm | exchange
+    status: str          # passed | held | approved | applied | discarded | unlinked | resolved
+    noted_at: datetime
+
+
+class HeldDeletes(Protocol):
+    """The brake's record of deletes, per mailbox, in the state database."""
+
+    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime) -> list[int]:
+        """Record (crm_key, side) deletes with ``status``; their ids, in order."""
+
+    def count_since(self, mailbox: str, since: datetime) -> int:
+        """Deletes noted for ``mailbox`` at or after ``since`` that crossed or wait to
+        under the brake or are held by it (passed, held)."""
+
+    def latest(self, mailbox: str, crm_keys: list[str]) -> dict[str, HeldDelete]:
+        """Per key, its most recent noted delete (absent: none)."""
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("held",)) -> list[HeldDelete]: ...
+
+    def set_status(self, ids: list[int], status: str, now: datetime, *, only_from: tuple[str, ...] = ()) -> list[int]:
+        """Move these rows to ``status`` (only rows now in ``only_from``, when given); the ids moved."""
+
+    def synced_links(self, mailbox: str) -> int:
+        """How many links of the mailbox are synced (have a base) and not deleted."""
+
+
+@dataclass(frozen=True)
+class HeldConflict:
+    """A field held by ``conflict_policy = "manual"``: both values, and a person's decision."""
+
+    id: int
+    mailbox: str
+    crm_key: str
+    field: str
+    crm_value: str | None
+    exchange_value: str | None
+    base_value: str | None
+    status: str                   # held | resolved | applied
+    value: str | None = None      # the decided value (resolved, applied)
+    decided_by: str | None = None
+    held_at: datetime | None = None
+
+
+class HeldConflicts(Protocol):
+    """The manual conflict queue in the state database."""
+
+    def hold(self, mailbox: str, crm_key: str, fields: list[tuple[str, str | None, str | None, str | None]],
+             now: datetime) -> None:
+        """Hold (field, crm value, exchange value, base value): one open row per field, whose
+        values are refreshed when it is held again."""
+
+    def open_for(self, mailbox: str, crm_key: str) -> dict[str, HeldConflict]:
+        """Per field, its row that is held or resolved (not yet applied)."""
+
+    def get(self, conflict_id: int) -> HeldConflict | None: ...
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("held",)) -> list[HeldConflict]: ...
+
+    def resolve(self, conflict_id: int, value: str | None, decided_by: str, now: datetime) -> bool:
+        """A held row becomes resolved with ``value``; False when it is not held (any more)."""
+
+    def mark_applied(self, ids: list[int], now: datetime) -> None: ...
+
+    def forget(self, mailbox: str, crm_key: str) -> None:
+        """Remove every row of this link (its contact turned Private: its data leaves)."""

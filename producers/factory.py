@@ -49,18 +49,20 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
     Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell. ``first_sync_gate``
     (mailbox -> None or why it waits) is asked before each mailbox's first sync.
     """
-    mailboxes = [m.address for m in settings.mailboxes]
+    enabled = settings.enabled_mailboxes()     # a disabled mailbox gets no events at all
+    mailboxes = [m.address for m in enabled]
     sync = settings.sync
     crm_producer = CrmProducer(changelog, crm, store, mailboxes,
                                fan_out_contacts=True, batch_size=sync.batch_size,
-                               without_contacts=[m.address for m in settings.mailboxes
-                                                 if not m.secondary_contacts])
+                               without_contacts=[m.address for m in enabled if not m.secondary_contacts])
     exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
     if doorbell is None:
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
         bells += [CallbackDoorbell(feed.wait_for_change, name=exchange_source(mb))
-                  for mb, feed in feeds.items() if callable(getattr(feed, "wait_for_change", None))]
-        if any(not callable(getattr(feed, "wait_for_change", None)) for feed in feeds.values()):
+                  for mb, feed in feeds.items()
+                  if mb in mailboxes and callable(getattr(feed, "wait_for_change", None))]
+        if any(not callable(getattr(feed, "wait_for_change", None))
+               for mb, feed in feeds.items() if mb in mailboxes):
             bells.append(NullDoorbell())   # a feed without a doorbell: never poll rarely
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),

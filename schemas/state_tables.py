@@ -164,3 +164,37 @@ conflicts = Table(
     Column("at", UtcDateTime, nullable=False),
     Index("ix_conflicts_mailbox_crm_key", "mailbox", "crm_key"),
 )
+
+held_deletes = Table(
+    "held_deletes",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("side", Text, nullable=False),        # where the delete would land: crm | exchange
+    # passed (crossed under the brake) | held | approved | applied | discarded | unlinked | resolved
+    Column("status", Text, nullable=False),
+    Column("noted_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime),
+    Index("ix_held_deletes_mailbox_status", "mailbox", "status"),
+    Index("ix_held_deletes_mailbox_crm_key", "mailbox", "crm_key"),
+)
+
+held_conflicts = Table(
+    "held_conflicts",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("crm_key", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("crm_value", Text),
+    Column("exchange_value", Text),
+    Column("base_value", Text),
+    Column("status", Text, nullable=False),      # held | resolved (decided, to carry out) | applied
+    Column("value", Text),                       # the decided value
+    Column("decided_by", Text),                  # who: "cli:<user>" (--take crm|exchange|--value)
+    Column("held_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime),
+    Index("ix_held_conflicts_mailbox_crm_key", "mailbox", "crm_key"),
+    Index("ix_held_conflicts_status", "status"),
+)

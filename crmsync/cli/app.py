@@ -162,6 +162,9 @@ def _status_view(c, stale_after_s: float):
         if oldest is not None and (now - oldest).total_seconds() > stale_after_s:
             problems.append(f"{row['mailbox']}: sync is stale: an event has waited since {oldest:%Y-%m-%d %H:%M:%S} "
                             f"UTC (over {stale_after_s:g} s); are the workers running? (`crmsync doctor`)")
+    from crmsync.cli.policy import held_problems
+
+    problems += held_problems(c)
     depth = queue_depth(c.settings)
     queue = (f"broker queue {c.settings.worker.queue}: "
              f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
@@ -227,6 +230,10 @@ def demo(
 from crmsync.cli import linking as _linking  # noqa: E402 - its commands need `app` above
 
 _linking.register(app)
+
+from crmsync.cli import policy as _policy  # noqa: E402 - its commands need `app` above
+
+_policy.register(app)
 
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 from crmsync.cli.flower import flower as _flower  # noqa: E402

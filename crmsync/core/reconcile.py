@@ -20,6 +20,17 @@ Per field, with "changed" meaning "not normalized-equal to the base" (``normaliz
 * a field in ``Policy.crm_readonly``: the CRM value goes to Exchange whenever the two differ and
   the CRM is never written. When Exchange had edited it, the discarded Exchange value is kept as a
   ``Conflict`` with reason ``"crm-readonly"``;
+* a field whose direction (``Policy.direction_of``) is one-way mirrors its source side: the
+  source's value goes to the target whenever the two differ, the source is never written, and an
+  edit on the target is discarded and kept as a ``Conflict`` with reason ``"one-way: ..."``.
+  ``crm_readonly`` is the same as the direction ``crm-to-exchange``. The base advances to the
+  source's value, so a later switch to two-way has no old edit left to replay;
+* a field whose direction is ``ignore`` is never written on either side; its base keeps the last
+  synced value;
+* ``manual``: a field both sides changed differently is *held*: neither side is written, the
+  base keeps its old value (so the field stays a conflict), the rest of the record merges, and
+  the ``Conflict`` has ``chosen="held"``. A person's decision comes in as ``resolved`` (field ->
+  value): that value goes to whichever side does not hold it yet and becomes the base;
 * ``base=None`` (first pairing): a field empty on one side takes the other side's value; both
   non-empty and different is a conflict by policy (``base_value=None``).
 
@@ -34,16 +45,22 @@ fields outside ``fields`` are ``None`` in it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal
 
+from crmsync.core.deletes import DeleteRules
 from crmsync.core.normalize import normalize_field
 from schemas.canonical import CanonicalContact
 
-ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins"]
-_POLICIES = ("newest-wins", "crm-wins", "exchange-wins")
+ConflictPolicy = Literal["newest-wins", "crm-wins", "exchange-wins", "manual"]
+_POLICIES = ("newest-wins", "crm-wins", "exchange-wins", "manual")
+#: Which way a mailbox (or one field) syncs. ``ignore`` is for fields only: never written.
+Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
+FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
+DIRECTIONS = ("two-way", "crm-to-exchange", "exchange-to-crm")
+FIELD_DIRECTIONS = (*DIRECTIONS, "ignore")
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,7 @@ class Conflict:
     crm_value: str | None
     exchange_value: str | None
     base_value: str | None
-    chosen: str  # "crm" | "exchange"
+    chosen: str  # "crm" | "exchange" | "held" (manual: waits for a person, nothing written)
     reason: str
 
     @property
@@ -64,16 +81,69 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Policy:
-    """How to resolve conflicts, which fields the CRM never takes, and the phone region."""
+    """How to resolve conflicts, which way the mailbox and each field sync, and the phone region.
+
+    Data only: ``direction`` is the mailbox's, ``field_rules`` maps a field to its own direction
+    (overriding the mailbox's where it is narrower), ``crm_readonly`` names fields the CRM never
+    takes (the direction ``crm-to-exchange``)."""
 
     conflict: ConflictPolicy = "newest-wins"
     crm_readonly: frozenset[str] = frozenset()
     region: str = "US"
+    direction: Direction = "two-way"
+    field_rules: Mapping[str, FieldDirection] = field(default_factory=dict)
+    deletes: DeleteRules = DeleteRules()
+    #: CRM -> Exchange filter: (account field, allowed values); a CRM account is pushed to a new
+    #: Exchange contact only when every rule holds (its secondary contacts follow the account).
+    push_filter: tuple[tuple[str, frozenset[str]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.conflict not in _POLICIES:
             raise ValueError(f"conflict policy {self.conflict!r} is not one of {', '.join(_POLICIES)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
+        bad = {f: d for f, d in self.field_rules.items() if d not in FIELD_DIRECTIONS}
+        if bad:
+            raise ValueError("field direction(s) " + ", ".join(f"{f}={d!r}" for f, d in bad.items())
+                             + f" not one of {', '.join(FIELD_DIRECTIONS)}")
         object.__setattr__(self, "crm_readonly", frozenset(self.crm_readonly))
+        object.__setattr__(self, "field_rules", MappingProxyType(dict(self.field_rules)))
+        object.__setattr__(self, "push_filter", tuple((f, frozenset(v)) for f, v in self.push_filter))
+        _check_fields(tuple(f for f, _ in self.push_filter))
+
+    def __hash__(self) -> int:
+        return hash((self.conflict, self.crm_readonly, self.region, self.direction,
+                     tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter))
+
+    def direction_of(self, name: str) -> FieldDirection:
+        """The effective direction of one field: ``ignore`` wins, then the narrowest of the
+        mailbox's direction, the field's own rule and ``crm_readonly``. Two opposite one-way
+        directions leave nothing that may cross: ``ignore``."""
+        own = self.field_rules.get(name, "two-way")
+        if own == "ignore":
+            return "ignore"
+        ways: set[FieldDirection] = {d for d in (self.direction, own) if d != "two-way"}
+        if name in self.crm_readonly:
+            ways.add("crm-to-exchange")
+        if not ways:
+            return "two-way"
+        if len(ways) > 1:
+            return "ignore"
+        return ways.pop()
+
+    def pushes(self, account: CanonicalContact) -> bool:
+        """Whether this CRM account passes the push filter (values compared trimmed, exactly)."""
+        for name, allowed in self.push_filter:
+            value = getattr(account, name)
+            if value is None or value.strip() not in allowed:
+                return False
+        return True
+
+    def writes_crm(self, name: str) -> bool:
+        return self.direction_of(name) in ("two-way", "exchange-to-crm")
+
+    def writes_exchange(self, name: str) -> bool:
+        return self.direction_of(name) in ("two-way", "crm-to-exchange")
 
 
 @dataclass(frozen=True)
@@ -149,9 +219,11 @@ def reconcile(
     fields: tuple[str, ...],
     crm_modified_at: datetime | None = None,
     exchange_modified_at: datetime | None = None,
+    resolved: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Merge both sides against the base, field by field (rules in the module docstring)."""
     _check_fields(fields)
+    resolved = resolved or {}
     to_crm: dict[str, str | None] = {}
     to_exchange: dict[str, str | None] = {}
     merged: dict[str, str | None] = {}
@@ -167,15 +239,38 @@ def reconcile(
         crm_changed = nc != nb if base is not None else nc is not None
         exchange_changed = ne != nb if base is not None else ne is not None
 
+        way = policy.direction_of(f)
+        if f in resolved and way != "ignore":
+            value = resolved[f]
+            nv = normalize_field(f, value, region=policy.region)
+            merged[f] = value
+            if nv != nc and policy.writes_crm(f):
+                to_crm[f] = value
+            if nv != ne and policy.writes_exchange(f):
+                to_exchange[f] = value
+            continue
+        if way == "ignore":
+            merged[f] = b  # never written: the base keeps the last synced value
+            continue
         if nc == ne:
             merged[f] = c  # already equal: no write; the base keeps the CRM's raw value
             continue
-        if f in policy.crm_readonly:
+        if way == "crm-to-exchange":
             merged[f] = to_exchange[f] = c
             if exchange_changed:
-                conflicts.append(Conflict(f, c, e, b, "crm", "crm-readonly"))
+                why = "crm-readonly" if f in policy.crm_readonly else "one-way: crm-to-exchange"
+                conflicts.append(Conflict(f, c, e, b, "crm", why))
+            continue
+        if way == "exchange-to-crm":
+            merged[f] = to_crm[f] = e
+            if crm_changed:
+                conflicts.append(Conflict(f, c, e, b, "exchange", "one-way: exchange-to-crm"))
             continue
         if crm_changed and exchange_changed:
+            if policy.conflict == "manual":
+                merged[f] = b                   # held: both keep their value, the base its old one
+                conflicts.append(Conflict(f, c, e, b, "held", "manual"))
+                continue
             chosen, reason = _resolve(policy, crm_modified_at, exchange_modified_at)
             conflicts.append(Conflict(f, c, e, b, chosen, reason))
         else:
@@ -194,9 +289,12 @@ def _present(record: CanonicalContact, fields: tuple[str, ...]) -> dict[str, str
     return {f: v for f, v in values.items() if v is not None and v.strip()}
 
 
-def plan_create_exchange(crm: CanonicalContact, fields: tuple[str, ...]) -> Plan:
-    """Create the Exchange contact from a CRM record: every non-empty field goes to Exchange."""
+def plan_create_exchange(crm: CanonicalContact, fields: tuple[str, ...], policy: Policy | None = None) -> Plan:
+    """Create the Exchange contact from a CRM record: every non-empty field Exchange may take
+    goes to Exchange (all of them without a policy). The base holds only what was written."""
     values = _present(crm, fields)
+    if policy is not None:
+        values = {f: v for f, v in values.items() if policy.writes_exchange(f)}
     return Plan({}, values, CanonicalContact(**values), ())
 
 
@@ -207,5 +305,19 @@ def plan_create_crm(exchange: CanonicalContact, fields: tuple[str, ...], policy:
     then sees the Exchange side unchanged and simply sends the CRM's own value there if it differs.
     """
     values = _present(exchange, fields)
-    to_crm = {f: v for f, v in values.items() if f not in policy.crm_readonly}
-    return Plan(to_crm, {}, CanonicalContact(**values), ())
+    to_crm = {f: v for f, v in values.items() if policy.writes_crm(f)}
+    base = {f: v for f, v in values.items() if policy.direction_of(f) != "ignore"}
+    return Plan(to_crm, {}, CanonicalContact(**base), ())
+
+
+def may_create(policy: Policy, side: Literal["crm", "exchange"]) -> bool:
+    """Whether a record missing on ``side`` may be created there (a one-way mailbox never
+    creates on the side it only reads)."""
+    if side == "crm":
+        return policy.direction != "crm-to-exchange"
+    return policy.direction != "exchange-to-crm"
+
+
+def may_delete(policy: Policy, side: Literal["crm", "exchange"]) -> bool:
+    """Whether a delete may cross to ``side`` (the same rule as creates)."""
+    return may_create(policy, side)

@@ -24,7 +24,15 @@ from typing import Literal
 import structlog
 
 from crmsync.core.normalize import content_hash, same
-from crmsync.core.reconcile import Plan, Policy, plan_create_crm, plan_create_exchange, reconcile
+from crmsync.core.reconcile import (
+    Plan,
+    Policy,
+    may_create,
+    may_delete,
+    plan_create_crm,
+    plan_create_exchange,
+    reconcile,
+)
 from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.ports import (
     ConflictRecord,
@@ -34,6 +42,8 @@ from crmsync.ports import (
     ExchangeRecord,
     ExchangeSide,
     FieldWrite,
+    HeldConflicts,
+    HeldDeletes,
     Link,
     LinkUpdate,
     StateStore,
@@ -50,8 +60,11 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored",
+    "restored", "skipped-one-way", "delete-held", "skipped-filter",
 ]
+#: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
+#: an administrator, or kept from crossing by the mailbox's delete rule.
+Verdict = Literal["go", "hold", "discard", "unlink"]
 
 
 class LeaseLost(LeaseTaken):
@@ -72,6 +85,12 @@ class SyncServices:
     call_budget_s: float = 25.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     new_account_no: Callable[[], str] | None = None
+    #: Each mailbox's own policy (direction, field rules); None: ``policy`` for every mailbox.
+    policy_for: Callable[[str], Policy] | None = None
+    #: The delete brake's record; None: deletes cross by the mailbox's rules, never held.
+    held: HeldDeletes | None = None
+    #: The manual conflict queue; None: held fields are not recorded (nothing is written either).
+    conflicts: HeldConflicts | None = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +163,11 @@ class _MailboxBatch:
         self.owner = owner
         self.mailbox = mailbox
         self.exchange = svc.exchange_for(mailbox)
+        self.policy = svc.policy_for(mailbox) if svc.policy_for else svc.policy
         self.held: dict[str, Link] = {}          # crm_key -> link with our lease token
         self.event_ids: dict[str, tuple[int, ...]] = {}   # crm_key -> its events (the event log)
+        self.gate: dict[str, Verdict] = {}       # crm_key -> what its crossing delete may do
+        self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -229,6 +251,8 @@ class _MailboxBatch:
                     outcomes[event.id] = "gone"
                 elif item.private:
                     outcomes[event.id] = "private-skipped"
+                elif item.crm_key is None and not may_create(self.policy, "crm"):
+                    outcomes[event.id] = "skipped-one-way"   # new in Outlook; this mailbox never writes the CRM
                 else:
                     key = item.crm_key or self._new_account_key(item)
                     keyed.setdefault(key, (item.item_id, []))[1].append(event)
@@ -247,6 +271,7 @@ class _MailboxBatch:
             if not todo:
                 return
             reads = self._read(todo)
+            self.gate = self._brake(todo, reads)
             commits: list[tuple[Link, LinkUpdate]] = []
             creates: list[tuple[Link, _Deferred]] = []
             again: list[str] = []
@@ -381,6 +406,8 @@ class _MailboxBatch:
             if link.base is not None or link.item_id is not None:
                 # Linked before, Private now: unlink and forget its data; the CRM keeps the
                 # account as it was last shared.
+                if self.svc.conflicts is not None:
+                    self.svc.conflicts.forget(self.mailbox, link.crm_key)
                 return "unlinked-private", LinkUpdate(item_id=ex.item_id, change_key=None, crm_version=None,
                                                       base=None, crm_hash=None, exchange_hash=None,
                                                       deleted=False, private=True)
@@ -398,22 +425,38 @@ class _MailboxBatch:
             return ("gone" if not was_synced else "unlinked"), _deleted_update(link)
         if not crm_live:
             if was_synced:
+                verdict = self.gate.get(link.crm_key, "go")
+                if verdict == "hold":
+                    return "delete-held", None
+                if verdict != "go" or not may_delete(self.policy, "exchange"):
+                    return "unlinked", _deleted_update(link)   # kept from crossing (one-way, rule, discard)
                 self._check(link.crm_key)
                 self.exchange.delete(ex.item_id, ex.change_key)
                 crash_point("after_exchange_write")
+                self._delete_done(link.crm_key)
                 return "deleted-exchange", _deleted_update(link)
             if crm is not None and not crm.active:
                 return "noop", None       # first pairing with an inactive account: keep both as they are
+            if not may_create(self.policy, "crm"):
+                return "skipped-one-way", None
             return "created-crm", self._create_crm(link, kind, ident, ex, fields)
         if ex is None:
             if was_synced:
-                if kind == "account":
+                verdict = self.gate.get(link.crm_key, "go")
+                if verdict == "hold" and kind == "account":
+                    return "delete-held", None
+                if kind == "account" and verdict == "go" and may_delete(self.policy, "crm"):
                     self._check(link.crm_key)
                     self.svc.crm.deactivate(link.crm_key, crm.version)
                     crash_point("after_crm_write")
+                    self._delete_done(link.crm_key)
                     return "deactivated-crm", _deleted_update(link)
                 return "unlinked", _deleted_update(link)
-            return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+            if not may_create(self.policy, "exchange"):
+                return "skipped-one-way", None
+            if not self._pushes(crm):
+                return "skipped-filter", None
+            return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
         return self._merge(link, fields, crm, ex)
 
     def _after_delete(self, link: Link, kind: str, ident: str, fields: tuple[str, ...],
@@ -424,16 +467,26 @@ class _MailboxBatch:
         twice); a secondary contact deleted in Outlook comes back only when that contact itself
         is edited in the CRM."""
         crm_live = crm is not None and crm.active
+        marker = self._unlinked_by_delete(link.crm_key)
+        if marker is not None:
+            # Discarded, or kept from crossing by a rule: nothing comes back on its own. Only both
+            # sides live again (restored or re-created by a person) re-link the pair.
+            if ex is None or not crm_live:
+                return "noop", None
+            assert self.svc.held is not None
+            self.svc.held.set_status([marker], "resolved", self.svc.clock())
         if ex is not None:                      # restored in Outlook (same or a new ItemId)
             if crm is None:
                 return "noop", None
             if not crm.active:
+                if not may_create(self.policy, "crm"):
+                    return "noop", None         # one-way: a restore in Outlook does not reach the CRM
                 self._check(link.crm_key)
                 crm = self.svc.crm.reactivate(link.crm_key, crm.version)
                 crash_point("after_crm_write")
             outcome, update = self._merge(replace(link, deleted=False), fields, crm, ex)
             return ("restored", update)
-        if not crm_live:
+        if not crm_live or not may_create(self.policy, "exchange"):
             return "noop", None
         if kind == "contact" and link.base is not None and self._unchanged_since(link, crm, fields):
             return "noop", None                 # deleted in Outlook; stays deleted until edited in the CRM
@@ -445,12 +498,94 @@ class _MailboxBatch:
             outcome, update = self._merge(replace(link, deleted=False, item_id=restored.item_id), fields,
                                           crm, restored)
             return ("restored", update)
-        return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields), crm)
+        return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
+
+    def _pushes(self, crm: CrmRecord) -> bool:
+        """The push filter, judged on the account (a secondary contact on its account's values)."""
+        if not self.policy.push_filter:
+            return True
+        account = crm if crm.account_key is None else self.svc.crm.read(crm.account_key)
+        return account is not None and self.policy.pushes(account.record)
+
+    # ------------------------------------------------------------------ the delete brake
+    def _crossing(self, link: Link, crm: CrmRecord | None, ex: ExchangeRecord | None) -> str | None:
+        """The side a delete would land on if this link were stepped now (the cases of
+        ``_step`` that delete or deactivate), or None."""
+        if link.private or link.deleted or link.base is None or (ex is not None and ex.private):
+            return None
+        crm_live = crm is not None and crm.active
+        if not crm_live and ex is not None:
+            return "exchange" if may_delete(self.policy, "exchange") else None
+        if crm_live and ex is None and parse_crm_key(link.crm_key)[0] == "account":
+            return "crm" if may_delete(self.policy, "crm") else None
+        return None
+
+    def _brake(self, keys: list[str], reads: dict) -> dict[str, Verdict]:
+        """Every crossing delete of this round gets its verdict at once, so a mass delete that
+        arrives together is held together: approved or discarded earlier by an administrator,
+        still held, or new; new ones are held when the window's count trips the brake (or
+        deletes are held already), else they pass. Every one is noted in the state database."""
+        rules = self.policy.deletes
+        crossing: dict[str, str] = {}
+        for key in keys:
+            crm, ex = reads[key]
+            if key in self.held and not isinstance(crm, BadRecord):
+                side = self._crossing(self.held[key], crm, ex)
+                if side is not None:
+                    crossing[key] = side
+        gate: dict[str, Verdict] = {k: "unlink" for k, side in crossing.items() if not rules.crosses(side)}
+        held = self.svc.held
+        if held is None:
+            return {k: gate.get(k, "go") for k in crossing}
+        now = self.svc.clock()
+        since = now - timedelta(seconds=rules.window_s)
+        if gate:
+            held.note(self.mailbox, [(k, crossing[k]) for k in gate], "unlinked", now)
+        latest = held.latest(self.mailbox, [k for k in crossing if k not in gate])
+        fresh: list[str] = []
+        for key in crossing:
+            if key in gate:
+                continue
+            row = latest.get(key)
+            status = row.status if row is not None else None
+            if row is not None and status == "approved":
+                gate[key] = "go"
+                self.approved[key] = row.id
+            elif status == "discarded":
+                gate[key] = "discard"
+            elif status == "held":
+                gate[key] = "hold"
+            elif row is not None and status == "passed" and row.noted_at >= since:
+                gate[key] = "go"                # this delete's own earlier attempt passed
+            else:
+                fresh.append(key)
+        if fresh:
+            count = held.count_since(self.mailbox, since) + len(fresh)
+            trip = bool(held.find(self.mailbox, ("held",))) or rules.trips(count, held.synced_links(self.mailbox))
+            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now)
+            for key in fresh:
+                gate[key] = "hold" if trip else "go"
+            if trip:
+                log.warning("deletes.held", mailbox=self.mailbox, held=len(fresh), in_window=count,
+                            hint="crmsync deletes list | approve | discard")
+        return gate
+
+    def _delete_done(self, key: str) -> None:
+        row = self.approved.pop(key, None)
+        if row is not None and self.svc.held is not None:
+            self.svc.held.set_status([row], "applied", self.svc.clock(), only_from=("approved",))
+
+    def _unlinked_by_delete(self, key: str) -> int | None:
+        """The id of the marker that keeps this deleted pair unlinked (discarded or by rule)."""
+        if self.svc.held is None:
+            return None
+        row = self.svc.held.latest(self.mailbox, [key]).get(key)
+        return row.id if row is not None and row.status in ("discarded", "unlinked") else None
 
     def _unchanged_since(self, link: Link, crm: CrmRecord, fields: tuple[str, ...]) -> bool:
         own = tuple(f for f in fields if f not in CONTACT_CRM_READONLY)
         assert link.base is not None
-        return all(same(f, getattr(crm.record, f), getattr(link.base, f), region=self.svc.policy.region)
+        return all(same(f, getattr(crm.record, f), getattr(link.base, f), region=self.policy.region)
                    for f in own)
 
     def _create_crm(self, link: Link, kind: str, ident: str, ex: ExchangeRecord,
@@ -463,7 +598,7 @@ class _MailboxBatch:
             self._check(link.crm_key)
             ex = self.exchange.update(ex.item_id, {}, ex.change_key, crm_key=link.crm_key)
             crash_point("after_exchange_write")
-        plan = plan_create_crm(ex.record, fields, self.svc.policy)
+        plan = plan_create_crm(ex.record, fields, self._policy(link))
         self._check(link.crm_key)
         with _writing("crm", link.crm_key, plan.to_crm):
             crm = self.svc.crm.create_account(ident, plan.to_crm)
@@ -471,8 +606,14 @@ class _MailboxBatch:
         return replace(self._update(link, fields, plan.base, ex, crm), writes=_writes("crm", {}, plan.to_crm))
 
     def _merge(self, link: Link, fields: tuple[str, ...], crm: CrmRecord, ex: ExchangeRecord) -> Step:
-        plan: Plan = reconcile(link.base, crm.record, ex.record, self._policy(link), fields=fields,
-                               crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at)
+        policy = self._policy(link)
+        queue = self.svc.conflicts if policy.conflict == "manual" else None
+        decided = {}
+        if queue is not None:   # a person's decisions on held fields of this link
+            decided = {f: row for f, row in queue.open_for(self.mailbox, link.crm_key).items() if row.status == "resolved"}
+        plan: Plan = reconcile(link.base, crm.record, ex.record, policy, fields=fields,
+                               crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at,
+                               resolved={f: row.value for f, row in decided.items()})
         written = (_writes("exchange", ex.record.model_dump(), plan.to_exchange)
                    + _writes("crm", crm.record.model_dump(), plan.to_crm))
         if plan.to_exchange:
@@ -486,21 +627,27 @@ class _MailboxBatch:
                 crm = self.svc.crm.update(link.crm_key, plan.to_crm, crm.version)
             crash_point("after_crm_write")
         outcome: Outcome = "updated" if (plan.to_crm or plan.to_exchange) else "noop"
-        conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts)
+        conflicts = tuple(ConflictRecord(c.field, c.crm_value, c.exchange_value, c.chosen) for c in plan.conflicts
+                          if c.chosen != "held")
+        conflicts += tuple(ConflictRecord(f, row.crm_value, row.exchange_value, f"manual: {row.decided_by}")
+                           for f, row in decided.items())
+        if queue is not None:
+            held = [(c.field, c.crm_value, c.exchange_value, c.base_value) for c in plan.conflicts if c.chosen == "held"]
+            queue.hold(self.mailbox, link.crm_key, held, self.svc.clock())
+            queue.mark_applied([row.id for row in decided.values()], self.svc.clock())
         return outcome, replace(self._update(link, fields, plan.base, ex, crm), conflicts=conflicts,
                                 writes=written)
 
     def _policy(self, link: Link) -> Policy:
         """Secondary contacts take their company name from the CRM account, never from Exchange."""
-        policy = self.svc.policy
+        policy = self.policy
         if parse_crm_key(link.crm_key)[0] == "contact":
-            return Policy(conflict=policy.conflict, region=policy.region,
-                          crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
+            return replace(policy, crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
         return policy
 
     def _update(self, link: Link, fields: tuple[str, ...], base: CanonicalContact,
                 ex: ExchangeRecord, crm: CrmRecord) -> LinkUpdate:
-        digest = content_hash(base, fields, region=self.svc.policy.region)
+        digest = content_hash(base, fields, region=self.policy.region)
         return LinkUpdate(item_id=ex.item_id, change_key=ex.change_key, crm_version=crm.version,
                           base=base, crm_hash=digest, exchange_hash=digest)
 

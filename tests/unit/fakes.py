@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from crmsync.errors import LeaseTaken, Stale
-from crmsync.ports import CrmRecord, Event, ExchangeRecord, Link, LinkUpdate, NewEvent
+from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldConflict, HeldDelete, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact, parse_crm_key
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -309,3 +309,86 @@ class FakeStore:
         for event_id in event_ids:
             if self.events[event_id]["status"] not in ("applied", "dead"):
                 self.events[event_id].update(published_at=now, due_at=due_at or now)
+
+
+class FakeHeldDeletes:
+    """``HeldDeletes`` in memory; counts links in the FakeStore it is given."""
+
+    COUNTED = ("passed", "held")
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.rows: list[HeldDelete] = []
+
+    def note(self, mailbox, entries, status, now):
+        out = []
+        for key, side in entries:
+            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now)
+            self.rows.append(row)
+            out.append(row.id)
+        return out
+
+    def count_since(self, mailbox, since):
+        return sum(1 for r in self.rows if r.mailbox == mailbox and r.noted_at >= since and r.status in self.COUNTED)
+
+    def latest(self, mailbox, crm_keys):
+        wanted = set(crm_keys)
+        return {r.crm_key: r for r in self.rows if r.mailbox == mailbox and r.crm_key in wanted}
+
+    def find(self, mailbox=None, statuses=("held",)):
+        return [r for r in self.rows if r.status in statuses and (mailbox is None or r.mailbox == mailbox)]
+
+    def set_status(self, ids, status, now, *, only_from=()):
+        moved = []
+        for i, r in enumerate(self.rows):
+            if r.id in ids and (not only_from or r.status in only_from):
+                self.rows[i] = replace(r, status=status)
+                moved.append(r.id)
+        return sorted(moved)
+
+    def synced_links(self, mailbox):
+        return sum(1 for link in self.store.links.values()
+                   if link.mailbox == mailbox and link.base is not None and not link.deleted)
+
+
+class FakeHeldConflicts:
+    """``HeldConflicts`` in memory."""
+
+    def __init__(self) -> None:
+        self.rows: list[HeldConflict] = []
+
+    def hold(self, mailbox, crm_key, fields, now):
+        for name, crm_value, exchange_value, base_value in fields:
+            values = {"crm_value": crm_value, "exchange_value": exchange_value, "base_value": base_value}
+            for i, r in enumerate(self.rows):
+                if (r.mailbox, r.crm_key, r.field, r.status) == (mailbox, crm_key, name, "held"):
+                    self.rows[i] = replace(r, **values)
+                    break
+            else:
+                self.rows.append(HeldConflict(len(self.rows) + 1, mailbox, crm_key, name, status="held",
+                                              held_at=now, **values))
+
+    def open_for(self, mailbox, crm_key):
+        return {r.field: r for r in self.rows
+                if r.mailbox == mailbox and r.crm_key == crm_key and r.status in ("held", "resolved")}
+
+    def get(self, conflict_id):
+        return next((r for r in self.rows if r.id == conflict_id), None)
+
+    def find(self, mailbox=None, statuses=("held",)):
+        return [r for r in self.rows if r.status in statuses and (mailbox is None or r.mailbox == mailbox)]
+
+    def resolve(self, conflict_id, value, decided_by, now):
+        for i, r in enumerate(self.rows):
+            if r.id == conflict_id and r.status == "held":
+                self.rows[i] = replace(r, status="resolved", value=value, decided_by=decided_by)
+                return True
+        return False
+
+    def forget(self, mailbox, crm_key):
+        self.rows = [r for r in self.rows if (r.mailbox, r.crm_key) != (mailbox, crm_key)]
+
+    def mark_applied(self, ids, now):
+        for i, r in enumerate(self.rows):
+            if r.id in ids and r.status == "resolved":
+                self.rows[i] = replace(r, status="applied")

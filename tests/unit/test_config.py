@@ -168,7 +168,7 @@ def test_crmsync_mailboxes_replaces_the_files_list(tmp_path: Path) -> None:
         ("", {"CRMSYNC_SYNC_BATCH_SIZE": "lots"},
          "config key sync.batch_size: must be a whole number (got 'lots') [from env CRMSYNC_SYNC_BATCH_SIZE]"),
         ('[sync]\nconflict_policy = "last-wins"\n', {},
-         "config key sync.conflict_policy: must be one of newest-wins, crm-wins, exchange-wins (got 'last-wins') [from {path}]"),
+         "config key sync.conflict_policy: must be one of newest-wins, crm-wins, exchange-wins, manual (got 'last-wins') [from {path}]"),
         ('[sync]\nphone_region = "XX"\n', {}, "config key sync.phone_region: must be a two-letter region code"),
         ('[sync]\nprivate_sensitivities = ["Secret"]\n', {},
          "config key sync.private_sensitivities[0]: must be one of Normal, Personal, Private, Confidential (got 'Secret') [from {path}]"),

@@ -112,13 +112,16 @@ class EwsExchange:
     """``ExchangeSide`` for one mailbox's sync folder (an exchangelib Account + ContactsFolder)."""
 
     def __init__(self, account: Account, folder, *, private_sensitivities: Iterable[str] = DEFAULT_PRIVATE,
-                 chunk_size: int = _CHUNK) -> None:
+                 chunk_size: int = _CHUNK, categories: Iterable[str] = ()) -> None:
         register_crm_key_property()
         self.account = account
         self.folder = folder
         self.mailbox: str = account.primary_smtp_address
         self.private_sensitivities = frozenset(private_sensitivities)
         self.chunk_size = chunk_size
+        #: Outlook categories stamped on every contact crmsync creates. Updates never touch
+        #: categories, so the ones a user adds (and ours) stay.
+        self.categories = tuple(categories)
         # Contacts as last read, by ItemId: lets update() skip a GetItem when the ChangeKey still matches.
         self._cache: OrderedDict[str, Contact] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -270,6 +273,8 @@ class EwsExchange:
         except BadRecord as e:
             raise BadRecord(f"mailbox {self.mailbox}: {crm_key}: {e}") from None
         kwargs[CRM_KEY_ATTR] = crm_key
+        if self.categories:
+            kwargs["categories"] = list(self.categories)
         return Contact(account=self.account, folder=self.folder, **kwargs)
 
     def _created(self, contact: Contact, item_id: str, change_key: str, crm_key: str) -> ExchangeRecord:

@@ -1,0 +1,44 @@
+"""Delete rules and the delete brake (pure): what a delete may do, and when to hold them all.
+
+A delete crossing to the other side is dangerous (DESIGN.md §3): it crosses only by policy, and
+the brake holds every delete of a mailbox when, in one window, they number more than
+``max_count``, or more than ``max_percent`` of the mailbox's synced links while numbering at
+least ``min_count_for_percent`` (rclone's --max-delete, vdirsyncer's empty-side guard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+OnExchangeDelete = Literal["deactivate", "unlink"]
+OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
+
+
+@dataclass(frozen=True)
+class DeleteRules:
+    """What a delete on one side does on the other, and the brake's limits."""
+
+    on_exchange_delete: OnExchangeDelete = "deactivate"
+    on_crm_delete: OnCrmDelete = "move-to-deleted-items"
+    max_count: int = 25
+    max_percent: float = 10.0
+    min_count_for_percent: int = 5
+    window_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.on_exchange_delete not in ("deactivate", "unlink"):
+            raise ValueError(f"on_exchange_delete {self.on_exchange_delete!r} is not one of deactivate, unlink")
+        if self.on_crm_delete not in ("move-to-deleted-items", "unlink"):
+            raise ValueError(f"on_crm_delete {self.on_crm_delete!r} is not one of move-to-deleted-items, unlink")
+
+    def crosses(self, side: Literal["crm", "exchange"]) -> bool:
+        """Whether a delete may land on ``side`` at all (``unlink``: it never does)."""
+        return (self.on_exchange_delete if side == "crm" else self.on_crm_delete) != "unlink"
+
+    def trips(self, deletes: int, links: int) -> bool:
+        """Whether ``deletes`` in one window (those already crossed included) are too many for a
+        mailbox with ``links`` synced links."""
+        if deletes > self.max_count:
+            return True
+        return deletes >= self.min_count_for_percent and deletes * 100 > self.max_percent * max(links, 1)

@@ -1,0 +1,190 @@
+"""Sync policy through the real pipeline (issue 9): a one-way mailbox, switching it to two-way
+later, and a field rule. One stack for the module; each test sets the mailbox policy it needs
+(the config file is rewritten and the worker restarted, as an administrator would)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from exchangelib import Contact
+from exchangelib.indexed_properties import EmailAddress
+
+from tests.support.pipeline import FOLDER, Pipeline, wait_until
+
+BEGIN, END = "# policy-begin\n", "# policy-end\n"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def pipeline(request, tmp_path_factory, redis_server):
+    p = Pipeline(tmp_path_factory.mktemp(f"e2e-policy-{request.param}"), request.param,
+                 broker_url=redis_server.url(redis_server.new_database()))
+    text = p.config_path.read_text()
+    p.config_path.write_text(text.replace(f'folder = "{FOLDER}"\n', f'folder = "{FOLDER}"\n{BEGIN}{END}', 1))
+    p.policy = None
+    p.start_producer()
+    try:
+        p.outlook()
+        yield p
+    finally:
+        p.close()
+
+
+def set_policy(p: Pipeline, policy: str) -> None:
+    """Write the mailbox's policy keys and (re)start the worker with them."""
+    if p.policy == policy:
+        return
+    text = p.config_path.read_text()
+    p.config_path.write_text(re.sub(f"{BEGIN}.*?{END}", lambda _: f"{BEGIN}{policy}\n{END}", text, flags=re.S))
+    p.stop("worker")
+    p.start_worker()
+    p.policy = policy
+    p.settle()
+
+
+def insert_account(p: Pipeline, **values) -> str:
+    values.setdefault("account_no", f"P-{uuid.uuid4().hex[:8]}")
+    values.setdefault("is_active", True)
+    p.crm.execute(f"INSERT INTO accounts ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})",
+                  **values)
+    return values["account_no"]
+
+
+def account(p: Pipeline, account_no: str) -> dict:
+    return p.crm.query("SELECT * FROM accounts WHERE account_no = :no", no=account_no)[0]
+
+
+def contact_by_email(p: Pipeline, email: str):
+    found = [c for c in p.contacts() if any(e.email == email for e in (c.email_addresses or []))]
+    return found[0] if len(found) == 1 else None
+
+
+def outlook_edit(p: Pipeline, contact, **fields) -> None:
+    for name, value in fields.items():
+        setattr(contact, name, value)
+    contact.save(update_fields=list(fields))
+
+
+def test_a_crm_to_exchange_mailbox_pushes_and_never_writes_the_crm(pipeline):
+    p = pipeline
+    set_policy(p, 'direction = "crm-to-exchange"')
+    email = f"ada.{uuid.uuid4().hex[:6]}@oneway.example"
+    no = insert_account(p, company_name="One Way Ltd", first_name="Ada", last_name="Lovelace", email=email)
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    p.settle()
+    accounts_before = p.crm.query("SELECT count(*) AS n FROM accounts")[0]["n"]
+    changelog_before = p.crm_changelog_count()
+
+    outlook_edit(p, contact, job_title="Countess")                          # edited in Outlook
+    account_, folder = p.outlook()
+    Contact(account=account_, folder=folder, given_name="Only", surname="Outlook", display_name="Only Outlook",
+            email_addresses=[EmailAddress(email=f"only.{uuid.uuid4().hex[:6]}@outlook.example")]).save()
+    wait_until(lambda: (contact_by_email(p, email) or contact).job_title is None, 60,
+               what="Outlook to mirror the CRM again")
+    p.settle()
+
+    assert p.crm_changelog_count() == changelog_before                       # not one CRM write
+    assert p.crm.query("SELECT count(*) AS n FROM accounts")[0]["n"] == accounts_before
+    assert account(p, no)["job_title"] is None
+    outcomes = {r["outcome"] for r in p.state("SELECT outcome FROM events WHERE source = 'exchange'")}
+    assert "skipped-one-way" in outcomes
+
+    p.crm.execute("UPDATE accounts SET job_title = 'Engineer' WHERE account_no = :no", no=no)  # CRM edits go out
+    wait_until(lambda: contact_by_email(p, email).job_title == "Engineer", 60, what="the CRM edit in Outlook")
+
+
+def test_switching_to_two_way_replays_no_one_way_edit_and_a_field_rule_holds(pipeline):
+    p = pipeline
+    set_policy(p, 'direction = "crm-to-exchange"')
+    email = f"grace.{uuid.uuid4().hex[:6]}@switch.example"
+    no = insert_account(p, company_name="Switch Inc", first_name="Grace", last_name="Hopper", email=email,
+                        notes="CRM notes")
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    outlook_edit(p, contact, job_title="Admiral")                             # discarded: one-way
+    wait_until(lambda: contact_by_email(p, email).job_title is None, 60, what="the mirror restored")
+    p.settle()
+    changelog_before = p.crm_changelog_count()
+
+    set_policy(p, 'direction = "two-way"\nfields = {notes = "crm-to-exchange"}')
+    p.crm.execute("UPDATE accounts SET phone_business = '+1 202 555 0101' WHERE account_no = :no", no=no)
+    wait_until(lambda: contact_by_email(p, email).phone_numbers, 60, what="the CRM edit in Outlook")
+    p.settle()
+    assert account(p, no)["job_title"] is None                                # nothing replayed
+    assert p.crm_changelog_count() == changelog_before + 1                    # only our own UPDATE
+
+    contact = contact_by_email(p, email)
+    outlook_edit(p, contact, job_title="Rear Admiral", body="my own scribbles")
+    wait_until(lambda: account(p, no)["job_title"] == "Rear Admiral", 60, what="the Outlook edit in the CRM")
+    p.settle()
+    assert account(p, no)["notes"] == "CRM notes"                             # the field rule
+    assert "CRM notes" in str(contact_by_email(p, email).body)
+
+
+def test_a_mass_delete_in_outlook_is_held_until_approved_then_exactly_those_are_deactivated(pipeline):
+    p = pipeline
+    set_policy(p, "max_delete_count = 5\nmin_delete_count_for_percent = 1000")
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Brake {tag} {n}", first_name="B", last_name=f"N{n}",
+                              email=f"b{n}.{tag}@brake.example") for n in range(12)]
+    emails = {f"b{n}.{tag}@brake.example": no for n, no in enumerate(numbers)}
+
+    def pushed():
+        found = {e.email: c for c in p.contacts() for e in (c.email_addresses or []) if e.email in emails}
+        return found if len(found) == 12 else None
+    contacts = wait_until(pushed, 90, what="the 12 contacts in Outlook")
+    p.settle()
+
+    doomed = sorted(emails)[:8]
+    account_, _ = p.outlook()
+    account_.bulk_delete([contacts[e] for e in doomed], delete_type="MoveToDeletedItems")   # one gesture in Outlook
+
+    def held():
+        rows = json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+        return rows if len(rows) == 8 else None
+    rows = wait_until(held, 60, what="8 held deletes")
+    p.settle()
+    assert all(account(p, no)["is_active"] for no in numbers)                 # nothing deactivated yet
+    assert sorted(r["crm_key"] for r in rows) == sorted(f"account:{emails[e]}" for e in doomed)
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1 and "8 delete(s) held by the delete brake" in check.stdout
+
+    done = p.cli("deletes", "approve", "--all")
+    assert "8 held delete(s) approved; 8 carried out now" in done.stdout
+    p.settle()
+    inactive = sorted(no for no in numbers if not account(p, no)["is_active"])
+    assert inactive == sorted(emails[e] for e in doomed)
+    assert json_rows(p.cli("deletes", "list", "--format", "json").stdout) == []
+
+
+def json_rows(text: str) -> list[dict]:
+    import json
+
+    return json.loads(text) if text.strip() else []
+
+
+def test_manual_conflict_keeps_both_values_syncs_the_rest_and_a_resolution_reaches_both_sides(pipeline):
+    p = pipeline
+    set_policy(p, 'conflict_policy = "manual"')
+    email = f"hedy.{uuid.uuid4().hex[:6]}@manual.example"
+    no = insert_account(p, company_name="Manual AB", first_name="Hedy", last_name="Lamarr", email=email,
+                        job_title="Inventor")
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    p.settle()
+    p.stop("worker")                                     # both sides edit before anything syncs
+    p.crm.execute("UPDATE accounts SET job_title = 'Actress' WHERE account_no = :no", no=no)
+    outlook_edit(p, contact, job_title="Engineer", department="Radio")
+    p.start_worker()
+    rows = wait_until(lambda: json_rows(p.cli("conflicts", "list", "--format", "json").stdout), 60,
+                      what="a held conflict")
+    wait_until(lambda: account(p, no)["department"] == "Radio", 60, what="the rest of the record in the CRM")
+    p.settle()
+    assert [(r["crm_key"], r["field"], r["crm_value"], r["exchange_value"], r["base_value"]) for r in rows] == [
+        (f"account:{no}", "job_title", "Actress", "Engineer", "Inventor")]
+    assert account(p, no)["job_title"] == "Actress" and contact_by_email(p, email).job_title == "Engineer"
+
+    done = p.cli("conflicts", "resolve", str(rows[0]["id"]), "--take", "exchange")
+    assert "written on both sides" in done.stdout
+    p.settle()
+    assert account(p, no)["job_title"] == "Engineer" and contact_by_email(p, email).job_title == "Engineer"
+    assert json_rows(p.cli("conflicts", "list", "--format", "json").stdout) == []
