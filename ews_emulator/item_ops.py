@@ -167,20 +167,56 @@ def _matching(ctx: Context, folder_id: str, restriction: etree._Element | None, 
 def _ids_by_extended_value(ctx: Context, folder_id: str, key: str, wanted: frozenset[str]) -> list[str] | None:
     """Ids of the folder's items whose extended property ``key`` has a value (casefolded)
     among ``wanted``, in creation order: a look-up by stamped keys reads only that property
-    of each item, as field_value would give it. None when the key cannot be put in a JSON path."""
+    of each item, as field_value would give it. None when the key cannot be put in a JSON path.
+
+    The values are remembered per item and ChangeKey (every change of an item's data gives it a
+    new ChangeKey), so a look-up reads the property again only of items new or changed since
+    the last one; what it goes through each time is the folder's ids and ChangeKeys."""
     if '"' in key or "\\" in key:
         return None
-    out = []
-    for item_id, raw in ctx.store.execute(
-            "SELECT id, json_extract(data, ?) FROM items WHERE folder_id=? ORDER BY created, rowid",
-            (f'$.ext."{key}"', folder_id)):
-        if raw is None:
-            continue
-        rec = json.loads(raw)
-        got = rec.get("vs") if "vs" in rec else rec.get("v")
-        if got is not None and any(str(v).casefold() in wanted for v in (got if isinstance(got, list) else (got,))):
-            out.append(item_id)
-    return out
+    known = _remembered(ctx, folder_id, key)
+    rows = ctx.store.execute("SELECT id, change_key FROM items WHERE folder_id=? ORDER BY created, rowid",
+                             (folder_id,)).fetchall()
+    stale = [item_id for item_id, ck in rows if known.get(item_id, ("",))[0] != ck]
+    for start in range(0, len(stale), 500):
+        part = stale[start:start + 500]
+        for item_id, ck, raw in ctx.store.execute(
+                f"SELECT id, change_key, json_extract(data, ?) FROM items WHERE id IN ({','.join('?' * len(part))})",
+                (f'$.ext."{key}"', *part)):
+            known[item_id] = (ck, _casefolded(raw))
+    current = {item_id: known[item_id] for item_id, ck in rows if known.get(item_id, ("",))[0] == ck}
+    _remember(ctx, folder_id, key, current)
+    return [item_id for item_id, (_, values) in current.items() if any(v in wanted for v in values)]
+
+
+def _casefolded(raw: str | None) -> tuple[str, ...]:
+    """The values of an extended property record (its JSON), casefolded; () when absent."""
+    if raw is None:
+        return ()
+    rec = json.loads(raw)
+    got = rec.get("vs") if "vs" in rec else rec.get("v")
+    if got is None:
+        return ()
+    return tuple(str(v).casefold() for v in (got if isinstance(got, list) else (got,)))
+
+
+def _remembered(ctx: Context, folder_id: str, key: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """A copy of what the last look-up of ``key`` in the folder read (empty without a running emulator)."""
+    cache = ctx.app.state.get(_EXT_VALUES, {}) if ctx.app is not None else {}
+    return dict(cache.get((folder_id, key), {}))
+
+
+def _remember(ctx: Context, folder_id: str, key: str, values: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+    if ctx.app is None:
+        return
+    cache = ctx.app.state.setdefault(_EXT_VALUES, {})
+    if len(cache) > 64 and (folder_id, key) not in cache:
+        cache.clear()
+    cache[(folder_id, key)] = values
+
+
+#: Where the emulator's state keeps the extended-property values that look-ups have read.
+_EXT_VALUES = "item_ops.extended_values"
 
 
 def _items_for_query(ctx: Context, folder_id: str, *query: etree._Element | None) -> list[dict]:

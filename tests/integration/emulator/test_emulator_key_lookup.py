@@ -70,3 +70,17 @@ def test_key_lookup_sorts_and_pages_like_any_query(keyed):
     plain.page_size = 4
     assert sorted(plain.values_list("lookup_key", flat=True)) == sorted(wanted)
     assert keyed.filter(lookup_key__in=wanted).count() == 15
+
+
+def test_a_second_lookup_sees_items_changed_created_moved_and_deleted_since_the_first(keyed, account):
+    wanted = ["acc-1", "acc-2", "acc-3", "acc-new", "acc-renamed"]
+    assert names(keyed.filter(lookup_key__in=wanted)) == ["Person 01", "Person 02", "Person 03"]
+    one = keyed.get(lookup_key="acc-1")
+    one.lookup_key = "acc-renamed"
+    one.save(update_fields=["lookup_key"])
+    keyed.get(lookup_key="acc-2").delete()
+    keyed.get(lookup_key="acc-3").move(account.trash)
+    account.bulk_create(folder=keyed, items=[Contact(folder=keyed, display_name="New", lookup_key="ACC-NEW")])
+    assert names(keyed.filter(lookup_key__in=wanted)) == ["New", "Person 01"]
+    assert names(keyed.filter(lookup_key__in=["acc-1", "acc-2", "acc-3"])) == []
+    assert names(account.trash.filter(lookup_key__in=wanted)) == ["Person 03"]
