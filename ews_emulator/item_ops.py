@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from lxml import etree
 
 from .contact_xml import (
@@ -20,7 +24,7 @@ from .contact_xml import (
 from .folder_ops import page
 from .folders import default_mailbox, resolve_folder, resolve_item
 from .registry import Context, EwsError, m, operation, t
-from .restrictions import apply_sort, compile_restriction
+from .restrictions import apply_sort, compile_restriction, key_lookup, referenced_uris
 from .soap import error_message, new_response, ok_message, require
 
 DEFAULT_FOLDER_BY_TAG = {"Contact": "contacts", "DistributionList": "contacts", "CalendarItem": "calendar",
@@ -119,11 +123,12 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
             else:
                 elems = [item_to_xml(i, shape, find=True) for i in ctx.store.get_items([i for i, _ in chunk])]
         else:
-            items = [i for i in ctx.store.folder_items(folder["id"]) if pred(i)]
-            apply_sort(items, order, field_value)
-            chunk, nxt, last = page(items, view)
-            total = len(items)
-            elems = [item_to_xml(i, shape, find=True) for i in chunk]
+            with _snapshot(ctx):   # the matches and the page read from one state of the store
+                items = _matching(ctx, folder["id"], restriction, order, pred)
+                apply_sort(items, order, field_value)
+                chunk, nxt, last = page(items, view)
+                total = len(items)
+                elems = [item_to_xml(i, shape, find=True) for i in ctx.store.get_items([i["id"] for i in chunk])]
         msg = ok_message(messages, "FindItem")
         rf = etree.SubElement(msg, m("RootFolder"), IndexedPagingOffset=str(nxt), TotalItemsInView=str(total),
                               IncludesLastItemInRange="true" if last else "false")
@@ -131,6 +136,108 @@ def find_item(ctx: Context, req: etree._Element) -> etree._Element:
         for e in elems:
             container.append(e)
     return resp
+
+
+@contextmanager
+def _snapshot(ctx: Context) -> Iterator[None]:
+    """A read transaction on this thread's connection (WAL: writers carry on beside it)."""
+    ctx.store.execute("BEGIN")
+    try:
+        yield
+    finally:
+        ctx.store.execute("COMMIT")
+
+
+#: Where an item's data keeps what a field URI names (see contact_xml.field_value).
+_DATA_PARTS = {"ExtendedFieldURI": ("ext",), "IndexedFieldURI": ("idx",), "FieldURI": ("t", "x")}
+
+
+def _matching(ctx: Context, folder_id: str, restriction: etree._Element | None, order: etree._Element | None,
+              pred) -> list[dict]:
+    """The folder's items that satisfy the restriction, in creation order, holding what the
+    restriction and the sort order read (the caller reads the page it returns in full)."""
+    lookup = key_lookup(restriction)
+    if lookup is not None and localname(lookup[0].tag) == "ExtendedFieldURI":
+        ids = _ids_by_extended_value(ctx, folder_id, ext_key(dict(lookup[0].attrib)), lookup[1])
+        if ids is not None:
+            return ctx.store.get_items(ids) if order is not None else [{"id": i} for i in ids]
+    return [i for i in _items_for_query(ctx, folder_id, restriction, order) if pred(i)]
+
+
+def _ids_by_extended_value(ctx: Context, folder_id: str, key: str, wanted: frozenset[str]) -> list[str] | None:
+    """Ids of the folder's items whose extended property ``key`` has a value (casefolded)
+    among ``wanted``, in creation order: a look-up by stamped keys reads only that property
+    of each item, as field_value would give it. None when the key cannot be put in a JSON path.
+
+    The values are remembered per item and ChangeKey (every change of an item's data gives it a
+    new ChangeKey), so a look-up reads the property again only of items new or changed since
+    the last one; what it goes through each time is the folder's ids and ChangeKeys."""
+    if '"' in key or "\\" in key:
+        return None
+    known = _remembered(ctx, folder_id, key)
+    rows = ctx.store.execute("SELECT id, change_key FROM items WHERE folder_id=? ORDER BY created, rowid",
+                             (folder_id,)).fetchall()
+    stale = [item_id for item_id, ck in rows if known.get(item_id, ("",))[0] != ck]
+    for start in range(0, len(stale), 500):
+        part = stale[start:start + 500]
+        for item_id, ck, raw in ctx.store.execute(
+                f"SELECT id, change_key, json_extract(data, ?) FROM items WHERE id IN ({','.join('?' * len(part))})",
+                (f'$.ext."{key}"', *part)):
+            known[item_id] = (ck, _casefolded(raw))
+    current = {item_id: known[item_id] for item_id, ck in rows if known.get(item_id, ("",))[0] == ck}
+    _remember(ctx, folder_id, key, current)
+    return [item_id for item_id, (_, values) in current.items() if any(v in wanted for v in values)]
+
+
+def _casefolded(raw: str | None) -> tuple[str, ...]:
+    """The values of an extended property record (its JSON), casefolded; () when absent."""
+    if raw is None:
+        return ()
+    rec = json.loads(raw)
+    got = rec.get("vs") if "vs" in rec else rec.get("v")
+    if got is None:
+        return ()
+    return tuple(str(v).casefold() for v in (got if isinstance(got, list) else (got,)))
+
+
+def _remembered(ctx: Context, folder_id: str, key: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """A copy of what the last look-up of ``key`` in the folder read (empty without a running emulator)."""
+    cache = ctx.app.state.get(_EXT_VALUES, {}) if ctx.app is not None else {}
+    return dict(cache.get((folder_id, key), {}))
+
+
+def _remember(ctx: Context, folder_id: str, key: str, values: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+    if ctx.app is None:
+        return
+    cache = ctx.app.state.setdefault(_EXT_VALUES, {})
+    if len(cache) > 64 and (folder_id, key) not in cache:
+        cache.clear()
+    cache[(folder_id, key)] = values
+
+
+#: Where the emulator's state keeps the extended-property values that look-ups have read.
+_EXT_VALUES = "item_ops.extended_values"
+
+
+def _items_for_query(ctx: Context, folder_id: str, *query: etree._Element | None) -> list[dict]:
+    """The folder's items in creation order, each holding only the parts of its data that the
+    restriction and sort order read (SQLite extracts them), so a query over a large folder
+    does not decode every whole item; the page that is returned is read in full afterwards."""
+    parts = sorted({p for u in referenced_uris(*query) for p in _DATA_PARTS[localname(u.tag)]})
+    picked = "".join(f", json_extract(data, '$.{p}') AS part_{p}" for p in parts)
+    rows = ctx.store.execute(f"SELECT id, mailbox, folder_id, change_key, item_class, created, modified{picked}"
+                             " FROM items WHERE folder_id=? ORDER BY created, rowid", (folder_id,))
+    out = []
+    for row in rows:
+        item = dict(row)
+        data = {}
+        for p in parts:
+            raw = item.pop(f"part_{p}")
+            if raw is not None:
+                data[p] = json.loads(raw)
+        item["data"] = data
+        out.append(item)
+    return out
 
 
 def _uri_and_value(update: etree._Element) -> tuple[etree._Element, etree._Element | None]:

@@ -54,11 +54,11 @@ def compile_restriction(elem: etree._Element | None, getter: Getter) -> Callable
     if name == "Restriction":
         inner = [c for c in elem if isinstance(c.tag, str)]
         return compile_restriction(inner[0], getter) if inner else (lambda obj: True)
-    if name in ("And", "Or"):
+    if name == "And":
         parts = [compile_restriction(c, getter) for c in elem if isinstance(c.tag, str)]
-        if name == "And":
-            return lambda obj: all(p(obj) for p in parts)
-        return lambda obj: any(p(obj) for p in parts)
+        return lambda obj: all(p(obj) for p in parts)
+    if name == "Or":
+        return _compile_or([c for c in elem if isinstance(c.tag, str)], getter)
     if name == "Not":
         inner = compile_restriction(next(c for c in elem if isinstance(c.tag, str)), getter)
         return lambda obj: not inner(obj)
@@ -114,6 +114,85 @@ def compile_restriction(elem: etree._Element | None, getter: Getter) -> Callable
         bitmask = int(elem.find(t("Bitmask")).get("Value", "0"), 0)
         return lambda obj: not (int(getter(obj, uri) or 0) & bitmask)
     raise EwsError("ErrorUnsupportedQueryFilter", f"The restriction {name} is not supported.")
+
+
+def _plain_text(value: str) -> bool:
+    """A constant that can only equal a stored value as case-insensitive text (neither a number
+    nor a boolean for ``_norm``): equality with it is ``casefold() ==``, so a set can hold it."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return value.lower() not in ("true", "false") and value.casefold() not in ("true", "false")
+    return False
+
+
+def _equality_target(elem: etree._Element) -> tuple[tuple, etree._Element, str] | None:
+    """(identity of the property, its URI element, the constant) for an IsEqualTo against a
+    plain-text constant; None for any other expression."""
+    if localname(elem.tag) != "IsEqualTo":
+        return None
+    uri = _uri_child(elem)
+    holder = elem.find(t("FieldURIOrConstant"))
+    const = holder.find(t("Constant")) if holder is not None else None
+    if const is None:
+        return None
+    value = const.get("Value", "")
+    if not _plain_text(value):
+        return None
+    return (localname(uri.tag), tuple(sorted(uri.attrib.items()))), uri, value
+
+
+def _compile_or(kids: list[etree._Element], getter: Getter) -> Callable[[Any], bool]:
+    """An Or. Its IsEqualTo terms on one property against plain-text constants (what a client
+    sends to look up many keys at once) become one read of the property and a set look-up,
+    so the cost per item does not grow with the number of terms; the result is the same as
+    evaluating every term on its own."""
+    sets: dict[tuple, tuple[etree._Element, set[str]]] = {}
+    others: list[Callable[[Any], bool]] = []
+    for kid in kids:
+        target = _equality_target(kid)
+        if target is None:
+            others.append(compile_restriction(kid, getter))
+            continue
+        ident, uri, value = target
+        sets.setdefault(ident, (uri, set()))[1].add(value.casefold())
+    groups = list(sets.values())
+
+    def any_term(obj: Any) -> bool:
+        for uri, wanted in groups:
+            got = getter(obj, uri)
+            if got is None:
+                continue
+            for v in got if isinstance(got, list) else (got,):
+                if str(v).casefold() in wanted:
+                    return True
+        return any(p(obj) for p in others)
+
+    return any_term
+
+
+def key_lookup(elem: etree._Element | None) -> tuple[etree._Element, frozenset[str]] | None:
+    """When a restriction only asks whether one property equals one of some plain-text
+    constants (an IsEqualTo, or an Or of them: a client looking up items by their keys), the
+    URI of that property and the casefolded constants; None otherwise. An item matches iff
+    the property's value (any value, when multi-valued) casefolded is among them."""
+    if elem is not None and localname(elem.tag) == "Restriction":
+        inner = [c for c in elem if isinstance(c.tag, str)]
+        elem = inner[0] if len(inner) == 1 else None
+    if elem is None:
+        return None
+    terms = [c for c in elem if isinstance(c.tag, str)] if localname(elem.tag) == "Or" else [elem]
+    targets = [_equality_target(term) for term in terms]
+    if not targets or any(tg is None for tg in targets) or len({tg[0] for tg in targets}) != 1:
+        return None
+    return targets[0][1], frozenset(tg[2].casefold() for tg in targets)
+
+
+def referenced_uris(*elems: etree._Element | None) -> list[etree._Element]:
+    """Every FieldURI, IndexedFieldURI and ExtendedFieldURI inside the given restriction and
+    sort order elements: what evaluating them can read of an item."""
+    return [u for e in elems if e is not None for u in e.iter()
+            if isinstance(u.tag, str) and localname(u.tag) in URI_TAGS]
 
 
 def sort_key(order: etree._Element | None, getter: Getter) -> list[tuple[Callable[[Any], Any], bool]]:

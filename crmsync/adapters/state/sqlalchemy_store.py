@@ -333,7 +333,7 @@ class SqlStateStore:
                  "created_at": now} for key in fresh]
         try:
             with conn.begin_nested():
-                got = conn.execute(links.insert().returning(*links.c, sort_by_parameter_order=True),
+                got = conn.execute(links.insert().returning(*links.c),   # matched by crm_key, any order
                                    rows).all()
         except IntegrityError:
             return {}      # a concurrent worker created some of them: go key by key

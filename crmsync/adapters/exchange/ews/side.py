@@ -209,11 +209,14 @@ class EwsExchange:
                 return rec
         return None
 
-    def find_many_by_crm_key(self, crm_keys: Sequence[str], chunk: int = 50) -> dict[str, ExchangeRecord]:
+    def find_many_by_crm_key(self, crm_keys: Sequence[str], chunk: int | None = None) -> dict[str, ExchangeRecord]:
         """``find_by_crm_key`` for a batch: one FindItem per ``chunk`` keys (an Or of
-        IsEqualTo on the stamp), then one GetItem per ``chunk_size`` found contacts."""
+        IsEqualTo on the stamp; default ``chunk_size``, so a worker's batch of creates is looked
+        up in one request: each FindItem scans the whole folder), then one GetItem per
+        ``chunk_size`` found contacts."""
         keys = list(dict.fromkeys(crm_keys))
         found: dict[str, str] = {}
+        chunk = chunk or self.chunk_size
         for start in range(0, len(keys), chunk):
             part = keys[start:start + chunk]
             with ews_errors(self.mailbox, f"looking up {len(part)} stamped contacts"):
