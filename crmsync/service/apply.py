@@ -616,10 +616,13 @@ class _MailboxBatch:
                                resolved={f: row.value for f, row in decided.items()})
         written = (_writes("exchange", ex.record.model_dump(), plan.to_exchange)
                    + _writes("crm", crm.record.model_dump(), plan.to_crm))
-        if plan.to_exchange:
+        # A pair linked by hand or by the matcher carries no stamp yet: stamp it with this write
+        # (or alone), so a lost state database finds the pair again instead of creating a copy.
+        stamp = link.crm_key if ex.crm_key != link.crm_key else None
+        if plan.to_exchange or stamp is not None:
             self._check(link.crm_key)
             with _writing("exchange", link.crm_key, plan.to_exchange):
-                ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key)
+                ex = self.exchange.update(ex.item_id, plan.to_exchange, ex.change_key, crm_key=stamp)
             crash_point("after_exchange_write")
         if plan.to_crm:
             self._check(link.crm_key)

@@ -106,6 +106,21 @@ def test_a_manual_link_makes_the_first_sync_a_merge_not_a_create(world):
     assert ex.items[ada]["record"].company_name == crm.read("account:A-1").record.company_name
 
 
+def test_the_merge_of_a_manual_link_stamps_the_contact_so_a_lost_state_database_cannot_duplicate_it(world):
+    svc, crm, ex, store = world
+    ada, _, _ = same_people(crm, ex)
+    svc.link(MB, "account:A-1", ada)
+    assert ex.items[ada]["crm_key"] is None
+    first_sync(crm, ex, store)
+    assert ex.items[ada]["crm_key"] == "account:A-1"
+    # The state database is lost: the next first sync finds Ada by her stamp and creates no copy.
+    fresh = FakeStore()
+    before = len(ex.items)
+    first_sync(crm, ex, fresh)
+    assert len(ex.items) == before
+    assert fresh.find_link(MB, crm_key="account:A-1").item_id == ada
+
+
 def test_link_refuses_a_record_or_item_already_linked(world):
     svc, crm, ex, _ = world
     ada, grace, _ = same_people(crm, ex)
