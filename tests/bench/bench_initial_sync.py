@@ -13,6 +13,7 @@ test: run it as a script.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -95,7 +96,11 @@ def _producer_started_at(p: Pipeline) -> float:
 
     line = wait_until(lambda: next((ln for ln in p.log("producer").splitlines()
                                     if "producer.started" in ln), None), 60, what="the producer")
-    return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+    if line.lstrip().startswith("{"):           # JSON logs (the log stream is not a terminal)
+        stamp = json.loads(line)["timestamp"]
+    else:
+        stamp = line.split()[0]
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def pipeline_initial_sync(tmp: Path, n: int, workers: int) -> tuple:
