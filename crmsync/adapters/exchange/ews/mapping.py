@@ -45,7 +45,7 @@ crmsync would have derived from the old name (a display name the user typed is k
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exchangelib import Contact
@@ -53,9 +53,10 @@ from exchangelib.indexed_properties import EmailAddress, PhoneNumber, PhysicalAd
 from exchangelib.properties import Body, HTMLBody
 from lxml import html as lxml_html
 
-from crmsync.core.storable import check_storable
-from crmsync.errors import BadRecord
-from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
+from crmsync.adapters.exchange.contact_rules import check_known as _check_known
+from crmsync.adapters.exchange.contact_rules import derive_display_name, derive_file_as
+from crmsync.adapters.exchange.contact_rules import storable as _storable
+from schemas.canonical import CanonicalContact
 
 #: Plain attributes: canonical field -> Contact attribute.
 SIMPLE_FIELDS: dict[str, str] = {
@@ -104,31 +105,6 @@ _UNNAMED = "(no name)"
 def _clean(value: str | None) -> str | None:
     """Canonical 'empty' is None; an empty string from either side means the same."""
     return value if value else None
-
-
-def _storable(field: str, value: str | None) -> str | None:
-    """``value`` unchanged (empty -> None), or BadRecord when Exchange would not store it as it is."""
-    check_storable("writing to Exchange", field, value)
-    return value if value else None
-
-
-def _check_known(fields: Iterable[str]) -> None:
-    unknown = sorted(set(fields) - set(ACCOUNT_FIELDS))
-    if unknown:
-        raise BadRecord(f"unknown canonical field(s) {unknown}: the Exchange mapping knows {list(ACCOUNT_FIELDS)}")
-
-
-def derive_display_name(first: str | None, last: str | None, company: str | None) -> str | None:
-    """'First Last', else the company; what Outlook shows in the contact list."""
-    name = " ".join(p for p in (first, last) if p)
-    return name or company or None
-
-
-def derive_file_as(first: str | None, last: str | None, company: str | None) -> str | None:
-    """'Last, First' (Outlook's default filing), else the company."""
-    if first and last:
-        return f"{last}, {first}"
-    return last or first or company or None
 
 
 # --------------------------------------------------------------------------- canonical -> Contact

@@ -32,12 +32,14 @@ contact as read. ``displayName``/``fileAs`` follow the same rule as over EWS.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from crmsync.core.storable import check_storable
+from crmsync.adapters.exchange.contact_rules import check_known as _check_known
+from crmsync.adapters.exchange.contact_rules import derive_display_name, derive_file_as
+from crmsync.adapters.exchange.contact_rules import storable as _storable
 from crmsync.errors import BadRecord
-from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
+from schemas.canonical import CanonicalContact
 
 #: The crmsync stamp: the same named property as the EWS adapter's (PublicStrings, crmsync-crm-key).
 CRM_KEY_ID = "String {00020329-0000-0000-C000-000000000046} Name crmsync-crm-key"
@@ -78,30 +80,6 @@ _ONLY_EMAIL2 = ("field email2: Graph lists a contact's e-mail addresses by posit
 
 def _clean(value: Any) -> str | None:
     return str(value) if value else None
-
-
-def _storable(field: str, value: str | None) -> str | None:
-    check_storable("writing to Exchange", field, value)
-    return value if value else None
-
-
-def _check_known(fields: Iterable[str]) -> None:
-    unknown = sorted(set(fields) - set(ACCOUNT_FIELDS))
-    if unknown:
-        raise BadRecord(f"unknown canonical field(s) {unknown}: the Exchange mapping knows {list(ACCOUNT_FIELDS)}")
-
-
-def derive_display_name(first: str | None, last: str | None, company: str | None) -> str | None:
-    """'First Last', else the company (the EWS adapter's rule)."""
-    name = " ".join(p for p in (first, last) if p)
-    return name or company or None
-
-
-def derive_file_as(first: str | None, last: str | None, company: str | None) -> str | None:
-    """'Last, First', else the company (the EWS adapter's rule)."""
-    if first and last:
-        return f"{last}, {first}"
-    return last or first or company or None
 
 
 def extended(contact: Mapping[str, Any]) -> dict[str, str]:
