@@ -183,17 +183,20 @@ def status(
     """Per mailbox: links, last sync, pending/retrying/dead events; and the broker's queue depth."""
     c = ready_container()
     if watch:
-        import time
+        import signal
+        import threading
 
         from rich.live import Live
 
-        try:
-            with Live(_status_view(c, stale_after)[0], console=console, refresh_per_second=4) as live:
-                while True:
-                    time.sleep(interval)
-                    live.update(_status_view(c, stale_after)[0])
-        except KeyboardInterrupt:
-            return
+        # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a database or
+        # broker call could be swallowed there and leave the watch running for ever.
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        with Live(_status_view(c, stale_after)[0], console=console, refresh_per_second=4) as live:
+            while not stop.wait(interval):
+                live.update(_status_view(c, stale_after)[0])
+        return
     view, problems = _status_view(c, stale_after)
     console.print(view)
     if check:

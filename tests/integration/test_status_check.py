@@ -110,5 +110,10 @@ def test_watch_refreshes_until_interrupted(deployment, tmp_path):
             wait_until(lambda: last_dead_column(out) == "1", 30, what="the new dead event in a refreshed table")
         finally:
             os.killpg(proc.pid, signal.SIGINT)
-            code = proc.wait(20)
+            try:
+                code = proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)     # never leave it running after the test
+                proc.wait(20)
+                raise
     assert code == 0
