@@ -4,9 +4,9 @@ error it recovered from, and keeps trying through failures."""
 from __future__ import annotations
 
 import threading
-import time
 
 from producers.doorbells import CallbackDoorbell, CombinedDoorbell, NullDoorbell
+from tests.support.pipeline import wait_until
 
 
 class _Check:
@@ -65,9 +65,7 @@ def test_a_callback_doorbell_is_armed_once_its_check_works_again():
     bell.start()
     try:
         assert check.drained.wait(5)
-        deadline = time.monotonic() + 5
-        while not bell.armed() and time.monotonic() < deadline:   # the drained check returns
-            time.sleep(0.01)
+        wait_until(bell.armed, 5, interval=0.01, what="the drained check to return")
         assert bell.armed()                  # working again after the error
     finally:
         bell.stop()

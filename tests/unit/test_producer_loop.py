@@ -22,6 +22,7 @@ from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
 from producers.publisher import redact
 from producers.redrive import redrive
+from tests.support.pipeline import wait_until
 
 
 def initial(producer, mailbox: str) -> list[int]:
@@ -840,10 +841,10 @@ def test_the_idle_loop_keeps_looking_for_lost_messages_between_polls(changelog, 
     clock.now += timedelta(seconds=6)
     thread = threading.Thread(target=loop._sleep, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while sorted(broker.sent) != [1, 2] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    loop.stop.set()
+    try:
+        wait_until(lambda: sorted(broker.sent) == [1, 2], 5, interval=0.02, what="both events re-sent")
+    finally:
+        loop.stop.set()
     thread.join(5)
     assert sorted(broker.sent) == [1, 2]
 
@@ -856,9 +857,7 @@ def test_without_an_armed_doorbell_the_loop_polls_at_the_fallback_interval(chang
     thread.start()
     try:
         changelog.add("accounts", "A-2", "update")  # nobody rings: NullDoorbell is never armed
-        deadline = time.monotonic() + 5
-        while len(store.events) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(store.events) >= 2, 5, interval=0.02, what="the fallback poll's event")
         assert len(store.events) == 2
     finally:
         loop.stop.set()
