@@ -33,6 +33,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -57,6 +58,7 @@ _PHONE = re.compile(
 )
 
 
+@lru_cache(maxsize=65536)
 def _text(value: str) -> str | None:
     value = _WS.sub(" ", unicodedata.normalize("NFC", value)).strip()
     return value or None
@@ -72,6 +74,16 @@ def _email(value: str) -> str | None:
     text = _text(value)
     if text is None:
         return None
+    if text.isascii() and "xn--" not in text.lower():
+        # email-validator's normalized form of a plain-ASCII address differs from the address only
+        # in case (an IDNA "xn--" domain is turned into Unicode, hence the guard), and an address
+        # it rejects is compared lowercased anyway: skip it, it dominates the hashing cost of an
+        # initial sync. tests/unit/test_normalize.py proves both paths agree.
+        return text.lower()
+    return _validated_email(text)
+
+
+def _validated_email(text: str) -> str:
     try:
         return validate_email(text, check_deliverability=False).normalized.lower()
     except (EmailNotValidError, ValueError, UnicodeError):
@@ -127,10 +139,13 @@ def normalize_field(field: str, value: str | None, *, region: str = "US") -> str
     return _text(value)
 
 
+_CANONICAL_FIELDS = frozenset(CanonicalContact.model_fields)
+
+
 def _value(record: CanonicalContact | Mapping[str, str | None], field: str) -> str | None:
     if isinstance(record, Mapping):
         return record.get(field)
-    if field not in CanonicalContact.model_fields:
+    if field not in _CANONICAL_FIELDS:
         raise ValueError(f"unknown canonical field {field!r}")
     value: str | None = getattr(record, field)
     return value

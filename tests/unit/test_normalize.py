@@ -146,3 +146,37 @@ def test_normalized_accepts_a_partial_mapping():
 def test_normalized_rejects_an_unknown_field_of_a_record():
     with pytest.raises(ValueError, match="nickname"):
         normalized(CanonicalContact(), ("nickname",), region="US")
+
+
+# The plain-ASCII shortcut in _email must give exactly what email-validator's normalized form gives.
+_EMAILISH = st.text(alphabet="abcXYZ019.-_+@\"[]() <>!#$%&'*/=?^`{|}~:;,\\xn", max_size=40)
+_ADDRESS = st.builds(
+    lambda local, domain, tld: f"{local}@{domain}.{tld}",
+    st.text(alphabet="aBz09.-_+'!#$%&*/=?^`{|}~\"", min_size=0, max_size=20),
+    st.text(alphabet="aBz09-.", min_size=0, max_size=20),
+    st.sampled_from(["com", "ORG", "de", "x", "c0m", "", "xn--bcher-kva"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(value=st.one_of(_EMAILISH, _ADDRESS))
+def test_ascii_email_shortcut_agrees_with_email_validator(value):
+    from crmsync.core.normalize import _text, _validated_email
+
+    text = _text(value)
+    assert normalize_field("email", value) == (None if text is None else _validated_email(text))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bob@Example.COM", "bob@xn--bcher-kva.de", "BOB@XN--BCHER-KVA.DE", '"quoted local"@example.com',
+        "bob@[127.0.0.1]", "Bob <bob@example.com>", "bob@example.com.", "bob..smith@example.com",
+        ".bob@example.com", "bob@-example.com", "a" * 65 + "@example.com", "bob@" + "d" * 64 + ".com",
+        "bob@localhost", "bob@example", "bob+tag@sub.example.co.uk", "b@b.c0m",
+    ],
+)
+def test_ascii_email_edge_cases_agree_with_email_validator(value):
+    from crmsync.core.normalize import _validated_email
+
+    assert normalize_field("email", value) == _validated_email(value)
