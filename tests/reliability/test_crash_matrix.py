@@ -46,21 +46,43 @@ def _insert(pipeline, email: str, phone: str = "+1 555 0100") -> str:
     return account_no
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def pipeline(request, tmp_path, redis_server):
-    p = Pipeline(tmp_path, request.param, worker_concurrency=1,
-                 broker_url=redis_server.url(redis_server.new_database()))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory, redis_server):
+    """One running stack per backend for the whole matrix: the invariant is global (every record
+    once on each side, links one-to-one), so each case adds its own records and checks it again.
+    Short Exchange timeouts and lease keep a crashed worker's lease from holding a case for long."""
+    p = Pipeline(tmp_path_factory.mktemp(f"crash-{request.param}"), request.param, worker_concurrency=1,
+                 broker_url=redis_server.url(redis_server.new_database()),
+                 exchange_timeout_s=2, exchange_max_wait_s=1, lease_ttl_s=10)
     try:
         yield p
     finally:
         p.close()
 
 
+@pytest.fixture
+def pipeline(stack):
+    """The shared stack, with no worker running; every worker a case starts is gone after it."""
+    assert not [n for n in stack.procs if n != "producer"], "a previous case left a worker running"
+    try:
+        yield stack
+    finally:
+        for name in [n for n in stack.procs if n != "producer"]:
+            stack.stop(name, signal.SIGKILL)
+
+
+def _ensure_producer(pipeline, env: dict[str, str] | None = None) -> None:
+    proc = pipeline.procs.get("producer")
+    if proc is None or proc.poll() is not None:
+        pipeline.procs.pop("producer", None)
+        pipeline.start_producer(env=env)
+
+
 @pytest.mark.parametrize("point", ["after_exchange_write", "before_link_commit"])
 def test_worker_crash_on_a_crm_change_leaves_no_duplicate_and_loses_nothing(pipeline, point, tmp_path):
     crash_env = {"CRMSYNC_CRASH_AT": point, "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
     worker = pipeline.start_worker("crashy", env=crash_env)
-    pipeline.start_producer()
+    _ensure_producer(pipeline)
     pipeline.outlook()
     email = f"crash.{uuid.uuid4().hex[:6]}@example.org"
     _insert(pipeline, email)
@@ -76,7 +98,7 @@ def test_worker_crash_on_a_crm_change_leaves_no_duplicate_and_loses_nothing(pipe
 def test_worker_crash_on_an_outlook_contact_creates_one_account(pipeline, point, tmp_path):
     crash_env = {"CRMSYNC_CRASH_AT": point, "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
     pipeline.start_worker("crashy", env=crash_env)
-    pipeline.start_producer()
+    _ensure_producer(pipeline)
     account, folder = pipeline.outlook()
     email = f"olga.{uuid.uuid4().hex[:6]}@example.org"
     Contact(folder=folder, account=account, given_name="Olga", surname="Crash", display_name="Olga Crash",
@@ -93,19 +115,20 @@ def test_worker_crash_on_an_outlook_contact_creates_one_account(pipeline, point,
 def test_producer_crash_after_publish_loses_nothing(pipeline, tmp_path):
     pipeline.start_worker()
     crash_env = {"CRMSYNC_CRASH_AT": "after_publish", "CRMSYNC_CRASH_ONCE_FILE": str(tmp_path / "crashed")}
+    pipeline.stop("producer")             # the shared one; this case's producer is armed to crash
     pipeline.start_producer(env=crash_env)
     pipeline.outlook()
     email = f"pub.{uuid.uuid4().hex[:6]}@example.org"
     _insert(pipeline, email)
     wait_until(lambda: (tmp_path / "crashed").exists(), 60, what="the producer to crash after publishing")
     pipeline.stop("producer", signal.SIGKILL)
-    pipeline.start_producer()
+    _ensure_producer(pipeline)
     wait_until(lambda: _emails(pipeline).get(email) == 1, 90, what="the contact")
     _assert_invariant(pipeline)
 
 
 def test_worker_sigkilled_mid_task_applies_the_change_after_restart(pipeline):
-    pipeline.start_producer()
+    _ensure_producer(pipeline)
     pipeline.start_worker("victim")
     pipeline.outlook()
     pipeline.settle()
@@ -125,7 +148,7 @@ def test_worker_sigkilled_mid_task_applies_the_change_after_restart(pipeline):
 def _synced(pipeline, email: str):
     """An account already in both places, the worker restarted with a crash armed next."""
     pipeline.start_worker("first")
-    pipeline.start_producer()
+    _ensure_producer(pipeline)
     pipeline.outlook()
     account_no = _insert(pipeline, email)
     wait_until(lambda: _emails(pipeline).get(email) == 1, 60, what="the first sync")

@@ -101,7 +101,8 @@ class Pipeline:
     def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
                  poll_interval_s: float = 0.5, max_attempts: int = 8,
                  broker_url: str | None = None, batch_size: int = 200, api: str = "ews",
-                 redrive_after_s: float = 10) -> None:
+                 redrive_after_s: float = 10, exchange_timeout_s: float = 4,
+                 exchange_max_wait_s: float = 2, lease_ttl_s: float = 20) -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -149,8 +150,8 @@ auth = "basic"
 username = "{SERVICE_USER}"
 password_env = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
 access = "impersonation"
-max_wait_s = 2
-timeout_s = 4
+max_wait_s = {exchange_max_wait_s}
+timeout_s = {exchange_timeout_s}
 {graph_config}[[mailbox]]
 address = "{MAILBOX}"
 folder = "{FOLDER}"
@@ -160,7 +161,7 @@ redrive_after_s = {redrive_after_s}
 retry_backoff_max_s = 5
 max_attempts = {max_attempts}
 batch_size = {batch_size}
-lease_ttl_s = 20
+lease_ttl_s = {lease_ttl_s}
 [worker]
 concurrency = {worker_concurrency}
 queue = "{self.queue}"
