@@ -97,10 +97,15 @@ class CrmDatabase:
             admin.dispose()
 
 
+def _setting(key: str, value: object) -> str:
+    """A config line, or none at all for ``None`` (crmsync's shipped default applies)."""
+    return "" if value is None else f"{key} = {value}"
+
+
 class Pipeline:
-    def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
-                 poll_interval_s: float = 0.5, max_attempts: int = 8,
-                 broker_url: str | None = None, batch_size: int = 200, api: str = "ews",
+    def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int | None = 2,
+                 poll_interval_s: float | None = 0.5, max_attempts: int = 8,
+                 broker_url: str | None = None, batch_size: int | None = 200, api: str = "ews",
                  redrive_after_s: float = 10, exchange_timeout_s: float = 4,
                  exchange_max_wait_s: float = 2, lease_ttl_s: float = 20) -> None:
         self.tmp = tmp
@@ -156,14 +161,14 @@ timeout_s = {exchange_timeout_s}
 address = "{MAILBOX}"
 folder = "{FOLDER}"
 [sync]
-poll_interval_s = {poll_interval_s}
+{_setting("poll_interval_s", poll_interval_s)}
 redrive_after_s = {redrive_after_s}
 retry_backoff_max_s = 5
 max_attempts = {max_attempts}
-batch_size = {batch_size}
+{_setting("batch_size", batch_size)}
 lease_ttl_s = {lease_ttl_s}
 [worker]
-concurrency = {worker_concurrency}
+{_setting("concurrency", worker_concurrency)}
 queue = "{self.queue}"
 [log]
 level = "INFO"
