@@ -173,33 +173,47 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     with capture_logs() as logs:
         loop.run_once()
     held = [e for e in logs if e["event"] == "producer.first_sync_held"]
-    assert held and "crmsync link --auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
+    assert held and "crmsync link auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
 
     # the plan: 30 merges, 20 contacts and 10 accounts to create; it writes nothing anywhere
     before = d.dump()
     plan = json.loads(d.cli("plan", "--format", "json").stdout)
-    assert d.dump() == before
     assert plan["counts"] == {"merge": 30, "create in Exchange": 20, "create in CRM": 10}
-    assert plan["held"] and "crmsync match" in plan["held"]
+    assert plan["held"] and "crmsync link suggest" in plan["held"]
 
-    matches = d.cli("match", "--format", "csv").stdout.splitlines()
-    assert len(matches) == 1 + 30 and matches[0].startswith("crm_key,crm_name,item_id")
-    assert all(line.endswith(",yes") for line in matches[1:])
+    suggested = d.cli("link", "suggest", "--format", "csv").stdout.splitlines()
+    assert len(suggested) == 1 + 30 and suggested[0].startswith("crm_key,crm_name,item_id")
+    assert all(line.endswith(",yes") for line in suggested[1:])
+    # search the folder for account A-21's person by name, company, e-mail and phone (any format)
+    for text in ("grace turing", "company 21", "GRACE.turing@c21", "+1 415-555-1021"):
+        hits = json.loads(d.cli("link", "search", "--mailbox", MB, text, "--format", "json").stdout)
+        assert [h["email"] for h in hits] == ["GRACE.TURING@C21.EXAMPLE"], text
+    assert d.dump() == before                               # plan, suggest and search read only
 
-    out = d.cli("link", "--auto", "--min-score", "0.9").stdout
+    dry = json.loads(d.cli("link", "auto", "--min-score", "0.9", "--dry-run", "--format", "json").stdout)
+    assert len(dry) == 30 and {r["result"] for r in dry} == {"would link"}
+    assert d.dump() == before
+    out = d.cli("link", "auto", "--min-score", "0.9").stdout
     assert "30 pair(s) linked, 0 record(s) need a person, 0 failed" in out
+    listed = json.loads(d.cli("link", "list", "--format", "json").stdout)
+    assert len(listed) == 30 and {r["state"] for r in listed} == {"linked, not synced yet"}
 
     # a second link of a linked record is refused with one clear line and a non-zero exit
     link = d.c.store.find_link(MB, crm_key="account:A-20")
     other = d.c.store.find_link(MB, crm_key="account:A-21")
-    refused = d.cli("link", "account:A-20", other.item_id, check=False)
+    refused = d.cli("link", "add", "account:A-20", other.item_id, check=False)
     assert refused.returncode == 2
     assert " ".join(refused.stderr.split()) == (f"crmsync: account:A-20 is already linked in {MB} (to item {link.item_id}); "
-                                      "`crmsync unlink account:A-20` first if that link is wrong")
-    # unlink and link again by hand: the same pair, made by a person
-    assert "unlinked account:A-20" in d.cli("unlink", "account:A-20").stdout
-    assert "the next sync merges them" in d.cli("link", "account:A-20", link.item_id).stdout
+                                                "`crmsync link remove account:A-20` first if that link is wrong")
+    # remove and add again by hand: the same pair, made by a person
+    removed = d.cli("link", "remove", "account:A-20", "--format", "csv").stdout.splitlines()
+    assert removed == ["result,mailbox,crm_key,item_id", f"removed,{MB},account:A-20,{link.item_id}"]
+    assert "linked" in d.cli("link", "add", "account:A-20", link.item_id).stdout
+    assert d.c.store.find_link(MB, crm_key="account:A-20").item_id == link.item_id
+    # the old spellings are gone
+    for old in (["match"], ["unlink", "account:A-20"], ["link", "--auto"]):
+        assert d.cli(*old, check=False).returncode != 0
 
     d.sync(loop)
 
