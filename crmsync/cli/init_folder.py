@@ -52,7 +52,7 @@ def init_folder(
     address = mbox.address
     if not _same_path(mbox.folder, folder):
         raise ConfigError(f"mailbox {address} syncs folder {mbox.folder!r} (its [[mailbox]] folder in the config file), "
-                          f"not {folder!r}: set folder = {folder!r} for this mailbox first, so the sync uses the "
+                          f"not {folder!r}: set folder = \"{folder}\" for this mailbox first, so the sync uses the "
                           "folder init-folder fills; nothing was written")
     if c.api(address) != "ews":
         raise ConfigError(f"mailbox {address}: init-folder works over EWS only (this mailbox uses api = "

@@ -318,7 +318,7 @@ def test_init_folder_refuses_a_folder_with_contacts_and_writes_nothing(tmp_path,
     # a folder that is not the one the config syncs is refused before anything is looked at
     other = d.cli("init-folder", "--mailbox", MB, "--folder", "CRM Elsewhere", check=False)
     assert other.returncode == 2
-    assert "syncs folder 'CRM Busy'" in other.stderr and "set folder = 'CRM Elsewhere'" in other.stderr
+    assert "syncs folder 'CRM Busy'" in other.stderr and 'set folder = "CRM Elsewhere"' in other.stderr
     assert writes(emulator) == {}
     assert d.dump() == before
 

@@ -298,7 +298,7 @@ def test_a_held_mailbox_gets_no_first_sync_and_no_events_while_the_others_sync()
     assert len(bob) == 2 + 1                       # bob's first sync, then the CRM change
     assert "crm-initial:alice@example.com" not in store.cursors
 
-    held.clear()                                   # `crmsync link --auto` was run
+    held.clear()                                   # `crmsync link auto` was run
     loop.run_once()
     assert {e.crm_key for e in store.events.values() if e.mailbox == "alice@example.com"} >= {"account:A-1",
                                                                                              "account:A-2"}
