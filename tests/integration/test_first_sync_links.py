@@ -56,7 +56,7 @@ class Deployment:
     """A config file, the databases and a container for one folder of alice's mailbox."""
 
     def __init__(self, tmp: Path, endpoint: str, folder: str, first_sync: str = "refuse-duplicates",
-                 crm_path: Path | None = None) -> None:
+                 crm_path: Path | None = None, mailbox_extra: str = "") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.crm_path = crm_path or tmp / "crm.db"
@@ -79,6 +79,7 @@ timeout_s = 10
 [[mailbox]]
 address = "{MB}"
 folder = "{folder}"
+{mailbox_extra}
 [sync]
 first_sync = "{first_sync}"
 [log]
@@ -326,17 +327,21 @@ def test_init_folder_refuses_a_folder_with_contacts_and_writes_nothing(tmp_path,
 def test_init_folder_pushes_every_account_into_a_new_folder_and_the_next_sync_writes_nothing(tmp_path, emulator):
     d = Deployment(tmp_path, emulator.endpoint, "CRM Source")
     seed_scenario(d)                                         # 50 accounts; 40 contacts in another folder
+    with d.c.crm_engine.begin() as conn:                     # and 3 secondary contacts of account A-00
+        conn.execute(sa.text("INSERT INTO contacts (account_id, first_name, last_name, email) "
+                             "SELECT id, 'Assistant', :n, :e FROM accounts WHERE account_no = 'A-00'"),
+                     [{"n": f"No{i}", "e": f"assistant{i}@c0.example"} for i in range(3)])
     old_folder = sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey"))
     dedicated = Deployment(tmp_path / "dedicated", emulator.endpoint, "CRM Init/Accounts", crm_path=d.crm_path)
     changelog = changelog_ids(d)
 
     done = dedicated.cli("init-folder", "--mailbox", MB, "--folder", "CRM Init/Accounts")
     assert "created contacts folder 'CRM Init/Accounts'" in done.stdout
-    assert "50 created-exchange" in done.stdout
-    assert sorted(dedicated.outlook_emails()) == sorted(dedicated.crm_emails())
-    assert len(set(dedicated.outlook_emails())) == 50
+    assert "53 created-exchange" in done.stdout
+    assert sorted(dedicated.outlook_emails()) == sorted(dedicated.crm_emails() + [f"assistant{i}@c0.example"
+                                                                                 for i in range(3)])
     links = dedicated.c.store.links_for_mailbox(MB)
-    assert len(links) == 50 and all(link.base is not None for link in links)
+    assert len(links) == 53 and all(link.base is not None for link in links)
     assert changelog_ids(d) == changelog                       # the CRM was only read
 
     emulator.reset_stats()
@@ -349,4 +354,11 @@ def test_init_folder_pushes_every_account_into_a_new_folder_and_the_next_sync_wr
 
     # run again: refused, the mailbox is set up already
     again = dedicated.cli("init-folder", "--mailbox", MB, "--folder", "CRM Init/Accounts", check=False)
-    assert again.returncode == 2 and "already has 50 link(s)" in again.stderr
+    assert again.returncode == 2 and "already has 53 link(s)" in again.stderr
+
+    # a mailbox without secondary contacts gets the accounts only
+    accounts_only = Deployment(tmp_path / "accounts-only", emulator.endpoint, "CRM Init/Accounts Only",
+                               crm_path=d.crm_path, mailbox_extra="secondary_contacts = false")
+    assert "50 created-exchange" in accounts_only.cli("init-folder", "--mailbox", MB,
+                                                      "--folder", "CRM Init/Accounts Only").stdout
+    assert sorted(accounts_only.outlook_emails()) == sorted(accounts_only.crm_emails())
