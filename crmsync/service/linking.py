@@ -359,7 +359,10 @@ class LinkingService:
         snap = self.snapshot(mailbox, progress)
         cands = self._candidates(snap)
         certain = [c for c in cands if is_email_certain(c)]
-        pairs = one_to_one(certain)
+        pairs = one_to_one(c for c in certain if c.certain)          # a stamp outranks an e-mail match
+        stamped = {c.crm_key for c in pairs} | {c.exchange_key for c in pairs}
+        pairs += one_to_one(c for c in certain if not c.certain
+                            and c.crm_key not in stamped and c.exchange_key not in stamped)
         chosen = {(c.crm_key, c.exchange_key) for c in pairs}
         result = self._link_all(snap, pairs, (), dry_run=False, progress=progress)
         linked_crm = {c.crm_key for c in result.linked}

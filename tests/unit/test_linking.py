@@ -355,17 +355,23 @@ def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world)
     crm.put("account:A-4", first_name="Tim", last_name="Berners-Lee", company_name="CERN")
     tim = ex.put(crm_key="account:A-4", first_name="Timothy", last_name="Berners Lee")   # stamped, names differ
     ghost = ex.put(crm_key="account:A-99", first_name="Gone", last_name="Away")            # stamp of no record
+    crm.put("account:A-5", first_name="Hedy", last_name="Lamarr", email="hedy@films.example")
+    crm.put("account:A-6", first_name="Hedy", last_name="Lamarr", email="h.lamarr@films.example")
+    hedy = ex.put(crm_key="account:A-6", first_name="Hedy", last_name="Lamarr",
+                  email="hedy@films.example")          # stamped A-6, e-mail of A-5: the stamp wins
 
     result = svc.rebuild(MB)
 
     assert {(c.crm_key, c.exchange_key) for c in result.linked} == {
-        ("account:A-1", ada), ("account:A-2", grace), ("account:A-4", tim)}
+        ("account:A-1", ada), ("account:A-2", grace), ("account:A-4", tim), ("account:A-6", hedy)}
     assert {(link.crm_key, link.item_id, link.base) for link in store.links.values()} == {
-        ("account:A-1", ada, None), ("account:A-2", grace, None), ("account:A-4", tim, None)}
+        ("account:A-1", ada, None), ("account:A-2", grace, None), ("account:A-4", tim, None),
+        ("account:A-6", hedy, None)}
     left = {(k, i): why for k, i, why in result.left}
-    assert set(left) == {("", margaret), ("", ghost), ("account:A-3", "")}
+    assert set(left) == {("", margaret), ("", ghost), ("account:A-3", ""), ("account:A-5", hedy)}
+    assert "more than one certain match" in left[("account:A-5", hedy)]
     assert "stamped account:A-99" in left[("", ghost)]
     assert "no stamp and no exact e-mail match" in left[("", margaret)]
     # a second rebuild finds everything linked already and links nothing twice
     again = svc.rebuild(MB)
-    assert again.linked == () and len(again.left) == 3
+    assert again.linked == () and len(again.left) == 4
