@@ -370,10 +370,17 @@ class LinkingService:
         left: list[tuple[str, str, str]] = []       # (crm_key or "", item_id or "", why)
         for cand, why in result.failed:
             left.append((cand.crm_key, cand.exchange_key, why))
+        partner = {c.exchange_key: c.crm_key for c in result.linked} | {c.crm_key: c.exchange_key for c in result.linked}
         for cand in certain:
-            if (cand.crm_key, cand.exchange_key) not in chosen:
-                left.append((cand.crm_key, cand.exchange_key,
-                             "ambiguous: this record or contact has more than one certain match; link it by hand"))
+            if (cand.crm_key, cand.exchange_key) in chosen:
+                continue
+            if cand.exchange_key in partner:
+                why = f"its e-mail match, item {cand.exchange_key}, was linked to {partner[cand.exchange_key]} by its stamp"
+            elif cand.crm_key in partner:
+                why = f"its e-mail match {cand.crm_key} was linked to item {partner[cand.crm_key]} by a stamp"
+            else:
+                why = "ambiguous: this record or contact has more than one certain match; link it by hand"
+            left.append((cand.crm_key, cand.exchange_key, why))
         taken_crm = {c.crm_key for c in certain} | linked_crm
         taken_ex = {c.exchange_key for c in certain} | linked_ex
         for item_id, item in sorted(snap.exchange.items()):

@@ -359,6 +359,9 @@ def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world)
     crm.put("account:A-6", first_name="Hedy", last_name="Lamarr", email="h.lamarr@films.example")
     hedy = ex.put(crm_key="account:A-6", first_name="Hedy", last_name="Lamarr",
                   email="hedy@films.example")          # stamped A-6, e-mail of A-5: the stamp wins
+    crm.put("account:A-7", first_name="Alan", last_name="Kay")
+    kay1 = ex.put(crm_key="account:A-7", first_name="Alan", last_name="Kay")        # a copied contact:
+    kay2 = ex.put(crm_key="account:A-7", first_name="Alan", last_name="Kay")        # two stamps of one key
 
     result = svc.rebuild(MB)
 
@@ -368,10 +371,12 @@ def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world)
         ("account:A-1", ada, None), ("account:A-2", grace, None), ("account:A-4", tim, None),
         ("account:A-6", hedy, None)}
     left = {(k, i): why for k, i, why in result.left}
-    assert set(left) == {("", margaret), ("", ghost), ("account:A-3", ""), ("account:A-5", hedy)}
-    assert "more than one certain match" in left[("account:A-5", hedy)]
+    assert set(left) == {("", margaret), ("", ghost), ("account:A-3", ""), ("account:A-5", hedy),
+                         ("account:A-7", kay1), ("account:A-7", kay2)}
+    assert "ambiguous" in left[("account:A-7", kay1)] and "ambiguous" in left[("account:A-7", kay2)]
+    assert left[("account:A-5", hedy)] == f"its e-mail match, item {hedy}, was linked to account:A-6 by its stamp"
     assert "stamped account:A-99" in left[("", ghost)]
     assert "no stamp and no exact e-mail match" in left[("", margaret)]
     # a second rebuild finds everything linked already and links nothing twice
     again = svc.rebuild(MB)
-    assert again.linked == () and len(again.left) == 4
+    assert again.linked == () and len(again.left) == 6
