@@ -1,4 +1,5 @@
-"""`crmsync match | link | unlink | plan`: the first sync without duplicates.
+"""`crmsync link suggest|search|add|remove|list|auto|rebuild` and `crmsync plan`: the first sync
+without duplicates.
 
 Wiring of ``crmsync.service.linking`` onto the container, and its output: rich tables by default,
 ``--format json|csv`` for scripts, a progress bar while both sides are read.
@@ -121,79 +122,208 @@ def _name(snap, cand: Candidate, side: str) -> str:
 
 # ----------------------------------------------------------------------------- commands
 
+MAILBOX_HELP = "the mailbox (default: the only one configured)"
+FORMAT_HELP = "table (default, for people) | json | csv (for scripts)"
+
+link_app = typer.Typer(
+    name="link",
+    help="Link CRM records and Outlook contacts that are the same person, before the first sync "
+         "(or after a lost state database), so the sync merges them instead of creating each twice.\n\n"
+         "suggest: candidate pairs with scores. search: find an Outlook contact. add / remove / list: "
+         "links by hand. auto: link the unambiguous pairs. rebuild: links again from stamps and exact "
+         "e-mail matches after the state database was lost.",
+    no_args_is_help=True,
+)
+
+
+def _mailbox_option(required: bool = False):
+    if required:
+        return typer.Option(..., "--mailbox", "-m", help="the mailbox")
+    return typer.Option(None, "--mailbox", "-m", help=MAILBOX_HELP)
+
+
+def _format_option():
+    return typer.Option("table", "--format", help=FORMAT_HELP)
+
+
+def _link_state(link) -> str:
+    if link.private:
+        return "private (unlinked)"
+    if link.deleted:
+        return "deleted"
+    if link.item_id is None:
+        return "contact not created yet"
+    return "synced" if link.base is not None else "linked, not synced yet"
+
+
+@link_app.command("suggest")
+def suggest(
+    mailbox: str | None = _mailbox_option(),
+    min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="list pairs scoring at least this (0..1)"),
+    fmt: str = _format_option(),
+) -> None:
+    """Candidate pairs (CRM record, Outlook contact) with score and agreeing/differing fields.
+
+    Pairs of an unlinked CRM record and an unlinked Outlook contact that look like the same
+    person, best first, with their score (1.0: the contact is stamped with the CRM key), the
+    fields that agree and disagree, and whether `crmsync link auto` at this score would link
+    the pair. Reads only."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    with _progress(fmt == "table") as progress:
+        report = linking_service(c).match(mb, min_score, progress)
+    auto = {(x.crm_key, x.exchange_key) for x in report.decision.links}
+    rows = [[x.crm_key, _name(report.snapshot, x, "crm"), x.exchange_key, _name(report.snapshot, x, "exchange"),
+             f"{x.score:.4f}", _evidence(x, True), _evidence(x, False),
+             "yes" if (x.crm_key, x.exchange_key) in auto else "no"] for x in report.candidates]
+    _emit(fmt, f"candidate pairs in {mb} (score >= {min_score})",
+          ["crm_key", "crm_name", "item_id", "outlook_name", "score", "agree", "disagree", "auto"], rows)
+
+
+@link_app.command("search")
+def search(
+    text: str = typer.Argument(..., metavar="TEXT", help="part of a name or company, an e-mail address, or a phone number"),
+    mailbox: str = _mailbox_option(required=True),
+    fmt: str = _format_option(),
+) -> None:
+    """Find an Outlook contact by name, company, e-mail or phone.
+
+    Searches the mailbox's sync folder (phones in any format: "415 555-1020" finds "+1 (415) 555 1020"), to link it by hand with `crmsync
+    link add CRM_KEY ITEM_ID`. Shows whether each contact is linked already. Reads only."""
+    _check_format(fmt)
+    from crmsync.service.linking import display_name
+
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    with _progress(fmt == "table") as progress:
+        hits = linking_service(c).search(mb, text, progress)
+    rows = [[h.item.item_id, display_name(h.item.record), h.item.record.email or "",
+             h.item.record.phone_mobile or h.item.record.phone_business or "", ", ".join(h.matched),
+             h.linked_to or ""] for h in hits]
+    _emit(fmt, f"contacts in {mb} matching {text!r}", ["item_id", "name", "email", "phone", "matched", "linked_to"],
+          rows)
+
+
+@link_app.command("add")
+def add(
+    crm_key: str = typer.Argument(..., help="the CRM record, e.g. account:A-1 or contact:7"),
+    item_id: str = typer.Argument(..., help="the Outlook contact's ItemId (from `link suggest` or `link search`)"),
+    mailbox: str | None = _mailbox_option(),
+    fmt: str = _format_option(),
+) -> None:
+    """Link a CRM record and an Outlook contact by hand.
+
+    For a CRM record and an Outlook contact that are the same person: the next sync merges
+    the two (a two-way merge by conflict_policy) and stamps the contact with the CRM key, instead
+    of creating each on the other side. Refused, with the reason, when either is linked already,
+    the contact is private or stamped with another record, or either does not exist."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    link = linking_service(c).link(mb, crm_key, item_id)
+    _emit(fmt, f"linked in {mb}: the next sync merges them", ["result", "mailbox", "crm_key", "item_id"],
+          [["linked", mb, link.crm_key, link.item_id]])
+
+
+@link_app.command("remove")
+def remove(
+    key_or_item: str = typer.Argument(..., metavar="CRM_KEY|ITEM_ID", help="either side of the link"),
+    mailbox: str | None = _mailbox_option(),
+    fmt: str = _format_option(),
+) -> None:
+    """Remove a link that was not synced yet.
+
+    Links made by `link add`, `link auto` or `link rebuild`).
+    A synced pair is refused: both sides hold the merged record already."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    gone = linking_service(c).unlink(mb, key_or_item)
+    _emit(fmt, f"removed in {mb}", ["result", "mailbox", "crm_key", "item_id"],
+          [["removed", mb, gone.crm_key, gone.item_id]])
+
+
+@link_app.command("list")
+def list_links(
+    mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="one mailbox (default: every configured one)"),
+    fmt: str = _format_option(),
+) -> None:
+    """List the links of a mailbox (or of every mailbox).
+
+    Per link: CRM key, ItemId, and whether the pair was
+    synced or is linked and waiting for its first merge. Reads the state database only."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    boxes = [_mailbox(c, mailbox)] if mailbox else [m.address for m in c.settings.require_mailboxes()]
+    rows = []
+    for mb in boxes:
+        for link in sorted(c.store.links_for_mailbox(mb), key=lambda x: x.crm_key):
+            rows.append([mb, link.crm_key, link.item_id or "", _link_state(link),
+                         link.synced_at.isoformat() if link.synced_at else ""])
+    _emit(fmt, f"links ({len(rows)})", ["mailbox", "crm_key", "item_id", "state", "synced_at"], rows)
+
+
+@link_app.command("auto")
+def auto(
+    min_score: float = typer.Option(..., "--min-score", help=f"the lowest score linked (0..1; {DEFAULT_MIN_SCORE} "
+                                    "is a good start)"),
+    mailbox: str | None = _mailbox_option(),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be linked, link nothing"),
+    fmt: str = _format_option(),
+) -> None:
+    """Link every unambiguous pair scoring --min-score or more.
+
+    A record with two
+    candidates close in score, or a contact claimed by two records, is never linked and is
+    listed as "needs a person" (link it with `link add`)."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    cli = _app_parts()
+    with _progress(fmt == "table") as progress:
+        result = linking_service(c).auto_link(mb, min_score, dry_run=dry_run, progress=progress)
+    verb = "would link" if dry_run else "linked"
+    rows = [[verb, x.crm_key, x.exchange_key, f"{x.score:.4f}", _evidence(x, True)] for x in result.linked]
+    rows += [["failed", x.crm_key, x.exchange_key, f"{x.score:.4f}", why] for x, why in result.failed]
+    rows += [["needs a person", n.key if n.side == "crm" else "", n.key if n.side == "exchange" else "",
+              f"{n.candidates[0].score:.4f}", n.detail] for n in result.needs_person]
+    _emit(fmt, f"link auto in {mb} (score >= {min_score})", ["result", "crm_key", "item_id", "score", "why"], rows)
+    if fmt == "table":
+        cli.console.print(f"{len(result.linked)} pair(s) {verb}, {len(result.needs_person)} record(s) need a "
+                          f"person, {len(result.failed)} failed")
+
+
+@link_app.command("rebuild")
+def rebuild(
+    mailbox: str = _mailbox_option(required=True),
+    fmt: str = _format_option(),
+) -> None:
+    """Rebuild links after a lost state database, from stamps and exact e-mail matches.
+
+    After a lost state database or a re-created mailbox: link again every certain pair, a
+    contact stamped with a CRM key (every synced contact carries one) or the same e-mail address
+    no one else shares, one-to-one. The next sync merges two equal records and writes nothing.
+    What could not be linked is listed with the reason (link it with `link add` if needed)."""
+    _check_format(fmt)
+    c = _app_parts().ready_container()
+    mb = _mailbox(c, mailbox)
+    cli = _app_parts()
+    with _progress(fmt == "table") as progress:
+        result = linking_service(c).rebuild(mb, progress)
+    rows = [["linked", x.crm_key, x.exchange_key, "stamp" if x.certain else "exact e-mail"] for x in result.linked]
+    rows += [["not linked", key, item, why] for key, item, why in result.left]
+    _emit(fmt, f"link rebuild in {mb}", ["result", "crm_key", "item_id", "how"], rows)
+    if fmt == "table":
+        cli.console.print(f"{len(result.linked)} link(s) rebuilt, {len(result.left)} record(s) not linked")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the linking commands to the ``crmsync`` app."""
+    """Add `crmsync link ...`, `crmsync plan` and `crmsync init-folder` to the ``crmsync`` app."""
+    from crmsync.cli.init_folder import init_folder
 
-    @app.command()
-    def match(
-        mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="the mailbox (default: the only one)"),
-        min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="list pairs scoring at least this (0..1)"),
-        fmt: str = typer.Option("table", "--format", help="table | json | csv"),
-    ) -> None:
-        """List candidate pairs of an unlinked CRM record and an unlinked Outlook contact that
-        look like the same person, with their score and the fields that agree and disagree.
-        Reads only. `auto` says whether `crmsync link --auto` would link the pair."""
-        _check_format(fmt)
-        c = _app_parts().ready_container()
-        mb = _mailbox(c, mailbox)
-        with _progress(fmt == "table") as progress:
-            report = linking_service(c).match(mb, min_score, progress)
-        auto = {(x.crm_key, x.exchange_key) for x in report.decision.links}
-        rows = [[x.crm_key, _name(report.snapshot, x, "crm"), x.exchange_key, _name(report.snapshot, x, "exchange"),
-                 f"{x.score:.4f}", _evidence(x, True), _evidence(x, False),
-                 "yes" if (x.crm_key, x.exchange_key) in auto else "no"] for x in report.candidates]
-        _emit(fmt, f"candidate pairs in {mb} (score >= {min_score})",
-              ["crm_key", "crm_name", "item_id", "outlook_name", "score", "agree", "disagree", "auto"], rows)
-
-    @app.command()
-    def link(
-        crm_key: str | None = typer.Argument(None, help="the CRM record, e.g. account:A-1 or contact:7"),
-        item_id: str | None = typer.Argument(None, help="the Outlook contact's ItemId (see `crmsync match`)"),
-        mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="the mailbox (default: the only one)"),
-        auto: bool = typer.Option(False, "--auto", help="link every unambiguous pair scoring --min-score or more"),
-        min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="with --auto: the lowest score linked"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="with --auto: show what would be linked, link nothing"),
-        fmt: str = typer.Option("table", "--format", help="with --auto: table | json | csv"),
-    ) -> None:
-        """Link a CRM record and an Outlook contact that are the same person, so the next sync
-        merges the two instead of creating each on the other side. With --auto, link every
-        pair the matcher is sure of (one-to-one only); ambiguous ones are listed for you."""
-        _check_format(fmt)
-        c = _app_parts().ready_container()
-        mb = _mailbox(c, mailbox)
-        service = linking_service(c)
-        cli = _app_parts()
-        if not auto:
-            if not crm_key or not item_id:
-                raise CrmsyncError("link: give CRM_KEY and ITEM_ID, or --auto")
-            service.link(mb, crm_key, item_id)
-            cli.console.print(f"linked {crm_key} and item {item_id} in {mb}: the next sync merges them")
-            return
-        if crm_key or item_id:
-            raise CrmsyncError("link --auto takes no CRM_KEY or ITEM_ID")
-        with _progress(fmt == "table") as progress:
-            result = service.auto_link(mb, min_score, dry_run=dry_run, progress=progress)
-        verb = "would link" if dry_run else "linked"
-        rows = [[verb, x.crm_key, x.exchange_key, f"{x.score:.4f}", _evidence(x, True)] for x in result.linked]
-        rows += [["failed", x.crm_key, x.exchange_key, f"{x.score:.4f}", why] for x, why in result.failed]
-        rows += [["needs a person", n.key if n.side == "crm" else "", n.key if n.side == "exchange" else "",
-                  f"{n.candidates[0].score:.4f}", n.detail] for n in result.needs_person]
-        _emit(fmt, f"link --auto in {mb} (score >= {min_score})",
-              ["result", "crm_key", "item_id", "score", "why"], rows)
-        if fmt == "table":
-            cli.console.print(f"{len(result.linked)} pair(s) {verb}, {len(result.needs_person)} record(s) need a "
-                              f"person, {len(result.failed)} failed")
-
-    @app.command()
-    def unlink(
-        key_or_item: str = typer.Argument(..., metavar="CRM_KEY|ITEM_ID", help="either side of the link"),
-        mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="the mailbox (default: the only one)"),
-    ) -> None:
-        """Remove a link made by `crmsync link` before the first sync merged the pair."""
-        c = _app_parts().ready_container()
-        mb = _mailbox(c, mailbox)
-        gone = linking_service(c).unlink(mb, key_or_item)
-        _app_parts().console.print(f"unlinked {gone.crm_key} and item {gone.item_id} in {mb}")
+    app.add_typer(link_app, name="link")
+    app.command("init-folder")(init_folder)
 
     @app.command()
     def plan(

@@ -742,3 +742,37 @@ __all__ = [
     "name_similarity",
     "name_tokens",
 ]
+
+
+# ----------------------------------------------------------------------------- text search
+
+_PHONE_FIELDS = ("phone_business", "phone_mobile", "phone_home", "fax")
+_DIGITS = re.compile(r"\D+")
+
+
+def search_fields(query: str, contact: CanonicalContact, region: str = "US") -> tuple[str, ...]:
+    """Which of name, company, email, phone of ``contact`` match a person's search ``query``
+    (`crmsync link search`): every folded word of the query begins a word of the name (or of
+    the company); an e-mail address contains the query, in any case; or a phone number is the
+    query's number once both are normalized (national numbers read in ``region``), or its digits
+    contain the query's digits (7 or more: "555-1020 4" is not a phone, "415 555 1020" is)."""
+    words = fold(query)
+    found: list[str] = []
+    if words:
+        names = fold(contact.first_name) + fold(contact.last_name)
+        if all(any(t.startswith(w) for t in names) for w in words):
+            found.append("name")
+        company = fold(contact.company_name)
+        if all(any(t.startswith(w) for t in company) for w in words):
+            found.append("company")
+    needle = query.strip().casefold()
+    if needle and any(needle in (e or "").casefold() for e in (contact.email, contact.email2)):
+        found.append("email")
+    digits = _DIGITS.sub("", query)
+    if len(digits) >= 7 and len(digits) * 2 >= len(query.replace(" ", "")):
+        norm = _Normalizer(region)
+        wanted = norm.phone(query)
+        values = [getattr(contact, f) for f in _PHONE_FIELDS if getattr(contact, f)]
+        if any((wanted is not None and norm.phone(v) == wanted) or digits in _DIGITS.sub("", v) for v in values):
+            found.append("phone")
+    return tuple(found)

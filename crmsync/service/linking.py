@@ -81,7 +81,7 @@ class Snapshot:
 class MatchReport:
     snapshot: Snapshot
     candidates: tuple[Candidate, ...]      # at or above the requested score, best first
-    decision: LinkDecision                 # what ``link --auto`` at that score would do
+    decision: LinkDecision                 # what ``link auto`` at that score would do
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,19 @@ class AutoLinkResult:
     needs_person: tuple[NeedsPerson, ...]
     failed: tuple[tuple[Candidate, str], ...]
     dry_run: bool
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item: ExchangeRecord
+    matched: tuple[str, ...]      # name | company | email | phone
+    linked_to: str | None         # the CRM key it is linked to in this mailbox
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    linked: tuple[Candidate, ...]
+    left: tuple[tuple[str, str, str], ...]   # (crm_key or "", item_id or "", why it was not linked)
 
 
 Action = Literal["merge", "create in Exchange", "create in CRM", "nothing", "skip (private)"]
@@ -256,7 +269,7 @@ class LinkingService:
         if taken is not None:
             raise LinkError(f"{crm_key} is already linked in {mailbox} "
                             f"(to item {taken.item_id or 'not created yet'}); "
-                            f"`crmsync unlink {crm_key}` first if that link is wrong")
+                            f"`crmsync link remove {crm_key}` first if that link is wrong")
         taken = self.store.find_link(mailbox, item_id=item_id)
         if taken is not None:
             raise LinkError(f"item {item_id} is already linked in {mailbox} to {taken.crm_key}")
@@ -315,6 +328,74 @@ class LinkingService:
                 linked.append(cand)
         return AutoLinkResult(tuple(linked), tuple(needs), tuple(failed), dry_run)
 
+    # ------------------------------------------------------------------ search
+    def search(self, mailbox: str, text: str, progress: Progress | None = None) -> list[SearchHit]:
+        """The contacts of the mailbox's sync folder whose name, company, e-mail or phone match
+        ``text`` (``matching.search_fields``), linked or not; private contacts are never shown."""
+        if not text.strip():
+            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
+        by_item = {link.item_id: link.crm_key for link in self.store.links_for_mailbox(mailbox)
+                   if link.item_id and not link.deleted and not link.private}
+        item_ids = self._list_folder(mailbox)
+        side = self.exchange_for(mailbox)
+        hits: list[SearchHit] = []
+        for start in range(0, len(item_ids), READ_CHUNK):
+            for rec in side.read_many(item_ids[start:start + READ_CHUNK]):
+                if rec is None or rec.private:
+                    continue
+                found = matching.search_fields(text, rec.record, self.policy.region)
+                if found:
+                    hits.append(SearchHit(rec, found, by_item.get(rec.item_id)))
+            if progress:
+                progress("searching the Exchange folder", min(start + READ_CHUNK, len(item_ids)), len(item_ids))
+        return sorted(hits, key=lambda h: (display_name(h.item.record).casefold(), h.item.item_id))
+
+    # ------------------------------------------------------------------ rebuild
+    def rebuild(self, mailbox: str, progress: Progress | None = None) -> RebuildResult:
+        """After a lost state database (or a re-created mailbox): link again every pair that is
+        certain: a contact stamped with a CRM key that exists, or the same e-mail address that no
+        one else shares on either side, one-to-one. The links carry no base, so the next sync is
+        a merge of two equal records: it writes nothing. Everything else is reported, unlinked."""
+        snap = self.snapshot(mailbox, progress)
+        cands = self._candidates(snap)
+        certain = [c for c in cands if is_email_certain(c)]
+        pairs = one_to_one(c for c in certain if c.certain)          # a stamp outranks an e-mail match
+        stamped = {c.crm_key for c in pairs} | {c.exchange_key for c in pairs}
+        pairs += one_to_one(c for c in certain if not c.certain
+                            and c.crm_key not in stamped and c.exchange_key not in stamped)
+        chosen = {(c.crm_key, c.exchange_key) for c in pairs}
+        result = self._link_all(snap, pairs, (), dry_run=False, progress=progress)
+        linked_crm = {c.crm_key for c in result.linked}
+        linked_ex = {c.exchange_key for c in result.linked}
+        left: list[tuple[str, str, str]] = []       # (crm_key or "", item_id or "", why)
+        for cand, why in result.failed:
+            left.append((cand.crm_key, cand.exchange_key, why))
+        partner = {c.exchange_key: c.crm_key for c in result.linked} | {c.crm_key: c.exchange_key for c in result.linked}
+        for cand in certain:
+            if (cand.crm_key, cand.exchange_key) in chosen:
+                continue
+            if cand.exchange_key in partner:
+                why = f"its e-mail match, item {cand.exchange_key}, was linked to {partner[cand.exchange_key]} by its stamp"
+            elif cand.crm_key in partner:
+                why = f"its e-mail match {cand.crm_key} was linked to item {partner[cand.crm_key]} by a stamp"
+            else:
+                why = "ambiguous: this record or contact has more than one certain match; link it by hand"
+            left.append((cand.crm_key, cand.exchange_key, why))
+        taken_crm = {c.crm_key for c in certain} | linked_crm
+        taken_ex = {c.exchange_key for c in certain} | linked_ex
+        for item_id, item in sorted(snap.exchange.items()):
+            if item_id in taken_ex:
+                continue
+            if item.crm_key:
+                why = (f"stamped {item.crm_key}, which is not an active record of the CRM (or is linked already): "
+                       "the next sync creates it in the CRM")
+            else:
+                why = "no stamp and no exact e-mail match: the next sync creates it in the CRM"
+            left.append(("", item_id, why))
+        left.extend((key, "", "no stamped contact and no exact e-mail match: the next sync creates it in Exchange")
+                    for key in sorted(snap.crm) if key not in taken_crm)
+        return RebuildResult(result.linked, tuple(left))
+
     # ------------------------------------------------------------------ the first sync
     def probable_duplicates(self, cands: Iterable[Candidate], min_score: float) -> list[Candidate]:
         """Pairs a first sync would create twice: not proven by a stamp (the worker pairs those
@@ -326,7 +407,7 @@ class LinkingService:
         """A dry run of the mailbox's first sync: per record what it would do. Reads only.
 
         Matched pairs are counted as merges the way ``mode`` would treat them: with
-        "refuse-duplicates" the pairs ``link --auto`` links (needed before the sync may start),
+        "refuse-duplicates" the pairs ``link auto`` links (needed before the sync may start),
         with "link-certain" the stamp / exact e-mail pairs, with "create-all" none."""
         snap = self.snapshot(mailbox, progress)
         cands = self._candidates(snap)
@@ -353,7 +434,7 @@ class LinkingService:
             decision_needs = ()
         else:
             decision = matching.auto_links(cands, min_score)
-            merges, how = list(decision.links), "linked by `crmsync link --auto`"
+            merges, how = list(decision.links), "linked by `crmsync link auto`"
             decision_needs = decision.needs_person
         merged_crm = {c.crm_key for c in merges}
         merged_ex = {c.exchange_key for c in merges}
@@ -421,11 +502,12 @@ class LinkingService:
         return (f"mailbox {mailbox}: first sync held: {len(dups)} pair(s) of an unlinked CRM record and an "
                 f"Outlook contact look like the same person (e.g. {example.crm_key} and item "
                 f"{example.exchange_key}, score {example.score:.4f}); a first sync now would create each "
-                f"twice. Review them with `crmsync plan --mailbox {mailbox}` and `crmsync match --mailbox "
-                f"{mailbox}`, link them with `crmsync link --auto --mailbox {mailbox}` (or by hand: "
-                "`crmsync link CRM_KEY ITEM_ID`), or set [sync] first_sync = \"link-certain\" or "
+                f"twice. Review them with `crmsync plan --mailbox {mailbox}` and `crmsync link suggest --mailbox "
+                f"{mailbox}`, link them with `crmsync link auto --mailbox {mailbox} --min-score "
+                f"{matching.DEFAULT_MIN_SCORE}` (or by hand: `crmsync link add CRM_KEY ITEM_ID`), or set "
+                "[sync] first_sync = \"link-certain\" or "
                 "\"create-all\" to proceed anyway.")
 
 
 __all__ = ["AutoLinkResult", "FirstSyncMode", "FirstSyncPlan", "LinkError", "LinkingService", "MatchReport",
-           "PlanRow", "Snapshot", "display_name"]
+           "PlanRow", "RebuildResult", "SearchHit", "Snapshot", "display_name"]

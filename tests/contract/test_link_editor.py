@@ -1,4 +1,4 @@
-"""``remove_unsynced_link`` (``crmsync unlink``): the SQL editor and the unit tests' fake store
+"""``remove_unsynced_link`` (``crmsync link remove``): the SQL editor and the unit tests' fake store
 obey one contract: only a link that was never synced and is not leased is removed."""
 
 from __future__ import annotations

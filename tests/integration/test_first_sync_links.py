@@ -9,6 +9,8 @@ The issue's scenario scaled down: a CRM with 50 accounts, an Outlook folder with
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sqlite3
@@ -54,7 +56,7 @@ class Deployment:
     """A config file, the databases and a container for one folder of alice's mailbox."""
 
     def __init__(self, tmp: Path, endpoint: str, folder: str, first_sync: str = "refuse-duplicates",
-                 crm_path: Path | None = None) -> None:
+                 crm_path: Path | None = None, mailbox_extra: str = "") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.crm_path = crm_path or tmp / "crm.db"
@@ -77,6 +79,7 @@ timeout_s = 10
 [[mailbox]]
 address = "{MB}"
 folder = "{folder}"
+{mailbox_extra}
 [sync]
 first_sync = "{first_sync}"
 [log]
@@ -173,33 +176,47 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     with capture_logs() as logs:
         loop.run_once()
     held = [e for e in logs if e["event"] == "producer.first_sync_held"]
-    assert held and "crmsync link --auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
+    assert held and "crmsync link auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
 
     # the plan: 30 merges, 20 contacts and 10 accounts to create; it writes nothing anywhere
     before = d.dump()
     plan = json.loads(d.cli("plan", "--format", "json").stdout)
-    assert d.dump() == before
     assert plan["counts"] == {"merge": 30, "create in Exchange": 20, "create in CRM": 10}
-    assert plan["held"] and "crmsync match" in plan["held"]
+    assert plan["held"] and "crmsync link suggest" in plan["held"]
 
-    matches = d.cli("match", "--format", "csv").stdout.splitlines()
-    assert len(matches) == 1 + 30 and matches[0].startswith("crm_key,crm_name,item_id")
-    assert all(line.endswith(",yes") for line in matches[1:])
+    suggested = d.cli("link", "suggest", "--format", "csv").stdout.splitlines()
+    assert len(suggested) == 1 + 30 and suggested[0].startswith("crm_key,crm_name,item_id")
+    assert all(line.endswith(",yes") for line in suggested[1:])
+    # search the folder for account A-21's person by name, company, e-mail and phone (any format)
+    for text in ("grace turing", "company 21", "GRACE.turing@c21", "+1 415-555-1021"):
+        hits = json.loads(d.cli("link", "search", "--mailbox", MB, text, "--format", "json").stdout)
+        assert [h["email"] for h in hits] == ["GRACE.TURING@C21.EXAMPLE"], text
+    assert d.dump() == before                               # plan, suggest and search read only
 
-    out = d.cli("link", "--auto", "--min-score", "0.9").stdout
+    dry = json.loads(d.cli("link", "auto", "--min-score", "0.9", "--dry-run", "--format", "json").stdout)
+    assert len(dry) == 30 and {r["result"] for r in dry} == {"would link"}
+    assert d.dump() == before
+    out = d.cli("link", "auto", "--min-score", "0.9").stdout
     assert "30 pair(s) linked, 0 record(s) need a person, 0 failed" in out
+    listed = json.loads(d.cli("link", "list", "--format", "json").stdout)
+    assert len(listed) == 30 and {r["state"] for r in listed} == {"linked, not synced yet"}
 
     # a second link of a linked record is refused with one clear line and a non-zero exit
     link = d.c.store.find_link(MB, crm_key="account:A-20")
     other = d.c.store.find_link(MB, crm_key="account:A-21")
-    refused = d.cli("link", "account:A-20", other.item_id, check=False)
+    refused = d.cli("link", "add", "account:A-20", other.item_id, check=False)
     assert refused.returncode == 2
     assert " ".join(refused.stderr.split()) == (f"crmsync: account:A-20 is already linked in {MB} (to item {link.item_id}); "
-                                      "`crmsync unlink account:A-20` first if that link is wrong")
-    # unlink and link again by hand: the same pair, made by a person
-    assert "unlinked account:A-20" in d.cli("unlink", "account:A-20").stdout
-    assert "the next sync merges them" in d.cli("link", "account:A-20", link.item_id).stdout
+                                                "`crmsync link remove account:A-20` first if that link is wrong")
+    # remove and add again by hand: the same pair, made by a person
+    removed = d.cli("link", "remove", "account:A-20", "--format", "csv").stdout.splitlines()
+    assert removed == ["result,mailbox,crm_key,item_id", f"removed,{MB},account:A-20,{link.item_id}"]
+    assert "linked" in d.cli("link", "add", "account:A-20", link.item_id).stdout
+    assert d.c.store.find_link(MB, crm_key="account:A-20").item_id == link.item_id
+    # the old spellings are gone
+    for old in (["match"], ["unlink", "account:A-20"], ["link", "--auto"]):
+        assert d.cli(*old, check=False).returncode != 0
 
     d.sync(loop)
 
@@ -211,11 +228,63 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     assert len(links) == 60 and all(link.base is not None for link in links)
 
 
-def test_link_certain_links_the_exact_email_pairs_by_itself(tmp_path, emulator):
+WRITES = ("CreateItem", "UpdateItem", "DeleteItem", "MoveItem", "CreateFolder", "DeleteFolder")
+
+
+def writes(emulator) -> dict[str, int]:
+    return {op: n for op, n in emulator.stats().items() if op in WRITES and n}
+
+
+def changelog_ids(d: Deployment) -> list[int]:
+    with d.c.crm_engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.text("SELECT id FROM crm_changelog ORDER BY id"))]
+
+
+def test_link_certain_syncs_then_rebuild_after_a_lost_state_database_gives_the_same_links(tmp_path, emulator):
     d = Deployment(tmp_path, emulator.endpoint, "CRM Certain", first_sync="link-certain")
     seed_scenario(d)
     d.sync(d.loop())
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (60, 60)
+    links = {(link.crm_key, link.item_id) for link in d.c.store.links_for_mailbox(MB)}
+    assert len(links) == 60
+
+    # the state database is lost: a new, empty one (same CRM, same folder)
+    d.c.dispose()
+    (tmp_path / "state.db").unlink()
+    lost = Deployment(tmp_path, emulator.endpoint, "CRM Certain")      # refuse-duplicates: the gate links nothing
+    assert lost.c.store.links_for_mailbox(MB) == []
+    folder_before = sorted((c.id, c.changekey) for c in lost.folder.all().only("id", "changekey"))
+    emulator.reset_stats()
+
+    rebuilt = json.loads(lost.cli("link", "rebuild", "--mailbox", MB, "--format", "json").stdout)
+    assert len(rebuilt) == 60 and {r["result"] for r in rebuilt} == {"linked"}
+    assert {r["how"] for r in rebuilt} == {"stamp"}                 # every synced contact carries its CRM key
+    assert {(link.crm_key, link.item_id) for link in lost.c.store.links_for_mailbox(MB)} == links
+    assert writes(emulator) == {}
+
+    # the next sync merges 60 equal pairs: nothing written to Exchange or the CRM
+    changelog = changelog_ids(lost)
+    lost.sync(lost.loop())
+    assert writes(emulator) == {}
+    assert changelog_ids(lost) == changelog
+    assert sorted((c.id, c.changekey) for c in lost.folder.all().only("id", "changekey")) == folder_before
+    after = lost.c.store.links_for_mailbox(MB)
+    assert {(link.crm_key, link.item_id) for link in after} == links and all(link.base is not None for link in after)
+
+
+def test_rebuild_reports_what_it_cannot_link(tmp_path, emulator):
+    """Before any sync nothing is stamped: only the exact e-mail pairs come back; the other
+    records are listed with the reason, and the table says how many."""
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Rebuild Report")
+    seed_scenario(d)
+    rows = list(csv.DictReader(io.StringIO(d.cli("link", "rebuild", "--mailbox", MB, "--format", "csv").stdout)))
+    assert sum(r["result"] == "linked" for r in rows) == 30
+    assert {r["how"] for r in rows if r["result"] == "linked"} == {"exact e-mail"}
+    left = [r for r in rows if r["result"] == "not linked"]
+    assert len(left) == 20 + 10
+    assert sum("creates it in Exchange" in r["how"] for r in left) == 20
+    assert sum("creates it in the CRM" in r["how"] for r in left) == 10
+    assert "0 link(s) rebuilt, 30 record(s) not linked" in d.cli("link", "rebuild", "--mailbox", MB).stdout
 
 
 def test_a_new_dedicated_folder_receives_every_account_without_duplicates(tmp_path, emulator):
@@ -233,3 +302,63 @@ def test_a_new_dedicated_folder_receives_every_account_without_duplicates(tmp_pa
     assert len(dedicated.outlook_emails()) == 50 and len(set(dedicated.outlook_emails())) == 50
     assert len(dedicated.crm_emails()) == 50
     assert sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey")) == before
+
+
+def test_init_folder_refuses_a_folder_with_contacts_and_writes_nothing(tmp_path, emulator):
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Busy")
+    seed_scenario(d)
+    before = d.dump()
+    emulator.reset_stats()
+
+    refused = d.cli("init-folder", "--mailbox", MB, "--folder", "crm busy", check=False)
+    assert refused.returncode == 2
+    assert " ".join(refused.stderr.split()) == (
+        f"crmsync: mailbox {MB}: folder 'crm busy' exists and holds 40 item(s); init-folder fills only a new or "
+        "empty folder (pick a new name, or link the contacts with `crmsync link suggest` / `crmsync link auto`); "
+        "nothing was written")
+    # a folder that is not the one the config syncs is refused before anything is looked at
+    other = d.cli("init-folder", "--mailbox", MB, "--folder", "CRM Elsewhere", check=False)
+    assert other.returncode == 2
+    assert "syncs folder 'CRM Busy'" in other.stderr and 'set folder = "CRM Elsewhere"' in other.stderr
+    assert writes(emulator) == {}
+    assert d.dump() == before
+
+
+def test_init_folder_pushes_every_account_into_a_new_folder_and_the_next_sync_writes_nothing(tmp_path, emulator):
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Source")
+    seed_scenario(d)                                         # 50 accounts; 40 contacts in another folder
+    with d.c.crm_engine.begin() as conn:                     # and 3 secondary contacts of account A-00
+        conn.execute(sa.text("INSERT INTO contacts (account_id, first_name, last_name, email) "
+                             "SELECT id, 'Assistant', :n, :e FROM accounts WHERE account_no = 'A-00'"),
+                     [{"n": f"No{i}", "e": f"assistant{i}@c0.example"} for i in range(3)])
+    old_folder = sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey"))
+    dedicated = Deployment(tmp_path / "dedicated", emulator.endpoint, "CRM Init/Accounts", crm_path=d.crm_path)
+    changelog = changelog_ids(d)
+
+    done = dedicated.cli("init-folder", "--mailbox", MB, "--folder", "CRM Init/Accounts")
+    assert "created contacts folder 'CRM Init/Accounts'" in done.stdout
+    assert "53 created-exchange" in done.stdout
+    assert sorted(dedicated.outlook_emails()) == sorted(dedicated.crm_emails() + [f"assistant{i}@c0.example"
+                                                                                 for i in range(3)])
+    links = dedicated.c.store.links_for_mailbox(MB)
+    assert len(links) == 53 and all(link.base is not None for link in links)
+    assert changelog_ids(d) == changelog                       # the CRM was only read
+
+    emulator.reset_stats()
+    contacts = sorted((c.id, c.changekey) for c in dedicated.folder.all().only("id", "changekey"))
+    dedicated.sync(dedicated.loop())
+    assert writes(emulator) == {}
+    assert changelog_ids(d) == changelog
+    assert sorted((c.id, c.changekey) for c in dedicated.folder.all().only("id", "changekey")) == contacts
+    assert sorted((c.id, c.changekey) for c in d.folder.all().only("id", "changekey")) == old_folder
+
+    # run again: refused, the mailbox is set up already
+    again = dedicated.cli("init-folder", "--mailbox", MB, "--folder", "CRM Init/Accounts", check=False)
+    assert again.returncode == 2 and "already has 53 link(s)" in again.stderr
+
+    # a mailbox without secondary contacts gets the accounts only
+    accounts_only = Deployment(tmp_path / "accounts-only", emulator.endpoint, "CRM Init/Accounts Only",
+                               crm_path=d.crm_path, mailbox_extra="secondary_contacts = false")
+    assert "50 created-exchange" in accounts_only.cli("init-folder", "--mailbox", MB,
+                                                      "--folder", "CRM Init/Accounts Only").stdout
+    assert sorted(accounts_only.outlook_emails()) == sorted(accounts_only.crm_emails())

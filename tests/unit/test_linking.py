@@ -211,7 +211,7 @@ def test_plan_predicts_merges_creates_and_duplicates_and_writes_nothing(world):
     by_action = {(r.action, r.crm_key, r.item_id) for r in plan.rows}
     assert ("create in Exchange", "account:A-3", None) in by_action
     assert ("create in CRM", None, margaret) in by_action
-    assert plan.held and "crmsync link --auto" in plan.held      # nothing linked yet: the gate would hold
+    assert plan.held and "crmsync link auto" in plan.held      # nothing linked yet: the gate would hold
 
 
 def test_plan_with_create_all_warns_about_each_probable_duplicate(world):
@@ -245,7 +245,8 @@ def test_the_gate_holds_a_first_sync_with_probable_duplicates_and_names_the_ways
     same_people(crm, ex)
     why = svc.first_sync_gate(MB, "refuse-duplicates")
     assert why is not None
-    for hint in ("2 pair(s)", "crmsync plan", "crmsync match", "crmsync link --auto", 'first_sync = "link-certain"'):
+    for hint in ("2 pair(s)", "crmsync plan", "crmsync link suggest", "crmsync link auto", "crmsync link add",
+                 'first_sync = "link-certain"'):
         assert hint in why
     assert store.links == {}
     assert svc.first_sync_gate(MB, "create-all") is None
@@ -297,7 +298,7 @@ def test_a_held_mailbox_gets_no_first_sync_and_no_events_while_the_others_sync()
     assert len(bob) == 2 + 1                       # bob's first sync, then the CRM change
     assert "crm-initial:alice@example.com" not in store.cursors
 
-    held.clear()                                   # `crmsync link --auto` was run
+    held.clear()                                   # `crmsync link auto` was run
     loop.run_once()
     assert {e.crm_key for e in store.events.values() if e.mailbox == "alice@example.com"} >= {"account:A-1",
                                                                                              "account:A-2"}
@@ -323,3 +324,59 @@ def test_a_failing_gate_holds_the_mailbox_and_is_asked_again():
     assert store.events == {} and len(calls) == 4        # two mailboxes, two cycles
 
 
+
+
+# ----------------------------------------------------------------------------- search and rebuild
+
+def test_search_finds_a_contact_by_name_company_email_or_phone_and_shows_its_link(world):
+    svc, crm, ex, _ = world
+    ada, grace, margaret = same_people(crm, ex)
+    ex.put(private=True, first_name="Ada", last_name="Secret")
+    svc.link(MB, "account:A-1", ada)
+
+    def found(text):
+        return {(h.item.item_id, h.matched, h.linked_to) for h in svc.search(MB, text)}
+
+    assert found("ada") == {(ada, ("name", "email"), "account:A-1")}  # the private Ada is never shown
+    assert found("lovelace ADA") == {(ada, ("name",), "account:A-1")}
+    assert found("hamil marg") == {(margaret, ("name",), None)}
+    assert found("mit") == {(margaret, ("company",), None)}
+    assert found("grace@navy") == {(grace, ("email",), None)}
+    assert found("+1 415 555 0101") == {(ada, ("phone",), "account:A-1")}
+    assert found("4155550101") == {(ada, ("phone",), "account:A-1")}
+    assert found("nobody") == set()
+    with pytest.raises(LinkError, match="give a name"):
+        svc.search(MB, "  ")
+
+
+def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world):
+    svc, crm, ex, store = world
+    ada, grace, margaret = same_people(crm, ex)
+    crm.put("account:A-4", first_name="Tim", last_name="Berners-Lee", company_name="CERN")
+    tim = ex.put(crm_key="account:A-4", first_name="Timothy", last_name="Berners Lee")   # stamped, names differ
+    ghost = ex.put(crm_key="account:A-99", first_name="Gone", last_name="Away")            # stamp of no record
+    crm.put("account:A-5", first_name="Hedy", last_name="Lamarr", email="hedy@films.example")
+    crm.put("account:A-6", first_name="Hedy", last_name="Lamarr", email="h.lamarr@films.example")
+    hedy = ex.put(crm_key="account:A-6", first_name="Hedy", last_name="Lamarr",
+                  email="hedy@films.example")          # stamped A-6, e-mail of A-5: the stamp wins
+    crm.put("account:A-7", first_name="Alan", last_name="Kay")
+    kay1 = ex.put(crm_key="account:A-7", first_name="Alan", last_name="Kay")        # a copied contact:
+    kay2 = ex.put(crm_key="account:A-7", first_name="Alan", last_name="Kay")        # two stamps of one key
+
+    result = svc.rebuild(MB)
+
+    assert {(c.crm_key, c.exchange_key) for c in result.linked} == {
+        ("account:A-1", ada), ("account:A-2", grace), ("account:A-4", tim), ("account:A-6", hedy)}
+    assert {(link.crm_key, link.item_id, link.base) for link in store.links.values()} == {
+        ("account:A-1", ada, None), ("account:A-2", grace, None), ("account:A-4", tim, None),
+        ("account:A-6", hedy, None)}
+    left = {(k, i): why for k, i, why in result.left}
+    assert set(left) == {("", margaret), ("", ghost), ("account:A-3", ""), ("account:A-5", hedy),
+                         ("account:A-7", kay1), ("account:A-7", kay2)}
+    assert "ambiguous" in left[("account:A-7", kay1)] and "ambiguous" in left[("account:A-7", kay2)]
+    assert left[("account:A-5", hedy)] == f"its e-mail match, item {hedy}, was linked to account:A-6 by its stamp"
+    assert "stamped account:A-99" in left[("", ghost)]
+    assert "no stamp and no exact e-mail match" in left[("", margaret)]
+    # a second rebuild finds everything linked already and links nothing twice
+    again = svc.rebuild(MB)
+    assert again.linked == () and len(again.left) == 6

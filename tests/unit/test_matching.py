@@ -364,3 +364,21 @@ def test_the_result_does_not_depend_on_the_order_of_the_input(book, data) -> Non
     linked_crm = [c.crm_key for c in decision.links]
     linked_ex = [c.exchange_key for c in decision.links]
     assert len(set(linked_crm)) == len(linked_crm) and len(set(linked_ex)) == len(linked_ex)
+
+
+# ----------------------------------------------------------------------------- text search (`link search`)
+
+def test_search_fields_matches_name_company_email_and_phone_in_any_form():
+    from crmsync.core.matching import search_fields
+
+    c = CanonicalContact(first_name="José", last_name="Müller-Lüdenscheidt", company_name="Société Générale SA",
+                         email="J.Mueller@SocGen.example", phone_business="+44 20 7946 0958")
+    assert search_fields("jose muller", c) == ("name",)                   # accents, word order and case
+    assert search_fields("lüdensch", c) == ("name",)                      # a word's beginning
+    assert search_fields("societe gen", c) == ("company",)
+    assert search_fields("mueller@socgen", c) == ("email",)
+    assert search_fields("020 7946 0958", c, region="GB") == ("phone",)   # national format, normalized
+    assert search_fields("7946 0958", c) == ("phone",)                    # digits contained
+    assert search_fields("jose smith", c) == ()                           # every word must match
+    assert search_fields("0958", c) == ()                                 # too few digits for a phone
+    assert search_fields("", c) == ()

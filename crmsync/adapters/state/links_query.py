@@ -1,6 +1,6 @@
 """An administrator's edit of the links table: removing a link that was never synced.
 
-Kept apart from the sync's own store (``sqlalchemy_store``): only ``crmsync unlink`` uses it.
+Kept apart from the sync's own store (``sqlalchemy_store``): only ``crmsync link remove`` uses it.
 """
 
 from __future__ import annotations

@@ -169,3 +169,16 @@ def open_folder(account: Account, path: str, create: bool = True) -> Folder:
             walked.append(name)
             folder = child
     return folder
+
+
+def find_folder(account: Account, path: str) -> Folder | None:
+    """The folder at ``path`` under the mailbox's Contacts, or None when a part of it is missing
+    (nothing is created)."""
+    with ews_errors(account.primary_smtp_address, f"looking for folder {path!r}"):
+        folder = account.contacts
+        for name in _split(path):
+            try:
+                folder = folder // name
+            except ErrorFolderNotFound:
+                return None
+    return folder
