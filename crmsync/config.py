@@ -658,7 +658,10 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        problems.extend(_describe(error, sources, file_label) for error in exc.errors())
+        listed = merged.get("mailboxes")
+        addresses = [m.get("address") if isinstance(m, dict) else None for m in listed] \
+            if isinstance(listed, list) else []
+        problems.extend(_describe(error, sources, file_label, addresses) for error in exc.errors())
     if problems:
         raise ConfigError("\n".join(problems))
     assert settings is not None
@@ -694,8 +697,14 @@ def _key_name(loc: tuple[Any, ...]) -> tuple[str, tuple[str, ...]]:
     return text, tuple(str(p) for p in loc[:2])
 
 
-def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], file_label: str | None) -> str:
+def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], file_label: str | None,
+              addresses: typing.Sequence[Any] = ()) -> str:
     loc = tuple(error["loc"])
+    # A [[mailbox]] key's error also names the mailbox (unless its address is what is wrong).
+    mailbox = ""
+    if len(loc) > 2 and loc[0] == "mailboxes" and isinstance(loc[1], int) and loc[2] != "address" \
+            and loc[1] < len(addresses) and isinstance(addresses[loc[1]], str):
+        mailbox = f" (mailbox {addresses[loc[1]]})"
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
@@ -740,4 +749,4 @@ def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], 
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
         message = message[:1].lower() + message[1:]
-    return _line(key, message + got, source)
+    return _line(key, message + got + mailbox, source)
