@@ -120,8 +120,9 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = EwsExchange(
                     account, folder,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities),
-                    categories=self.settings.effective(address).categories or ())
+                    private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
+                    categories=self.settings.effective(address).categories or (),
+                    only_categories=self.settings.effective(address).only_categories or ())
             return self._sides[address]
 
     def _graph_side(self, address: str):
@@ -132,7 +133,8 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = GraphExchange(
                     self._graph, self.mailbox_settings(address).address, folder_id,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+                    private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
+                    only_categories=self.settings.effective(address).only_categories or ())
             return self._sides[address]
 
     def exchange_feed(self, address: str):

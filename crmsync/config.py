@@ -67,9 +67,10 @@ OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
 POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
                "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
-               "delete_window_s")
-#: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
-Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
+               "delete_window_s", "private_sensitivities", "only_categories")
+#: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType) that may be kept out of the CRM
+#: (Normal may not: it would keep out every ordinary contact).
+Sensitivity = Literal["Personal", "Private", "Confidential"]
 
 #: Keys that would hold a secret; in the file they are refused with a pointer to ``*_env``.
 _SECRET_KEYS = {
@@ -293,6 +294,16 @@ def _check_field_rules(value: Mapping[str, str] | None) -> Mapping[str, str] | N
     return value
 
 
+def _check_categories(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Outlook category names, trimmed; an empty name is an error (it would match nothing)."""
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value)
+    if not all(names):
+        raise PydanticCustomError("categories", "an empty category name matches no contact")
+    return names
+
+
 class PushRule(_Section):
     """One rule of a push filter: the CRM account column and the values it may hold."""
 
@@ -333,6 +344,13 @@ class MailboxSettings(_Section):
     max_delete_percent: float | None = Field(default=None, ge=0, le=100)
     min_delete_count_for_percent: int | None = Field(default=None, ge=0)
     delete_window_s: float | None = Field(default=None, gt=0)
+    private_sensitivities: tuple[Sensitivity, ...] | None = None
+    only_categories: tuple[str, ...] | None = None
+
+    @field_validator("only_categories")
+    @classmethod
+    def _categories(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_categories(value)
 
     @field_validator("fields")
     @classmethod
@@ -393,6 +411,14 @@ class SyncSettings(_Section):
     #: ... while numbering at least this many.
     min_delete_count_for_percent: int = Field(default=5, ge=0)
     delete_window_s: float = Field(default=3600.0, gt=0)
+    #: Exchange -> CRM: when not empty, only contacts carrying one of these Outlook categories
+    #: are imported (contacts stamped by crmsync keep syncing).
+    only_categories: tuple[str, ...] = ()
+
+    @field_validator("only_categories")
+    @classmethod
+    def _categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_categories(value)  # type: ignore[return-value]
 
     @field_validator("fields")
     @classmethod

@@ -172,7 +172,7 @@ def test_crmsync_mailboxes_replaces_the_files_list(tmp_path: Path) -> None:
          "config key sync.conflict_policy: must be one of newest-wins, crm-wins, exchange-wins, manual (got 'last-wins') [from {path}]"),
         ('[sync]\nphone_region = "XX"\n', {}, "config key sync.phone_region: must be a two-letter region code"),
         ('[sync]\nprivate_sensitivities = ["Secret"]\n', {},
-         "config key sync.private_sensitivities[0]: must be one of Normal, Personal, Private, Confidential (got 'Secret') [from {path}]"),
+         "config key sync.private_sensitivities[0]: must be one of Personal, Private, Confidential (got 'Secret') [from {path}]"),
         ('[sync]\npoll_interval = 3\n', {}, "config key sync.poll_interval: unknown key (known keys here: conflict_policy,"),
         ('[sink]\nx = 1\n', {}, "config key sink: unknown key"),
         ('crm = "sqlite:///x.db"\n', {}, "config key crm: must be a table ([crm]) (got 'sqlite:///x.db') [from {path}]"),
