@@ -167,7 +167,8 @@ class Container:
         field_of = {column: name for name, column in ACCOUNT_COLUMNS.items()}
         push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
         return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
-                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter)
+                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter,
+                       conflict_fields=mbox.conflict_fields or {})
 
     @cached_property
     def held_deletes(self):

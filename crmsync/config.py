@@ -332,6 +332,7 @@ class MailboxSettings(_Section):
     secondary_contacts: bool = True
     api: ExchangeApi | None = None    # None: exchange.api
     conflict_policy: ConflictPolicy | None = None
+    conflict_fields: dict[str, ConflictPolicy] | None = None
     enabled: bool | None = None
     direction: Direction | None = None
     create_folder: bool | None = None
@@ -352,7 +353,7 @@ class MailboxSettings(_Section):
     def _categories(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return _check_categories(value)
 
-    @field_validator("fields")
+    @field_validator("fields", "conflict_fields")
     @classmethod
     def _fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return _check_field_rules(value)  # type: ignore[return-value]
@@ -375,6 +376,8 @@ class SyncSettings(_Section):
     """How records are reconciled and how often the producers look for changes."""
 
     conflict_policy: ConflictPolicy = "newest-wins"
+    #: Per-field conflict policies over ``conflict_policy`` (mapped fields only).
+    conflict_fields: dict[str, ConflictPolicy] = Field(default_factory=dict)
     phone_region: str = "US"
     private_sensitivities: tuple[Sensitivity, ...] = ("Private",)
     #: The safety net behind the doorbells; while a doorbell is not armed the producer polls
@@ -420,7 +423,7 @@ class SyncSettings(_Section):
     def _categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_categories(value)  # type: ignore[return-value]
 
-    @field_validator("fields")
+    @field_validator("fields", "conflict_fields")
     @classmethod
     def _fields(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_field_rules(value)  # type: ignore[return-value]
@@ -539,10 +542,11 @@ class Settings(BaseModel):
 
     def effective(self, address: str) -> MailboxSettings:
         """One mailbox's settings with every policy key it leaves out taken from ``[sync]``;
-        field rules merge (the mailbox's own win per field)."""
+        field rules and per-field conflict policies merge (the mailbox's own win per field)."""
         mbox = self.mailbox(address)
         update: dict[str, Any] = {key: getattr(self.sync, key) for key in POLICY_KEYS if getattr(mbox, key) is None}
         update["fields"] = {**self.sync.fields, **(mbox.fields or {})}
+        update["conflict_fields"] = {**self.sync.conflict_fields, **(mbox.conflict_fields or {})}
         return mbox.model_copy(update=update)
 
     def enabled_mailboxes(self) -> tuple[MailboxSettings, ...]:

@@ -63,7 +63,7 @@ def effective_policy(settings, address: str) -> list[tuple[str, Any, str]]:
             continue
         key = info.alias or name
         value = getattr(eff, name)
-        if name in POLICY_KEYS or name == "fields":
+        if name in POLICY_KEYS or name in ("fields", "conflict_fields"):
             if getattr(own, name) is not None:
                 source = "mailbox"
             else:
