@@ -74,6 +74,10 @@ class Container:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
                 mbox = self.settings.effective(address)
+                if mbox.only_categories:   # before any contact crosses the wire
+                    from crmsync.logging_setup import hide_unstamped_items
+
+                    hide_unstamped_items()
                 account = connect(self.settings.exchange, mbox.address)
                 try:
                     folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))

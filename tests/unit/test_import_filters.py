@@ -106,9 +106,11 @@ def test_the_ews_side_reads_a_kept_out_contact_as_an_empty_private_record():
 
 
 def test_the_container_gives_each_mailbox_its_own_filters(tmp_path, monkeypatch):
+    from crmsync import logging_setup
     from crmsync.adapters.exchange.ews import connect as ews
     from crmsync.bootstrap import Container
 
+    monkeypatch.setattr(logging_setup, "_HIDE_UNSTAMPED", [False])
     monkeypatch.setattr(ews, "connect", lambda exchange, address: SimpleNamespace(primary_smtp_address=address))
     monkeypatch.setattr(ews, "open_folder", lambda account, path, create=True: object())
     s = load_settings(write(tmp_path, '[sync]\nonly_categories = ["CRM"]\n[[mailbox]]\naddress = "a@example.com"\n'
@@ -118,6 +120,25 @@ def test_the_container_gives_each_mailbox_its_own_filters(tmp_path, monkeypatch)
     a, b = c.exchange_side("a@example.com"), c.exchange_side("b@example.com")
     assert (a.private_sensitivities, a.only_categories) == ({"Private"}, {"CRM"})
     assert (b.private_sensitivities, b.only_categories) == ({"Private", "Personal"}, frozenset())
+    assert logging_setup._HIDE_UNSTAMPED == [True]      # the EWS wire log hides unstamped items now
+
+
+WIRE = ('<m:Items><t:Contact><t:ItemId Id="AAA1" ChangeKey="c1"/><t:GivenName>KeptOutZq</t:GivenName>'
+        '<t:Sensitivity>Normal</t:Sensitivity></t:Contact>'
+        '<t:Contact><t:ItemId Id="AAA2" ChangeKey="c2"/><t:ExtendedProperty><t:ExtendedFieldURI '
+        'PropertySetId="x" PropertyName="crmsync-crm-key" PropertyType="String"/><t:Value>account:A-1</t:Value>'
+        '</t:ExtendedProperty><t:GivenName>SyncedZq</t:GivenName><t:Sensitivity>Normal</t:Sensitivity>'
+        '</t:Contact></m:Items>')
+
+
+def test_with_only_categories_the_wire_log_hides_every_unstamped_item(monkeypatch):
+    from crmsync import logging_setup
+
+    monkeypatch.setattr(logging_setup, "_HIDE_UNSTAMPED", [False])
+    assert "KeptOutZq" in logging_setup.redact_private_items(WIRE)
+    logging_setup.hide_unstamped_items()
+    shown = logging_setup.redact_private_items(WIRE)
+    assert "KeptOutZq" not in shown and 'Id="AAA1"' in shown and "SyncedZq" in shown
 
 
 def test_the_graph_side_applies_the_same_rule():
