@@ -74,6 +74,10 @@ class Container:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
                 mbox = self.settings.effective(address)
+                if mbox.only_categories:   # before any contact crosses the wire
+                    from crmsync.logging_setup import hide_unstamped_items
+
+                    hide_unstamped_items()
                 account = connect(self.settings.exchange, mbox.address)
                 try:
                     folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
@@ -120,8 +124,9 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = EwsExchange(
                     account, folder,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities),
-                    categories=self.settings.effective(address).categories or ())
+                    private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
+                    categories=self.settings.effective(address).categories or (),
+                    only_categories=self.settings.effective(address).only_categories or ())
             return self._sides[address]
 
     def _graph_side(self, address: str):
@@ -132,7 +137,8 @@ class Container:
             if address not in self._sides:
                 self._sides[address] = GraphExchange(
                     self._graph, self.mailbox_settings(address).address, folder_id,
-                    private_sensitivities=frozenset(self.settings.sync.private_sensitivities))
+                    private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
+                    only_categories=self.settings.effective(address).only_categories or ())
             return self._sides[address]
 
     def exchange_feed(self, address: str):
@@ -165,7 +171,8 @@ class Container:
         field_of = {column: name for name, column in ACCOUNT_COLUMNS.items()}
         push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
         return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
-                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter)
+                       field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter,
+                       conflict_fields=mbox.conflict_fields or {})
 
     @cached_property
     def held_deletes(self):

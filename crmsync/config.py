@@ -67,9 +67,10 @@ OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
 POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
                "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
-               "delete_window_s")
-#: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType).
-Sensitivity = Literal["Normal", "Personal", "Private", "Confidential"]
+               "delete_window_s", "private_sensitivities", "only_categories")
+#: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType) that may be kept out of the CRM
+#: (Normal may not: it would keep out every ordinary contact).
+Sensitivity = Literal["Personal", "Private", "Confidential"]
 
 #: Keys that would hold a secret; in the file they are refused with a pointer to ``*_env``.
 _SECRET_KEYS = {
@@ -293,6 +294,16 @@ def _check_field_rules(value: Mapping[str, str] | None) -> Mapping[str, str] | N
     return value
 
 
+def _check_categories(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Outlook category names, trimmed; an empty name is an error (it would match nothing)."""
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value)
+    if not all(names):
+        raise PydanticCustomError("categories", "an empty category name matches no contact")
+    return names
+
+
 class PushRule(_Section):
     """One rule of a push filter: the CRM account column and the values it may hold."""
 
@@ -321,6 +332,7 @@ class MailboxSettings(_Section):
     secondary_contacts: bool = True
     api: ExchangeApi | None = None    # None: exchange.api
     conflict_policy: ConflictPolicy | None = None
+    conflict_fields: dict[str, ConflictPolicy] | None = None
     enabled: bool | None = None
     direction: Direction | None = None
     create_folder: bool | None = None
@@ -333,8 +345,15 @@ class MailboxSettings(_Section):
     max_delete_percent: float | None = Field(default=None, ge=0, le=100)
     min_delete_count_for_percent: int | None = Field(default=None, ge=0)
     delete_window_s: float | None = Field(default=None, gt=0)
+    private_sensitivities: tuple[Sensitivity, ...] | None = None
+    only_categories: tuple[str, ...] | None = None
 
-    @field_validator("fields")
+    @field_validator("only_categories")
+    @classmethod
+    def _categories(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_categories(value)
+
+    @field_validator("fields", "conflict_fields")
     @classmethod
     def _fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return _check_field_rules(value)  # type: ignore[return-value]
@@ -357,6 +376,8 @@ class SyncSettings(_Section):
     """How records are reconciled and how often the producers look for changes."""
 
     conflict_policy: ConflictPolicy = "newest-wins"
+    #: Per-field conflict policies over ``conflict_policy`` (mapped fields only).
+    conflict_fields: dict[str, ConflictPolicy] = Field(default_factory=dict)
     phone_region: str = "US"
     private_sensitivities: tuple[Sensitivity, ...] = ("Private",)
     #: The safety net behind the doorbells; while a doorbell is not armed the producer polls
@@ -393,8 +414,16 @@ class SyncSettings(_Section):
     #: ... while numbering at least this many.
     min_delete_count_for_percent: int = Field(default=5, ge=0)
     delete_window_s: float = Field(default=3600.0, gt=0)
+    #: Exchange -> CRM: when not empty, only contacts carrying one of these Outlook categories
+    #: are imported (contacts stamped by crmsync keep syncing).
+    only_categories: tuple[str, ...] = ()
 
-    @field_validator("fields")
+    @field_validator("only_categories")
+    @classmethod
+    def _categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_categories(value)  # type: ignore[return-value]
+
+    @field_validator("fields", "conflict_fields")
     @classmethod
     def _fields(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_field_rules(value)  # type: ignore[return-value]
@@ -513,10 +542,11 @@ class Settings(BaseModel):
 
     def effective(self, address: str) -> MailboxSettings:
         """One mailbox's settings with every policy key it leaves out taken from ``[sync]``;
-        field rules merge (the mailbox's own win per field)."""
+        field rules and per-field conflict policies merge (the mailbox's own win per field)."""
         mbox = self.mailbox(address)
         update: dict[str, Any] = {key: getattr(self.sync, key) for key in POLICY_KEYS if getattr(mbox, key) is None}
         update["fields"] = {**self.sync.fields, **(mbox.fields or {})}
+        update["conflict_fields"] = {**self.sync.conflict_fields, **(mbox.conflict_fields or {})}
         return mbox.model_copy(update=update)
 
     def enabled_mailboxes(self) -> tuple[MailboxSettings, ...]:
@@ -658,7 +688,10 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        problems.extend(_describe(error, sources, file_label) for error in exc.errors())
+        listed = merged.get("mailboxes")
+        addresses = [m.get("address") if isinstance(m, dict) else None for m in listed] \
+            if isinstance(listed, list) else []
+        problems.extend(_describe(error, sources, file_label, addresses) for error in exc.errors())
     if problems:
         raise ConfigError("\n".join(problems))
     assert settings is not None
@@ -694,8 +727,14 @@ def _key_name(loc: tuple[Any, ...]) -> tuple[str, tuple[str, ...]]:
     return text, tuple(str(p) for p in loc[:2])
 
 
-def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], file_label: str | None) -> str:
+def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], file_label: str | None,
+              addresses: typing.Sequence[Any] = ()) -> str:
     loc = tuple(error["loc"])
+    # A [[mailbox]] key's error also names the mailbox (unless its address is what is wrong).
+    mailbox = ""
+    if len(loc) > 2 and loc[0] == "mailboxes" and isinstance(loc[1], int) and loc[2] != "address" \
+            and loc[1] < len(addresses) and isinstance(addresses[loc[1]], str):
+        mailbox = f" (mailbox {addresses[loc[1]]})"
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
@@ -740,4 +779,4 @@ def _describe(error: Mapping[str, Any], sources: Mapping[tuple[str, ...], str], 
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
         message = message[:1].lower() + message[1:]
-    return _line(key, message + got, source)
+    return _line(key, message + got + mailbox, source)

@@ -13,7 +13,8 @@ prints every request's headers — with Basic auth the ``Authorization`` header 
   ``[log] ews_wire = true`` (``CRMSYNC_LOG_EWS_WIRE=true``) turns the wire on;
 * a filter on those two loggers (it runs before any handler, Celery's included) rewrites each
   record: ``Authorization``-style header values, registered secrets and URL passwords become
-  ``***``, and every item in a SOAP body whose Sensitivity is not Normal keeps only its ids;
+  ``***``, and every item in a SOAP body whose Sensitivity is not Normal keeps only its ids
+  (once a mailbox uses ``only_categories``: every item not stamped with a CRM key, too);
 * every line through crmsync's handler is redacted again (Authorization values included).
 
 Nothing happens at import; a process calls :func:`configure_logging` once at start.
@@ -75,15 +76,30 @@ _SENSITIVITY = re.compile(r"<t:Sensitivity>\s*(?P<value>[^<\s]*)\s*</t:Sensitivi
 _ITEM_IDS = re.compile(r"<t:(?:ItemId|ParentFolderId)\b[^>]*/>")
 
 
+_HIDE_UNSTAMPED = [False]
+_STAMP_NAME = "crmsync-crm-key"   # the stamp's PropertyName (crmsync.adapters.exchange.ews.side)
+
+
+def hide_unstamped_items() -> None:
+    """From now on the wire redaction also hides every item not stamped with a CRM key: a mailbox
+    uses ``only_categories``, so a Normal contact may be one that is kept out of the sync."""
+    _HIDE_UNSTAMPED[0] = True
+
+
 def redact_private_items(xml: str) -> str:
     """A SOAP body with every item whose Sensitivity is not Normal reduced to its ids (a private
-    contact's fields never reach a log, not even on the wire switch)."""
+    contact's fields never reach a log, not even on the wire switch); after
+    :func:`hide_unstamped_items`, every item without our stamp too."""
     def hide(m: re.Match[str]) -> str:
         sensitivity = _SENSITIVITY.search(m.group(0))
-        if sensitivity is None or sensitivity.group("value") == "Normal":
+        if sensitivity is not None and sensitivity.group("value") != "Normal":
+            why = f"{sensitivity.group('value')} item"
+        elif _HIDE_UNSTAMPED[0] and _STAMP_NAME not in m.group(0):
+            why = "unstamped item (only_categories)"
+        else:
             return m.group(0)
         ids = "".join(_ITEM_IDS.findall(m.group(0)))
-        return f"<{m.group('tag')}>{ids}<!-- {sensitivity.group('value')} item: fields hidden --></{m.group('tag')}>"
+        return f"<{m.group('tag')}>{ids}<!-- {why}: fields hidden --></{m.group('tag')}>"
     return _ITEM_ELEMENT.sub(hide, xml)
 
 

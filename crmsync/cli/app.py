@@ -238,6 +238,10 @@ from crmsync.cli import policy as _policy  # noqa: E402 - its commands need `app
 
 _policy.register(app)
 
+from crmsync.cli import config_check as _config_check  # noqa: E402 - `crmsync config check`
+
+_config_check.register(app)
+
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 from crmsync.cli.flower import flower as _flower  # noqa: E402
 from crmsync.cli.metrics_server import metrics_server as _metrics_server  # noqa: E402

@@ -27,6 +27,8 @@ Per field, with "changed" meaning "not normalized-equal to the base" (``normaliz
   source's value, so a later switch to two-way has no old edit left to replay;
 * a field whose direction is ``ignore`` is never written on either side; its base keeps the last
   synced value;
+* ``Policy.conflict_fields`` gives single fields their own conflict policy (``conflict_of``);
+  the rules above and below apply per field with that field's policy;
 * ``manual``: a field both sides changed differently is *held*: neither side is written, the
   base keeps its old value (so the field stays a conflict), the rest of the record merges, and
   the ``Conflict`` has ``chosen="held"``. A person's decision comes in as ``resolved`` (field ->
@@ -96,10 +98,15 @@ class Policy:
     #: CRM -> Exchange filter: (account field, allowed values); a CRM account is pushed to a new
     #: Exchange contact only when every rule holds (its secondary contacts follow the account).
     push_filter: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: Per-field conflict policies overriding ``conflict`` for those fields.
+    conflict_fields: Mapping[str, ConflictPolicy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.conflict not in _POLICIES:
-            raise ValueError(f"conflict policy {self.conflict!r} is not one of {', '.join(_POLICIES)}")
+        for name, kind in (("", self.conflict), *((f"{f}: ", k) for f, k in self.conflict_fields.items())):
+            if kind not in _POLICIES:
+                raise ValueError(f"{name}conflict policy {kind!r} is not one of {', '.join(_POLICIES)}")
+        _check_fields(tuple(self.conflict_fields))
+        object.__setattr__(self, "conflict_fields", MappingProxyType(dict(self.conflict_fields)))
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction {self.direction!r} is not one of {', '.join(DIRECTIONS)}")
         bad = {f: d for f, d in self.field_rules.items() if d not in FIELD_DIRECTIONS}
@@ -113,7 +120,17 @@ class Policy:
 
     def __hash__(self) -> int:
         return hash((self.conflict, self.crm_readonly, self.region, self.direction,
-                     tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter))
+                     tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter,
+                     tuple(sorted(self.conflict_fields.items()))))
+
+    def conflict_of(self, name: str) -> ConflictPolicy:
+        """The conflict policy of one field: its own (``conflict_fields``), else the mailbox's."""
+        return self.conflict_fields.get(name, self.conflict)
+
+    @property
+    def holds_conflicts(self) -> bool:
+        """Whether any field may be held for a person (``manual`` for the mailbox or a field)."""
+        return self.conflict == "manual" or "manual" in self.conflict_fields.values()
 
     def direction_of(self, name: str) -> FieldDirection:
         """The effective direction of one field: ``ignore`` wins, then the narrowest of the
@@ -190,11 +207,11 @@ def _second(moment: datetime) -> datetime:
     return _utc(moment).replace(microsecond=0)
 
 
-def _resolve(policy: Policy, crm_at: datetime | None, exchange_at: datetime | None) -> tuple[str, str]:
-    """(chosen side, reason) for a field both sides changed differently."""
-    if policy.conflict == "crm-wins":
+def _resolve(kind: ConflictPolicy, crm_at: datetime | None, exchange_at: datetime | None) -> tuple[str, str]:
+    """(chosen side, reason) for a field both sides changed differently, by policy ``kind``."""
+    if kind == "crm-wins":
         return "crm", "crm-wins"
-    if policy.conflict == "exchange-wins":
+    if kind == "exchange-wins":
         return "exchange", "exchange-wins"
     if crm_at is None and exchange_at is None:
         return "exchange", "newest-wins: neither modification time is known, Exchange wins"
@@ -267,11 +284,12 @@ def reconcile(
                 conflicts.append(Conflict(f, c, e, b, "exchange", "one-way: exchange-to-crm"))
             continue
         if crm_changed and exchange_changed:
-            if policy.conflict == "manual":
+            kind = policy.conflict_of(f)
+            if kind == "manual":
                 merged[f] = b                   # held: both keep their value, the base its old one
                 conflicts.append(Conflict(f, c, e, b, "held", "manual"))
                 continue
-            chosen, reason = _resolve(policy, crm_modified_at, exchange_modified_at)
+            chosen, reason = _resolve(kind, crm_modified_at, exchange_modified_at)
             conflicts.append(Conflict(f, c, e, b, chosen, reason))
         else:
             chosen = "crm" if crm_changed else "exchange"

@@ -607,7 +607,7 @@ class _MailboxBatch:
 
     def _merge(self, link: Link, fields: tuple[str, ...], crm: CrmRecord, ex: ExchangeRecord) -> Step:
         policy = self._policy(link)
-        queue = self.svc.conflicts if policy.conflict == "manual" else None
+        queue = self.svc.conflicts if policy.holds_conflicts else None
         decided = {}
         if queue is not None:   # a person's decisions on held fields of this link
             decided = {f: row for f, row in queue.open_for(self.mailbox, link.crm_key).items() if row.status == "resolved"}

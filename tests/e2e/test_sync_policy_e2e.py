@@ -188,3 +188,31 @@ def test_manual_conflict_keeps_both_values_syncs_the_rest_and_a_resolution_reach
     p.settle()
     assert account(p, no)["job_title"] == "Engineer" and contact_by_email(p, email).job_title == "Engineer"
     assert json_rows(p.cli("conflicts", "list", "--format", "json").stdout) == []
+
+
+def test_a_per_field_manual_policy_holds_that_field_while_the_mailbox_policy_decides_the_rest(pipeline):
+    p = pipeline
+    set_policy(p, 'conflict_policy = "crm-wins"\nconflict_fields = {job_title = "manual"}')
+    email = f"joan.{uuid.uuid4().hex[:6]}@perfield.example"
+    no = insert_account(p, company_name="Per Field AS", first_name="Joan", last_name="Clarke", email=email,
+                        job_title="Analyst", department="Hut 8")
+    contact = wait_until(lambda: contact_by_email(p, email), 60, what="the pushed contact")
+    p.settle()
+    p.stop("worker")                                     # both sides edit both fields before anything syncs
+    p.crm.execute("UPDATE accounts SET job_title = 'Cryptanalyst', department = 'Hut 11' WHERE account_no = :no",
+                  no=no)
+    outlook_edit(p, contact, job_title="Numismatist", department="Bletchley")
+    p.start_worker()
+    rows = wait_until(lambda: [r for r in json_rows(p.cli("conflicts", "list", "--format", "json").stdout)
+                               if r["crm_key"] == f"account:{no}"], 60, what="the held job title")
+    wait_until(lambda: contact_by_email(p, email).department == "Hut 11", 60, what="crm-wins for the department")
+    p.settle()
+    assert [(r["field"], r["crm_value"], r["exchange_value"]) for r in rows] == [
+        ("job_title", "Cryptanalyst", "Numismatist")]
+    assert account(p, no)["department"] == "Hut 11"
+    assert account(p, no)["job_title"] == "Cryptanalyst" and contact_by_email(p, email).job_title == "Numismatist"
+
+    done = p.cli("conflicts", "resolve", str(rows[0]["id"]), "--take", "crm")
+    assert "written on both sides" in done.stdout
+    p.settle()
+    assert contact_by_email(p, email).job_title == "Cryptanalyst"

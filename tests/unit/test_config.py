@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,7 @@ def test_crmsync_mailboxes_replaces_the_files_list(tmp_path: Path) -> None:
          "config key sync.conflict_policy: must be one of newest-wins, crm-wins, exchange-wins, manual (got 'last-wins') [from {path}]"),
         ('[sync]\nphone_region = "XX"\n', {}, "config key sync.phone_region: must be a two-letter region code"),
         ('[sync]\nprivate_sensitivities = ["Secret"]\n', {},
-         "config key sync.private_sensitivities[0]: must be one of Normal, Personal, Private, Confidential (got 'Secret') [from {path}]"),
+         "config key sync.private_sensitivities[0]: must be one of Personal, Private, Confidential (got 'Secret') [from {path}]"),
         ('[sync]\npoll_interval = 3\n', {}, "config key sync.poll_interval: unknown key (known keys here: conflict_policy,"),
         ('[sink]\nx = 1\n', {}, "config key sink: unknown key"),
         ('crm = "sqlite:///x.db"\n', {}, "config key crm: must be a table ([crm]) (got 'sqlite:///x.db') [from {path}]"),
@@ -315,16 +316,42 @@ def test_loading_twice_does_not_share_the_environment() -> None:
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "crmsync.example.toml"
 
 
+def _example_sections(text: str) -> dict[str, list[str]]:
+    """The example's lines per section header (the first [[mailbox]] table only)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = sections.setdefault("", [])
+    for line in text.splitlines():
+        header = re.fullmatch(r"\[\[?([a-z_]+)\]\]?", line.strip())
+        if header:
+            current = sections.setdefault(header.group(1), []) if header.group(1) not in sections else []
+        else:
+            current.append(line)
+    return sections
+
+
 def test_the_example_config_loads_and_documents_every_key() -> None:
+    """Every key of every config model is in deploy/crmsync.example.toml, in its own section, set
+    or commented out, under a comment saying what it does, so the example cannot drift."""
+    from crmsync.config import _SECTIONS, MailboxSettings, PushRule
+
     s = load_settings(str(EXAMPLE), env={})
     assert [m.address for m in s.mailboxes] == ["alice@example.com", "bob@example.com"]
-    text = EXAMPLE.read_text(encoding="utf-8")
-    for section, model in [("crm", type(s.crm)), ("state", type(s.state)), ("broker", type(s.broker)),
-                           ("exchange", type(s.exchange)), ("sync", type(s.sync)), ("worker", type(s.worker)),
-                           ("log", type(s.log)), ("mailbox", type(s.mailboxes[0]))]:
+    sections = _example_sections(EXAMPLE.read_text(encoding="utf-8"))
+    models = {**_SECTIONS, "mailbox": MailboxSettings}
+    assert set(models) <= set(sections), f"sections missing from {EXAMPLE.name}: {set(models) - set(sections)}"
+    for section, model in models.items():
+        lines = sections[section]
         for name, info in model.model_fields.items():
             key = info.alias or name
-            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} is not in {EXAMPLE.name}"
+            at = [i for i, line in enumerate(lines) if re.match(rf"^(# )?{key} = ", line)]
+            assert at, f"[{section}] {key} is not in {EXAMPLE.name}"
+            above = lines[:at[0]]
+            while above and re.match(r"^(# )?[a-z_]+ = ", above[-1]):   # keys grouped under one comment
+                above.pop()
+            assert above and above[-1].startswith("# "), f"[{section}] {key} has no comment in {EXAMPLE.name}"
+    push_keys = [info.alias or name for name, info in PushRule.model_fields.items()]
+    push_examples = [line for lines in sections.values() for line in lines if "push_filter = [{" in line]
+    assert all(f"{key} = " in line for key in push_keys for line in push_examples) and push_examples
 
 
 def test_commands_that_need_exchange_or_mailboxes_say_which_key_is_missing() -> None:

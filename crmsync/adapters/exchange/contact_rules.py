@@ -33,3 +33,14 @@ def derive_file_as(first: str | None, last: str | None, company: str | None) -> 
     if first and last:
         return f"{last}, {first}"
     return last or first or company or None
+
+
+def kept_out(sensitivity: str | None, categories: Iterable[str] | None, stamped: bool,
+             private_sensitivities: frozenset[str], only_categories: frozenset[str]) -> bool:
+    """True when the contact is never read into the CRM (it reads as private, an empty record):
+    its Sensitivity is in ``private_sensitivities``, or ``only_categories`` is set and the contact
+    carries none of them. ``only_categories`` decides what is newly imported: a contact stamped
+    with a CRM key (pushed by crmsync, or linked and merged) is not subject to it."""
+    if sensitivity in private_sensitivities:
+        return True
+    return bool(only_categories) and not stamped and not (set(categories or ()) & only_categories)

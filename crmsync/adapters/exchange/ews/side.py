@@ -17,9 +17,10 @@ Decisions worth knowing:
   item; ``delete`` of a gone item is a no-op.
 * **Delete** moves to Deleted Items (recoverable), only if the item is still in this folder and,
   when a ChangeKey is given, still has it (else Stale: the user edited it, reconcile again).
-* **Private.** A contact whose Sensitivity is in ``private_sensitivities`` (default {"Private"})
-  reads as ``private=True`` with an EMPTY record, so nothing of it reaches the CRM, the state
-  database or a log line. Its ItemId, ChangeKey and our own stamp are kept. Writing to it is
+* **Private.** A contact whose Sensitivity is in ``private_sensitivities`` (default {"Private"}),
+  or, when ``only_categories`` is set, an unstamped contact carrying none of them, reads as
+  ``private=True`` with an EMPTY record, so nothing of it reaches the CRM, the state database or
+  a log line. Its ItemId, ChangeKey and our own stamp are kept. Writing to it is
   allowed (the worker's policy decides) but what is returned is still empty.
 * **Records after a write** (``create``, ``update``) hold what was written (no extra GetItem)
   and ``modified_at=None``; the next ``read`` has the server's LastModifiedTime.
@@ -41,6 +42,7 @@ from exchangelib.errors import ErrorItemNotFound
 from exchangelib.fields import InvalidField
 from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
 
+from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.ews.faults import ews_errors, translate
 from crmsync.adapters.exchange.ews.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
@@ -93,6 +95,7 @@ FETCH_FIELDS: tuple[str, ...] = (
     *CONTACT_READ_FIELDS,
     CRM_KEY_ATTR,
     "sensitivity",
+    "categories",
     "last_modified_time",
     "parent_folder_id",
 )
@@ -112,12 +115,15 @@ class EwsExchange:
     """``ExchangeSide`` for one mailbox's sync folder (an exchangelib Account + ContactsFolder)."""
 
     def __init__(self, account: Account, folder, *, private_sensitivities: Iterable[str] = DEFAULT_PRIVATE,
-                 chunk_size: int = _CHUNK, categories: Iterable[str] = ()) -> None:
+                 chunk_size: int = _CHUNK, categories: Iterable[str] = (),
+                 only_categories: Iterable[str] = ()) -> None:
         register_crm_key_property()
         self.account = account
         self.folder = folder
         self.mailbox: str = account.primary_smtp_address
         self.private_sensitivities = frozenset(private_sensitivities)
+        #: Exchange -> CRM: when set, an unstamped contact carrying none of these reads as private.
+        self.only_categories = frozenset(only_categories)
         self.chunk_size = chunk_size
         #: Outlook categories stamped on every contact crmsync creates. Updates never touch
         #: categories, so the ones a user adds (and ours) stay.
@@ -132,8 +138,12 @@ class EwsExchange:
         parent = item.parent_folder_id
         return parent is None or parent.id == self.folder.id
 
+    def _kept_out(self, item: Contact) -> bool:
+        return kept_out(item.sensitivity, item.categories, bool(getattr(item, CRM_KEY_ATTR, None)),
+                        self.private_sensitivities, self.only_categories)
+
     def _record(self, item: Contact) -> ExchangeRecord:
-        private = item.sensitivity in self.private_sensitivities
+        private = self._kept_out(item)
         return ExchangeRecord(
             item_id=item.id,
             change_key=item.changekey,
@@ -144,7 +154,7 @@ class EwsExchange:
         )
 
     def _remember(self, item: Contact) -> None:
-        if item.sensitivity in self.private_sensitivities:
+        if self._kept_out(item):
             return
         with self._cache_lock:
             self._cache[item.id] = item

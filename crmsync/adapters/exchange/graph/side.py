@@ -20,7 +20,8 @@ Decisions worth knowing (the EWS adapter's, in Graph's terms):
   None and the service creates the contact again. ``restore(item_id)`` re-creates the contact
   from its deleted copy (GET by id works in any folder) in the sync folder and removes the copy;
   Graph v1.0 has no move action for contacts.
-* **Private.** PidTagSensitivity (``Integer 0x0036``) in ``private_sensitivities`` reads as
+* **Private.** PidTagSensitivity (``Integer 0x0036``) in ``private_sensitivities``, or (when
+  ``only_categories`` is set) an unstamped contact carrying none of those categories, reads as
   ``private=True`` with an empty record, exactly as over EWS.
 * **Batches.** ``read_many``, ``find_many_by_crm_key`` and ``create_many`` use ``$batch``
   (20 requests per batch).
@@ -35,6 +36,7 @@ from urllib.parse import quote
 
 import structlog
 
+from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.graph import mapping
 from crmsync.adapters.exchange.graph.client import GraphClient, error_code, translate
 from crmsync.adapters.exchange.graph.connect import user_path
@@ -76,11 +78,12 @@ class GraphExchange:
     """``ExchangeSide`` for one mailbox's sync folder over Microsoft Graph."""
 
     def __init__(self, client: GraphClient, mailbox: str, folder_id: str, *,
-                 private_sensitivities: Iterable[str] = DEFAULT_PRIVATE) -> None:
+                 private_sensitivities: Iterable[str] = DEFAULT_PRIVATE, only_categories: Iterable[str] = ()) -> None:
         self.client = client
         self.mailbox = mailbox
         self.folder_id = folder_id
         self.private_sensitivities = frozenset(private_sensitivities)
+        self.only_categories = frozenset(only_categories)
         self._user = user_path(mailbox)
         self._folder = f"{self._user}/contactFolders/{quote(folder_id, safe='')}"
 
@@ -93,7 +96,9 @@ class GraphExchange:
         return f"mailbox {self.mailbox}: {doing}"
 
     def _record(self, contact: dict, crm_key: str | None = None) -> ExchangeRecord:
-        private = mapping.sensitivity_of(contact) in self.private_sensitivities
+        stamp = crm_key if crm_key is not None else mapping.crm_key_of(contact)
+        private = kept_out(mapping.sensitivity_of(contact), contact.get("categories"), bool(stamp),
+                           self.private_sensitivities, self.only_categories)
         return ExchangeRecord(
             item_id=contact["id"], change_key=contact.get("changeKey") or "",
             record=CanonicalContact() if private else mapping.to_canonical(contact),
