@@ -74,7 +74,8 @@ class Container:
                 from crmsync.adapters.exchange.ews.connect import connect, open_folder
 
                 mbox = self.settings.effective(address)
-                account = connect(self.settings.exchange, mbox.address)
+                # the mailbox's own access / username / password_env, else [exchange]'s
+                account = connect(self.settings.exchange_for(address), mbox.address)
                 try:
                     folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
                 except BadRecord as exc:
@@ -174,6 +175,13 @@ class Container:
         return SqlHeldDeletes(self.state_engine)
 
     @cached_property
+    def mailbox_health(self):
+        """Which mailboxes are unavailable now (access denied, folder missing), for status."""
+        from crmsync.adapters.state.health import SqlMailboxHealth
+
+        return SqlMailboxHealth(self.state_engine)
+
+    @cached_property
     def held_conflicts(self):
         from crmsync.adapters.state.held import SqlHeldConflicts
 
@@ -230,7 +238,7 @@ class DoctorAdapters:
     def mailbox(self, address: str, folder: str) -> dict:
         from crmsync.adapters.exchange.ews.probe import probe_mailbox
 
-        return probe_mailbox(self.container.settings.exchange, address, folder)
+        return probe_mailbox(self.container.settings.exchange_for(address), address, folder)
 
     def workers(self) -> dict:
         from crmsync.adapters.diagnostics import probe_workers
