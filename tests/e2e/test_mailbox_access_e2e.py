@@ -3,9 +3,12 @@ alice, bob and carol, an assistant has delegate access to dave's mailbox, and ca
 (her mailbox is configured with an account that holds no ApplicationImpersonation right).
 
 Carol is reported (`crmsync status --check` exits 1 naming her and the EWS error) while the other
-three converge; an Outlook edit in alice's mailbox reaches the CRM and bob's and dave's mailboxes
-once; and once the right is granted, carol's mailbox is retried and converges too. One stack
-(emulator, Redis, producer, Celery worker) per CRM backend for the module; the tests run in order.
+three converge (so is erin, whose folder is missing with create_folder = false, until she
+creates it); an Outlook edit in alice's mailbox reaches the CRM and bob's and dave's mailboxes
+once; once the right is granted, carol's mailbox is retried and converges too; and a delegate
+right withdrawn after the first sync makes the worker retry dave's events without dead letters.
+One stack (emulator, Redis, producer, Celery worker) per CRM backend for the module; the tests
+run in order.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
 
 from tests.support.pipeline import FOLDER, MAILBOX, MAILBOX_PASSWORD, Pipeline, wait_until
 
-BOB, CAROL, DAVE = "bob@example.com", "carol@example.com", "dave@example.com"
+BOB, CAROL, DAVE, ERIN = "bob@example.com", "carol@example.com", "dave@example.com", "erin@example.com"
+SHARED = "Shared CRM"   # erin's folder: not created by crmsync
 ASSISTANT, INTRUDER = "assistant@example.com", "intruder@example.com"
-PASSWORDS = {BOB: "bob-pw", CAROL: "carol-pw", DAVE: "dave-pw", ASSISTANT: "assistant-pw-7f3",
+PASSWORDS = {BOB: "bob-pw", CAROL: "carol-pw", DAVE: "dave-pw", ERIN: "erin-pw", ASSISTANT: "assistant-pw-7f3",
              INTRUDER: "intruder-pw-9c1"}
 OWNERS = {MAILBOX: MAILBOX_PASSWORD, **PASSWORDS}
 SYNCED = (MAILBOX, BOB, DAVE)
@@ -42,6 +46,10 @@ folder = "{FOLDER}"
 access = "delegate"
 username = "{ASSISTANT}"
 password_env = "CRMSYNC_TEST_ASSISTANT_PASSWORD"
+[[mailbox]]
+address = "{ERIN}"
+folder = "{SHARED}"
+create_folder = false
 """
 
 
@@ -72,25 +80,29 @@ def pipeline(request, tmp_path_factory, redis_server):
 _owners: dict[str, Account] = {}
 
 
-def outlook(p: Pipeline, owner: str):
-    """The sync folder in ``owner``'s mailbox, as the owner sees it in Outlook (None before it exists)."""
+def owner_account(p: Pipeline, owner: str) -> Account:
     key = f"{p.emulator.endpoint}|{owner}"
     if key not in _owners:
         config = Configuration(service_endpoint=p.emulator.endpoint,
                                credentials=Credentials(owner, OWNERS[owner]), auth_type=BASIC)
         _owners[key] = Account(owner, config=config, autodiscover=False, access_type=DELEGATE)
-    account = _owners[key]
+    return _owners[key]
+
+
+def outlook(p: Pipeline, owner: str, name: str = FOLDER):
+    """The sync folder in ``owner``'s mailbox, as the owner sees it in Outlook (None before it exists)."""
+    account = owner_account(p, owner)
     account.root.clear_cache()
-    return next((f for f in account.contacts.children if f.name == FOLDER), None)
+    return next((f for f in account.contacts.children if f.name == name), None)
 
 
-def contacts(p: Pipeline, owner: str) -> list:
-    folder = outlook(p, owner)
+def contacts(p: Pipeline, owner: str, name: str = FOLDER) -> list:
+    folder = outlook(p, owner, name)
     return [] if folder is None else list(folder.all())
 
 
-def converged(p: Pipeline, owner: str) -> bool:
-    found = contacts(p, owner)
+def converged(p: Pipeline, owner: str, name: str = FOLDER) -> bool:
+    found = contacts(p, owner, name)
     return len(found) == ACCOUNTS and {c.email_addresses[0].email for c in found if c.email_addresses} == {
         f"p{n}@access.example" for n in range(ACCOUNTS)}
 
@@ -112,6 +124,9 @@ def test_the_denied_mailbox_is_reported_and_the_other_three_converge(pipeline):
     assert code == 1, out
     assert f"NEEDS ATTENTION: {CAROL}: unavailable since" in flat, out
     assert "ErrorImpersonateUserDenied" in flat and "ApplicationImpersonation" in flat, out
+    assert f"NEEDS ATTENTION: {ERIN}: unavailable since" in flat, out
+    assert f"folder '{SHARED}' does not exist under Contacts" in flat, out
+    assert outlook(p, ERIN, SHARED) is None                           # not created behind her back
     for owner in SYNCED:
         assert f"{owner}: unavailable" not in flat, out
     assert contacts(p, CAROL) == []                                  # nothing was written there
@@ -147,6 +162,18 @@ def test_an_edit_in_one_mailbox_reaches_the_crm_and_the_other_two_once(pipeline)
         assert len(found) == ACCOUNTS
         assert [c.job_title for c in found].count(title) == 1
     assert p.crm.query("SELECT count(*) AS n FROM accounts")[0]["n"] == ACCOUNTS
+    assert p.dead_events() == []
+
+
+def test_a_missing_folder_is_retried_and_the_mailbox_converges_once_it_exists(pipeline):
+    p = pipeline
+    from exchangelib.folders import Folder
+
+    Folder(parent=owner_account(p, ERIN).contacts, name=SHARED, folder_class="IPF.Contact").save()  # erin
+    wait_until(lambda: converged(p, ERIN, SHARED), 120, what="erin's folder to hold the accounts")
+    p.settle(timeout=120)
+    wait_until(lambda: (lambda r: r if ERIN not in r[1] else None)(status_check(p)), 60,
+               what="status to stop reporting erin")
     assert p.dead_events() == []
 
 
