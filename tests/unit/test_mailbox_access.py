@@ -252,3 +252,16 @@ def test_when_celery_gives_up_an_unavailable_mailboxs_events_are_left_for_the_re
     assert exc.parked == [1]
     task.on_failure(exc, "t", (), {}, None)
     assert store.dead == [2]
+
+
+def test_graph_denials_of_one_mailbox_become_mailbox_unavailable():
+    from crmsync.adapters.exchange.graph.client import translate as graph_translate
+
+    body = {"error": {"code": "ErrorAccessDenied", "message": "Access is denied."}}
+    denied = graph_translate(403, {}, body, "mailbox erin@example.com: reading changes", "erin@example.com")
+    assert isinstance(denied, MailboxUnavailable) and denied.mailbox == "erin@example.com"
+    gone = graph_translate(404, {}, {"error": {"code": "ErrorInvalidUser", "message": "no"}}, "mailbox x@example.com: y",
+                           "x@example.com")
+    assert isinstance(gone, MailboxUnavailable)
+    token = graph_translate(401, {}, {"error": {"code": "InvalidAuthenticationToken"}}, "w", "erin@example.com")
+    assert type(token) is ConfigError          # the app's token: every mailbox, not this one
