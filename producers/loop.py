@@ -176,9 +176,6 @@ class ProducerLoop:
         crm = self.crm_producer
         if self.first_sync_gate is None or crm is None:
             return False
-        if self._backing_off(mailbox):
-            crm.held.add(mailbox)
-            return True
         if mailbox not in crm.held:
             done = self._guarded("crm-initial", mailbox, lambda: crm.initial_done(mailbox), None)
             if done is None:      # the state database cannot tell now: try again next cycle
@@ -190,6 +187,9 @@ class ProducerLoop:
             if (last is not None and time.monotonic() - last < self.gate_recheck_s
                     and mailbox not in self._backoff):   # an unavailable one: its back-off decides
                 return True
+        if self._backing_off(mailbox):     # its first-sync check found it unavailable: wait
+            crm.held.add(mailbox)
+            return True
         self._gate_checked[mailbox] = time.monotonic()
         gate = self.first_sync_gate
 
@@ -198,7 +198,7 @@ class ProducerLoop:
 
         failed: str | None = f"mailbox {mailbox}: the first-sync check failed; retrying later"
         why = self._guarded("first-sync-gate", mailbox, ask, failed)
-        if why != failed:
+        if why != failed and mailbox in self._backoff:   # it answered the check this time
             self._reachable(mailbox)
         if why is None:
             crm.held.discard(mailbox)

@@ -265,3 +265,29 @@ def test_graph_denials_of_one_mailbox_become_mailbox_unavailable():
     assert isinstance(gone, MailboxUnavailable)
     token = graph_translate(401, {}, {"error": {"code": "InvalidAuthenticationToken"}}, "w", "erin@example.com")
     assert type(token) is ConfigError          # the app's token: every mailbox, not this one
+
+
+def test_a_first_sync_check_that_finds_the_mailbox_unavailable_holds_it_until_it_answers(monkeypatch):
+    clock = Clock()
+    store = FakeStore(clock)
+    health = Health()
+    denied = {"alice@example.com"}
+
+    def gate(mailbox):
+        if mailbox in denied:
+            raise MailboxUnavailable(f"mailbox {mailbox}: opening folder: ErrorAccessDenied", mailbox)
+        return None
+
+    now = [1000.0]
+    monkeypatch.setattr("producers.loop.time.monotonic", lambda: now[0])
+    loop = make_loop(FakeChangelog(), FakeCrm({"A-2": []}), store, clock, None, FakePublisher(),
+                     first_sync_gate=gate, health=health, unavailable_backoff_s=10, gate_recheck_s=3600)
+    loop.run_once()
+    assert "alice@example.com" in loop.crm_producer.held and "bob@example.com" not in loop.crm_producer.held
+    assert set(health.rows) == {"alice@example.com"}
+    assert {e.mailbox for e in store.events.values()} == {"bob@example.com"}   # bob's first sync went ahead
+    denied.clear()
+    now[0] += 10.1           # the back-off, not the hour-long gate_recheck_s, decides when it is asked again
+    loop.run_once()
+    assert "alice@example.com" not in loop.crm_producer.held and health.rows == {}
+    assert {e.mailbox for e in store.events.values()} == {"alice@example.com", "bob@example.com"}
