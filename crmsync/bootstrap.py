@@ -78,7 +78,8 @@ class Container:
                     from crmsync.logging_setup import hide_unstamped_items
 
                     hide_unstamped_items()
-                account = connect(self.settings.exchange, mbox.address)
+                # the mailbox's own access / username / password_env, else [exchange]'s
+                account = connect(self.settings.exchange_for(address), mbox.address)
                 try:
                     folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
                 except BadRecord as exc:
@@ -181,6 +182,13 @@ class Container:
         return SqlHeldDeletes(self.state_engine)
 
     @cached_property
+    def mailbox_health(self):
+        """Which mailboxes are unavailable now (access denied, folder missing), for status."""
+        from crmsync.adapters.state.health import SqlMailboxHealth
+
+        return SqlMailboxHealth(self.state_engine)
+
+    @cached_property
     def held_conflicts(self):
         from crmsync.adapters.state.held import SqlHeldConflicts
 
@@ -237,7 +245,7 @@ class DoctorAdapters:
     def mailbox(self, address: str, folder: str) -> dict:
         from crmsync.adapters.exchange.ews.probe import probe_mailbox
 
-        return probe_mailbox(self.container.settings.exchange, address, folder)
+        return probe_mailbox(self.container.settings.exchange_for(address), address, folder)
 
     def workers(self) -> dict:
         from crmsync.adapters.diagnostics import probe_workers

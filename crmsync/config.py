@@ -196,6 +196,9 @@ class ExchangeSettings(_Section):
     certificate_thumbprint: str | None = None  # SHA-1 thumbprint of that certificate, as Entra ID shows it
     authority: str = "https://login.microsoftonline.com"
     graph_url: str = "https://graph.microsoft.com/v1.0"
+    #: How this section is named in messages ("exchange", or "mailbox <address>" for a mailbox's
+    #: effective settings, see ``Settings.exchange_for``).
+    _label: str = PrivateAttr(default="exchange")
 
     @field_validator("authority", "graph_url")
     @classmethod
@@ -230,8 +233,6 @@ class ExchangeSettings(_Section):
                 raise _key_error(key.removeprefix("exchange."), why)
         if self.endpoint is None:
             return self
-        if self.auth in ("basic", "ntlm") and not self.username:
-            raise _key_error("username", f"is required when exchange.auth is {self.auth!r}")
         if self.auth == "oauth":
             for key in ("client_id", "tenant_id"):
                 if not getattr(self, key):
@@ -249,7 +250,7 @@ class ExchangeSettings(_Section):
         (noauth, oauth). ConfigError naming the variable when it is needed and not set."""
         if self.auth in ("noauth", "oauth"):
             return None
-        return _read_secret(self.password_env, "exchange.password_env", self._env)
+        return _read_secret(self.password_env, f"{self._label}.password_env", self._env)
 
     def require_endpoint(self) -> str:
         """The endpoint, for commands that talk to Exchange; ConfigError saying how to set it."""
@@ -347,6 +348,10 @@ class MailboxSettings(_Section):
     delete_window_s: float | None = Field(default=None, gt=0)
     private_sensitivities: tuple[Sensitivity, ...] | None = None
     only_categories: tuple[str, ...] | None = None
+    #: Acting for this mailbox (EWS): left out, they come from [exchange] (``Settings.exchange_for``).
+    access: AccessType | None = None
+    username: str | None = Field(default=None, min_length=1)
+    password_env: str | None = Field(default=None, min_length=1)
 
     @field_validator("only_categories")
     @classmethod
@@ -514,6 +519,42 @@ class Settings(BaseModel):
             for key, why in self.exchange.graph_problems():
                 raise _key_error(key, why)
         return self
+
+    @model_validator(mode="after")
+    def _mailbox_access(self) -> Settings:
+        """Per-mailbox ``access``, ``username`` and ``password_env`` (EWS only); every EWS
+        mailbox needs a username (its own or exchange.username) when auth is basic or ntlm."""
+        exchange = self.exchange
+        ews = [m for m in self.mailboxes if (m.api or exchange.api) == "ews"]
+        for mbox in self.mailboxes:
+            own = [key for key in ("access", "username", "password_env") if getattr(mbox, key) is not None]
+            if own and (mbox.api or exchange.api) == "graph":
+                raise _key_error("mailbox", f"{mbox.address}: {', '.join(own)} apply to EWS only; this mailbox "
+                                 "uses api = 'graph' (its app registration acts for every mailbox)")
+            if exchange.auth in ("noauth", "oauth") and (mbox.username or mbox.password_env):
+                raise _key_error("mailbox", f"{mbox.address}: username and password_env are not used with "
+                                 f"exchange.auth = {exchange.auth!r}; remove them or use basic/ntlm")
+        if exchange.endpoint is not None and exchange.auth in ("basic", "ntlm") and not exchange.username:
+            missing = [m.address for m in ews if not m.username]
+            if missing or not ews:
+                raise _key_error("exchange.username", f"is required when exchange.auth is {exchange.auth!r}"
+                                 + (f" (or a username in [[mailbox]] {', '.join(missing)})" if ews else ""))
+        return self
+
+    def exchange_for(self, address: str) -> ExchangeSettings:
+        """The [exchange] settings one mailbox connects with: its own ``access``, ``username``
+        and ``password_env`` where it sets them. Secrets are still read only when needed."""
+        mbox = self.mailbox(address)
+        update = {key: getattr(mbox, key) for key in ("access", "username", "password_env")
+                  if getattr(mbox, key) is not None}
+        if not update:
+            return self.exchange
+        copy = self.exchange.model_copy(update=update)
+        private = dict(self.exchange.__pydantic_private__ or {})
+        if "password_env" in update or "username" in update:
+            private["_label"] = f"mailbox {mbox.address}"
+        object.__setattr__(copy, "__pydantic_private__", private)
+        return copy
 
     def api_of(self, address: str) -> str:
         """"ews" or "graph": the mailbox's own ``api``, else ``exchange.api``."""
@@ -703,7 +744,7 @@ def _bind_env(settings: Settings, env: Mapping[str, str], path: str | None) -> N
     """Secrets are read at call time from the same environment the settings were loaded from."""
     object.__setattr__(settings, "__pydantic_private__", {"_config_path": path})
     for section in (settings.crm, settings.state, settings.broker, settings.exchange):
-        object.__setattr__(section, "__pydantic_private__", {"_env": env})
+        object.__setattr__(section, "__pydantic_private__", {**(section.__pydantic_private__ or {}), "_env": env})
 
 
 def _line(key: str, message: str, source: str | None) -> str:

@@ -35,3 +35,16 @@ class LeaseTaken(CrmsyncError):
 
 class BadRecord(CrmsyncError):
     """A record cannot be synced as it is (which record, which field, why)."""
+
+
+class MailboxUnavailable(ConfigError):
+    """One mailbox cannot be reached as configured: access denied (wrong credentials, HTTP 401,
+    no impersonation or delegate right), no such mailbox, or its sync folder is missing.
+
+    A setup problem of that mailbox only: the producer reports it and tries that mailbox again
+    with back-off while the others carry on; the worker retries its events (never a dead letter
+    for this reason, see workers/tasks.py). ``mailbox`` is the address."""
+
+    def __init__(self, message: str, mailbox: str) -> None:
+        super().__init__(message)
+        self.mailbox = mailbox

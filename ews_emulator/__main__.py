@@ -25,8 +25,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="directory holding the SQLite store")
     p.add_argument("--user", action="append", default=[], metavar="ADDRESS:PASSWORD",
                    help="create a mailbox with Basic credentials (repeatable)")
-    p.add_argument("--impersonator", action="append", default=[], metavar="ADDRESS",
-                   help="grant ApplicationImpersonation over every mailbox (repeatable)")
+    p.add_argument("--impersonator", action="append", default=[], metavar="ADDRESS[:MAILBOX,...]",
+                   help="grant ApplicationImpersonation over every mailbox, or (ADDRESS:MAILBOX,...) only "
+                        "over the listed ones, as a management scope does; others get "
+                        "ErrorImpersonateUserDenied (repeatable)")
     p.add_argument("--delegate", action="append", default=[], metavar="OWNER:DELEGATE",
                    help="grant DELEGATE access to OWNER's mailbox (repeatable)")
     p.add_argument("--no-auth", action="store_true", help="accept unauthenticated requests")

@@ -51,7 +51,10 @@ class EmulatorConfig:
     """Who may connect and act on which mailbox; parsed once at startup."""
 
     users: dict[str, str] = field(default_factory=dict)           # address -> password
-    impersonators: set[str] = field(default_factory=set)
+    impersonators: set[str] = field(default_factory=set)               # over every mailbox
+    #: impersonator -> the mailboxes it may impersonate (ApplicationImpersonation assigned with a
+    #: management scope, ``New-ManagementRoleAssignment -CustomRecipientWriteScope``)
+    impersonation_scopes: dict[str, set[str]] = field(default_factory=dict)
     delegates: dict[str, set[str]] = field(default_factory=dict)  # owner -> delegates
     no_auth: bool = False
     extra_mailboxes: set[str] = field(default_factory=set)
@@ -77,7 +80,16 @@ class EmulatorConfig:
             if not sep or not address:
                 raise ValueError(f"--user {address or spec!r}: expected ADDRESS:PASSWORD")
             cfg.users[address.strip().lower()] = password
-        cfg.impersonators = {a.strip().lower() for a in impersonators}
+        for spec in impersonators:     # ADDRESS (every mailbox) or ADDRESS:TARGET[,TARGET...]
+            who, sep, scope = spec.partition(":")
+            who = who.strip().lower()
+            targets = {a.strip().lower() for a in scope.split(",") if a.strip()}
+            if not who or (sep and not targets):
+                raise ValueError(f"--impersonator {spec!r}: expected ADDRESS or ADDRESS:MAILBOX[,MAILBOX...]")
+            if sep:
+                cfg.impersonation_scopes.setdefault(who, set()).update(targets)
+            else:
+                cfg.impersonators.add(who)
         for spec in delegates:
             owner, sep, delegate = spec.partition(":")
             if not sep or not owner or not delegate:
@@ -431,7 +443,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise EwsError("ErrorImpersonationFailed", "Impersonation failed: no ConnectingSID address.")
         target = target.strip().lower()
         cfg = self.emu.config
-        if not cfg.no_auth and caller not in cfg.impersonators and caller != target:
+        allowed = (caller in cfg.impersonators or caller == target
+                   or target in cfg.impersonation_scopes.get(caller or "", set()))
+        if not cfg.no_auth and not allowed:   # also a target outside the impersonator's scope
             raise EwsError("ErrorImpersonateUserDenied",
                            "The account does not have permission to impersonate the requested user.")
         if target not in cfg.mailboxes:

@@ -23,7 +23,7 @@ from producers.doorbells import (
 )
 from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
-from producers.ports import ChangelogPort, CrmKeysPort, EventStore, FeedPort, Publisher
+from producers.ports import ChangelogPort, CrmKeysPort, EventStore, FeedPort, MailboxHealth, Publisher
 from producers.publisher import CeleryPublisher
 
 
@@ -41,13 +41,16 @@ def crm_doorbell(crm_url: str) -> _Bell:
 def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, store: EventStore,
                feeds: Mapping[str, FeedPort], publisher: Publisher | None = None,
                doorbell: _Bell | None = None, crm_url: str | None = None,
-               first_sync_gate: Callable[[str], str | None] | None = None) -> ProducerLoop:
+               first_sync_gate: Callable[[str], str | None] | None = None,
+               health: MailboxHealth | None = None) -> ProducerLoop:
     """A ``ProducerLoop`` for every mailbox of ``settings`` (``crmsync.config.Settings``).
 
     ``feeds`` maps a mailbox address to its Exchange feed (mailboxes without one get no Exchange
     poll). ``crm_url`` is the CRM URL with its password (defaults to ``settings.crm.dsn()``).
     Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell. ``first_sync_gate``
-    (mailbox -> None or why it waits) is asked before each mailbox's first sync.
+    (mailbox -> None or why it waits) is asked before each mailbox's first sync. ``health``
+    records the mailboxes found unavailable; they are tried again with back-off up to
+    ``sync.retry_backoff_max_s``.
     """
     enabled = settings.enabled_mailboxes()     # a disabled mailbox gets no events at all
     mailboxes = [m.address for m in enabled]
@@ -69,4 +72,6 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
                         store, doorbell, poll_interval_s=sync.poll_interval_s,
                         redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size,
                         first_sync_gate=first_sync_gate,
-                        redrive_check_s=sync.redrive_check_s)
+                        redrive_check_s=sync.redrive_check_s, health=health,
+                        unavailable_backoff_s=min(5.0, sync.retry_backoff_max_s),
+                        unavailable_backoff_max_s=sync.retry_backoff_max_s)

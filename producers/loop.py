@@ -17,11 +17,12 @@ from typing import TypeVar
 
 import structlog
 
+from crmsync.errors import MailboxUnavailable
 from crmsync.testhooks import crash_point
 from producers.crm_feed import CrmProducer
 from producers.doorbells import NullDoorbell, exchange_source
 from producers.exchange_feed import ExchangeProducer
-from producers.ports import Doorbell, EventStore, Publisher
+from producers.ports import Doorbell, EventStore, MailboxHealth, Publisher
 from producers.redrive import redrive
 
 log = structlog.get_logger(__name__)
@@ -49,7 +50,8 @@ class ProducerLoop:
                  redrive_limit: int = 1000, redrive_check_s: float = 5.0,
                  fallback_poll_s: float = 5.0,
                  first_sync_gate: Callable[[str], str | None] | None = None,
-                 gate_recheck_s: float = 60.0) -> None:
+                 gate_recheck_s: float = 60.0, health: MailboxHealth | None = None,
+                 unavailable_backoff_s: float = 5.0, unavailable_backoff_max_s: float = 300.0) -> None:
         self.crm_producer = crm_producer
         self.exchange_producers = list(exchange_producers)
         self.publisher = publisher
@@ -83,16 +85,73 @@ class ProducerLoop:
         self.first_sync_gate = first_sync_gate
         self.gate_recheck_s = gate_recheck_s
         self._gate_checked: dict[str, float] = {}   # held mailbox -> when it was last checked
+        #: Mailboxes the Exchange adapter reported unavailable (MailboxUnavailable: access denied,
+        #: folder missing): recorded in ``health`` for ``crmsync status``, and tried again after a
+        #: back-off doubling from ``unavailable_backoff_s`` up to ``unavailable_backoff_max_s``
+        #: while the other mailboxes carry on.
+        self.health = health
+        self.unavailable_backoff_s = unavailable_backoff_s
+        self.unavailable_backoff_max_s = unavailable_backoff_max_s
+        self._backoff: dict[str, tuple[float, float]] = {}   # mailbox -> (next try, monotonic; delay)
+        self._recorded: set[str] | None = None   # mailboxes with a health row (None: not read yet)
 
     # ------------------------------------------------------------------ one cycle
     def _guarded(self, step: str, mailbox: str | None, fn: Callable[[], T], failed: T) -> T:
         """Run one step; log its failure with step and mailbox and return ``failed``."""
         try:
             return fn()
+        except MailboxUnavailable as exc:
+            self._unavailable(step, mailbox or exc.mailbox, exc)
+            return failed
         except Exception as exc:  # noqa: BLE001 - one failing feed must not stop the others
             log.exception("producer.step_failed", step=step, mailbox=mailbox,
                           error=type(exc).__name__)
             return failed
+
+    # ------------------------------------------------------------------ unavailable mailboxes
+    def _unavailable(self, step: str, mailbox: str, exc: MailboxUnavailable) -> None:
+        """Report the mailbox (log, health row) and set when it is tried again."""
+        _, delay = self._backoff.get(mailbox, (0.0, 0.0))
+        delay = min(max(delay * 2, self.unavailable_backoff_s), self.unavailable_backoff_max_s)
+        self._backoff[mailbox] = (time.monotonic() + delay, delay)
+        log.warning("producer.mailbox_unavailable", step=step, mailbox=mailbox, error=str(exc),
+                    retry_in_s=round(delay, 1))
+        if self.health is not None:
+            try:
+                self.health.mark_unavailable(mailbox, str(exc))
+                if self._recorded is not None:
+                    self._recorded.add(mailbox)
+            except Exception as err:  # noqa: BLE001 - reporting must not stop the loop
+                log.warning("producer.health_write_failed", mailbox=mailbox, error=type(err).__name__)
+
+    def _backing_off(self, mailbox: str) -> bool:
+        """Whether an unavailable mailbox waits for its next try."""
+        found = self._backoff.get(mailbox)
+        return found is not None and time.monotonic() < found[0]
+
+    def _reachable(self, mailbox: str) -> None:
+        """The mailbox answered: forget its back-off and remove its health row, if any."""
+        was = self._backoff.pop(mailbox, None)
+        if self.health is None:
+            return
+        recorded = self._recorded
+        if was is None and (recorded is None or mailbox not in recorded):
+            return
+        try:
+            self.health.mark_available(mailbox)
+            if recorded is not None:
+                recorded.discard(mailbox)
+            log.info("producer.mailbox_available", mailbox=mailbox)
+        except Exception as err:  # noqa: BLE001
+            log.warning("producer.health_write_failed", mailbox=mailbox, error=type(err).__name__)
+
+    def _read_health(self) -> None:
+        """Which mailboxes have a health row (the workers write them too)."""
+        if self.health is not None:
+            try:
+                self._recorded = set(self.health.unavailable())
+            except Exception as err:  # noqa: BLE001
+                log.warning("producer.health_read_failed", error=type(err).__name__)
 
     def _stopping(self) -> bool:
         return self.stop.is_set() or bool(self._external_stop and self._external_stop.is_set())
@@ -125,8 +184,12 @@ class ProducerLoop:
                 return False
         else:
             last = self._gate_checked.get(mailbox)
-            if last is not None and time.monotonic() - last < self.gate_recheck_s:
+            if (last is not None and time.monotonic() - last < self.gate_recheck_s
+                    and mailbox not in self._backoff):   # an unavailable one: its back-off decides
                 return True
+        if self._backing_off(mailbox):     # its first-sync check found it unavailable: wait
+            crm.held.add(mailbox)
+            return True
         self._gate_checked[mailbox] = time.monotonic()
         gate = self.first_sync_gate
 
@@ -135,6 +198,8 @@ class ProducerLoop:
 
         failed: str | None = f"mailbox {mailbox}: the first-sync check failed; retrying later"
         why = self._guarded("first-sync-gate", mailbox, ask, failed)
+        if why != failed and mailbox in self._backoff:   # it answered the check this time
+            self._reachable(mailbox)
         if why is None:
             crm.held.discard(mailbox)
             self._gate_checked.pop(mailbox, None)
@@ -202,8 +267,12 @@ class ProducerLoop:
             if producer.mailbox in held or (only is not None
                                             and exchange_source(producer.mailbox) not in only):
                 continue
-            created += self._guarded("exchange", producer.mailbox,
-                                     lambda p=producer: self._exchange(p), 0)
+            if self._backing_off(producer.mailbox):
+                continue
+            done = self._guarded("exchange", producer.mailbox, lambda p=producer: self._exchange(p), None)
+            if done is not None:
+                self._reachable(producer.mailbox)
+                created += done
         self._maybe_redrive()
         return created
 
@@ -243,6 +312,7 @@ class ProducerLoop:
         if not due:
             return
         self._last_redrive = now
+        self._read_health()
         self._check_broker(now)
         self._retry_unsent()
         try:

@@ -104,3 +104,13 @@ class Doorbell(Protocol):
 
     def take_sources(self) -> set[str] | None:
         """The sources rung since the last call; None: read everything."""
+
+
+class MailboxHealth(Protocol):
+    """Which mailboxes are unavailable (crmsync.adapters.state.health.SqlMailboxHealth)."""
+
+    def unavailable(self) -> dict[str, dict]: ...
+
+    def mark_unavailable(self, mailbox: str, error: str) -> None: ...
+
+    def mark_available(self, mailbox: str) -> None: ...

@@ -6,6 +6,14 @@ refreshes the events' published time (so the re-drive leaves them alone), and a 
 fails for good writes its unfinished events as dead letters. The broker keeps no attempt count,
 so attempts are counted in the event rows: a bad record is a dead letter at once, waiting for
 another worker's lease is not an attempt, and after ``sync.max_attempts`` an event is dead.
+
+A mailbox crmsync cannot reach (``MailboxUnavailable``: access denied, HTTP 401, no
+impersonation or delegate right, folder missing) is no fault of its events: they are retried
+with Celery's back-off (up to ``sync.retry_backoff_max_s``) without counting an attempt, the
+mailbox is recorded as unavailable for ``crmsync status``, and they are never dead letters for
+it. When Celery's retry budget runs out during a long outage, the events are left unfinished
+(not dead) and the producer's re-drive sends them again after ``sync.redrive_after_s``, which
+starts a new series of retries; so they keep being tried until the mailbox answers.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from crmsync import metrics
 from crmsync.adapters.state.event_log import error_parts, record_errors
 from crmsync.bootstrap import container_for
 from crmsync.config import SyncSettings
-from crmsync.errors import BadRecord, LeaseTaken, Transient
+from crmsync.errors import BadRecord, LeaseTaken, MailboxUnavailable, Transient
 from crmsync.service import apply as service
 from schemas.events import APPLY_EVENTS_TASK
 
@@ -36,6 +44,8 @@ class RetryLater(Transient):
         super().__init__(f"{len(event_ids)} event(s) to retry; first: {describe(errors[0])}",
                          retry_after=max(waits) if waits else None)
         self.event_ids = event_ids
+        #: the ids whose mailbox is unavailable: never dead letters (see the module's doc)
+        self.parked = [i for i, e in zip(event_ids, errors, strict=True) if isinstance(e, MailboxUnavailable)]
 
 
 def describe(exc: BaseException) -> str:
@@ -54,6 +64,9 @@ def settle(store, result: service.BatchResult, max_attempts: int,
         if isinstance(exc, LeaseTaken):      # another execution holds the link: not an attempt
             retry.append(event_id)
             continue
+        if isinstance(exc, MailboxUnavailable):   # the mailbox's fault, not the event's: not an attempt
+            retry.append(event_id)
+            continue
         attempts = store.record_attempt(event_id, describe(exc))
         row = rows.get(event_id)
         if isinstance(exc, BadRecord) or attempts >= max_attempts:
@@ -67,6 +80,21 @@ def settle(store, result: service.BatchResult, max_attempts: int,
             if row is not None:
                 metrics.count_failed(row)
     return retry
+
+
+def note_unavailable(container, errors: dict) -> None:
+    """Record the mailboxes found unavailable (``crmsync status`` shows them); the producer
+    removes the record once the mailbox answers again."""
+    seen: dict[str, str] = {}
+    for exc in errors.values():
+        if isinstance(exc, MailboxUnavailable):
+            seen.setdefault(exc.mailbox, str(exc))
+    for mailbox, error in seen.items():
+        log.warning("mailbox.unavailable", mailbox=mailbox, error=error)
+        try:
+            container.mailbox_health.mark_unavailable(mailbox, error)
+        except Exception as err:  # noqa: BLE001 - reporting must not lose the retry
+            log.warning("mailbox.health_write_failed", mailbox=mailbox, error=describe(err))
 
 
 def count_applied(rows: dict, outcomes: dict) -> None:
@@ -110,7 +138,15 @@ class ApplyTask(Task):
         letters, with their last error (or this one)."""
         store = self._store()
         ids = getattr(exc, "event_ids", None) or list(kwargs.get("event_ids", ()))
+        parked = set(getattr(exc, "parked", ()))
+        if isinstance(exc, MailboxUnavailable):
+            parked.update(ids)
         for event_id, event in store.get_events([int(i) for i in ids]).items():
+            if event_id in parked and event.status not in ("applied", "dead"):
+                # a long outage of its mailbox: left for the producer's re-drive, never dead
+                log.warning("event.parked", event_id=event_id, mailbox=event.mailbox,
+                            error=describe(exc), action="re-driven after sync.redrive_after_s")
+                continue
             if event.status not in ("applied", "dead"):
                 store.mark_dead(event_id, event.last_error or describe(exc))
                 metrics.count_dead(event)
@@ -138,6 +174,7 @@ def register_tasks(app: Celery, sync: SyncSettings | None = None) -> None:
         record_errors(container.state_engine,   # the event log: class, record, field, when
                       {i: e for i, e in result.errors.items() if not isinstance(e, LeaseTaken)})
         retry = settle(container.store, result, sync.max_attempts, rows)
+        note_unavailable(container, result.errors)
         if not retry:
             return {"applied": len(result.outcomes), "dead": len(result.errors)}
         errors = [result.errors[i] for i in retry]

@@ -165,10 +165,14 @@ def _status_view(c, stale_after_s: float):
     from crmsync.cli.policy import held_problems
 
     problems += held_problems(c)
+    from crmsync.cli.access import unavailable_view
+
+    unavailable, unavailable_problems = unavailable_view(c)
+    problems += unavailable_problems
     depth = queue_depth(c.settings)
     queue = (f"broker queue {c.settings.worker.queue}: "
              f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
-    return Group(table, queue), problems
+    return Group(table, *([unavailable] if unavailable is not None else []), queue), problems
 
 
 @app.command()

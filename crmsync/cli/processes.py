@@ -52,7 +52,8 @@ def build_producer_loop(container: Container):
     settings = container.settings
     feeds = {m.address: LazyFeed(container, m.address) for m in settings.mailboxes}
     return build_loop(settings, changelog=container.changelog, crm=container.crm,
-                      store=container.store, feeds=feeds, first_sync_gate=first_sync_gate(container))
+                      store=container.store, feeds=feeds, first_sync_gate=first_sync_gate(container),
+                      health=container.mailbox_health)
 
 
 def run_producer(container: Container, stop: threading.Event | None = None) -> None:

@@ -107,7 +107,8 @@ class Pipeline:
                  poll_interval_s: float | None = 0.5, max_attempts: int = 8,
                  broker_url: str | None = None, batch_size: int | None = 200, api: str = "ews",
                  redrive_after_s: float = 10, exchange_timeout_s: float = 4,
-                 exchange_max_wait_s: float = 2, lease_ttl_s: float = 20) -> None:
+                 exchange_max_wait_s: float = 2, lease_ttl_s: float = 20,
+                 extra_users: dict[str, str] | None = None, emulator_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ class Pipeline:
             self.broker_url = broker_url
             self.queue = f"crmsync.test.{uuid.uuid4().hex[:8]}"
             self.crm = CrmDatabase(crm_kind, tmp)
-            extra_args = ["--impersonator", SERVICE_USER]
+            extra_args = ["--impersonator", SERVICE_USER, *emulator_args]
             graph_env: dict[str, str] = {}
             if api == "graph":
                 # Graph over HTTPS (msal insists), from a throwaway CA the crmsync processes trust
@@ -132,7 +133,8 @@ class Pipeline:
                                "--graph-app", f"{GRAPH_TENANT}:{GRAPH_APP}:{GRAPH_SECRET}"]
                 graph_env = {"CRMSYNC_TEST_GRAPH_SECRET": GRAPH_SECRET, "SSL_CERT_FILE": str(ca)}
             self.emulator = start_emulator(
-                tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD},
+                tmp / "exchange", users={MAILBOX: MAILBOX_PASSWORD, SERVICE_USER: SERVICE_PASSWORD,
+                                         **(extra_users or {})},
                 extra_args=extra_args)
             graph_config = "" if api != "graph" else f"""api = "graph"
 tenant_id = "{GRAPH_TENANT}"

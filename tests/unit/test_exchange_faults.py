@@ -7,7 +7,7 @@ import requests
 from exchangelib import errors as ex
 
 from crmsync.adapters.exchange.ews.faults import BoundedFaultTolerance, translate
-from crmsync.errors import BadRecord, ConfigError, Stale, Transient
+from crmsync.errors import BadRecord, ConfigError, MailboxUnavailable, Stale, Transient
 
 MAILBOX = "alice@example.com"
 
@@ -22,10 +22,10 @@ MAILBOX = "alice@example.com"
         (ex.MalformedResponseError("Unknown failure in response. Code: 502"), Transient, None),
         (requests.exceptions.ConnectionError("refused"), Transient, None),
         (ex.ErrorIrresolvableConflict("conflict"), Stale, None),
-        (ex.ErrorAccessDenied("denied"), ConfigError, None),
-        (ex.ErrorImpersonateUserDenied("no right"), ConfigError, None),
-        (ex.ErrorNonExistentMailbox("no mailbox"), ConfigError, None),
-        (ex.UnauthorizedError("Invalid credentials"), ConfigError, None),
+        (ex.ErrorAccessDenied("denied"), MailboxUnavailable, None),
+        (ex.ErrorImpersonateUserDenied("no right"), MailboxUnavailable, None),
+        (ex.ErrorNonExistentMailbox("no mailbox"), MailboxUnavailable, None),
+        (ex.UnauthorizedError("Invalid credentials"), MailboxUnavailable, None),
         (ex.TransportError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"), ConfigError, None),
         (ex.ErrorInvalidPropertySet("bad value"), BadRecord, None),
     ],

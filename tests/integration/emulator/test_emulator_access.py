@@ -67,6 +67,15 @@ def test_impersonation_without_the_right_is_denied(emulator):
         bob_as_alice.contacts.all().count()
 
 
+def test_scoped_impersonation_reaches_only_the_mailboxes_in_its_scope(start_emulator):
+    emu = start_emulator(impersonators=["svc@example.com:bob@example.com"])
+    bob = make_account(emu, user="svc@example.com", mailbox="bob@example.com", access_type=IMPERSONATION)
+    assert bob.contacts.all().count() == 0
+    alice = make_account(emu, user="svc@example.com", mailbox="alice@example.com", access_type=IMPERSONATION)
+    with pytest.raises(ErrorImpersonateUserDenied):
+        alice.contacts.all().count()
+
+
 def test_impersonating_an_unknown_mailbox_fails(emulator):
     ghost = make_account(emulator, user="svc@example.com", mailbox="ghost@example.com",
                          access_type=IMPERSONATION)

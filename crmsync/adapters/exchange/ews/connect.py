@@ -45,7 +45,7 @@ from requests.adapters import HTTPAdapter
 
 from crmsync.adapters.exchange.ews.faults import BoundedFaultTolerance, ews_errors
 from crmsync.config import ExchangeSettings
-from crmsync.errors import ConfigError
+from crmsync.errors import ConfigError, MailboxUnavailable
 from crmsync.logging_setup import register_secret
 
 AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM, "oauth": OAUTH2, "noauth": NOAUTH}
@@ -135,8 +135,9 @@ def _split(path: str) -> list[str]:
 def open_folder(account: Account, path: str, create: bool = True) -> Folder:
     """The contacts folder at ``path`` ("CRM Accounts", "A/B") under the mailbox's Contacts.
 
-    Missing parts are created when ``create`` is true; otherwise ConfigError says which part is
-    missing and how to fix it. Folder names match case-insensitively, as on Exchange.
+    Missing parts are created when ``create`` is true; otherwise MailboxUnavailable (a ConfigError,
+    reported and retried later like a denied mailbox) says which part is missing and how to fix
+    it. Folder names match case-insensitively, as on Exchange.
     """
     mailbox = account.primary_smtp_address
     parts = _split(path)
@@ -151,9 +152,9 @@ def open_folder(account: Account, path: str, create: bool = True) -> Folder:
             if child is None:
                 if not create:
                     where = "Contacts" + "".join(f"/{w}" for w in walked)
-                    raise ConfigError(
+                    raise MailboxUnavailable(
                         f"mailbox {mailbox}: folder {name!r} does not exist under {where} (path {path!r}). "
-                        "Create it in Outlook, or set create_folder = true for this mailbox."
+                        "Create it in Outlook, or set create_folder = true for this mailbox.", mailbox
                     )
                 try:
                     Folder(parent=folder, name=name, folder_class="IPF.Contact").save()

@@ -1,8 +1,9 @@
 """exchangelib's exceptions -> crmsync's error vocabulary (Transient, Stale, ConfigError ...).
 
 Workers decide by error class alone: Transient retries with back-off (``retry_after`` from
-ErrorServerBusy's BackOffMilliseconds), Stale re-reads and reconciles, ConfigError and
-BadRecord become dead letters at once. Messages name the mailbox and what was being done;
+ErrorServerBusy's BackOffMilliseconds), Stale re-reads and reconciles, BadRecord becomes a
+dead letter at once; MailboxUnavailable (a ConfigError: access to one mailbox denied, HTTP 401,
+no such mailbox, its folder missing) retries with back-off and is never dead-lettered. Messages name the mailbox and what was being done;
 they never contain a password (exchangelib's own messages hold URLs and user names only, and
 :func:`scrub` removes a secret that would appear anyway).
 """
@@ -18,7 +19,7 @@ import requests
 from exchangelib import errors as ex
 from exchangelib.protocol import FaultTolerance
 
-from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, MailboxUnavailable, Stale, Transient
 
 #: Default seconds exchangelib itself may sleep on back-offs (in total, per request) before the
 #: retry is handed to Celery.
@@ -83,6 +84,16 @@ _CONFIG_ERRORS: tuple[type[Exception], ...] = (
     ex.CASError,
 )
 
+#: Of those, the ones that deny one mailbox (its credentials, rights or address): MailboxUnavailable,
+#: reported and retried later with back-off while the other mailboxes carry on.
+_ACCESS_ERRORS: tuple[type[Exception], ...] = (
+    ex.UnauthorizedError,
+    ex.ErrorAccessDenied,
+    ex.ErrorImpersonateUserDenied,
+    ex.ErrorImpersonationDenied,
+    ex.ErrorNonExistentMailbox,
+)
+
 _TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     ex.ErrorServerBusy,
     ex.ErrorTimeoutExpired,
@@ -141,6 +152,8 @@ def translate(exc: BaseException, mailbox: str, doing: str, secrets: Sequence[st
             ex.ErrorNonExistentMailbox: "check the [[mailbox]] address",
             ex.ErrorAccessDenied: "give the service account access to this mailbox's contacts folder",
         }.get(type(exc), "check the [exchange] settings")
+        if isinstance(exc, _ACCESS_ERRORS):
+            return MailboxUnavailable(f"{where}: {text}; {hint}", mailbox)
         return ConfigError(f"{where}: {text}; {hint}")
     if isinstance(exc, ex.TransportError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return ConfigError(f"{where}: TLS certificate not trusted ({text}); install the CA, or set verify_tls = false")

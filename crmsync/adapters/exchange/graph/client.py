@@ -31,7 +31,7 @@ import httpx
 import msal
 import structlog
 
-from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, MailboxUnavailable, Stale, Transient
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +64,11 @@ def _error_text(body: Any) -> str:
     return "no error body"
 
 
-def translate(status: int, headers: Mapping[str, str], body: Any, where: str) -> CrmsyncError:
-    """The crmsync error for a Graph error answer (``where`` names the mailbox and the action)."""
+def translate(status: int, headers: Mapping[str, str], body: Any, where: str,
+              mailbox: str | None = None) -> CrmsyncError:
+    """The crmsync error for a Graph error answer (``where`` names the mailbox and the action).
+    With ``mailbox``, a denial of that mailbox (HTTP 403, no such mailbox) is MailboxUnavailable:
+    reported and retried with back-off while the other mailboxes carry on."""
     text = _error_text(body)
     if status in (429, 503, 504) or status >= 500:
         wait = _retry_after(headers) if status in (429, 503) else None
@@ -77,10 +80,12 @@ def translate(status: int, headers: Mapping[str, str], body: Any, where: str) ->
         return ConfigError(f"{where}: Graph refused the app's token (HTTP 401, {text}); check exchange.tenant_id, "
                            "exchange.client_id and the app's credentials")
     if status == 403:
-        return ConfigError(f"{where}: access denied (HTTP 403, {text}); grant the app the Application permission "
-                           "Contacts.ReadWrite and include this mailbox in its RBAC for Applications scope")
+        message = (f"{where}: access denied (HTTP 403, {text}); grant the app the Application permission "
+                   "Contacts.ReadWrite and include this mailbox in its RBAC for Applications scope")
+        return MailboxUnavailable(message, mailbox) if mailbox else ConfigError(message)
     if status == 404 and error_code(body) in ("ErrorInvalidUser", "MailboxNotEnabledForRESTAPI", "ResourceNotFound"):
-        return ConfigError(f"{where}: no such mailbox over Graph (HTTP 404, {text}); check the [[mailbox]] address")
+        message = f"{where}: no such mailbox over Graph (HTTP 404, {text}); check the [[mailbox]] address"
+        return MailboxUnavailable(message, mailbox) if mailbox else ConfigError(message)
     if status in (400, 404, 409, 413, 422):
         return BadRecord(f"{where}: Graph refused the request (HTTP {status}, {text})")
     return Transient(f"{where}: unexpected HTTP {status} ({text})")
@@ -220,7 +225,7 @@ class GraphClient:
                     time.sleep(wait)
                     waited += wait
                     continue
-            raise translate(resp.status_code, resp.headers, _json(resp), where)
+            raise translate(resp.status_code, resp.headers, _json(resp), where, mailbox)
 
     def batch(self, requests: Sequence[dict[str, Any]], *, where: str, mailbox: str | None = None
               ) -> list[tuple[int, dict[str, str], Any]]:

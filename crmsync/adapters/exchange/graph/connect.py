@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from crmsync.adapters.exchange.graph.client import GraphClient
 from crmsync.config import ExchangeSettings
-from crmsync.errors import ConfigError
+from crmsync.errors import ConfigError, MailboxUnavailable
 
 #: Folders per page when listing a folder's children (Graph's default page is 10).
 _FOLDER_PAGE = 100
@@ -88,9 +88,9 @@ def open_folder(client: GraphClient, mailbox: str, path: str, create: bool = Tru
         if found is None:
             if not create:
                 here = "Contacts" + "".join(f"/{w}" for w in walked)
-                raise ConfigError(
+                raise MailboxUnavailable(
                     f"mailbox {mailbox}: folder {name!r} does not exist under {here} (path {path!r}). "
-                    "Create it in Outlook, or set create_folder = true for this mailbox.")
+                    "Create it in Outlook, or set create_folder = true for this mailbox.", mailbox)
             url = (f"{user_path(mailbox)}/contactFolders" if parent is None
                    else f"{user_path(mailbox)}/contactFolders/{quote(parent, safe='')}/childFolders")
             resp = client.request("POST", url, where=where, mailbox=mailbox, allow=(409,),

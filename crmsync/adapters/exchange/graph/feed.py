@@ -54,7 +54,7 @@ class GraphFeed:
                                    f"({error_code(body) or 'HTTP ' + str(resp.status_code)}); restart the folder's "
                                    "feed from the beginning (sync state None)")
         if resp.status_code >= 400:
-            raise translate(resp.status_code, resp.headers, body, where)
+            raise translate(resp.status_code, resp.headers, body, where, self.mailbox)
         out: list[ExchangeChange] = []
         for entry in body.get("value", []):
             if "@removed" in entry:

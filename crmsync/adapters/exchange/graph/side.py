@@ -112,7 +112,7 @@ class GraphExchange:
         if resp.status_code == 404 or (resp.status_code == 400 and error_code(resp.json()) == "ErrorInvalidIdMalformed"):
             return None
         if resp.status_code >= 400:
-            raise translate(resp.status_code, resp.headers, resp.json(), self._where(doing))
+            raise translate(resp.status_code, resp.headers, resp.json(), self._where(doing), self.mailbox)
         return resp.json()
 
     def _get_many(self, item_ids: Sequence[str], doing: str) -> list[dict | None]:
@@ -124,7 +124,7 @@ class GraphExchange:
             if status == 404 or (status == 400 and error_code(body) == "ErrorInvalidIdMalformed"):
                 out.append(None)
             elif status >= 400:
-                raise translate(status, headers, body, self._where(f"{doing}: item {item_id}"))
+                raise translate(status, headers, body, self._where(f"{doing}: item {item_id}"), self.mailbox)
             else:
                 out.append(body)
         return out
@@ -179,7 +179,7 @@ class GraphExchange:
         out: dict[str, ExchangeRecord] = {}
         for key, (status, headers, body) in zip(keys, answers, strict=True):
             if status >= 400:
-                raise translate(status, headers, body, self._where(f"looking up {key}"))
+                raise translate(status, headers, body, self._where(f"looking up {key}"), self.mailbox)
             values = sorted(body.get("value", []), key=lambda c: c["id"])
             if values:
                 out[key] = self._record(values[0])
@@ -264,7 +264,7 @@ class GraphExchange:
                     continue
                 status, headers, resp = answer
                 if status >= 400:
-                    results[i] = translate(status, headers, resp, self._where(f"creating {crm_key}"))
+                    results[i] = translate(status, headers, resp, self._where(f"creating {crm_key}"), self.mailbox)
                 else:
                     created = mapping.apply_patch(resp, {"singleValueExtendedProperties":
                                                          body["singleValueExtendedProperties"]})
@@ -312,4 +312,4 @@ class GraphExchange:
                                    mailbox=self.mailbox, allow=(404, 400),
                                    headers={"If-Match": f'W/"{change_key}"'})
         if resp.status_code == 400 and error_code(resp.json()) != "ErrorInvalidIdMalformed":
-            raise translate(400, resp.headers, resp.json(), self._where(where))
+            raise translate(400, resp.headers, resp.json(), self._where(where), self.mailbox)
