@@ -98,15 +98,18 @@ class Container:
             return self._graph
 
     def graph_folder(self, address: str) -> str:
-        """The id of one mailbox's sync folder over Graph, found (or created) once per process."""
+        """The id of one mailbox's sync folder over Graph, found once per process; created only
+        when ``create_folder`` (the mailbox's, else ``[sync]``'s) is true, otherwise a missing
+        folder is MailboxUnavailable (reported and retried, as over EWS)."""
         client = self.graph_client()
         with self._lock:
             if address not in self._graph_folders:
                 from crmsync.adapters.exchange.graph.connect import open_folder
 
-                mbox = self.mailbox_settings(address)
+                mbox = self.settings.effective(address)
                 try:
-                    self._graph_folders[address] = open_folder(client, mbox.address, mbox.folder, create=True)
+                    self._graph_folders[address] = open_folder(client, mbox.address, mbox.folder,
+                                                               create=bool(mbox.create_folder))
                 except BadRecord as exc:
                     raise ConfigError(str(exc)) from None
             return self._graph_folders[address]
