@@ -241,7 +241,20 @@ class DoctorAdapters:
     def mailbox(self, address: str, folder: str) -> dict:
         from crmsync.adapters.exchange.ews.probe import probe_mailbox
 
-        return probe_mailbox(self.container.settings.exchange_for(address), address, folder)
+        settings = self.container.settings
+        facts = probe_mailbox(settings.exchange_for(address), address, folder)
+        return {**facts, **self.credential_keys(address)}
+
+    def credential_keys(self, address: str) -> dict:
+        """The config keys this mailbox signs in with (``mailbox[i].username`` where the i-th
+        [[mailbox]] sets its own, else ``exchange.username``; the same for ``password_env``),
+        so a failure's fix names the option in effect. ``own_credentials``: either is its own."""
+        settings = self.container.settings
+        index = next(i for i, m in enumerate(settings.mailboxes) if m.address.lower() == address.lower())
+        mbox = settings.mailboxes[index]
+        keys = {f"{key}_key": (f"mailbox[{index}].{key}" if getattr(mbox, key) is not None else f"exchange.{key}")
+                for key in ("username", "password_env")}
+        return {**keys, "own_credentials": any(k.startswith("mailbox[") for k in keys.values())}
 
     def workers(self) -> dict:
         from crmsync.adapters.diagnostics import probe_workers
