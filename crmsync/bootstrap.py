@@ -102,15 +102,18 @@ class Container:
             return self._graph
 
     def graph_folder(self, address: str) -> str:
-        """The id of one mailbox's sync folder over Graph, found (or created) once per process."""
+        """The id of one mailbox's sync folder over Graph, found once per process; created only
+        when ``create_folder`` (the mailbox's, else ``[sync]``'s) is true, otherwise a missing
+        folder is MailboxUnavailable (reported and retried, as over EWS)."""
         client = self.graph_client()
         with self._lock:
             if address not in self._graph_folders:
                 from crmsync.adapters.exchange.graph.connect import open_folder
 
-                mbox = self.mailbox_settings(address)
+                mbox = self.settings.effective(address)
                 try:
-                    self._graph_folders[address] = open_folder(client, mbox.address, mbox.folder, create=True)
+                    self._graph_folders[address] = open_folder(client, mbox.address, mbox.folder,
+                                                               create=bool(mbox.create_folder))
                 except BadRecord as exc:
                     raise ConfigError(str(exc)) from None
             return self._graph_folders[address]
@@ -245,7 +248,20 @@ class DoctorAdapters:
     def mailbox(self, address: str, folder: str) -> dict:
         from crmsync.adapters.exchange.ews.probe import probe_mailbox
 
-        return probe_mailbox(self.container.settings.exchange_for(address), address, folder)
+        settings = self.container.settings
+        facts = probe_mailbox(settings.exchange_for(address), address, folder)
+        return {**facts, **self.credential_keys(address)}
+
+    def credential_keys(self, address: str) -> dict:
+        """The config keys this mailbox signs in with (``mailbox[i].username`` where the i-th
+        [[mailbox]] sets its own, else ``exchange.username``; the same for ``password_env``),
+        so a failure's fix names the option in effect. ``own_credentials``: either is its own."""
+        settings = self.container.settings
+        index = next(i for i, m in enumerate(settings.mailboxes) if m.address.lower() == address.lower())
+        mbox = settings.mailboxes[index]
+        keys = {f"{key}_key": (f"mailbox[{index}].{key}" if getattr(mbox, key) is not None else f"exchange.{key}")
+                for key in ("username", "password_env")}
+        return {**keys, "own_credentials": any(k.startswith("mailbox[") for k in keys.values())}
 
     def workers(self) -> dict:
         from crmsync.adapters.diagnostics import probe_workers

@@ -34,7 +34,8 @@ class DoctorProbes(Protocol):
     def state(self) -> dict[str, Any]: ...          # error | revision, head, known
     def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb
     def exchange_endpoint(self) -> dict[str, Any]: ...  # kind, detail, scheme, verify_tls
-    def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail
+    def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail; username_key,
+    #     password_env_key, own_credentials: the config keys it signs in with (default [exchange]'s)
     def workers(self) -> dict[str, Any]: ...        # error | workers: {hostname: [queues]}
 
 
@@ -135,9 +136,20 @@ def check_redis(probes: DoctorProbes, where: str) -> list[Check]:
     return checks
 
 
+def _credentials_fix(kind: str, facts: dict[str, Any]) -> str:
+    """How to fix a sign-in (``auth``) or a missing password (``secret``), naming the keys in
+    effect for that mailbox: its own ``mailbox[i].username`` / ``password_env``, else [exchange]'s."""
+    user = facts.get("username_key") or "exchange.username"
+    password = facts.get("password_env_key") or "exchange.password_env"
+    if kind == "secret":
+        return f"set the environment variable named by {password}" + (
+            " (or client_secret_env)" if password.startswith("exchange.") else "")
+    return f"check {user} and the password in the variable {password} names"
+
+
 _MAILBOX_FIX = {
-    "auth": "check exchange.username and the password in the variable exchange.password_env names",
-    "secret": "set the environment variable named by exchange.password_env (or client_secret_env)",
+    "auth": _credentials_fix("auth", {}),
+    "secret": _credentials_fix("secret", {}),
     "access": "grant the service account ApplicationImpersonation (access = \"impersonation\") or "
               "delegate access to the mailbox (access = \"delegate\")",
     "mailbox": "check the [[mailbox]] address: Exchange does not know it",
@@ -177,10 +189,13 @@ def check_exchange(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -
     for address, folder in mailboxes:
         result = _safely(f"mailbox {address}", lambda a=address, f=folder: probes.mailbox(a, f))
         results.append((address, folder, result))
-    kinds = [r.get("kind") for _, _, r in results if not isinstance(r, Check)]
+    # exchange.credentials judges the service account ([exchange]); a mailbox signing in with its
+    # own username / password_env is judged on its own row, with its own keys in the fix.
+    kinds = [r.get("kind") for _, _, r in results if not isinstance(r, Check) and not r.get("own_credentials")]
     if "auth" in kinds or "secret" in kinds:
         bad = "secret" if "secret" in kinds else "auth"
-        detail = next(r["detail"] for _, _, r in results if not isinstance(r, Check) and r.get("kind") == bad)
+        detail = next(r["detail"] for _, _, r in results
+                      if not isinstance(r, Check) and not r.get("own_credentials") and r.get("kind") == bad)
         checks.append(Check("exchange.credentials", "FAIL", detail, _MAILBOX_FIX[bad]))
     elif any(k in ("ok", "folder", "access", "mailbox") for k in kinds):
         checks.append(Check("exchange.credentials", "OK", "the service account signs in"))
@@ -190,6 +205,8 @@ def check_exchange(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -
             checks.append(result)
         elif result.get("kind") == "ok":
             checks.append(Check(name, "OK", f"folder {folder!r} present and readable"))
+        elif result.get("kind") in ("auth", "secret") and result.get("own_credentials"):
+            checks.append(Check(name, "FAIL", result.get("detail", "?"), _credentials_fix(result["kind"], result)))
         elif result.get("kind") in ("auth", "secret"):
             checks.append(Check(name, "FAIL", "not checked: the service account cannot sign in",
                                 _MAILBOX_FIX[result["kind"]]))

@@ -473,6 +473,38 @@ def test_the_container_wires_the_graph_adapter_for_a_graph_mailbox(graph_emulato
         container.dispose()
 
 
+def test_the_container_honours_create_folder_false_for_a_graph_mailbox(graph_emulator, monkeypatch):
+    """Like EWS: a missing folder with create_folder = false is not created; it is MailboxUnavailable
+    (reported and retried) naming the mailbox and the path. Once it exists, the mailbox opens."""
+    from crmsync.bootstrap import Container
+    from crmsync.errors import MailboxUnavailable
+
+    emu, ca = graph_emulator
+    monkeypatch.setenv("SSL_CERT_FILE", ca)
+    env = {"CRMSYNC_EXCHANGE_TENANT_ID": TENANT, "CRMSYNC_EXCHANGE_CLIENT_ID": APP,
+           "CRMSYNC_EXCHANGE_CLIENT_SECRET_ENV": SECRET_ENV, SECRET_ENV: SECRET,
+           "CRMSYNC_EXCHANGE_AUTHORITY": emu.base_url, "CRMSYNC_EXCHANGE_GRAPH_URL": emu.graph_base}
+    name = f"Absent {uuid.uuid4().hex[:6]}"
+    path = emu.data_dir / "absent.toml"
+    path.write_text(f'[exchange]\napi = "graph"\n[[mailbox]]\naddress = "{ALICE}"\nfolder = "{name}/CRM"\n'
+                    'create_folder = false\n')
+    container = Container(load_settings(str(path), env=env))
+    try:
+        with pytest.raises(MailboxUnavailable) as excinfo:
+            container.exchange_feed(ALICE)
+        assert excinfo.value.mailbox == ALICE
+        assert ALICE in str(excinfo.value) and f"{name}/CRM" in str(excinfo.value)
+        assert "create_folder" in str(excinfo.value)
+        with pytest.raises(MailboxUnavailable):
+            container.exchange_side(ALICE)
+        with pytest.raises(MailboxUnavailable):               # nothing was created on the way
+            open_folder(container.graph_client(), ALICE, name, create=False)
+        made = open_folder(container.graph_client(), ALICE, f"{name}/CRM")   # the user creates it
+        assert container.graph_folder(ALICE) == made                          # retried: now it opens
+    finally:
+        container.dispose()
+
+
 def test_the_token_is_fetched_once_and_reused(graph_emulator):
     emu, ca = graph_emulator
     emu.reset_stats()

@@ -222,3 +222,49 @@ def test_a_mailbox_denied_after_its_first_sync_retries_its_events_and_never_dead
     wait_until(lambda: (lambda r: r if r[0] == 0 else None)(status_check(p)), 90, what="status --check all good")
     assert p.dead_events() == []
     assert [c.job_title for c in contacts(p, DAVE)].count(title) == 1
+
+
+def test_a_wrong_password_on_a_mailbox_with_its_own_credentials_is_reported_and_the_others_carry_on(pipeline):
+    """The assistant's password is changed on the server, and dave's password_env still holds the
+    old one: every request for dave answers HTTP 401. Status reports dave (UnauthorizedError), the
+    other mailboxes carry on, the worker retries dave's events without dead letters, and no
+    password reaches any log. Once the variable holds the new password (processes restarted, as
+    after editing the service's environment), dave converges with the edit exactly once."""
+    p = pipeline
+    p.settle(timeout=120)
+    old, new = PASSWORDS[ASSISTANT], f"assistant-new-pw-{uuid.uuid4().hex[:6]}"
+    p.emulator.users[ASSISTANT] = new                          # changed in the directory, not in crmsync
+    p.emulator.restart()
+
+    def denied_tries() -> int:
+        return sum(1 for line in p.log("worker").splitlines() if "mailbox.unavailable" in line and DAVE in line)
+    tries_before = denied_tries()
+    title = f"Head {uuid.uuid4().hex[:6]}"
+    p.crm.execute("UPDATE accounts SET job_title = :t WHERE account_no = 'ACC-0'", t=title)
+    for owner in (MAILBOX, BOB, CAROL):                       # the others carry on
+        wait_until(lambda o=owner: any(c.job_title == title for c in contacts(p, o)), 90,
+                   what=f"the CRM edit in {owner}'s mailbox")
+    code, out = wait_until(lambda: (lambda r: r if f"{DAVE}: unavailable since" in " ".join(r[1].split()) else None)(
+        status_check(p)), 90, what="status to report dave")
+    flat = " ".join(out.split())
+    assert code == 1, out
+    assert "UnauthorizedError" in flat, out
+    for owner in (MAILBOX, BOB, CAROL):
+        assert f"{owner}: unavailable" not in flat, out
+    wait_until(lambda: denied_tries() > tries_before, 90, what="the worker to retry dave's event")
+    assert not any(c.job_title == title for c in contacts(p, DAVE))   # nothing got through with a 401
+    assert p.dead_events() == []
+
+    p.env["CRMSYNC_TEST_ASSISTANT_PASSWORD"] = new              # the administrator updates the variable
+    p.stop("producer")
+    p.stop("worker")
+    p.start_worker()
+    p.start_producer()
+    wait_until(lambda: any(c.job_title == title for c in contacts(p, DAVE)), 120, what="the edit in dave's mailbox")
+    p.settle(timeout=120)
+    wait_until(lambda: (lambda r: r if r[0] == 0 else None)(status_check(p)), 90, what="status --check all good")
+    assert p.dead_events() == []
+    assert [c.job_title for c in contacts(p, DAVE)].count(title) == 1
+    logs = p.log("producer") + p.log("worker")
+    for secret in (old, new, PASSWORDS[INTRUDER], "svc-secret-pw"):
+        assert secret not in logs and secret not in out

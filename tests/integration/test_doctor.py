@@ -28,6 +28,9 @@ SERVICE_PASSWORD = "svc-doctor-Secret-77"
 WRONG_PASSWORD = "not-the-Password-42"
 FOLDER = "CRM Accounts"
 PASSWORD_ENV = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
+# a second mailbox reached with its own credentials: bob's assistant, his delegate
+BOB, ASSISTANT, ASSISTANT_PASSWORD = "bob@example.com", "assistant@example.com", "assistant-Secret-58"
+ASSISTANT_PASSWORD_ENV = "CRMSYNC_TEST_ASSISTANT_PASSWORD"
 
 
 class Stack:
@@ -37,8 +40,10 @@ class Stack:
         self.redis.client().config_set("appendonly", "yes")     # a production-like broker
         ca, cert, key = ca_signed_cert(tmp / "tls")
         self.ca = ca
-        self.emulator = start_emulator(tmp / "exchange", users={MAILBOX: "alice-pw", SERVICE_USER: SERVICE_PASSWORD},
-                                       extra_args=["--impersonator", SERVICE_USER, "--tls-cert", str(cert),
+        self.emulator = start_emulator(tmp / "exchange", users={MAILBOX: "alice-pw", SERVICE_USER: SERVICE_PASSWORD,
+                                                                           BOB: "bob-pw", ASSISTANT: ASSISTANT_PASSWORD},
+                                       extra_args=["--impersonator", SERVICE_USER, "--delegate", f"{BOB}:{ASSISTANT}",
+                                                   "--tls-cert", str(cert),
                                                    "--tls-key", str(key)])
         self.queue = f"crmsync.doctor.{uuid.uuid4().hex[:8]}"
         self.crm_url = f"sqlite:///{tmp / 'crm.db'}"
@@ -55,7 +60,8 @@ class Stack:
         self.worker = None
 
     def write_config(self, name: str, *, crm_url: str | None = None, state_url: str | None = None,
-                     broker_url: str | None = None, folder: str = FOLDER, queue: str | None = None) -> Path:
+                     broker_url: str | None = None, folder: str = FOLDER, queue: str | None = None,
+                     extra: str = "") -> Path:
         path = self.tmp / f"{name}.toml"
         path.write_text(f"""
 [crm]
@@ -78,7 +84,7 @@ folder = "{folder}"
 [worker]
 concurrency = 1
 queue = "{queue or self.queue}"
-""")
+{extra}""")
         return path
 
     def cli(self, config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -109,14 +115,14 @@ queue = "{queue or self.queue}"
         self.redis.stop()
 
 
-def create_folder(stack: Stack) -> None:
+def create_folder(stack: Stack, mailbox: str = MAILBOX, password: str = "alice-pw") -> None:
     """The mailbox owner makes the sync folder in Outlook (exchangelib as alice)."""
     from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
     from exchangelib.folders import Folder
 
-    config = Configuration(service_endpoint=stack.emulator.endpoint, credentials=Credentials(MAILBOX, "alice-pw"),
+    config = Configuration(service_endpoint=stack.emulator.endpoint, credentials=Credentials(mailbox, password),
                            auth_type=BASIC)
-    account = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
+    account = Account(mailbox, config=config, autodiscover=False, access_type=DELEGATE)
     Folder(parent=account.contacts, name=FOLDER, folder_class="IPF.Contact").save()
 
 
@@ -127,6 +133,7 @@ def stack(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("REQUESTS_CA_BUNDLE", str(s.ca))
             create_folder(s)
+            create_folder(s, BOB, "bob-pw")
         s.start_worker()
         yield s
     finally:
@@ -251,6 +258,41 @@ def test_missing_folder_fails_with_how_to_create_it(stack):
     assert "'Not There' does not exist" in mailbox["detail"]
     assert "create the folder" in mailbox["fix"]
     assert found["exchange.credentials"]["status"] == "OK"
+
+
+def test_a_mailbox_with_its_own_credentials_is_hinted_with_its_own_options(stack):
+    """The second [[mailbox]] (index 1) signs in as its delegate with its own username and
+    password_env: a wrong password there fails that mailbox only, and the fix names the options in
+    effect (mailbox[1].username, mailbox[1].password_env), not [exchange]'s."""
+    config = stack.write_config("own-credentials", extra=f"""
+[[mailbox]]
+address = "{BOB}"
+access = "delegate"
+username = "{ASSISTANT}"
+password_env = "{ASSISTANT_PASSWORD_ENV}"
+""")
+    done = stack.cli(config, "doctor", "--format", "json", env={ASSISTANT_PASSWORD_ENV: ASSISTANT_PASSWORD})
+    found = rows(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert found[f"mailbox {BOB}"]["status"] == "OK" and found[f"mailbox {MAILBOX}"]["status"] == "OK"
+
+    done = stack.cli(config, "doctor", "--format", "json", env={ASSISTANT_PASSWORD_ENV: WRONG_PASSWORD})
+    found = rows(done)
+    assert done.returncode == 1
+    bob = found[f"mailbox {BOB}"]
+    assert bob["status"] == "FAIL"
+    assert "mailbox[1].password_env" in bob["fix"] and "mailbox[1].username" in bob["fix"]
+    assert "exchange." not in bob["fix"]
+    # the service account and the mailbox it impersonates are fine
+    assert found["exchange.credentials"]["status"] == "OK"
+    assert found[f"mailbox {MAILBOX}"]["status"] == "OK"
+    assert_no_secret(done)
+    assert ASSISTANT_PASSWORD not in done.stdout + done.stderr
+
+    done = stack.cli(config, "doctor", "--format", "json", env={ASSISTANT_PASSWORD_ENV: ""})
+    bob = rows(done)[f"mailbox {BOB}"]
+    assert bob["status"] == "FAIL" and ASSISTANT_PASSWORD_ENV in bob["detail"]
+    assert "mailbox[1].password_env" in bob["fix"] and "exchange." not in bob["fix"]
 
 
 def test_missing_triggers_fail_with_crmsync_init(stack):
