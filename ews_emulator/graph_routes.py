@@ -16,6 +16,8 @@ Routes (``{u}`` is the mailbox's SMTP address or its user id, ``{f}`` a folder i
     POST              /v1.0/$batch
 
 Every Graph request is counted in the admin stats as ``graph:<operation>`` (see ``OPERATIONS``),
+a ``$batch`` once as ``graph:batch`` and each of its parts under its own operation (the stats'
+``graph_batch_parts`` says how many of the counted requests were such parts),
 may meet an injected fault for that operation (or ``graph:*``), and holds one of the
 app's ``--graph-mailbox-concurrency`` (default 4) slots on the mailbox while it runs.
 """
@@ -360,6 +362,8 @@ def dispatch(emu, req: GraphRequest) -> GraphResponse:
     with st.lock:
         with emu.lock:
             emu.stats[route.op] += 1
+            if req.in_batch:
+                emu.batched += 1
         if st.inflight.get(key, 0) >= limit:
             return GraphResponse(429, {"error": {"code": "ApplicationThrottled",
                                                  "message": "Application is over its MailboxConcurrency limit.",

@@ -128,6 +128,7 @@ class Emulator:
         self.state: dict[str, Any] = {}
         self.faults: list[Fault] = []
         self.stats: Counter[str] = Counter()
+        self.batched = 0      # of the Graph requests in stats, those that came as parts of a $batch
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = _Server((host, port), _Handler)
@@ -350,10 +351,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, {"faults": [vars(f) for f in emu.faults]})
         if path == "/_emulator/stats" and method == "GET":
             with emu.lock:
-                return self._json(200, {"requests": dict(emu.stats)})
+                return self._json(200, {"requests": dict(emu.stats), "graph_batch_parts": emu.batched})
         if path == "/_emulator/stats/reset" and method == "POST":
             with emu.lock:
                 emu.stats.clear()
+                emu.batched = 0
             return self._json(200, {"ok": True})
         return self._json(404, {"error": f"no admin endpoint {method} {path}"})
 

@@ -225,13 +225,17 @@ def demo(
     directory: str = typer.Option("crmsync-demo", "--dir", help="where the demo keeps its files"),
     duration: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),
     fresh: bool = typer.Option(True, help="start from new demo data (delete the old demo files)"),
+    api: str = typer.Option("ews", "--api", help="how crmsync reaches the mailbox: ews, or graph (the "
+                                                 "emulator's Microsoft Graph front door over HTTPS)"),
 ) -> None:
     """Start an Exchange emulator, a seeded SQLite CRM, the producers and a worker, run the
     initial sync with a progress bar, then show every change as it syncs. Edit either side and
     watch it arrive on the other."""
     from crmsync.cli.demo import run_demo
 
-    run_demo(directory, duration=duration, fresh=fresh, console=console)
+    if api not in ("ews", "graph"):
+        raise typer.BadParameter(f"{api!r}: expected ews or graph", param_hint="--api")
+    run_demo(directory, duration=duration, fresh=fresh, console=console, api=api)
 
 
 from crmsync.cli import linking as _linking  # noqa: E402 - its commands need `app` above

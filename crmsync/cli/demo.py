@@ -3,11 +3,17 @@
 An Exchange emulator on a free port, a seeded SQLite CRM, the producers in this process and a
 real Celery worker in a child process. It uses Redis when the configured broker answers and
 otherwise kombu's SQLAlchemy transport on a SQLite file, so it runs where no Redis is installed.
+
+With ``api="graph"`` crmsync reaches the mailbox through the emulator's Microsoft Graph front
+door instead: over HTTPS with a throwaway CA made in the demo's directory (``tls/``, trusted
+through ``SSL_CERT_FILE``), as an app registered in the emulator with a secret made at start
+that only the environment of the demo and its worker holds.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -23,9 +29,23 @@ from crmsync.config import load_settings, mask_url
 DEMO_MAILBOX = "demo@example.com"
 DEMO_FOLDER = "CRM Accounts"
 DEMO_QUEUE = "crmsync.cli.demo"
+DEMO_TENANT = "demo.onmicrosoft.com"        # api="graph": the app registered in the emulator
+DEMO_APP = "crmsync-demo"
+DEMO_SECRET_ENV = "CRMSYNC_DEMO_GRAPH_SECRET"
 
 
-def _config_text(directory: Path, endpoint: str, broker_url: str) -> str:
+def _graph_config(emulator) -> str:
+    base = emulator.url.split("/EWS/", 1)[0]
+    return f"""api = "graph"
+tenant_id = "{DEMO_TENANT}"
+client_id = "{DEMO_APP}"
+client_secret_env = "{DEMO_SECRET_ENV}"
+authority = "{base}"
+graph_url = "{emulator.graph_url}"
+"""
+
+
+def _config_text(directory: Path, endpoint: str, broker_url: str, graph: str = "") -> str:
     return f"""# Written by `crmsync demo`. Use it with: crmsync --config {directory / 'crmsync.toml'} status
 [crm]
 url = "sqlite:///{directory / 'crm.db'}"
@@ -41,7 +61,7 @@ endpoint = "{endpoint}"
 auth = "noauth"
 access = "delegate"
 max_wait_s = 5
-
+{graph}
 [[mailbox]]
 address = "{DEMO_MAILBOX}"
 folder = "{DEMO_FOLDER}"
@@ -103,10 +123,11 @@ def _remove_previous_demo(root: Path) -> None:
     for name in ("crm.db", "state.db", "broker.db", "exchange/mailboxes.sqlite3"):
         for suffix in ("", "-wal", "-shm", "-journal"):
             (root / f"{name}{suffix}").unlink(missing_ok=True)
-    for name in ("crmsync.toml", "worker.log"):
+    for name in ("crmsync.toml", "worker.log", "tls/ca.pem", "tls/cert.pem", "tls/key.pem"):
         (root / name).unlink(missing_ok=True)
-    if (root / "exchange").is_dir() and not any((root / "exchange").iterdir()):
-        (root / "exchange").rmdir()
+    for name in ("exchange", "tls"):
+        if (root / name).is_dir() and not any((root / name).iterdir()):
+            (root / name).rmdir()
 
 
 def _purge_queue(broker_url: str) -> None:
@@ -118,7 +139,7 @@ def _purge_queue(broker_url: str) -> None:
 
 
 def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
-             console: Console | None = None) -> None:
+             console: Console | None = None, api: str = "ews") -> None:
     from crmsync.adapters.database import init_state
     from crmsync.adapters.state.status import event_totals
     from crmsync.bootstrap import Container
@@ -135,16 +156,36 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    emulator = build_app(root / "exchange", no_auth=True, mailboxes=[DEMO_MAILBOX], port=0)
+    if api not in ("ews", "graph"):
+        raise ValueError(f"demo --api {api!r}: expected 'ews' or 'graph'")
+    tls: dict[str, str] = {}
+    graph_apps: list[str] = []
+    if api == "graph":
+        from crmsync.cli.demo_tls import make_demo_ca
+
+        ca, cert, key = make_demo_ca(root / "tls")
+        tls = {"tls_cert": str(cert), "tls_key": str(key)}
+        # The app's secret: made now, held by this process's environment and the worker's, and
+        # never written or printed. The CA: trusted by both through SSL_CERT_FILE.
+        os.environ[DEMO_SECRET_ENV] = secrets.token_urlsafe(24)
+        os.environ["SSL_CERT_FILE"] = str(ca)
+        graph_apps = [f"{DEMO_TENANT}:{DEMO_APP}:{os.environ[DEMO_SECRET_ENV]}"]
+    emulator = build_app(root / "exchange", no_auth=True, mailboxes=[DEMO_MAILBOX], port=0,
+                         graph_apps=graph_apps, **tls)
     emulator.start()
-    console.print(f"Exchange emulator: {emulator.url} (mailbox {DEMO_MAILBOX}, no auth)")
+    if api == "graph":
+        console.print(f"Exchange emulator, Microsoft Graph front door: {emulator.graph_url} (mailbox "
+                      f"{DEMO_MAILBOX}; crmsync signs in as app {DEMO_APP} of tenant {DEMO_TENANT}; "
+                      f"TLS from the demo's own CA {root / 'tls' / 'ca.pem'})")
+    else:
+        console.print(f"Exchange emulator: {emulator.url} (mailbox {DEMO_MAILBOX}, no auth)")
 
     broker_url = _choose_broker(root, console)
     # Environment values win over a config file: make the demo's choice the environment's
     # too, for this process and for the worker it starts.
     os.environ["CRMSYNC_BROKER_URL"] = broker_url
     config_path = root / "crmsync.toml"
-    config_path.write_text(_config_text(root, emulator.url, broker_url))
+    config_path.write_text(_config_text(root, emulator.url, broker_url, _graph_config(emulator) if api == "graph" else ""))
     settings = load_settings(str(config_path))
     container = Container(settings)
     _purge_queue(settings.broker.dsn())
@@ -156,11 +197,17 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     console.print(f"CRM (SQLite): {root / 'crm.db'} — {n_accounts} accounts, {n_contacts} secondary contacts")
 
     n_exchange = 0
-    if fresh:
+    if fresh and api == "graph":
+        from crmsync.adapters.exchange.graph.seed import seed_contacts as seed_over_graph
+
+        n_exchange = seed_over_graph(container.graph_client(), DEMO_MAILBOX, container.graph_folder(DEMO_MAILBOX),
+                                     demo_exchange_contacts(10))
+    elif fresh:
         from crmsync.adapters.exchange.ews.seed import seed_contacts
 
         account, folder = container.exchange_account(DEMO_MAILBOX)
         n_exchange = seed_contacts(folder, demo_exchange_contacts(10))
+    if fresh:
         console.print(f"Exchange mailbox {DEMO_MAILBOX}, folder Contacts/{DEMO_FOLDER}: "
                       f"{n_exchange} contacts (one is private and stays out of the CRM)")
 
@@ -175,12 +222,18 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     expected = n_accounts + n_contacts + n_exchange
     try:
         last_id = _initial_sync(container, expected, console, started, duration, worker)
+        if api == "graph":
+            exchange_hint = (f"{emulator.graph_url}/users/{DEMO_MAILBOX}/contactFolders (any HTTP client; "
+                             f"the emulator runs without auth here, crmsync still signs in; "
+                             f"trust {root / 'tls' / 'ca.pem'})")
+        else:
+            exchange_hint = (f"{emulator.url} (exchangelib, no auth, mailbox {DEMO_MAILBOX}, "
+                             f"folder Contacts/{DEMO_FOLDER})")
         console.print(
             "\n[bold]Now edit either side and watch the change arrive on the other.[/]\n"
             f"  CRM:      sqlite3 {root / 'crm.db'} \"UPDATE accounts SET phone_business = "
             "'+1 212 555 0199' WHERE account_no = 'ACC-1001'\"\n"
-            f"  Exchange: {emulator.url} (exchangelib, no auth, mailbox {DEMO_MAILBOX}, "
-            f"folder Contacts/{DEMO_FOLDER})\n"
+            f"  Exchange: {exchange_hint}\n"
             f"  Status:   crmsync --config {config_path} status\n"
             "Ctrl-C stops the demo." + (f" (stopping by itself after {duration:.0f} s)" if duration else ""))
         _follow(container, last_id, console, started, duration, worker)

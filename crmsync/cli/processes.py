@@ -21,9 +21,10 @@ from crmsync.config import Settings
 log = structlog.get_logger("crmsync.cli.processes")
 
 
-class LazyFeed:
+class LazyPollFeed:
     """Opens the mailbox's Exchange feed on first use, so a producer starts (and keeps feeding
-    the CRM side) while Exchange is unreachable; the loop logs and retries each cycle."""
+    the CRM side) while Exchange is unreachable; the loop logs and retries each cycle. Polled
+    only: a Graph mailbox's delta feed has no doorbell."""
 
     def __init__(self, container: Container, mailbox: str) -> None:
         self.container = container
@@ -40,6 +41,10 @@ class LazyFeed:
     def changes(self, sync_state, max_changes=500):
         return self._opened().changes(sync_state, max_changes)
 
+
+class LazyFeed(LazyPollFeed):
+    """An EWS mailbox's feed, opened on first use, with its doorbell (a pull subscription)."""
+
     def wait_for_change(self, timeout_s: float) -> bool:
         """The feed's doorbell: without this the producer saw Exchange edits only at its poll."""
         return self._opened().wait_for_change(timeout_s)
@@ -49,11 +54,16 @@ def build_producer_loop(container: Container):
     from crmsync.cli.linking import first_sync_gate
     from producers.factory import build_loop
 
+    return build_loop(container.settings, changelog=container.changelog, crm=container.crm,
+                      store=container.store, feeds=producer_feeds(container),
+                      first_sync_gate=first_sync_gate(container), health=container.mailbox_health)
+
+
+def producer_feeds(container: Container) -> dict[str, LazyPollFeed]:
+    """Each mailbox's feed, opened on first use; only EWS feeds ring the producer's doorbell."""
     settings = container.settings
-    feeds = {m.address: LazyFeed(container, m.address) for m in settings.mailboxes}
-    return build_loop(settings, changelog=container.changelog, crm=container.crm,
-                      store=container.store, feeds=feeds, first_sync_gate=first_sync_gate(container),
-                      health=container.mailbox_health)
+    return {m.address: (LazyFeed if settings.api_of(m.address) == "ews" else LazyPollFeed)(container, m.address)
+            for m in settings.mailboxes}
 
 
 def run_producer(container: Container, stop: threading.Event | None = None) -> None:

@@ -35,6 +35,21 @@ def test_batch_runs_parts_and_answers_each_by_id(graph_env):
     assert names == {"Batched", "Created in batch"}
 
 
+def test_stats_count_a_batch_once_and_its_parts_under_their_operations(graph_env):
+    emu, _, g = graph_env
+    folder = g.new_folder("CRM")
+    emu.reset_stats()
+    parts = [{"id": str(i), "method": "POST", "url": f"/users/{ALICE}/contactFolders/{folder}/contacts",
+              "headers": {"Content-Type": "application/json"}, "body": {"givenName": f"B{i}"}} for i in range(3)]
+    assert g.post("/$batch", json={"requests": parts}).status_code == 200
+    assert g.get(f"/users/{ALICE}/contactFolders/{folder}/contacts").status_code == 200
+    answer = emu.admin("/_emulator/stats")
+    assert answer["requests"] == {"graph:batch": 1, "graph:create contact": 3, "graph:list contacts": 1}
+    assert answer["graph_batch_parts"] == 3          # 5 counted, 2 of them HTTP requests
+    emu.reset_stats()
+    assert emu.admin("/_emulator/stats") == {"requests": {}, "graph_batch_parts": 0}
+
+
 def test_batch_depends_on_runs_in_order_and_fails_dependents(graph_env):
     _, _, g = graph_env
     folder = g.new_folder("CRM")
