@@ -101,7 +101,7 @@ class Pipeline:
     def __init__(self, tmp: Path, crm_kind: str = "sqlite", *, worker_concurrency: int = 2,
                  poll_interval_s: float = 0.5, max_attempts: int = 8,
                  broker_url: str | None = None, batch_size: int = 200, api: str = "ews",
-                 redrive_after_s: float = 10) -> None:
+                 redrive_after_s: float = 10, notifications: str | None = None) -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -158,6 +158,7 @@ folder = "{FOLDER}"
 poll_interval_s = {poll_interval_s}
 redrive_after_s = {redrive_after_s}
 retry_backoff_max_s = 5
+{"" if notifications is None else f'notifications = "{notifications}"'}
 max_attempts = {max_attempts}
 batch_size = {batch_size}
 lease_ttl_s = 20
