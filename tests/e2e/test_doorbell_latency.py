@@ -114,3 +114,33 @@ def test_a_subscription_dropped_by_the_server_is_made_again(slow_poll):
           [round(t, 2) for t in took])
     assert max(took) < PER_EDIT_S
     assert _subscriptions(db_path, kind) - dropped, f"no new {kind} subscription was made"
+
+
+def _listen_backends(pipeline) -> set[int]:
+    """The pids of the PostgreSQL backends LISTENing on the CRM database (the producer's doorbell)."""
+    rows = pipeline.crm.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+    return {row["pid"] for row in rows}
+
+
+def test_a_killed_listen_connection_reconnects_and_misses_nothing(slow_poll):
+    """The CRM doorbell's LISTEN connection is killed (``pg_terminate_backend``: a failover, an
+    administrator, an idle-connection reaper): it connects again, and the edits made while it was
+    gone and after arrive in Exchange within seconds, not at the 60 s poll."""
+    if slow_poll.crm.kind != "postgresql":
+        pytest.skip("LISTEN is the PostgreSQL CRM's doorbell")
+    account_no, contact = _linked_account(slow_poll)
+    killed = wait_until(lambda: _listen_backends(slow_poll), 20, what="the producer's LISTEN connection")
+    for pid in killed:
+        slow_poll.crm.query("SELECT pg_terminate_backend(:pid) AS gone", pid=pid)
+    for i in range(5):   # the first ones while it is still reconnecting
+        title = f"After the kill {i}"
+        started = time.monotonic()
+        slow_poll.crm.execute("UPDATE accounts SET job_title = :t WHERE account_no = :n",
+                              t=title, n=account_no)
+        wait_until(lambda t=title: contact().job_title == t, PER_EDIT_S, interval=0.05,
+                   what=f"CRM edit {i + 1}/5 after the LISTEN connection was killed ({title!r}) in Exchange")
+        print(f"CRM -> Exchange after the kill: {time.monotonic() - started:.2f} s")
+    again = wait_until(lambda: _listen_backends(slow_poll) - killed, 20,
+                       what="a new LISTEN connection of the producer")
+    assert again and not (again & killed)
