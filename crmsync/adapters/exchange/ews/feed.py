@@ -241,6 +241,7 @@ class _StreamingDoorbell:
                         self._subscribe()
                         self.error, delay = None, 1.0
                         self._rang.set()
+                    opened = time.monotonic()
                     try:
                         self._read_stream()
                     except _SUBSCRIPTION_LOST as exc:
@@ -249,10 +250,16 @@ class _StreamingDoorbell:
                         self.subscription = None
                         continue
                 self.error, delay = None, 1.0
+                if time.monotonic() - opened < 1.0:   # a server that closes at once: not a busy loop
+                    self._stopping.wait(1.0)
             except Exception as exc:  # noqa: BLE001 - the thread never dies; ``wait`` reports it
                 if self._stopping.is_set():
                     return
                 self.error = exc
+                # Subscribe again next time: a stream that opens sends nothing to say it works,
+                # a Subscribe that works does (and rings, for whatever happened meanwhile). The
+                # old subscription, if the server still has it, expires unused.
+                self.subscription = None
                 log.warning("exchange.stream_failed", mailbox=self.mailbox, error=type(exc).__name__,
                             detail=str(exc)[:200], retry_in_s=delay)
                 self._stopping.wait(delay)
