@@ -514,6 +514,44 @@ def test_the_streaming_doorbell_opens_the_next_stream_when_one_times_out(fast_st
         feed.close()
 
 
+def test_the_streaming_doorbell_reports_failing_streams_and_recovers(fast_stream_emulator):
+    """While GetStreamingEvents fails the doorbell raises (so it counts as not armed and the
+    loop polls often); once the server answers again it subscribes afresh, rings, and rings on
+    the next change."""
+    account = connect(endpoint=fast_stream_emulator.endpoint, mailbox=ALICE, auth="basic", username=ALICE,
+                      password=ALICE_PW, access="delegate", max_wait=MAX_WAIT, timeout_s=30)
+    folder = open_folder(account, f"CRM {uuid.uuid4().hex[:8]}")
+    side = EwsExchange(account, folder)
+    feed = ExchangeFeed(account, folder, notifications="streaming", stream_minutes=1)
+    try:
+        assert feed.wait_for_change(10) is True
+        fast_stream_emulator.inject_fault("GetStreamingEvents", "http_503", count=1000)
+        deadline = time.monotonic() + 20
+        raised = None
+        while raised is None and time.monotonic() < deadline:   # the open 2 s stream ends first
+            try:
+                feed.wait_for_change(0.5)
+            except Exception as exc:  # noqa: BLE001 - whatever the failure maps to
+                raised = exc
+        assert raised is not None, "a failing stream was never reported"
+        fast_stream_emulator.clear_faults()
+        deadline = time.monotonic() + 30
+        rang = False
+        while not rang and time.monotonic() < deadline:   # back-off: 1, 2, 4 ... s
+            try:
+                rang = feed.wait_for_change(1.0)
+            except Exception:  # noqa: BLE001 - still failing until its next attempt
+                pass
+        assert rang, "the doorbell did not ring once the server answered again"
+        while feed.wait_for_change(0.5):   # let it settle
+            pass
+        side.create("account:RECOVERED", {"first_name": "Recovered"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        fast_stream_emulator.clear_faults()
+        feed.close()
+
+
 def test_notifications_must_be_known(ews_account, ews_folder):
     with pytest.raises(ValueError, match="notifications 'push'"):
         ExchangeFeed(ews_account, ews_folder, notifications="push")  # type: ignore[arg-type]
