@@ -154,7 +154,7 @@ class Container:
         from crmsync.adapters.exchange.ews.feed import ExchangeFeed
 
         account, folder = self.exchange_account(address)
-        return ExchangeFeed(account, folder)
+        return ExchangeFeed(account, folder, notifications=self.settings.sync.notifications)
 
     # services ----------------------------------------------------------------------------
     @cached_property

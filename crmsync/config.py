@@ -388,6 +388,9 @@ class SyncSettings(_Section):
     #: The safety net behind the doorbells; while a doorbell is not armed the producer polls
     #: every 5 s instead.
     poll_interval_s: float = Field(default=60.0, gt=0)
+    #: The Exchange (EWS) doorbell: a streaming subscription (one long GetStreamingEvents per
+    #: mailbox), a pull subscription (GetEvents every second), or none ("poll": every 5 s).
+    notifications: Literal["streaming", "pull", "poll"] = "streaming"
     max_attempts: int = Field(default=8, ge=1)
     lease_ttl_s: float = Field(default=120.0, gt=0)
     redrive_after_s: float = Field(default=300.0, gt=0)

@@ -110,16 +110,21 @@ def count_dead(event: Any) -> None:
 
 
 class StateCollector:
-    """Gauges read at scrape time: queue depth, events per status, last successful sync.
+    """Gauges read at scrape time: queue depth, events per status, last successful sync, and
+    (with ``lag``) the current lag per mailbox and side.
 
     ``summary`` returns ``status_summary()`` rows of the state store; ``queue`` returns
     ``(queue name, depth or None)``. Failures to read are reported as ``crmsync_up 0``.
     """
 
     def __init__(self, summary: Callable[[], list[dict[str, Any]]],
-                 queue: Callable[[], tuple[str, int | None]]) -> None:
+                 queue: Callable[[], tuple[str, int | None]],
+                 lag: Callable[[], Mapping[str, Mapping[str, float]]] | None = None) -> None:
         self._summary = summary
         self._queue = queue
+        #: mailbox -> side ("crm->exchange" | "exchange->crm") -> seconds the oldest unapplied
+        #: event has waited (``crmsync.adapters.state.status.current_lag``).
+        self._lag = lag
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         from prometheus_client.core import GaugeMetricFamily
@@ -143,6 +148,17 @@ class StateCollector:
             if row.get("last_synced_at") is not None:
                 last.add_metric([row["mailbox"]], row["last_synced_at"].timestamp())
         yield from (up, events, last, links)
+        if self._lag is not None:
+            lag = GaugeMetricFamily("crmsync_current_lag_seconds",
+                                    "Age of the oldest event not yet applied, per mailbox and side",
+                                    labels=["mailbox", "side"])
+            try:
+                for mailbox, sides in sorted(self._lag().items()):
+                    for side, seconds in sorted(sides.items()):
+                        lag.add_metric([mailbox, side], seconds)
+            except Exception:  # noqa: BLE001 - a scrape must still answer (crmsync_state_up says why)
+                pass
+            yield lag
         depth = GaugeMetricFamily("crmsync_queue_depth", "Messages waiting in the broker queue", labels=["queue"])
         try:
             name, value = self._queue()

@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    help="lifetime of issued Graph access tokens (default 3599)")
     p.add_argument("--graph-mailbox-concurrency", type=int, default=4, metavar="N",
                    help="concurrent Graph requests per app per mailbox before 429 ApplicationThrottled (default 4)")
+    p.add_argument("--streaming-minute-seconds", type=float, default=None, metavar="SECONDS",
+                   help="for tests: how long one minute of a GetStreamingEvents ConnectionTimeout lasts (default 60)")
+    p.add_argument("--streaming-keepalive-seconds", type=float, default=None, metavar="SECONDS",
+                   help="idle seconds before an open stream sends a keep-alive (default 30)")
     p.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
     return p
 
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ews_emulator: cannot listen on {args.host}:{args.port} or use --data {args.data}: {e}",
               file=sys.stderr)
         return 2
+    if args.streaming_minute_seconds:
+        emu.streaming_minute_seconds = args.streaming_minute_seconds
+    if args.streaming_keepalive_seconds:
+        emu.streaming_keepalive_seconds = args.streaming_keepalive_seconds
+
     def on_sigterm(*_: object) -> None:
         raise KeyboardInterrupt
 

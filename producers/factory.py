@@ -47,10 +47,10 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
 
     ``feeds`` maps a mailbox address to its Exchange feed (mailboxes without one get no Exchange
     poll). ``crm_url`` is the CRM URL with its password (defaults to ``settings.crm.dsn()``).
-    Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell. ``first_sync_gate``
-    (mailbox -> None or why it waits) is asked before each mailbox's first sync. ``health``
-    records the mailboxes found unavailable; they are tried again with back-off up to
-    ``sync.retry_backoff_max_s``.
+    Feeds with a ``wait_for_change(timeout_s)`` also ring the doorbell, unless
+    ``sync.notifications`` is "poll". ``first_sync_gate`` (mailbox -> None or why it waits) is
+    asked before each mailbox's first sync. ``health`` records the mailboxes found unavailable;
+    they are tried again with back-off up to ``sync.retry_backoff_max_s``.
     """
     enabled = settings.enabled_mailboxes()     # a disabled mailbox gets no events at all
     mailboxes = [m.address for m in enabled]
@@ -60,12 +60,13 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
                                without_contacts=[m.address for m in enabled if not m.secondary_contacts])
     exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
     if doorbell is None:
+        def rings(feed) -> bool:
+            return callable(getattr(feed, "wait_for_change", None)) and sync.notifications != "poll"
+
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
         bells += [CallbackDoorbell(feed.wait_for_change, name=exchange_source(mb))
-                  for mb, feed in feeds.items()
-                  if mb in mailboxes and callable(getattr(feed, "wait_for_change", None))]
-        if any(not callable(getattr(feed, "wait_for_change", None))
-               for mb, feed in feeds.items() if mb in mailboxes):
+                  for mb, feed in feeds.items() if mb in mailboxes and rings(feed)]
+        if any(not rings(feed) for mb, feed in feeds.items() if mb in mailboxes):
             bells.append(NullDoorbell())   # a feed without a doorbell: never poll rarely
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),

@@ -131,6 +131,10 @@ def run(ctx: typer.Context) -> None:
         stop_process(child)
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.0f} min"
+
+
 def _status_view(c, stale_after_s: float):
     """(the status table and queue line as one renderable, the list of problems for --check)."""
     from datetime import UTC, datetime
@@ -138,19 +142,23 @@ def _status_view(c, stale_after_s: float):
     from rich.console import Group
 
     from crmsync.adapters.broker import queue_depth
-    from crmsync.adapters.state.status import attention
+    from crmsync.adapters.state.status import attention, current_lag
 
     now = datetime.now(UTC)
     summary = c.store.status_summary()
     trouble = attention(c.state_engine)
+    lag = current_lag(c.state_engine, now)
     problems: list[str] = []
     table = Table(title=f"crmsync status ({now:%Y-%m-%d %H:%M:%S} UTC)")
-    for column in ("mailbox", "links", "last sync", "pending", "published", "applied", "retrying", "dead"):
+    for column in ("mailbox", "links", "last sync", "lag CRM→Exchange", "lag Exchange→CRM",
+                   "pending", "published", "applied", "retrying", "dead"):
         table.add_column(column)
     for row in summary:
         extra = trouble.get(row["mailbox"], {})
         retrying = extra.get("retrying", 0) + extra.get("failed", 0)
+        sides = lag.get(row["mailbox"], {})
         table.add_row(row["mailbox"], str(row["links"]), str(row["last_synced_at"] or "never"),
+                      _seconds(sides.get("crm->exchange", 0.0)), _seconds(sides.get("exchange->crm", 0.0)),
                       str(row["pending"]), str(row["published"]), str(row["applied"]),
                       str(retrying), str(row["dead"]))
         if row["dead"]:
@@ -184,7 +192,8 @@ def status(
     stale_after: float = typer.Option(900.0, "--stale-after", min=1,
                                       help="seconds an event may wait before the sync counts as stale"),
 ) -> None:
-    """Per mailbox: links, last sync, pending/retrying/dead events; and the broker's queue depth."""
+    """Per mailbox: links, last sync, the current lag of each side (age of the oldest event not
+    yet applied), pending/retrying/dead events; and the broker's queue depth."""
     c = ready_container()
     if watch:
         import signal

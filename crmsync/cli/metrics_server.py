@@ -27,12 +27,16 @@ def prepare(settings: Settings) -> None:
 
 def start(container: Container, port: int, address: str) -> int:
     """Serve /metrics from a daemon thread; returns the bound port."""
+    from datetime import UTC, datetime
+
     from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.state.status import current_lag
     from crmsync.metrics import StateCollector, serve
 
     settings = container.settings
     collector = StateCollector(container.store.status_summary,
-                               lambda: (settings.worker.queue, queue_depth(settings)[0]))
+                               lambda: (settings.worker.queue, queue_depth(settings)[0]),
+                               lambda: current_lag(container.state_engine, datetime.now(UTC)))
     return serve(port, address, [collector])
 
 

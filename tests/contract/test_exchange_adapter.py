@@ -437,6 +437,126 @@ def test_the_doorbell_reads_past_a_page_of_events(ews_side, ews_account, ews_fol
         feed.close()
 
 
+@pytest.fixture(scope="module")
+def fast_stream_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """An emulator whose GetStreamingEvents "minute" lasts 2 s, so a stream's ConnectionTimeout
+    ends within a test."""
+    emu = start_emulator(tmp_path_factory.mktemp("ews-stream"), {ALICE: ALICE_PW},
+                         extra_args=["--streaming-minute-seconds", "2"])
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def _streaming_feed(account, folder) -> ExchangeFeed:
+    feed = ExchangeFeed(account, folder, notifications="streaming")
+    assert feed.wait_for_change(10) is True   # subscribed: whatever came before, look now
+    return feed
+
+
+def test_the_streaming_doorbell_rings_on_a_change(ews_side, ews_account, ews_folder):
+    feed = _streaming_feed(ews_account, ews_folder)
+    try:
+        assert feed.wait_for_change(0.5) is False   # nothing happened since
+        ews_side.create("account:STREAM", {"first_name": "Stream"})
+        assert feed.wait_for_change(5) is True
+        assert feed.wait_for_change(0.5) is False   # that event was handed out once
+    finally:
+        feed.close()
+
+
+def test_the_streaming_doorbell_never_blocks_the_feed_or_writes(ews_side, ews_account, ews_folder):
+    """The open GetStreamingEvents request holds a connection of its own: SyncFolderItems and
+    writes through the same (shared) exchangelib protocol do not wait for it."""
+    feed = _streaming_feed(ews_account, ews_folder)
+    try:
+        time.sleep(0.5)   # let the stream's request be sent and held open
+        started = time.monotonic()
+        ews_side.create("account:WHILE", {"first_name": "While"})
+        changes, _state, _more = feed.changes(None)
+        assert time.monotonic() - started < 5
+        assert len(changes) == 1
+    finally:
+        feed.close()
+
+
+def test_the_streaming_doorbell_makes_a_lost_subscription_again(ews_side, ews_account, ews_folder):
+    feed = _streaming_feed(ews_account, ews_folder)
+    try:
+        lost = feed._stream.subscription
+        ews_account.root.unsubscribe(lost)                     # the server forgets it
+        assert feed.wait_for_change(10) is True               # noticed, made again
+        assert feed._stream.subscription not in (None, lost)
+        ews_side.create("account:STREAM2", {"first_name": "Again"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        feed.close()
+
+
+def test_the_streaming_doorbell_opens_the_next_stream_when_one_times_out(fast_stream_emulator, tmp_path):
+    """ConnectionTimeout ends a stream with ConnectionStatus Closed; the next request picks up
+    events committed between the two."""
+    account = connect(endpoint=fast_stream_emulator.endpoint, mailbox=ALICE, auth="basic", username=ALICE,
+                      password=ALICE_PW, access="delegate", max_wait=MAX_WAIT, timeout_s=30)
+    folder = open_folder(account, f"CRM {uuid.uuid4().hex[:8]}")
+    side = EwsExchange(account, folder)
+    feed = ExchangeFeed(account, folder, notifications="streaming", stream_minutes=1)
+    try:
+        assert feed.wait_for_change(10) is True
+        subscription = feed._stream.subscription
+        for i in range(3):   # each wait spans at least one 2 s stream
+            assert feed.wait_for_change(2.5) is False
+            side.create(f"account:TIMEOUT{i}", {"first_name": f"Timeout{i}"})
+            assert feed.wait_for_change(5) is True
+        assert feed._stream.subscription == subscription   # the same subscription throughout
+    finally:
+        feed.close()
+
+
+def test_the_streaming_doorbell_reports_failing_streams_and_recovers(fast_stream_emulator):
+    """While GetStreamingEvents fails the doorbell raises (so it counts as not armed and the
+    loop polls often); once the server answers again it subscribes afresh, rings, and rings on
+    the next change."""
+    account = connect(endpoint=fast_stream_emulator.endpoint, mailbox=ALICE, auth="basic", username=ALICE,
+                      password=ALICE_PW, access="delegate", max_wait=MAX_WAIT, timeout_s=30)
+    folder = open_folder(account, f"CRM {uuid.uuid4().hex[:8]}")
+    side = EwsExchange(account, folder)
+    feed = ExchangeFeed(account, folder, notifications="streaming", stream_minutes=1)
+    try:
+        assert feed.wait_for_change(10) is True
+        fast_stream_emulator.inject_fault("GetStreamingEvents", "http_503", count=1000)
+        deadline = time.monotonic() + 20
+        raised = None
+        while raised is None and time.monotonic() < deadline:   # the open 2 s stream ends first
+            try:
+                feed.wait_for_change(0.5)
+            except Exception as exc:  # noqa: BLE001 - whatever the failure maps to
+                raised = exc
+        assert raised is not None, "a failing stream was never reported"
+        fast_stream_emulator.clear_faults()
+        deadline = time.monotonic() + 30
+        rang = False
+        while not rang and time.monotonic() < deadline:   # back-off: 1, 2, 4 ... s
+            try:
+                rang = feed.wait_for_change(1.0)
+            except Exception:  # noqa: BLE001 - still failing until its next attempt
+                pass
+        assert rang, "the doorbell did not ring once the server answered again"
+        while feed.wait_for_change(0.5):   # let it settle
+            pass
+        side.create("account:RECOVERED", {"first_name": "Recovered"})
+        assert feed.wait_for_change(5) is True
+    finally:
+        fast_stream_emulator.clear_faults()
+        feed.close()
+
+
+def test_notifications_must_be_known(ews_account, ews_folder):
+    with pytest.raises(ValueError, match="notifications 'push'"):
+        ExchangeFeed(ews_account, ews_folder, notifications="push")  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- connecting
 
 

@@ -18,12 +18,17 @@ EDITS = 30
 PER_EDIT_S = 3.0
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=[("sqlite", "streaming"), ("postgresql", "streaming"),
+                                        ("sqlite", "pull")], ids=lambda p: "-".join(p))
 def slow_poll(request, tmp_path_factory, redis_server):
     """A pipeline whose poll is 60 s: anything faster than that came through a doorbell (the
-    CRM's: a file watch on SQLite, LISTEN on PostgreSQL; Exchange's: the pull subscription)."""
-    p = Pipeline(tmp_path_factory.mktemp(f"doorbell-{request.param}"), request.param, poll_interval_s=60,
+    CRM's: a file watch on SQLite, LISTEN on PostgreSQL; Exchange's: the streaming or the pull
+    subscription, as ``[sync] notifications`` says)."""
+    crm_kind, notifications = request.param
+    p = Pipeline(tmp_path_factory.mktemp(f"doorbell-{crm_kind}-{notifications}"), crm_kind,
+                 poll_interval_s=60, notifications=notifications,
                  broker_url=redis_server.url(redis_server.new_database()))
+    p.notifications = notifications
     p.start_worker()
     p.start_producer()
     try:
@@ -89,19 +94,53 @@ def test_every_crm_edit_reaches_exchange_within_seconds(slow_poll):
                    what=f"CRM edit {i + 1}/{EDITS} ({title!r}) in Exchange")
 
 
+def _subscriptions(db_path, kind: str) -> set[str]:
+    with sqlite3.connect(db_path, timeout=30) as db:
+        return {row[0] for row in db.execute("SELECT id FROM ews_subscriptions WHERE kind = ?", (kind,))}
+
+
 def test_a_subscription_dropped_by_the_server_is_made_again(slow_poll):
     """Exchange drops subscriptions (expiry, a server move): the doorbell notices and
     subscribes again, and the edits keep arriving without waiting for the poll."""
     account_no, contact = _linked_account(slow_poll)
+    kind = slow_poll.notifications
     db_path = slow_poll.emulator.data_dir / "store" / "mailboxes.sqlite3"   # the emulator's store
+    dropped = _subscriptions(db_path, kind)
+    assert dropped, f"the producer's doorbell had no {kind} subscription to drop"
     with sqlite3.connect(db_path, timeout=30) as db:
-        dropped = db.execute("DELETE FROM ews_subscriptions WHERE kind = 'pull'").rowcount
-    assert dropped >= 1, "the producer's doorbell had no pull subscription to drop"
+        db.executemany("DELETE FROM ews_subscriptions WHERE id = ?", [(i,) for i in dropped])
     took = _outlook_edits(slow_poll, account_no, contact, 5, "After the drop")
+    print(f"Exchange -> CRM latencies after the {kind} subscription was dropped:",
+          [round(t, 2) for t in took])
     assert max(took) < PER_EDIT_S
+    assert _subscriptions(db_path, kind) - dropped, f"no new {kind} subscription was made"
 
-    def resubscribed() -> bool:
-        with sqlite3.connect(db_path, timeout=30) as db:
-            return db.execute("SELECT count(*) FROM ews_subscriptions WHERE kind = 'pull'"
-                              ).fetchone()[0] >= 1
-    assert resubscribed()
+
+def _listen_backends(pipeline) -> set[int]:
+    """The pids of the PostgreSQL backends LISTENing on the CRM database (the producer's doorbell)."""
+    rows = pipeline.crm.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+    return {row["pid"] for row in rows}
+
+
+def test_a_killed_listen_connection_reconnects_and_misses_nothing(slow_poll):
+    """The CRM doorbell's LISTEN connection is killed (``pg_terminate_backend``: a failover, an
+    administrator, an idle-connection reaper): it connects again, and the edits made while it was
+    gone and after arrive in Exchange within seconds, not at the 60 s poll."""
+    if slow_poll.crm.kind != "postgresql":
+        pytest.skip("LISTEN is the PostgreSQL CRM's doorbell")
+    account_no, contact = _linked_account(slow_poll)
+    killed = wait_until(lambda: _listen_backends(slow_poll), 20, what="the producer's LISTEN connection")
+    for pid in killed:
+        slow_poll.crm.query("SELECT pg_terminate_backend(:pid) AS gone", pid=pid)
+    for i in range(5):   # the first ones while it is still reconnecting
+        title = f"After the kill {i}"
+        started = time.monotonic()
+        slow_poll.crm.execute("UPDATE accounts SET job_title = :t WHERE account_no = :n",
+                              t=title, n=account_no)
+        wait_until(lambda t=title: contact().job_title == t, PER_EDIT_S, interval=0.05,
+                   what=f"CRM edit {i + 1}/5 after the LISTEN connection was killed ({title!r}) in Exchange")
+        print(f"CRM -> Exchange after the kill: {time.monotonic() - started:.2f} s")
+    again = wait_until(lambda: _listen_backends(slow_poll) - killed, 20,
+                       what="a new LISTEN connection of the producer")
+    assert again and not (again & killed)

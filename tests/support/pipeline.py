@@ -108,7 +108,8 @@ class Pipeline:
                  broker_url: str | None = None, batch_size: int | None = 200, api: str = "ews",
                  redrive_after_s: float = 10, exchange_timeout_s: float = 4,
                  exchange_max_wait_s: float = 2, lease_ttl_s: float = 20,
-                 extra_users: dict[str, str] | None = None, emulator_args: tuple[str, ...] = ()) -> None:
+                 extra_users: dict[str, str] | None = None, emulator_args: tuple[str, ...] = (),
+                 notifications: str | None = None) -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,7 @@ folder = "{FOLDER}"
 {_setting("poll_interval_s", poll_interval_s)}
 redrive_after_s = {redrive_after_s}
 retry_backoff_max_s = 5
+{"" if notifications is None else f'notifications = "{notifications}"'}
 max_attempts = {max_attempts}
 {_setting("batch_size", batch_size)}
 lease_ttl_s = {lease_ttl_s}

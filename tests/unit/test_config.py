@@ -81,6 +81,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert s.mailboxes == ()
     assert s.sync.conflict_policy == "newest-wins"
     assert s.sync.phone_region == "US"
+    assert s.sync.notifications == "streaming"
     assert s.sync.private_sensitivities == ("Private",)
     assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (60, 8, 120)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (300, 200)
@@ -171,6 +172,8 @@ def test_crmsync_mailboxes_replaces_the_files_list(tmp_path: Path) -> None:
         ('[sync]\nconflict_policy = "last-wins"\n', {},
          "config key sync.conflict_policy: must be one of newest-wins, crm-wins, exchange-wins, manual (got 'last-wins') [from {path}]"),
         ('[sync]\nphone_region = "XX"\n', {}, "config key sync.phone_region: must be a two-letter region code"),
+        ('[sync]\nnotifications = "push"\n', {},
+         "config key sync.notifications: must be one of streaming, pull, poll (got 'push') [from {path}]"),
         ('[sync]\nprivate_sensitivities = ["Secret"]\n', {},
          "config key sync.private_sensitivities[0]: must be one of Personal, Private, Confidential (got 'Secret') [from {path}]"),
         ('[sync]\npoll_interval = 3\n', {}, "config key sync.poll_interval: unknown key (known keys here: conflict_policy,"),

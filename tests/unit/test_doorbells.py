@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from producers.doorbells import CallbackDoorbell, CombinedDoorbell, NullDoorbell
 from tests.support.pipeline import wait_until
 
@@ -78,3 +80,29 @@ def test_the_loop_polls_at_the_fallback_interval_while_a_doorbell_is_not_armed()
     armed._working.set()
     assert CombinedDoorbell(armed).armed()
     assert not CombinedDoorbell(armed, NullDoorbell()).armed()
+
+
+@pytest.mark.parametrize("notifications, exchange_bells", [("streaming", 1), ("pull", 1), ("poll", 0)])
+def test_notifications_poll_gives_exchange_no_doorbell(tmp_path, notifications, exchange_bells):
+    """``[sync] notifications = "poll"``: no subscription is ever asked for; the mailbox has no
+    doorbell, so the loop is never armed and polls at its fallback interval."""
+    from crmsync.config import load_settings
+    from producers.factory import build_loop
+
+    config = tmp_path / "crmsync.toml"
+    config.write_text(f'[crm]\nurl = "sqlite:///{tmp_path / "crm.db"}"\n[sync]\nnotifications = "{notifications}"\n'
+                      '[[mailbox]]\naddress = "a@example.com"\n')
+    class Feed:
+        def changes(self, sync_state, max_changes=500):
+            return [], "state", False
+
+        def wait_for_change(self, timeout_s: float) -> bool:
+            return False
+
+    loop = build_loop(load_settings(config, env={}), changelog=object(), crm=object(), store=object(),
+                      feeds={"a@example.com": Feed()}, publisher=object())
+    assert isinstance(loop.doorbell, CombinedDoorbell)
+    bells = [b for b in loop.doorbell.doorbells if isinstance(b, CallbackDoorbell)]
+    assert len(bells) == exchange_bells
+    if notifications == "poll":
+        assert not loop.doorbell.armed()

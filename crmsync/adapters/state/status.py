@@ -60,3 +60,33 @@ def attention(engine) -> dict[str, dict]:
                 oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest.astimezone(UTC)
             out[mailbox] = {"retrying": int(retrying or 0), "failed": int(failed or 0), "oldest_unfinished": oldest}
     return out
+
+
+SIDES = {"crm": "crm->exchange", "exchange": "exchange->crm"}
+
+
+def current_lag(engine, now) -> dict[str, dict[str, float]]:
+    """Per mailbox and side (``crm->exchange``: changes made in the CRM, ``exchange->crm``:
+    changes made in Exchange), the age in seconds at ``now`` of the oldest event not yet applied
+    (pending, published or failed; a dead event waits for a person and is counted apart). A side
+    with nothing waiting has lag 0; every mailbox with events has both sides."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select
+
+    from schemas.state_tables import events
+
+    unfinished = events.c.status.in_(("pending", "published", "failed"))
+    query = (select(events.c.mailbox, events.c.source, func.min(events.c.created_at).filter(unfinished))
+             .group_by(events.c.mailbox, events.c.source))
+    out: dict[str, dict[str, float]] = {}
+    with engine.connect() as conn:
+        for mailbox, source, oldest in conn.execute(query):
+            sides = out.setdefault(mailbox, dict.fromkeys(SIDES.values(), 0.0))
+            if oldest is None or source not in SIDES:
+                continue
+            if isinstance(oldest, str):   # MIN() over a TypeDecorator column comes back untyped on SQLite
+                oldest = datetime.fromisoformat(oldest)
+            oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest.astimezone(UTC)
+            sides[SIDES[source]] = max(0.0, (now - oldest).total_seconds())
+    return out

@@ -12,6 +12,7 @@ state can be stored per page.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +27,7 @@ from exchangelib.errors import (
     ErrorSubscriptionNotFound,
 )
 from exchangelib.items import ID_ONLY
-from exchangelib.services import GetEvents, SyncFolderItems
+from exchangelib.services import GetEvents, GetStreamingEvents, SubscribeToStreaming, SyncFolderItems
 
 from crmsync.adapters.exchange.ews.faults import ews_errors
 from crmsync.errors import CrmsyncError
@@ -35,6 +36,15 @@ log = structlog.get_logger(__name__)
 
 _DOORBELL_EVENTS = ("CreatedEvent", "DeletedEvent", "ModifiedEvent", "MovedEvent", "CopiedEvent")
 _SUBSCRIPTION_MINUTES = 10  # the server drops a pull subscription not polled for this long
+#: One GetStreamingEvents request stays open this long (Exchange allows 1-30), then is made again.
+#: exchangelib's read timeout is this plus a minute, so a silently dead connection is noticed then.
+STREAM_CONNECTION_MINUTES = 5
+_SUBSCRIPTION_LOST = (ErrorSubscriptionNotFound, ErrorInvalidSubscription, ErrorInvalidWatermark,
+                      ErrorExpiredSubscription)
+_POOL_LOCK = threading.Lock()
+
+#: How the Exchange doorbell hears of changes (``[sync] notifications``).
+Notifications = Literal["streaming", "pull", "poll"]
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,18 @@ class SyncStateExpired(CrmsyncError):
 class ExchangeFeed:
     """Changes of one folder since a sync state, and an optional doorbell."""
 
-    def __init__(self, account: Account, folder) -> None:
+    def __init__(self, account: Account, folder, notifications: Notifications = "pull", *,
+                 stream_minutes: int = STREAM_CONNECTION_MINUTES) -> None:
+        if notifications not in ("streaming", "pull", "poll"):
+            raise ValueError(f"notifications {notifications!r}: expected 'streaming', 'pull' or 'poll'")
         self.account = account
         self.folder = folder
         self.mailbox: str = account.primary_smtp_address
+        self.notifications = notifications
         self._subscription: str | None = None
         self._watermark: str | None = None
+        self._stream: _StreamingDoorbell | None = None
+        self._stream_minutes = stream_minutes
 
     def changes(self, sync_state: str | None, max_changes: int = 500) -> tuple[list[ExchangeChange], str, bool]:
         """(changes, new sync state, more) for one page after ``sync_state`` (None: from the start).
@@ -108,7 +124,8 @@ class ExchangeFeed:
                                                     watermark=self._watermark)
 
     def wait_for_change(self, timeout_s: float, poll_s: float = 1.0) -> bool:
-        """Block up to ``timeout_s`` for a change in the folder (a pull-subscription doorbell).
+        """Block up to ``timeout_s`` for a change in the folder: a streaming or a pull
+        subscription, as ``notifications`` says ("poll": no doorbell, this raises).
 
         True when the caller should read ``changes``: the server reported an event, or the
         subscription was (re)made, since a change before that has no event to report. The
@@ -116,6 +133,12 @@ class ExchangeFeed:
         read is reported by it. A lost subscription (expired, dropped by the server) is made
         again at once. The truth stays SyncFolderItems; the doorbell only says "look now".
         """
+        if self.notifications == "poll":
+            raise CrmsyncError(f"mailbox {self.mailbox}: notifications = 'poll' has no doorbell")
+        if self.notifications == "streaming":
+            if self._stream is None:
+                self._stream = _StreamingDoorbell(self, self._stream_minutes)
+            return self._stream.wait(timeout_s)
         deadline = time.monotonic() + max(0.0, timeout_s)
         with ews_errors(self.mailbox, "waiting for changes (pull subscription)"):
             if self._subscription is None:
@@ -124,8 +147,7 @@ class ExchangeFeed:
             while True:
                 try:
                     notification = self._get_events()
-                except (ErrorSubscriptionNotFound, ErrorInvalidSubscription, ErrorInvalidWatermark,
-                        ErrorExpiredSubscription) as exc:
+                except _SUBSCRIPTION_LOST as exc:
                     log.warning("exchange.subscription_lost", mailbox=self.mailbox,
                                 error=type(exc).__name__, action="subscribing again")
                     self._subscription = None
@@ -146,9 +168,111 @@ class ExchangeFeed:
 
     def close(self) -> None:
         """Drop the doorbell's subscription (best effort)."""
+        if self._stream is not None:
+            self._stream.close()
         if self._subscription is not None:
             sub, self._subscription = self._subscription, None
             try:
                 self.folder.unsubscribe(sub)
             except Exception as exc:  # the subscription expires on its own anyway
                 log.info("exchange.unsubscribe_failed", mailbox=self.mailbox, error=type(exc).__name__)
+
+
+class _StreamingDoorbell:
+    """A streaming subscription on the feed's folder, read by a thread of its own.
+
+    The stream runs on an ``Account`` of its own (the subscription and its stream share one
+    server affinity cookie), and the shared exchangelib ``Protocol`` gets one more pooled
+    connection for it, so the long ``GetStreamingEvents`` request never waits for, nor makes
+    wait, a ``SyncFolderItems`` or a write of this process. Each request stays open
+    ``minutes`` and is made again when the server closes it; a subscription the server lost or
+    let expire is made again, and every (re)subscription rings, since a change before it has no
+    event. ``wait`` raises the stream's last error while it is failing, so the doorbell reports
+    itself not armed and the loop polls often meanwhile.
+    """
+
+    def __init__(self, feed: ExchangeFeed, minutes: int) -> None:
+        self.feed = feed
+        self.mailbox = feed.mailbox
+        self.minutes = minutes
+        base = feed.account
+        self.account = Account(primary_smtp_address=base.primary_smtp_address, access_type=base.access_type,
+                               config=base.protocol.config, autodiscover=False,
+                               default_timezone=base.default_timezone)
+        self.subscription: str | None = None
+        self.error: Exception | None = None
+        self._rang = threading.Event()
+        self._stopping = threading.Event()
+        protocol = self.account.protocol
+        with _POOL_LOCK:   # one more connection in the shared pool, held by this stream
+            protocol.max_connections = protocol.max_connections + 1
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ews-stream-{self.mailbox}")
+        self._thread.start()
+
+    def wait(self, timeout_s: float) -> bool:
+        if self._rang.wait(max(0.0, timeout_s)):
+            self._rang.clear()
+            return True
+        if self.error is not None:
+            raise self.error
+        return False
+
+    def _subscribe(self) -> None:
+        self.subscription = SubscribeToStreaming(account=self.account).get(
+            folders=[self.feed.folder], event_types=_DOORBELL_EVENTS)
+        log.info("exchange.subscribed", mailbox=self.mailbox, kind="streaming")
+
+    def _read_stream(self) -> None:
+        """One GetStreamingEvents request, until the server closes it (ConnectionStatus Closed)."""
+        svc = GetStreamingEvents(account=self.account)
+        for notification in svc.call(subscription_ids=[self.subscription], connection_timeout=self.minutes):
+            if isinstance(notification, Exception):
+                raise notification
+            self.error = None
+            if any(type(e).__name__ != "StatusEvent" for e in notification.events):
+                self._rang.set()
+
+    def _run(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                with ews_errors(self.mailbox, "waiting for changes (streaming subscription)"):
+                    if self.subscription is None:
+                        self._subscribe()
+                        self.error, delay = None, 1.0
+                        self._rang.set()
+                    opened = time.monotonic()
+                    try:
+                        self._read_stream()
+                    except _SUBSCRIPTION_LOST as exc:
+                        log.warning("exchange.subscription_lost", mailbox=self.mailbox, kind="streaming",
+                                    error=type(exc).__name__, action="subscribing again")
+                        self.subscription = None
+                        continue
+                self.error, delay = None, 1.0
+                if time.monotonic() - opened < 1.0:   # a server that closes at once: not a busy loop
+                    self._stopping.wait(1.0)
+            except Exception as exc:  # noqa: BLE001 - the thread never dies; ``wait`` reports it
+                if self._stopping.is_set():
+                    return
+                self.error = exc
+                # Subscribe again next time: a stream that opens sends nothing to say it works,
+                # a Subscribe that works does (and rings, for whatever happened meanwhile). The
+                # old subscription, if the server still has it, expires unused.
+                self.subscription = None
+                log.warning("exchange.stream_failed", mailbox=self.mailbox, error=type(exc).__name__,
+                            detail=str(exc)[:200], retry_in_s=delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def close(self, join_s: float = 2.0) -> None:
+        """Unsubscribe, which makes the server close the open stream, and let the thread end
+        (a daemon thread: one that is still reading then ends with the process)."""
+        self._stopping.set()
+        sub, self.subscription = self.subscription, None
+        if sub is not None:
+            try:
+                self.feed.folder.unsubscribe(sub)
+            except Exception as exc:  # the subscription expires on its own anyway
+                log.info("exchange.unsubscribe_failed", mailbox=self.mailbox, error=type(exc).__name__)
+        self._thread.join(join_s)
