@@ -136,6 +136,7 @@ def _status_view(c, stale_after_s: float):
     from datetime import UTC, datetime
 
     from rich.console import Group
+    from rich.text import Text
 
     from crmsync.adapters.broker import queue_depth
     from crmsync.adapters.state.status import attention
@@ -165,10 +166,14 @@ def _status_view(c, stale_after_s: float):
     from crmsync.cli.policy import held_problems
 
     problems += held_problems(c)
+    from crmsync.cli.linking import first_sync_waiting
+
+    waiting = first_sync_waiting(c)
+    problems += waiting
     depth = queue_depth(c.settings)
     queue = (f"broker queue {c.settings.worker.queue}: "
              f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
-    return Group(table, queue), problems
+    return Group(table, queue, *(Text(f"waiting: {line}") for line in waiting)), problems
 
 
 @app.command()

@@ -109,6 +109,7 @@ def test_plan_then_link_auto_then_the_first_sync_gives_one_record_per_person(sta
     assert "120 pair(s) linked, 0 record(s) need a person, 0 failed" in out, out
     after_links = json.loads(p.cli("plan", "--format", "json").stdout)
     assert after_links["counts"] == plan["counts"] and after_links["held"] is None
+    assert "approved" in p.cli("sync", "--approve-plan").stdout     # the folder is not empty
 
     # nothing so far wrote to Exchange or the CRM
     assert p.ews_writes() == 0, p.emulator.stats()
