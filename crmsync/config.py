@@ -331,6 +331,9 @@ class MailboxSettings(_Section):
     address: str
     folder: str = DEFAULT_FOLDER
     secondary_contacts: bool = True
+    #: "approve": a non-empty folder never synced waits for `crmsync sync --approve-plan`;
+    #: "auto": its first sync starts at once (duplicates are then [sync] first_sync's business).
+    first_sync: Literal["approve", "auto"] = "approve"
     api: ExchangeApi | None = None    # None: exchange.api
     conflict_policy: ConflictPolicy | None = None
     conflict_fields: dict[str, ConflictPolicy] | None = None

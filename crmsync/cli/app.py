@@ -140,6 +140,7 @@ def _status_view(c, stale_after_s: float):
     from datetime import UTC, datetime
 
     from rich.console import Group
+    from rich.text import Text
 
     from crmsync.adapters.broker import queue_depth
     from crmsync.adapters.state.status import attention, current_lag
@@ -174,13 +175,17 @@ def _status_view(c, stale_after_s: float):
 
     problems += held_problems(c)
     from crmsync.cli.access import unavailable_view
+    from crmsync.cli.linking import first_sync_waiting
 
     unavailable, unavailable_problems = unavailable_view(c)
     problems += unavailable_problems
+    waiting = first_sync_waiting(c)
+    problems += waiting
     depth = queue_depth(c.settings)
     queue = (f"broker queue {c.settings.worker.queue}: "
              f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
-    return Group(table, *([unavailable] if unavailable is not None else []), queue), problems
+    return Group(table, *([unavailable] if unavailable is not None else []), queue,
+                 *(Text(f"waiting: {line}") for line in waiting)), problems
 
 
 @app.command()

@@ -65,6 +65,8 @@ max_wait_s = 5
 [[mailbox]]
 address = "{DEMO_MAILBOX}"
 folder = "{DEMO_FOLDER}"
+# the demo seeds the folder and syncs it at once, without `crmsync sync --approve-plan`
+first_sync = "auto"
 
 [sync]
 poll_interval_s = 1

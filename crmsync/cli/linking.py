@@ -42,8 +42,16 @@ def linking_service(container) -> LinkingService:
 def first_sync_gate(container):
     """mailbox -> None (go ahead) or why its first sync waits, per ``[sync] first_sync``."""
     service = linking_service(container)
-    mode = container.settings.sync.first_sync
-    return lambda mailbox: service.first_sync_gate(mailbox, mode)
+    settings = container.settings
+    return lambda mailbox: service.first_sync_gate(mailbox, settings.sync.first_sync,
+                                                   settings.mailbox(mailbox).first_sync)
+
+
+def first_sync_waiting(container) -> list[str]:
+    """Lines for `crmsync status`: the mailboxes whose first sync the producer holds, and why."""
+    service = linking_service(container)
+    return [f"{mb.address}: {why}" for mb in container.settings.mailboxes
+            if (why := service.waiting(mb.address))]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -324,6 +332,27 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(link_app, name="link")
     app.command("init-folder")(init_folder)
+
+    @app.command()
+    def sync(
+        mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="the mailbox (default: the only one)"),
+        approve_plan: bool = typer.Option(False, "--approve-plan",
+                                          help="let the mailbox's first sync start, as `crmsync plan` shows it"),
+        min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="score of a probable duplicate"),
+    ) -> None:
+        """Approve a mailbox's first sync after reviewing `crmsync plan`: a folder that is not
+        empty and was never synced waits for this (unless its [[mailbox]] has first_sync =
+        "auto"). The running producer starts the sync at its next check. Refused while the plan
+        is held by probable duplicates. (Syncing itself is the producer's job.)"""
+        if not approve_plan:
+            raise CrmsyncError("crmsync sync: nothing to do without --approve-plan (the producer, `crmsync "
+                               "producer` or `crmsync run`, syncs every mailbox)")
+        c = _app_parts().ready_container()
+        mb = _mailbox(c, mailbox)
+        result = linking_service(c).approve_first_sync(mb, c.settings.sync.first_sync, min_score)
+        counts = ", ".join(f"{n} {action}" for action, n in sorted(result.counts().items())) or "nothing to do"
+        _app_parts().console.print(f"first sync of {mb} approved ({counts}); the producer starts it at its "
+                                   "next check (within a minute)", markup=False, highlight=False)
 
     @app.command()
     def plan(

@@ -21,6 +21,19 @@ from crmsync.ports import CrmRecord, ExchangeRecord, ExchangeSide, Link, StateSt
 from schemas.canonical import CanonicalContact, parse_crm_key
 
 FirstSyncMode = Literal["refuse-duplicates", "link-certain", "create-all"]
+#: ``[[mailbox]] first_sync``: a non-empty, never-synced folder waits for `crmsync sync
+#: --approve-plan` ("approve") or does not ("auto").
+FirstSyncApproval = Literal["approve", "auto"]
+
+
+def approval_cursor(mailbox: str) -> str:
+    """The state database cursor holding a mailbox's first-sync approval."""
+    return f"first_sync_approved:{mailbox}"
+
+
+def waiting_cursor(mailbox: str) -> str:
+    """The state database cursor holding why a mailbox's first sync waits ("" when it does not)."""
+    return f"first_sync_waiting:{mailbox}"
 #: (stage, done, total): long reads report their progress through this.
 Progress = Callable[[str, int, int], None]
 
@@ -479,10 +492,48 @@ class LinkingService:
             held = self._held_message(mailbox, unlinked_dups)
         return FirstSyncPlan(mailbox, mode, tuple(rows), tuple(warnings), held)
 
-    def first_sync_gate(self, mailbox: str, mode: FirstSyncMode,
+    def first_sync_gate(self, mailbox: str, mode: FirstSyncMode, approval: FirstSyncApproval = "approve",
                         min_score: float = matching.DEFAULT_MIN_SCORE) -> str | None:
-        """Before a mailbox's first sync: None to go ahead, or why it must wait. With
-        "link-certain" it links the stamp / exact e-mail pairs (one-to-one) first."""
+        """Before a mailbox's first sync: None to go ahead, or why it must wait; the answer is
+        kept in the state database for `crmsync status`.
+
+        A folder that is not empty, of a mailbox no pair of which was ever synced, waits for
+        `crmsync sync --approve-plan` (unless ``approval`` is "auto"). Then, per ``mode``:
+        "link-certain" links the stamp / exact e-mail pairs (one-to-one) first,
+        "refuse-duplicates" waits while probable duplicates are unlinked."""
+        why = self._first_sync_hold(mailbox, mode, approval, min_score)
+        self.store.add_events([], cursor=(waiting_cursor(mailbox), why or ""))
+        return why
+
+    def approved(self, mailbox: str) -> bool:
+        return bool(self.store.get_cursor(approval_cursor(mailbox)))
+
+    def waiting(self, mailbox: str) -> str | None:
+        """Why the producer last held the mailbox's first sync, or None."""
+        return self.store.get_cursor(waiting_cursor(mailbox)) or None
+
+    def approve_first_sync(self, mailbox: str, mode: FirstSyncMode,
+                           min_score: float = matching.DEFAULT_MIN_SCORE) -> FirstSyncPlan:
+        """Record that a person looked at the mailbox's plan and lets its first sync start.
+        Refused while the plan itself is held (probable duplicates, "refuse-duplicates")."""
+        plan = self.plan(mailbox, mode, min_score)
+        if plan.held:
+            raise LinkError(f"{plan.held}\nNothing was approved.")
+        self.store.add_events([], cursor=(approval_cursor(mailbox), "approved"))
+        return plan
+
+    def _first_sync_hold(self, mailbox: str, mode: FirstSyncMode, approval: FirstSyncApproval,
+                         min_score: float) -> str | None:
+        if approval == "approve" and not self.approved(mailbox):
+            synced = any(link.base is not None for link in self.store.links_for_mailbox(mailbox))
+            items = 0 if synced else len(self._list_folder(mailbox))
+            if not items:   # nothing of the owner's to look at; contacts added later sync as usual
+                self.store.add_events([], cursor=(approval_cursor(mailbox), "empty folder"))
+            else:
+                return (f"mailbox {mailbox}: first sync waiting for approval: its folder holds {items} item(s) "
+                        f"and it was never synced. Review `crmsync plan --mailbox {mailbox}`, then "
+                        f"`crmsync sync --mailbox {mailbox} --approve-plan` (or set first_sync = \"auto\" "
+                        "in its [[mailbox]] section).")
         if mode == "create-all":
             return None
         snap = self.snapshot(mailbox)
@@ -509,5 +560,6 @@ class LinkingService:
                 "\"create-all\" to proceed anyway.")
 
 
-__all__ = ["AutoLinkResult", "FirstSyncMode", "FirstSyncPlan", "LinkError", "LinkingService", "MatchReport",
-           "PlanRow", "RebuildResult", "SearchHit", "Snapshot", "display_name"]
+__all__ = ["AutoLinkResult", "FirstSyncApproval", "FirstSyncMode", "FirstSyncPlan", "LinkError", "LinkingService", "MatchReport",
+           "PlanRow", "RebuildResult", "SearchHit", "Snapshot", "approval_cursor", "display_name",
+           "waiting_cursor"]

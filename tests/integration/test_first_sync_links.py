@@ -171,13 +171,20 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     seed_scenario(d)
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
 
-    # the producer refuses the first sync of this mailbox and says why
+    # the producer holds the first sync of this mailbox (a folder with contacts, never synced)
+    # until a person approves its plan, and says why
     loop = d.loop()
     with capture_logs() as logs:
         loop.run_once()
     held = [e for e in logs if e["event"] == "producer.first_sync_held"]
-    assert held and "crmsync link auto" in held[0]["reason"] and "30 pair(s)" in held[0]["reason"]
+    assert held and "waiting for approval: its folder holds 40 item(s)" in held[0]["reason"]
+    assert f"crmsync sync --mailbox {MB} --approve-plan" in held[0]["reason"]
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)
+    # approval is refused while probable duplicates are unlinked
+    refused = d.cli("sync", "--mailbox", MB, "--approve-plan", check=False)
+    assert refused.returncode == 2
+    assert "30 pair(s)" in refused.stderr and "crmsync link auto" in refused.stderr
+    assert "Nothing was approved" in refused.stderr
 
     # the plan: 30 merges, 20 contacts and 10 accounts to create; it writes nothing anywhere
     before = d.dump()
@@ -218,6 +225,12 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     for old in (["match"], ["unlink", "account:A-20"], ["link", "--auto"]):
         assert d.cli(*old, check=False).returncode != 0
 
+    loop.run_once()
+    assert (len(d.outlook_emails()), len(d.crm_emails())) == (40, 50)      # linked, still not approved
+    approved = d.cli("sync", "--mailbox", MB, "--approve-plan").stdout
+    assert " ".join(approved.split()) == (f"first sync of {MB} approved (10 create in CRM, 20 create in "
+                                          "Exchange, 30 merge); the producer starts it at its next check (within "
+                                          "a minute)")
     d.sync(loop)
 
     outlook, crm = d.outlook_emails(), d.crm_emails()
@@ -243,6 +256,7 @@ def changelog_ids(d: Deployment) -> list[int]:
 def test_link_certain_syncs_then_rebuild_after_a_lost_state_database_gives_the_same_links(tmp_path, emulator):
     d = Deployment(tmp_path, emulator.endpoint, "CRM Certain", first_sync="link-certain")
     seed_scenario(d)
+    d.cli("sync", "--mailbox", MB, "--approve-plan")
     d.sync(d.loop())
     assert (len(d.outlook_emails()), len(d.crm_emails())) == (60, 60)
     links = {(link.crm_key, link.item_id) for link in d.c.store.links_for_mailbox(MB)}
@@ -264,6 +278,7 @@ def test_link_certain_syncs_then_rebuild_after_a_lost_state_database_gives_the_s
 
     # the next sync merges 60 equal pairs: nothing written to Exchange or the CRM
     changelog = changelog_ids(lost)
+    lost.cli("sync", "--mailbox", MB, "--approve-plan")         # a new state database: a new first sync
     lost.sync(lost.loop())
     assert writes(emulator) == {}
     assert changelog_ids(lost) == changelog

@@ -173,9 +173,12 @@ class FakeStore:
         self.conflicts: list[tuple] = []
         self._ids = itertools.count(1)
         self._lease: dict[int, tuple[str, datetime]] = {}
+        self.cursors: dict[str, str] = {}
 
     # events
     def add_events(self, events: list[NewEvent], cursor=None) -> list[int]:
+        if cursor is not None:
+            self.cursors[cursor[0]] = cursor[1]
         ids = []
         for e in events:
             if any(x["dedup_key"] == e.dedup_key for x in self.events.values()):
@@ -184,6 +187,9 @@ class FakeStore:
             self.events[i] = {**e.__dict__, "id": i, "status": "pending", "attempts": 0, "last_error": None}
             ids.append(i)
         return ids
+
+    def get_cursor(self, name: str) -> str | None:
+        return self.cursors.get(name)
 
     def event(self, **kw) -> int:
         kw.setdefault("dedup_key", uuid.uuid4().hex)

@@ -243,23 +243,23 @@ def test_the_plan_equals_what_the_sync_does_after_link_auto(world):
 def test_the_gate_holds_a_first_sync_with_probable_duplicates_and_names_the_ways_out(world):
     svc, crm, ex, store = world
     same_people(crm, ex)
-    why = svc.first_sync_gate(MB, "refuse-duplicates")
+    why = svc.first_sync_gate(MB, "refuse-duplicates", "auto")
     assert why is not None
     for hint in ("2 pair(s)", "crmsync plan", "crmsync link suggest", "crmsync link auto", "crmsync link add",
                  'first_sync = "link-certain"'):
         assert hint in why
     assert store.links == {}
-    assert svc.first_sync_gate(MB, "create-all") is None
+    assert svc.first_sync_gate(MB, "create-all", "auto") is None
 
 
 def test_the_gate_lets_an_empty_folder_or_a_linked_mailbox_through(world):
     svc, crm, ex, _ = world
     crm.put("account:A-1", first_name="Ada", last_name="Lovelace", email="ada@acme.example")
-    assert svc.first_sync_gate(MB, "refuse-duplicates") is None
+    assert svc.first_sync_gate(MB, "refuse-duplicates", "auto") is None
     ex.put(first_name="Ada", last_name="Lovelace", email="ADA@acme.example")
-    assert svc.first_sync_gate(MB, "refuse-duplicates") is not None
+    assert svc.first_sync_gate(MB, "refuse-duplicates", "auto") is not None
     svc.auto_link(MB)
-    assert svc.first_sync_gate(MB, "refuse-duplicates") is None
+    assert svc.first_sync_gate(MB, "refuse-duplicates", "auto") is None
 
 
 def test_link_certain_links_exact_email_pairs_one_to_one_then_lets_the_sync_go(world):
@@ -267,9 +267,55 @@ def test_link_certain_links_exact_email_pairs_one_to_one_then_lets_the_sync_go(w
     ada, grace, _ = same_people(crm, ex)
     crm.put("account:C-1", first_name="Carl", last_name="Sagan", company_name="Cosmos")
     ex.put(first_name="Carl", last_name="Sagan", company_name="Cosmos")     # name only: not certain
-    assert svc.first_sync_gate(MB, "link-certain") is None
+    assert svc.first_sync_gate(MB, "link-certain", "auto") is None
     linked = {link.crm_key: link.item_id for link in store.links.values()}
     assert linked == {"account:A-1": ada, "account:A-2": grace}
+
+
+def test_a_non_empty_never_synced_folder_waits_for_approval_whatever_the_duplicates_mode(world):
+    svc, crm, ex, store = world
+    crm.put("account:A-1", first_name="Ada", last_name="Lovelace", email="ada@acme.example")
+    ex.put(first_name="Carl", last_name="Sagan", email="carl@cosmos.example")
+    for mode in ("refuse-duplicates", "link-certain", "create-all"):
+        why = svc.first_sync_gate(MB, mode)
+        assert why is not None and "waiting for approval: its folder holds 1 item(s)" in why
+        assert f"crmsync sync --mailbox {MB} --approve-plan" in why and 'first_sync = "auto"' in why
+        assert svc.waiting(MB) == why                                    # for `crmsync status`
+    assert store.links == {}                                             # link-certain linked nothing yet
+    assert svc.first_sync_gate(MB, "create-all", "auto") is None
+    assert svc.waiting(MB) is None
+
+    plan = svc.approve_first_sync(MB, "refuse-duplicates")
+    assert plan.counts() == {"create in CRM": 1, "create in Exchange": 1}
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is None and svc.waiting(MB) is None
+
+
+def test_an_empty_folder_needs_no_approval_and_contacts_added_before_the_first_sync_do_not_hold_it(world):
+    svc, crm, ex, store = world
+    crm.put("account:A-1", first_name="Ada", last_name="Lovelace", email="ada@acme.example")
+    assert svc.first_sync_gate(MB, "create-all") is None
+    ex.put(first_name="Carl", last_name="Sagan", email="carl@cosmos.example")
+    assert svc.first_sync_gate(MB, "create-all") is None and svc.waiting(MB) is None
+
+
+def test_approval_is_refused_while_the_plan_is_held_by_probable_duplicates(world):
+    svc, crm, ex, store = world
+    same_people(crm, ex)
+    with pytest.raises(LinkError, match=r"2 pair\(s\)(.|\n)*Nothing was approved"):
+        svc.approve_first_sync(MB, "refuse-duplicates")
+    assert not svc.approved(MB)
+    svc.auto_link(MB)
+    svc.approve_first_sync(MB, "refuse-duplicates")
+    assert svc.approved(MB) and svc.first_sync_gate(MB, "refuse-duplicates") is None
+
+
+def test_a_mailbox_with_a_synced_pair_needs_no_approval(world):
+    svc, crm, ex, store = world
+    same_people(crm, ex)
+    svc.auto_link(MB)
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is not None     # linked, never synced
+    first_sync(crm, ex, store)                                           # e.g. init-folder, or a synced pair
+    assert svc.first_sync_gate(MB, "refuse-duplicates") is None
 
 
 # ----------------------------------------------------------------------------- the producer loop
