@@ -333,7 +333,9 @@ class MailboxSettings(_Section):
     secondary_contacts: bool = True
     #: "approve": a non-empty folder never synced waits for `crmsync sync --approve-plan`;
     #: "auto": its first sync starts at once (duplicates are then [sync] first_sync's business).
-    first_sync: Literal["approve", "auto"] = "approve"
+    #: "auto" is the default for now, so that upgrading changes nothing; "approve" is the safer
+    #: choice and is meant to become the default (README, "The first sync without duplicates").
+    first_sync: Literal["approve", "auto"] = "auto"
     api: ExchangeApi | None = None    # None: exchange.api
     conflict_policy: ConflictPolicy | None = None
     conflict_fields: dict[str, ConflictPolicy] | None = None

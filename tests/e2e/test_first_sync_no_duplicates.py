@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from exchangelib.folders import Contacts as ContactsFolder
 
 from crmsync.adapters.exchange.ews.seed import seed_contacts
-from tests.support.pipeline import FOLDER, Pipeline, wait_until
+from tests.support.pipeline import FOLDER, MAILBOX, Pipeline, wait_until
 
 FIRSTS = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "John",
           "Emmy", "Kurt", "Sophie", "Blaise", "Rosalind", "Henri", "Marie", "Niels", "Lise", "Carl"]
@@ -63,6 +63,8 @@ def stack(request, tmp_path_factory, redis_server):
     p = Pipeline(tmp_path_factory.mktemp(f"e2e-first-{request.param}"), request.param,
                  broker_url=redis_server.url(redis_server.new_database()))
     try:
+        p.config_path.write_text(p.config_path.read_text().replace(  # the first sync waits for approval
+            f'address = "{MAILBOX}"\n', f'address = "{MAILBOX}"\nfirst_sync = "approve"\n', 1))
         p.start_worker()
         # the CRM: 200 accounts, by plain SQL in one statement
         with p.crm.engine.begin() as conn:

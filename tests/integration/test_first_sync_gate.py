@@ -21,7 +21,9 @@ OTHER = SERVICE_USER        # a second mailbox of the emulator, with an empty (n
 def pipeline(tmp_path, redis_server):
     p = Pipeline(tmp_path, "sqlite", broker_url=redis_server.url(redis_server.new_database()))
     try:
-        p.config_path.write_text(p.config_path.read_text().replace(
+        text = p.config_path.read_text().replace(  # alice's first sync waits for an approval
+            f'address = "{MAILBOX}"\n', f'address = "{MAILBOX}"\nfirst_sync = "approve"\n', 1)
+        p.config_path.write_text(text.replace(
             "[sync]\n", f'[[mailbox]]\naddress = "{OTHER}"\nfolder = "{FOLDER}"\n[sync]\n', 1))
         yield p
     finally:

@@ -79,6 +79,7 @@ timeout_s = 10
 [[mailbox]]
 address = "{MB}"
 folder = "{folder}"
+first_sync = "approve"
 {mailbox_extra}
 [sync]
 first_sync = "{first_sync}"
