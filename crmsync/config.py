@@ -412,7 +412,12 @@ class WorkerSettings(_Section):
     """The Celery worker's defaults (``crmsync worker`` options override them)."""
 
     concurrency: int = Field(default=4, ge=1)
-    queue: str = Field(default="crmsync.events", min_length=1)
+    #: Queue names are ``<prefix>.to_exchange``, ``<prefix>.to_crm`` and ``<prefix>.maintenance``;
+    #: ``crmsync worker`` consumes all three unless given ``-Q`` (e.g. ``-Q to_crm``).
+    queue_prefix: str = Field(default="crmsync", min_length=1)
+    #: The queues ``crmsync worker`` consumes without ``-Q``: purposes (to_exchange, to_crm,
+    #: maintenance) or full queue names, comma-separated.
+    queues: str = Field(default="to_exchange,to_crm,maintenance", min_length=1)
 
 
 class MetricsSettings(_Section):

@@ -137,7 +137,7 @@ def _status_view(c, stale_after_s: float):
 
     from rich.console import Group
 
-    from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.broker import queue_depths
     from crmsync.adapters.state.status import attention
 
     now = datetime.now(UTC)
@@ -165,9 +165,9 @@ def _status_view(c, stale_after_s: float):
     from crmsync.cli.policy import held_problems
 
     problems += held_problems(c)
-    depth = queue_depth(c.settings)
-    queue = (f"broker queue {c.settings.worker.queue}: "
-             f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
+    depths, why = queue_depths(c.settings)
+    queue = ("broker queues: " + ", ".join(f"{name} {count}" for name, count in depths.items())
+             + " message(s) waiting" if depths else f"broker queues: unknown ({why})")
     return Group(table, queue), problems
 
 
@@ -180,7 +180,7 @@ def status(
     stale_after: float = typer.Option(900.0, "--stale-after", min=1,
                                       help="seconds an event may wait before the sync counts as stale"),
 ) -> None:
-    """Per mailbox: links, last sync, pending/retrying/dead events; and the broker's queue depth."""
+    """Per mailbox: links, last sync, pending/retrying/dead events; and the depth of each broker queue."""
     c = ready_container()
     if watch:
         import signal

@@ -27,12 +27,12 @@ def prepare(settings: Settings) -> None:
 
 def start(container: Container, port: int, address: str) -> int:
     """Serve /metrics from a daemon thread; returns the bound port."""
-    from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.broker import queue_depths
     from crmsync.metrics import StateCollector, serve
 
     settings = container.settings
     collector = StateCollector(container.store.status_summary,
-                               lambda: (settings.worker.queue, queue_depth(settings)[0]))
+                               lambda: list(queue_depths(settings)[0].items()))
     return serve(port, address, [collector])
 
 

@@ -163,7 +163,7 @@ batch_size = {batch_size}
 lease_ttl_s = 20
 [worker]
 concurrency = {worker_concurrency}
-queue = "{self.queue}"
+queue_prefix = "{self.queue}"
 [log]
 level = "INFO"
 """)
