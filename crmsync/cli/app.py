@@ -117,14 +117,15 @@ def producer() -> None:
 
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context) -> None:
-    """Run the producers and one worker together on this host (extra options go to the worker)."""
+    """Run the producers and one worker with an embedded beat (the re-drive and drift check)
+    together on this host (extra options go to the worker)."""
     from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer, spawn_worker, stop_process
 
     c = ready_container()
     prepare(c.settings)
     serve_from_producer(c)
-    child = spawn_worker(state.config, ctx.args)
+    child = spawn_worker(state.config, ["-B", *ctx.args])
     try:
         run_producer(c)
     finally:
@@ -240,11 +241,13 @@ _policy.register(app)
 
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 from crmsync.cli.flower import flower as _flower  # noqa: E402
+from crmsync.cli.maintenance import beat as _beat  # noqa: E402
 from crmsync.cli.metrics_server import metrics_server as _metrics_server  # noqa: E402
 
 app.command("doctor")(_doctor)
 app.command("flower")(_flower)
 app.command("metrics-server")(_metrics_server)
+app.command("beat", context_settings=PASSTHROUGH)(_beat)
 
 
 def main() -> None:

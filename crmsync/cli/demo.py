@@ -168,7 +168,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
 
     log_path = root / "worker.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 - closed in finally
-    worker = spawn_worker(str(config_path), ["--concurrency", "2"], stdout=log_file, stderr=log_file)
+    worker = spawn_worker(str(config_path), ["--concurrency", "2", "-B"], stdout=log_file, stderr=log_file)
     loop = build_producer_loop(container)
     producer = threading.Thread(target=loop.run, name="producers", daemon=True)
     producer.start()

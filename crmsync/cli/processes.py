@@ -97,10 +97,12 @@ def worker_argv(settings: Settings, extra: Sequence[str]) -> list[str]:
 def run_worker(settings: Settings, extra: Sequence[str] = ()) -> None:
     """A real Celery worker in this process (any celery worker option passes through)."""
     from crmsync import testhooks
+    from crmsync.cli.maintenance import configure_maintenance
     from workers.celery_app import create_app
 
     testhooks.arm_from_env()
     app = create_app(settings)
+    configure_maintenance(app, settings)   # the maintenance queue's tasks (and -B's schedule)
     app.worker_main(argv=worker_argv(settings, extra))
 
 
