@@ -111,8 +111,7 @@ def make_producer_loop(crm_engine, state_engine, publisher, mailboxes=(MAILBOX,)
     store = SqlStateStore(state_engine)
     crm_producer = CrmProducer(Changelog(crm_engine), SqlCrm(crm_engine), store, list(mailboxes),
                                batch_size=2)
-    return ProducerLoop(crm_producer, [], publisher, store, None, poll_interval_s=0.2,
-                        redrive_after_s=300), store
+    return ProducerLoop(crm_producer, [], publisher, store, None, poll_interval_s=0.2), store
 
 
 def queued_event_ids(client: redis.Redis, queue: str) -> list[int]:
