@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 
@@ -44,7 +44,10 @@ class DriftReport:
 
 def _checkable(link: Link, now: datetime) -> bool:
     """Links with both sides and a stored hash, not being applied right now (a held lease)."""
-    leased = link.lease_until is not None and link.lease_until > now
+    until = link.lease_until
+    if until is not None and until.tzinfo is None:     # SQLite hands back naive UTC times
+        until = until.replace(tzinfo=UTC)
+    leased = until is not None and until > now
     return (not link.deleted and not link.private and link.item_id is not None and link.base is not None
             and link.crm_hash is not None and link.exchange_hash is not None and not leased)
 
