@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.events import APPLY_EVENTS_TASK, EVENTS_QUEUE
+from schemas.events import APPLY_EVENTS_TASK, QUEUE_PREFIX, TO_EXCHANGE, queue_name
 
 #: Well above the longest retry countdown (sync.retry_backoff_max_s) plus a task's run.
 VISIBILITY_TIMEOUT_S = 3600
 
 
-def celery_settings(broker_url: str, queue: str = EVENTS_QUEUE) -> dict[str, Any]:
+#: Scheduled maintenance tasks (crmsync beat), on the maintenance queue.
+REDRIVE_TASK = "crmsync.redrive"
+DRIFT_CHECK_TASK = "crmsync.drift_check"
+
+
+def celery_settings(broker_url: str, queue_prefix: str = QUEUE_PREFIX) -> dict[str, Any]:
+    """Events are published to the queue of their target side (producers.publisher); an apply
+    task sent without a queue goes to ``to_exchange``, the maintenance tasks to theirs."""
+    queue = queue_name(TO_EXCHANGE, queue_prefix)
+    maintenance = queue_name("maintenance", queue_prefix)
     return {
         "broker_url": broker_url,
         "task_acks_late": True,
@@ -30,7 +39,9 @@ def celery_settings(broker_url: str, queue: str = EVENTS_QUEUE) -> dict[str, Any
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": queue,
-        "task_routes": {APPLY_EVENTS_TASK: {"queue": queue}},
+        "task_routes": {APPLY_EVENTS_TASK: {"queue": queue},
+                        REDRIVE_TASK: {"queue": maintenance},
+                        DRIFT_CHECK_TASK: {"queue": maintenance}},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,   # Flower shows tasks live
         "task_send_sent_event": True,

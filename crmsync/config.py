@@ -399,8 +399,11 @@ class SyncSettings(_Section):
     max_attempts: int = Field(default=8, ge=1)
     lease_ttl_s: float = Field(default=120.0, gt=0)
     redrive_after_s: float = Field(default=300.0, gt=0)
-    #: How often the producer looks for overdue events and a restarted broker (also when idle).
+    #: How often ``crmsync beat`` re-drives overdue events (and looks for a restarted broker);
+    #: the producer re-sends what the broker refused at the same rhythm.
     redrive_check_s: float = Field(default=5.0, gt=0)
+    #: How often ``crmsync beat`` checks each mailbox for drift (links' hashes against both sides).
+    drift_check_s: float = Field(default=3600.0, gt=0)
     retry_backoff_max_s: float = Field(default=120.0, gt=0)
     batch_size: int = Field(default=200, ge=1)
     #: Before a mailbox's first sync, when its folder and the CRM hold probable duplicates:
@@ -454,7 +457,12 @@ class WorkerSettings(_Section):
     """The Celery worker's defaults (``crmsync worker`` options override them)."""
 
     concurrency: int = Field(default=4, ge=1)
-    queue: str = Field(default="crmsync.events", min_length=1)
+    #: Queue names are ``<prefix>.to_exchange``, ``<prefix>.to_crm`` and ``<prefix>.maintenance``;
+    #: ``crmsync worker`` consumes all three unless given ``-Q`` (e.g. ``-Q to_crm``).
+    queue_prefix: str = Field(default="crmsync", min_length=1)
+    #: The queues ``crmsync worker`` consumes without ``-Q``: purposes (to_exchange, to_crm,
+    #: maintenance) or full queue names, comma-separated.
+    queues: str = Field(default="to_exchange,to_crm,maintenance", min_length=1)
 
 
 class MetricsSettings(_Section):

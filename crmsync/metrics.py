@@ -114,11 +114,12 @@ class StateCollector:
     (with ``lag``) the current lag per mailbox and side.
 
     ``summary`` returns ``status_summary()`` rows of the state store; ``queue`` returns
-    ``(queue name, depth or None)``. Failures to read are reported as ``crmsync_up 0``.
+    ``(queue name, depth)`` pairs (a single pair is accepted too; depth None: unknown).
+    Failures to read are reported as ``crmsync_up 0``.
     """
 
     def __init__(self, summary: Callable[[], list[dict[str, Any]]],
-                 queue: Callable[[], tuple[str, int | None]],
+                 queue: Callable[[], Any],
                  lag: Callable[[], Mapping[str, Mapping[str, float]]] | None = None) -> None:
         self._summary = summary
         self._queue = queue
@@ -161,11 +162,14 @@ class StateCollector:
             yield lag
         depth = GaugeMetricFamily("crmsync_queue_depth", "Messages waiting in the broker queue", labels=["queue"])
         try:
-            name, value = self._queue()
+            pairs = self._queue()
+            if isinstance(pairs, tuple):
+                pairs = [pairs]
         except Exception:  # noqa: BLE001
-            name, value = "", None
-        if value is not None:
-            depth.add_metric([name], value)
+            pairs = []
+        for name, value in pairs:
+            if value is not None:
+                depth.add_metric([name], value)
         yield depth
 
 

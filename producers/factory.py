@@ -71,7 +71,7 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
         doorbell = bells[0] if len(bells) == 1 else CombinedDoorbell(*bells)
     return ProducerLoop(crm_producer, exchange, publisher or CeleryPublisher.from_settings(settings),
                         store, doorbell, poll_interval_s=sync.poll_interval_s,
-                        redrive_after_s=sync.redrive_after_s, exchange_max_changes=sync.batch_size,
+                        exchange_max_changes=sync.batch_size,
                         first_sync_gate=first_sync_gate,
                         redrive_check_s=sync.redrive_check_s, health=health,
                         unavailable_backoff_s=min(5.0, sync.retry_backoff_max_s),

@@ -1,10 +1,11 @@
-"""The producer loop: initial syncs, CRM poll, Exchange polls, publish, re-drive; then sleep
-until a doorbell rings or the poll interval passes.
+"""The producer loop: initial syncs, CRM poll, Exchange polls, publish; then sleep until a
+doorbell rings or the poll interval passes.
 
 Each step is isolated: an exception is logged with its step and mailbox and the loop carries on
 (a dead Exchange server must not stop the CRM feed). Events created by a step are published
-right after it; whatever is not published (broker down, crash) is found again by the re-drive.
-Signals belong to the CLI: it sets ``loop.stop``.
+right after it; what the broker refused is tried again every ``redrive_check_s``; whatever is
+lost anyway (crash, broker restart) is found by the re-drive, which is ``crmsync beat``'s
+(producers.redrive.Redriver), not the loop's. Signals belong to the CLI: it sets ``loop.stop``.
 """
 
 from __future__ import annotations
@@ -23,17 +24,12 @@ from producers.crm_feed import CrmProducer
 from producers.doorbells import NullDoorbell, exchange_source
 from producers.exchange_feed import ExchangeProducer
 from producers.ports import Doorbell, EventStore, MailboxHealth, Publisher
-from producers.redrive import redrive
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 MAX_UNSENT_KEPT = 100_000
-
-#: The cursor holding the broker's identity (Redis ``run_id``) seen last: a new one means the
-#: server restarted, and whatever it held before is gone.
-BROKER_CURSOR = "broker:run-id"
 
 
 def utcnow() -> datetime:
@@ -44,10 +40,10 @@ class ProducerLoop:
     def __init__(self, crm_producer: CrmProducer | None,
                  exchange_producers: Sequence[ExchangeProducer], publisher: Publisher,
                  store: EventStore, doorbell: Doorbell | None = None,
-                 poll_interval_s: float = 5.0, redrive_after_s: float = 300.0,
+                 poll_interval_s: float = 5.0,
                  clock: Callable[[], datetime] = utcnow, *,
                  exchange_max_changes: int = 500, max_crm_batches_per_cycle: int = 20,
-                 redrive_limit: int = 1000, redrive_check_s: float = 5.0,
+                 redrive_check_s: float = 5.0,
                  fallback_poll_s: float = 5.0,
                  first_sync_gate: Callable[[str], str | None] | None = None,
                  gate_recheck_s: float = 60.0, health: MailboxHealth | None = None,
@@ -61,25 +57,19 @@ class ProducerLoop:
         #: The poll interval while the doorbell is not armed (a source without one, a lost
         #: subscription, a dropped LISTEN): the long safety-net poll only holds behind a doorbell.
         self.fallback_poll_s = fallback_poll_s
-        self.redrive_after_s = redrive_after_s
         self.clock = clock
         self.exchange_max_changes = exchange_max_changes
         self.max_crm_batches_per_cycle = max_crm_batches_per_cycle
-        self.redrive_limit = redrive_limit
-        #: How often the re-drive looks for overdue events (and a restarted broker), also idle.
+        #: How often what the broker refused is sent again, also idle.
         self.redrive_check_s = redrive_check_s
         #: Set it (e.g. from a SIGTERM handler) to end ``run`` after the current step.
         self.stop = threading.Event()
         self._external_stop: threading.Event | None = None
         self._initial_done: set[str] = set()
-        self._last_redrive: datetime | None = None
-        self._broker_id: str | None = None
-        self._last_broker_check: datetime | None = None
-        #: When a broker restart was noticed: messages sent before it are gone.
-        self._lost_before: datetime | None = None
+        self._last_retry: datetime | None = None
         self._backlog = False
         #: Ids the broker refused lately, retried every cycle so a Redis that comes back is
-        #: caught up within a poll interval (the re-drive covers them after a restart too).
+        #: caught up within a poll interval (the re-drive covers them too).
         self._unsent: list[int] = []
         #: mailbox -> None to go ahead with its first sync, or why it waits (see crmsync.service.linking)
         self.first_sync_gate = first_sync_gate
@@ -236,9 +226,6 @@ class ProducerLoop:
         CRM changelog, one query, is read every cycle."""
         created = 0
         self._backlog = False
-        # Before publishing anything: a restart noticed after this cycle's sends would
-        # count them as lost too.
-        self._check_broker(self.clock())
         self._retry_unsent()
         crm = self.crm_producer
         if crm is not None:
@@ -273,54 +260,18 @@ class ProducerLoop:
             if done is not None:
                 self._reachable(producer.mailbox)
                 created += done
-        self._maybe_redrive()
+        self._maybe_retry_unsent()
         return created
 
-    def _notice_broker_restart(self, now: datetime) -> None:
-        """Compare the broker's identity with the last one seen (kept in the state database, so
-        a producer started after the restart notices it too); a new one loses every message
-        sent before ``now``."""
-        identity = getattr(self.publisher, "broker_identity", None)
-        current = identity() if identity is not None else None
-        if current is None:       # unreachable, or a broker that cannot tell
-            return
-        if self._broker_id is None:
-            self._broker_id = self.store.get_cursor(BROKER_CURSOR)
-        if current == self._broker_id:
-            return
-        if self._broker_id is not None:
-            log.warning("producer.broker_restarted",
-                        action="re-driving every unfinished event sent before now")
-        self._lost_before = now
-        self.store.add_events([], cursor=(BROKER_CURSOR, current))
-        self._broker_id = current
-
-    def _check_broker(self, now: datetime) -> None:
-        """``_notice_broker_restart`` at most every ``redrive_check_s`` (it asks the broker)."""
-        if (self._last_broker_check is not None
-                and (now - self._last_broker_check).total_seconds() < self.redrive_check_s):
-            return
-        self._last_broker_check = now
-        self._guarded("broker-identity", None, lambda: self._notice_broker_restart(now), None)
-
-    def _maybe_redrive(self) -> None:
-        """Every ``redrive_check_s``: retry what the broker refused, notice a broker restart,
-        and re-send the events that are overdue (or were lost with the broker's messages)."""
+    def _maybe_retry_unsent(self) -> None:
+        """Every ``redrive_check_s``: send again what the broker refused (the re-drive of
+        what was sent and lost is crmsync beat's)."""
         now = self.clock()
-        due = (self._last_redrive is None
-               or (now - self._last_redrive).total_seconds() >= self.redrive_check_s)
-        if not due:
+        if self._last_retry is not None and (now - self._last_retry).total_seconds() < self.redrive_check_s:
             return
-        self._last_redrive = now
+        self._last_retry = now
         self._read_health()
-        self._check_broker(now)
         self._retry_unsent()
-        try:
-            redrive(self.store, self.publisher, self.redrive_after_s, now, self.redrive_limit,
-                    lost_before=self._lost_before)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("producer.step_failed", step="redrive", mailbox=None,
-                          error=type(exc).__name__)
 
     # ------------------------------------------------------------------ forever
     def run(self, stop: threading.Event | None = None) -> None:
@@ -341,8 +292,8 @@ class ProducerLoop:
 
     def _sleep(self) -> set[str] | None:
         """Until the doorbell rings (returns the sources that rang) or the poll interval passes
-        (returns None: read everything); the re-drive keeps its own few-second rhythm meanwhile
-        (a long poll interval must not delay a lost message)."""
+        (returns None: read everything); sending again what the broker refused keeps its own
+        few-second rhythm meanwhile."""
         started = time.monotonic()
         while not self._stopping():
             interval = self.poll_interval_s
@@ -354,5 +305,5 @@ class ProducerLoop:
                 return None
             if self.doorbell.wait(min(remaining, 0.25)):
                 return self.doorbell.take_sources()
-            self._maybe_redrive()
+            self._maybe_retry_unsent()
         return None

@@ -17,7 +17,7 @@ from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
 from crmsync import metrics
 from crmsync.testhooks import crash_point
-from schemas.events import APPLY_EVENTS_TASK, EVENTS_QUEUE, EventBatchMessage
+from schemas.events import APPLY_EVENTS_TASK, QUEUE_PREFIX, EventBatchMessage, queue_for_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from celery import Celery
@@ -70,17 +70,19 @@ def client_config(celery_config: Mapping[str, Any] | None, *, connect_timeout_s:
 
 class CeleryPublisher:
     """A Celery *client*: sends ``crmsync.apply_events(event_ids=[...])`` (up to ``TASK_BATCH``
-    ids per message) to the events queue.
+    ids per message) to the queue of the events' target side: ``<prefix>.to_exchange`` for CRM
+    changes, ``<prefix>.to_crm`` for Exchange changes (an event whose row is not found goes to
+    ``to_exchange``; the worker skips it).
 
     Nothing connects at construction; the Celery app is built on first publish.
     """
 
-    def __init__(self, broker_url: str, queue: str = EVENTS_QUEUE,
+    def __init__(self, broker_url: str, queue_prefix: str = QUEUE_PREFIX,
                  celery_config: Mapping[str, Any] | None = None, *,
                  connect_timeout_s: float = 2.0, socket_timeout_s: float = 5.0,
                  publish_retries: int = 1) -> None:
         self.broker_url = broker_url
-        self.queue = queue
+        self.queue_prefix = queue_prefix
         self._config = client_config(celery_config, connect_timeout_s=connect_timeout_s,
                                      socket_timeout_s=socket_timeout_s,
                                      publish_retries=publish_retries,
@@ -93,9 +95,9 @@ class CeleryPublisher:
         """Build from ``crmsync.config.Settings``, with the workers' Celery settings."""
         from crmsync.celery_settings import celery_settings
 
-        queue = getattr(getattr(settings, "worker", None), "queue", None) or EVENTS_QUEUE
+        prefix = getattr(getattr(settings, "worker", None), "queue_prefix", None) or QUEUE_PREFIX
         broker_url = settings.broker.dsn()   # with the password from broker.password_env
-        return cls(broker_url, queue, celery_settings(broker_url, queue), **kwargs)
+        return cls(broker_url, prefix, celery_settings(broker_url, prefix), **kwargs)
 
     @property
     def safe_broker_url(self) -> str:
@@ -136,14 +138,15 @@ class CeleryPublisher:
             return 0
         sent = 0
         unmarked: list[int] = []
+        rows = self._rows(store, ids)
+        queue = ""
         try:
             app = self._client()
             with app.producer_or_acquire() as producer:
-                for start in range(0, len(ids), TASK_BATCH):
-                    chunk = ids[start:start + TASK_BATCH]
+                for queue, chunk in self._chunks(ids, rows):
                     app.send_task(APPLY_EVENTS_TASK,
                                   kwargs=EventBatchMessage(event_ids=chunk).model_dump(),
-                                  queue=self.queue, producer=producer, add_to_parent=False)
+                                  queue=queue, producer=producer, add_to_parent=False)
                     unmarked.extend(chunk)
                     sent += len(chunk)
                     crash_point("after_publish")   # reliability tests: sent, not yet marked
@@ -151,27 +154,48 @@ class CeleryPublisher:
                         store.mark_published(unmarked)
                         unmarked = []
         except self._errors as exc:
-            log.warning("producer.publish_failed", broker=self.safe_broker_url, queue=self.queue,
+            log.warning("producer.publish_failed", broker=self.safe_broker_url, queue=queue,
                         sent=sent, unsent=len(ids) - sent, error=type(exc).__name__,
                         detail=redact(str(exc), self.broker_url))
         finally:
             if unmarked:
                 store.mark_published(unmarked)
         if sent:
-            log.debug("producer.published", count=sent, queue=self.queue)
-            self._count(store, ids[:sent])
+            log.debug("producer.published", count=sent, queue_prefix=self.queue_prefix)
+            try:
+                metrics.count_published([rows[i] for i in ids[:sent] if i in rows])
+            except Exception:  # noqa: BLE001 - counting never breaks publishing
+                log.debug("producer.count_failed", exc_info=True)
         return sent
 
     @staticmethod
-    def _count(store: EventStore, sent_ids: list[int]) -> None:
-        """The published counter, labelled by each event's source and mailbox (stores without
-        ``get_events`` are not counted)."""
+    def _rows(store: EventStore, ids: list[int]) -> dict[int, Any]:
+        """The event rows (their source picks the queue and labels the published counter);
+        empty for stores without ``get_events``."""
         get_events = getattr(store, "get_events", None)
-        if get_events is not None:
-            try:
-                metrics.count_published(get_events(sent_ids).values())
-            except Exception:  # noqa: BLE001 - counting never breaks publishing
-                log.debug("producer.count_failed", exc_info=True)
+        if get_events is None:
+            return {}
+        try:
+            return dict(get_events(ids))
+        except Exception:  # noqa: BLE001 - routing falls back to to_exchange; the worker reads the row
+            log.debug("producer.rows_unreadable", exc_info=True)
+            return {}
+
+    def _chunks(self, ids: list[int], rows: Mapping[int, Any]):  # noqa: ANN202 - a generator
+        """(queue, ids) messages in the ids' order: a message ends at TASK_BATCH ids or where
+        the target side changes, so "the first n ids were sent" stays true."""
+        chunk: list[int] = []
+        current = ""
+        for event_id in ids:
+            row = rows.get(event_id)
+            queue = queue_for_source(getattr(row, "source", "crm"), self.queue_prefix)
+            if chunk and (queue != current or len(chunk) >= TASK_BATCH):
+                yield current, chunk
+                chunk = []
+            current = queue
+            chunk.append(event_id)
+        if chunk:
+            yield current, chunk
 
     def close(self) -> None:
         """Release the broker connections (pool) of the client app, if it was built."""

@@ -9,6 +9,7 @@ acts on current state under a fenced lease.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
@@ -39,3 +40,58 @@ def redrive(store: EventStore, publisher: Publisher, older_than_s: float, now: d
         if len(events) < limit or sent < len(events):
             break
     return total
+
+
+#: The cursor holding the broker's identity (Redis ``run_id``) seen last: a new one means the
+#: server restarted, and whatever it held before is gone.
+BROKER_CURSOR = "broker:run-id"
+#: When that restart was noticed (ISO time): unfinished events sent before it are re-sent once due.
+LOST_BEFORE_CURSOR = "broker:lost-before"
+
+
+@dataclass(frozen=True)
+class RedriveReport:
+    """What one re-drive round found: events re-sent, and whether the broker had restarted."""
+
+    sent: int
+    broker_restarted: bool
+    lost_before: datetime | None
+
+
+class Redriver:
+    """One re-drive round: notice a restarted broker, then re-send what is overdue (or was lost
+    with the old server). It keeps nothing in memory between rounds (the broker identity and
+    the time of its last restart are cursors in the state database), so any process may run
+    a round: ``crmsync beat`` schedules one every ``sync.redrive_check_s`` on the maintenance
+    queue."""
+
+    def __init__(self, store: EventStore, publisher: Publisher, redrive_after_s: float,
+                 limit: int = 1000) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.redrive_after_s = redrive_after_s
+        self.limit = limit
+
+    def _notice_broker_restart(self, now: datetime) -> bool:
+        """Compare the broker's identity with the last one seen; a new one loses every message
+        sent before ``now``. True when a restart was noticed now."""
+        identity = getattr(self.publisher, "broker_identity", None)
+        current = identity() if identity is not None else None
+        if current is None:       # unreachable, or a broker that cannot tell
+            return False
+        seen = self.store.get_cursor(BROKER_CURSOR)
+        if current == seen:
+            return False
+        if seen is not None:      # (none seen yet: a first start; re-sending what is due is safe)
+            log.warning("redrive.broker_restarted", action="re-driving every unfinished event sent before now")
+        self.store.add_events([], cursor=(LOST_BEFORE_CURSOR, now.isoformat()))
+        self.store.add_events([], cursor=(BROKER_CURSOR, current))
+        return seen is not None
+
+    def run_once(self, now: datetime) -> RedriveReport:
+        restarted = self._notice_broker_restart(now)
+        stored = self.store.get_cursor(LOST_BEFORE_CURSOR)
+        lost_before = datetime.fromisoformat(stored) if stored else None
+        sent = redrive(self.store, self.publisher, self.redrive_after_s, now, self.limit,
+                       lost_before=lost_before)
+        return RedriveReport(sent=sent, broker_restarted=restarted, lost_before=lost_before)

@@ -5,18 +5,21 @@ from __future__ import annotations
 from crmsync.config import Settings
 
 
-def queue_depth(settings: Settings) -> tuple[int | None, str]:
-    """Messages waiting in the events queue: (count, "") or (None, why it is unknown)."""
+def queue_depths(settings: Settings) -> tuple[dict[str, int], str]:
+    """Messages waiting in each queue (to_exchange, to_crm, maintenance): ({name: count}, "")
+    or ({}, why they are unknown)."""
+    from schemas.events import queue_names
+
     url = settings.broker.dsn()
     if not url.startswith(("redis://", "rediss://")):
-        return None, "only known for a Redis broker"
+        return {}, "only known for a Redis broker"
     import redis
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-        return int(client.llen(settings.worker.queue)), ""
+        return {name: int(client.llen(name)) for name in queue_names(settings.worker.queue_prefix)}, ""
     except redis.RedisError as exc:
-        return None, f"broker unreachable: {type(exc).__name__}"
+        return {}, f"broker unreachable: {type(exc).__name__}"
 
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:

@@ -101,7 +101,7 @@ def probe_workers(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
         except redis.RedisError as exc:
             return {"error": f"broker unreachable: {_error(exc)}"}
     app = Celery("crmsync-doctor", set_as_current=False)
-    app.conf.update(celery_settings(url, settings.worker.queue))
+    app.conf.update(celery_settings(url, settings.worker.queue_prefix))
     app.conf.broker_connection_retry = False
     app.conf.broker_connection_max_retries = 1
     try:

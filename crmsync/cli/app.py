@@ -117,14 +117,15 @@ def producer() -> None:
 
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context) -> None:
-    """Run the producers and one worker together on this host (extra options go to the worker)."""
+    """Run the producers and one worker with an embedded beat (the re-drive and drift check)
+    together on this host (extra options go to the worker)."""
     from crmsync.cli.metrics_server import prepare, serve_from_producer
     from crmsync.cli.processes import run_producer, spawn_worker, stop_process
 
     c = ready_container()
     prepare(c.settings)
     serve_from_producer(c)
-    child = spawn_worker(state.config, ctx.args)
+    child = spawn_worker(state.config, ["-B", *ctx.args])
     try:
         run_producer(c)
     finally:
@@ -142,7 +143,7 @@ def _status_view(c, stale_after_s: float):
     from rich.console import Group
     from rich.text import Text
 
-    from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.broker import queue_depths
     from crmsync.adapters.state.status import attention, current_lag
 
     now = datetime.now(UTC)
@@ -181,9 +182,9 @@ def _status_view(c, stale_after_s: float):
     problems += unavailable_problems
     waiting = first_sync_waiting(c)
     problems += waiting
-    depth = queue_depth(c.settings)
-    queue = (f"broker queue {c.settings.worker.queue}: "
-             f"{'unknown (' + depth[1] + ')' if depth[0] is None else depth[0]} message(s)")
+    depths, why = queue_depths(c.settings)
+    queue = ("broker queues: " + ", ".join(f"{name} {count}" for name, count in depths.items())
+             + " message(s) waiting" if depths else f"broker queues: unknown ({why})")
     return Group(table, *([unavailable] if unavailable is not None else []), queue,
                  *(Text(f"waiting: {line}") for line in waiting)), problems
 
@@ -198,7 +199,7 @@ def status(
                                       help="seconds an event may wait before the sync counts as stale"),
 ) -> None:
     """Per mailbox: links, last sync, the current lag of each side (age of the oldest event not
-    yet applied), pending/retrying/dead events; and the broker's queue depth."""
+    yet applied), pending/retrying/dead events; and the depth of each broker queue."""
     c = ready_container()
     if watch:
         import signal
@@ -266,11 +267,13 @@ _config_check.register(app)
 
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 from crmsync.cli.flower import flower as _flower  # noqa: E402
+from crmsync.cli.maintenance import beat as _beat  # noqa: E402
 from crmsync.cli.metrics_server import metrics_server as _metrics_server  # noqa: E402
 
 app.command("doctor")(_doctor)
 app.command("flower")(_flower)
 app.command("metrics-server")(_metrics_server)
+app.command("beat", context_settings=PASSTHROUGH)(_beat)
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ retry_backoff_max_s = 10
 
 [worker]
 concurrency = 2
-queue = "{DEMO_QUEUE}"
+queue_prefix = "{DEMO_QUEUE}"
 
 [log]
 level = "WARNING"
@@ -111,7 +111,7 @@ def seed_crm(crm_db: Path) -> tuple[int, int]:
 def _choose_broker(directory: Path, console: Console) -> str:
     configured = load_settings().broker.url
     if redis_answers(configured):
-        console.print(f"broker: Redis at {mask_url(configured)} (queue {DEMO_QUEUE})")
+        console.print(f"broker: Redis at {mask_url(configured)} (queues {DEMO_QUEUE}.*)")
         return configured
     url = f"sqla+sqlite:///{directory / 'broker.db'}"
     console.print(f"[yellow]broker: Redis at {mask_url(configured)} does not answer; using the "
@@ -137,7 +137,9 @@ def _purge_queue(broker_url: str) -> None:
     if broker_url.startswith("redis"):
         import redis
 
-        redis.Redis.from_url(broker_url, socket_timeout=2).delete(DEMO_QUEUE)
+        from schemas.events import queue_names
+
+        redis.Redis.from_url(broker_url, socket_timeout=2).delete(*queue_names(DEMO_QUEUE))
 
 
 def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
@@ -215,7 +217,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
 
     log_path = root / "worker.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 - closed in finally
-    worker = spawn_worker(str(config_path), ["--concurrency", "2"], stdout=log_file, stderr=log_file)
+    worker = spawn_worker(str(config_path), ["--concurrency", "2", "-B"], stdout=log_file, stderr=log_file)
     loop = build_producer_loop(container)
     producer = threading.Thread(target=loop.run, name="producers", daemon=True)
     producer.start()

@@ -49,6 +49,7 @@ def doctor(
     from crmsync.config import mask_url
     from crmsync.logging_setup import redact_text
     from crmsync.service.doctor import failed, run_checks
+    from schemas.events import queue_names
 
     loaded, config_check = _config_check()
     checks = [config_check]
@@ -60,7 +61,8 @@ def doctor(
             container.doctor_probes(),
             crm_where=mask_url(loaded.crm.url), state_where=mask_url(loaded.state.url),
             broker_where=mask_url(loaded.broker.url),
-            mailboxes=[(m.address, m.folder) for m in loaded.mailboxes], queue=loaded.worker.queue)
+            mailboxes=[(m.address, m.folder) for m in loaded.mailboxes],
+            queues=queue_names(loaded.worker.queue_prefix))
         container.dispose()
     rows = [{"check": c.name, "status": c.status, "detail": redact_text(mask_url(c.detail)),
              "fix": redact_text(c.fix)} for c in checks]

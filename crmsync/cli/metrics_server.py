@@ -29,13 +29,13 @@ def start(container: Container, port: int, address: str) -> int:
     """Serve /metrics from a daemon thread; returns the bound port."""
     from datetime import UTC, datetime
 
-    from crmsync.adapters.broker import queue_depth
+    from crmsync.adapters.broker import queue_depths
     from crmsync.adapters.state.status import current_lag
     from crmsync.metrics import StateCollector, serve
 
     settings = container.settings
     collector = StateCollector(container.store.status_summary,
-                               lambda: (settings.worker.queue, queue_depth(settings)[0]),
+                               lambda: list(queue_depths(settings)[0].items()),
                                lambda: current_lag(container.state_engine, datetime.now(UTC)))
     return serve(port, address, [collector])
 

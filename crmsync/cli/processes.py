@@ -78,20 +78,42 @@ def run_producer(container: Container, stop: threading.Event | None = None) -> N
     loop.run(stop or loop.stop)
 
 
+def expand_queues(value: str, prefix: str) -> str:
+    """``-Q to_crm,maintenance`` -> ``crmsync.to_crm,crmsync.maintenance``: a purpose stands for
+    its queue under ``[worker] queue_prefix``; a full queue name is kept as written."""
+    from schemas.events import PURPOSES, queue_name
+
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    return ",".join(queue_name(n, prefix) if n in PURPOSES else n for n in names)
+
+
 def worker_argv(settings: Settings, extra: Sequence[str]) -> list[str]:
-    """Celery worker arguments: ours first, so the administrator's own options win."""
-    argv = ["worker", "--loglevel", settings.log.level, "-Q", settings.worker.queue,
+    """Celery worker arguments: ours first, so the administrator's own options win. Without
+    ``-Q`` the worker consumes ``[worker] queues`` (by default every one: to_exchange, to_crm,
+    maintenance)."""
+    prefix = settings.worker.queue_prefix
+    argv = ["worker", "--loglevel", settings.log.level, "-Q", expand_queues(settings.worker.queues, prefix),
             "--concurrency", str(settings.worker.concurrency)]
-    return argv + list(extra)
+    rest = list(extra)
+    for i, arg in enumerate(rest):
+        if arg in ("-Q", "--queues") and i + 1 < len(rest):
+            rest[i + 1] = expand_queues(rest[i + 1], prefix)
+        elif arg.startswith("--queues="):
+            rest[i] = "--queues=" + expand_queues(arg.split("=", 1)[1], prefix)
+        elif arg.startswith("-Q") and len(arg) > 2:
+            rest[i] = "-Q" + expand_queues(arg[2:], prefix)
+    return argv + rest
 
 
 def run_worker(settings: Settings, extra: Sequence[str] = ()) -> None:
     """A real Celery worker in this process (any celery worker option passes through)."""
     from crmsync import testhooks
+    from crmsync.cli.maintenance import configure_maintenance
     from workers.celery_app import create_app
 
     testhooks.arm_from_env()
     app = create_app(settings)
+    configure_maintenance(app, settings)   # the maintenance queue's tasks (and -B's schedule)
     app.worker_main(argv=worker_argv(settings, extra))
 
 

@@ -216,7 +216,8 @@ def check_exchange(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -
     return checks
 
 
-def check_workers(probes: DoctorProbes, queue: str) -> list[Check]:
+def check_workers(probes: DoctorProbes, queues: Sequence[str]) -> list[Check]:
+    """FAIL unless every queue (to_exchange, to_crm, maintenance) has a worker consuming it."""
     facts = _safely("celery.workers", probes.workers)
     if isinstance(facts, Check):
         return [facts]
@@ -228,15 +229,18 @@ def check_workers(probes: DoctorProbes, queue: str) -> list[Check]:
         return [Check("celery.workers", "FAIL", "no worker answered the ping",
                       "start workers: `crmsync worker` (systemctl start crmsync-worker@main)")]
     listing = "; ".join(f"{name} ({', '.join(queues) or 'no queue'})" for name, queues in sorted(workers.items()))
-    consuming = [name for name, queues in workers.items() if queue in queues]
-    if not consuming:
-        return [Check("celery.workers", "FAIL", f"{len(workers)} alive, none consumes {queue!r}: {listing}",
-                      f"start a worker on {queue!r} (the [worker] queue setting, or `crmsync worker -Q {queue}`)")]
-    return [Check("celery.workers", "OK", f"{len(workers)} alive, {len(consuming)} on {queue!r}: {listing}")]
+    consumed = {q for found in workers.values() for q in found}
+    missing = [q for q in queues if q not in consumed]
+    if missing:
+        names = ", ".join(repr(q) for q in missing)
+        return [Check("celery.workers", "FAIL", f"{len(workers)} alive, none consumes {names}: {listing}",
+                      f"start a worker on {names} (`crmsync worker` consumes every queue of [worker] "
+                      f"queue_prefix; `crmsync worker -Q {','.join(missing)}` only those)")]
+    return [Check("celery.workers", "OK", f"{len(workers)} alive, every queue consumed: {listing}")]
 
 
 def run_checks(probes: DoctorProbes, *, crm_where: str, state_where: str, broker_where: str,
-               mailboxes: Sequence[tuple[str, str]], queue: str) -> list[Check]:
+               mailboxes: Sequence[tuple[str, str]], queues: Sequence[str]) -> list[Check]:
     """Every check, in the order an administrator would fix them. ``*_where`` are the URLs
     without passwords; ``mailboxes`` are (address, folder) pairs."""
     return [
@@ -244,7 +248,7 @@ def run_checks(probes: DoctorProbes, *, crm_where: str, state_where: str, broker
         *check_state(probes, state_where),
         *check_redis(probes, broker_where),
         *check_exchange(probes, mailboxes),
-        *check_workers(probes, queue),
+        *check_workers(probes, queues),
     ]
 
 

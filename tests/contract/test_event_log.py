@@ -223,7 +223,7 @@ def cli(tmp_path: Path, sql_url: str, state_engine: Engine, redis_server):
     queue = "crmsync.test.events"
     config = tmp_path / "crmsync.toml"
     config.write_text(f'[crm]\nurl = "sqlite:///{tmp_path / "crm.db"}"\n[state]\nurl = "{sql_url}"\n'
-                      f'keep_applied_days = 7\n[broker]\nurl = "{broker}"\n[worker]\nqueue = "{queue}"\n')
+                      f'keep_applied_days = 7\n[broker]\nurl = "{broker}"\n[worker]\nqueue_prefix = "{queue}"\n')
     runner = CliRunner()
 
     def run(*args: str, ok: bool = True):
@@ -233,7 +233,7 @@ def cli(tmp_path: Path, sql_url: str, state_engine: Engine, redis_server):
         return result
 
     run.redis = redis.Redis.from_url(broker)
-    run.queue = queue
+    run.queue = f"{queue}.to_exchange"   # the events replayed are CRM changes
     yield run
     run.redis.close()
 

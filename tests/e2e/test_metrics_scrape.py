@@ -67,7 +67,7 @@ def test_counters_move_while_changes_sync(pipeline, which):
     assert total(after, "crmsync_sync_lag_seconds_count", source="crm", mailbox=MAILBOX) > lag0
     assert total(after, "crmsync_state_up") == 1
     assert total(after, "crmsync_last_sync_timestamp_seconds", mailbox=MAILBOX) > 0
-    assert ("crmsync_queue_depth", (("queue", pipeline.queue),)) in after
+    assert ("crmsync_queue_depth", (("queue", f"{pipeline.queue}.to_exchange"),)) in after
     pipeline.settle()
 
 

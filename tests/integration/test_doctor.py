@@ -83,7 +83,7 @@ address = "{MAILBOX}"
 folder = "{folder}"
 [worker]
 concurrency = 1
-queue = "{queue or self.queue}"
+queue_prefix = "{queue or self.queue}"
 {extra}""")
         return path
 
@@ -220,9 +220,11 @@ def test_no_worker_on_the_configured_queue_fails(stack):
     workers = rows(done)["celery.workers"]
     assert done.returncode == 1
     assert workers["status"] == "FAIL"
-    assert "none consumes 'crmsync.nobody-listens'" in workers["detail"]
-    assert stack.queue in workers["detail"]          # what the live worker does consume
-    assert "crmsync worker -Q crmsync.nobody-listens" in workers["fix"]
+    assert ("none consumes 'crmsync.nobody-listens.to_exchange', 'crmsync.nobody-listens.to_crm', "
+            "'crmsync.nobody-listens.maintenance'") in workers["detail"]
+    assert f"{stack.queue}.to_crm" in workers["detail"]          # what the live worker does consume
+    assert ("crmsync worker -Q crmsync.nobody-listens.to_exchange,crmsync.nobody-listens.to_crm,"
+            "crmsync.nobody-listens.maintenance") in workers["fix"]
 
 
 def test_no_worker_alive_fails_with_how_to_start_one(stack):

@@ -58,13 +58,18 @@ def redis_db(redis_url):
 
 @pytest.fixture
 def queue() -> str:
-    """A queue of this test's own, so tests running beside it cannot add to its list."""
-    return f"crmsync.events.test-{uuid.uuid4().hex[:8]}"
+    """A queue of this test's own, so tests running beside it cannot add to its list: the
+    ``to_exchange`` queue of a prefix of its own (the events here are CRM changes)."""
+    return f"crmsync.test-{uuid.uuid4().hex[:8]}.to_exchange"
+
+
+def prefix(queue: str) -> str:
+    return queue.rsplit(".", 1)[0]
 
 
 @pytest.fixture
 def publisher(queue, redis_url):
-    pub = CeleryPublisher(redis_url, queue, celery_settings(redis_url, queue))  # the workers' settings
+    pub = CeleryPublisher(redis_url, prefix(queue), celery_settings(redis_url, prefix(queue)))  # the workers' settings
     yield pub
     pub.close()
 
@@ -106,8 +111,7 @@ def make_producer_loop(crm_engine, state_engine, publisher, mailboxes=(MAILBOX,)
     store = SqlStateStore(state_engine)
     crm_producer = CrmProducer(Changelog(crm_engine), SqlCrm(crm_engine), store, list(mailboxes),
                                batch_size=2)
-    return ProducerLoop(crm_producer, [], publisher, store, None, poll_interval_s=0.2,
-                        redrive_after_s=300), store
+    return ProducerLoop(crm_producer, [], publisher, store, None, poll_interval_s=0.2), store
 
 
 def queued_event_ids(client: redis.Redis, queue: str) -> list[int]:
@@ -186,7 +190,7 @@ def test_a_broker_outage_costs_seconds_leaks_no_password_and_the_redrive_recover
     store = SqlStateStore(state_engine)
     ids = store.add_events([NewEvent("crm", MAILBOX, "upsert", f"test:{i}", crm_key=f"account:A-{i}")
                             for i in range(3)])
-    dead = CeleryPublisher(f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0", queue)   # nobody listens
+    dead = CeleryPublisher(f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0", prefix(queue))   # nobody listens
 
     started = time.monotonic()
     with capture_logs() as logs:
@@ -201,7 +205,7 @@ def test_a_broker_outage_costs_seconds_leaks_no_password_and_the_redrive_recover
     assert failure["unsent"] == 3 and "127.0.0.1" in failure["broker"]
     assert "s3cret-pw" not in repr(logs)
 
-    live = CeleryPublisher(redis_url, queue)
+    live = CeleryPublisher(redis_url, prefix(queue))
     try:
         resent = redrive(store, live, older_than_s=60, now=datetime.now(UTC) + timedelta(seconds=61))
     finally:
@@ -248,7 +252,7 @@ def test_a_publisher_survives_its_redis_dying_and_coming_back(sqlite_dbs, privat
     _, _, state_engine = sqlite_dbs
     store = SqlStateStore(state_engine)
     url = private_redis.url(0)                          # the test's own server: it stops it
-    pub = CeleryPublisher(url, queue, celery_settings(url, queue))
+    pub = CeleryPublisher(url, prefix(queue), celery_settings(url, prefix(queue)))
     try:
         first = store.add_events([NewEvent("crm", MAILBOX, "upsert", "t:1", crm_key="account:A-1")])
         assert pub.publish(store, first) == 1           # pooled connection now open

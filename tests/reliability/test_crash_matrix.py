@@ -60,14 +60,18 @@ def stack(request, tmp_path_factory, redis_server):
         p.close()
 
 
+#: Processes the cases share: the producer and crmsync beat (the re-drive); workers are per case.
+_SHARED = ("producer", "beat")
+
+
 @pytest.fixture
 def pipeline(stack):
     """The shared stack, with no worker running; every worker a case starts is gone after it."""
-    assert not [n for n in stack.procs if n != "producer"], "a previous case left a worker running"
+    assert not [n for n in stack.procs if n not in _SHARED], "a previous case left a worker running"
     try:
         yield stack
     finally:
-        for name in [n for n in stack.procs if n != "producer"]:
+        for name in [n for n in stack.procs if n not in _SHARED]:
             stack.stop(name, signal.SIGKILL)
 
 

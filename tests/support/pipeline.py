@@ -173,7 +173,7 @@ max_attempts = {max_attempts}
 lease_ttl_s = {lease_ttl_s}
 [worker]
 {_setting("concurrency", worker_concurrency)}
-queue = "{self.queue}"
+queue_prefix = "{self.queue}"
 [log]
 level = "INFO"
 """)
@@ -211,8 +211,19 @@ level = "INFO"
                      *extra: str) -> subprocess.Popen:
         return self.start(name, "worker", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", *extra, env=env)
 
-    def start_producer(self, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_producer(self, env: dict[str, str] | None = None, beat: bool = True) -> subprocess.Popen:
+        """The producer and (unless ``beat=False``) crmsync beat, whose re-drive the producer
+        had built in before: a pipeline started this way behaves as it always did."""
+        if beat:
+            self.start_beat()
         return self.start("producer", "producer", env=env)
+
+    def start_beat(self, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """crmsync beat (re-drive, drift checks); one only: a running one is kept."""
+        running = self.procs.get("beat")
+        if running is not None and running.poll() is None:
+            return running
+        return self.start("beat", "beat", env=env)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         proc = self.procs.pop(name, None)

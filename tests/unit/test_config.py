@@ -52,7 +52,7 @@ batch_size = 50
 
 [worker]
 concurrency = 8
-queue = "crm.q"
+queue_prefix = "crm.q"
 
 [log]
 level = "debug"
@@ -85,7 +85,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert s.sync.private_sensitivities == ("Private",)
     assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (60, 8, 120)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (300, 200)
-    assert s.worker.queue == "crmsync.events"
+    assert s.worker.queue_prefix == "crmsync"
     assert (s.log.level, s.log.json) == ("INFO", False)
     assert s.config_path is None
 
@@ -109,7 +109,7 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
     assert s.sync.private_sensitivities == ("Private", "Confidential")
     assert (s.sync.poll_interval_s, s.sync.max_attempts, s.sync.lease_ttl_s) == (2.5, 3, 420)
     assert (s.sync.redrive_after_s, s.sync.batch_size) == (600, 50)
-    assert (s.worker.concurrency, s.worker.queue) == (8, "crm.q")
+    assert (s.worker.concurrency, s.worker.queue_prefix) == (8, "crm.q")
     assert (s.log.level, s.log.json) == ("DEBUG", True)
 
 
@@ -191,7 +191,7 @@ def test_crmsync_mailboxes_replaces_the_files_list(tmp_path: Path) -> None:
         ('[exchange]\nendpoint = "https://m.example.com/EWS/Exchange.asmx"\nauth = "oauth"\nclient_id = "c"\n', {},
          "config key exchange.tenant_id: is required when exchange.auth is 'oauth'"),
         ('[log]\nlevel = "chatty"\n', {}, "config key log.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'CHATTY')"),
-        ('[worker]\nqueue = ""\n', {}, "config key worker.queue: must not be empty"),
+        ('[worker]\nqueue_prefix = ""\n', {}, "config key worker.queue_prefix: must not be empty"),
         ('[crm]\nurl = "not a url"\n', {}, "config key crm.url: is not a URL"),
     ],
 )

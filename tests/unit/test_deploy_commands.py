@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - Typer on plain click
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
-PASSTHROUGH = {"worker", "run"}   # extra options go to `celery worker`
+PASSTHROUGH = {"worker", "run", "beat"}   # extra options go to `celery worker` (`celery beat`)
 OTHER_VARS = {"CRMSYNC_CONFIG", "CRMSYNC_MAILBOXES", "CRMSYNC_FLOWER_USER", "CRMSYNC_FLOWER_PASSWORD",
               "CRMSYNC_EXCHANGE_PASSWORD", "CRMSYNC_EXCHANGE_CLIENT_SECRET"}   # the default *_env names
 
@@ -87,10 +87,12 @@ def check_command(argv: list[str], where: str) -> None:
     except USAGE_ERRORS as exc:
         pytest.fail(f"{where}: `{shlex.join(argv)}`: {exc.format_message()}")
     if name in PASSTHROUGH and extra:
+        from celery.bin.beat import beat as celery_beat
         from celery.bin.worker import worker as celery_worker
 
+        celery_cmd = celery_beat if name == "beat" else celery_worker
         try:
-            celery_worker.make_context("worker", list(extra), obj=None)
+            celery_cmd.make_context(name, list(extra), obj=None)
         except click.UsageError as exc:
             pytest.fail(f"{where}: celery worker options {extra}: {exc.format_message()}")
         except Exception:  # noqa: BLE001 - options parsed; the callback context (app) is not needed
@@ -104,8 +106,8 @@ def config_vars() -> set[str]:
 
 
 def test_there_is_something_to_check():
-    assert set(crmsync_services()) >= {"crmsync-init", "crmsync-producer", "crmsync-worker", "flower"}
-    assert {u.name for u in UNITS} >= {"crmsync-producer.service", "crmsync-worker@.service",
+    assert set(crmsync_services()) >= {"crmsync-init", "crmsync-producer", "crmsync-worker", "crmsync-beat", "flower"}
+    assert {u.name for u in UNITS} >= {"crmsync-producer.service", "crmsync-worker@.service", "crmsync-beat.service",
                                        "crmsync-flower.service", "crmsync-metrics.service"}
 
 
@@ -137,6 +139,25 @@ def test_crmsync_variables_are_known():
                 var = value.split("=", 1)[0]
                 if var.startswith("CRMSYNC_"):
                     assert var in known, f"{unit.name}: {var} is not a crmsync setting"
+
+
+def test_exactly_one_beat_and_workers_on_every_queue():
+    """The re-drive runs in one place: one beat service, never scaled; the workers, together,
+    consume every queue (no -Q, or -Q naming real queues)."""
+    from schemas.events import PURPOSES
+
+    services = crmsync_services()
+    beats = [name for name, svc in services.items() if svc["command"][1:2] == ["beat"]]
+    assert beats == ["crmsync-beat"]
+    assert "replicas" not in (services["crmsync-beat"].get("deploy") or {})
+    consumed: set[str] = set()
+    for svc in services.values():
+        argv = svc["command"]
+        if argv[1:2] == ["worker"]:
+            queues = argv[argv.index("-Q") + 1].split(",") if "-Q" in argv else list(PURPOSES)
+            assert set(queues) <= set(PURPOSES), f"{argv}: unknown queue"
+            consumed |= set(queues)
+    assert consumed == set(PURPOSES)
 
 
 def test_flower_needs_credentials_from_the_environment():

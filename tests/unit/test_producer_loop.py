@@ -21,7 +21,7 @@ from producers.doorbells import CombinedDoorbell, NullDoorbell
 from producers.exchange_feed import ExchangeProducer
 from producers.loop import ProducerLoop
 from producers.publisher import redact
-from producers.redrive import redrive
+from producers.redrive import BROKER_CURSOR, Redriver, redrive
 from tests.support.pipeline import wait_until
 
 
@@ -232,7 +232,7 @@ def make_loop(changelog, crm, store, clock, feeds=None, publisher=None, **kwargs
     crm_producer = CrmProducer(changelog, crm, store, MAILBOXES, batch_size=kwargs.pop("batch_size", 500))
     exchange = [ExchangeProducer(mb, feed, store) for mb, feed in (feeds or {}).items()]
     return ProducerLoop(crm_producer, exchange, publisher or FakePublisher(), store,
-                        NullDoorbell(), poll_interval_s=0.05, redrive_after_s=300, clock=clock,
+                        NullDoorbell(), poll_interval_s=0.05, clock=clock,
                         **kwargs)
 
 
@@ -473,13 +473,18 @@ def test_events_left_unpublished_by_a_crashed_producer_are_sent_by_the_redrive(c
 
     publisher.down = False
     loop = make_loop(changelog, crm, store, clock, publisher=publisher)   # the restarted one
+    redriver = Redriver(store, publisher, redrive_after_s=300)           # crmsync beat's
     loop.run_once()
+    redriver.run_once(clock.now)
     assert publisher.sent == []                     # too young to be re-driven
     clock.now += timedelta(seconds=100)
     loop.run_once()
-    assert publisher.sent == []                     # re-drive runs every ~redrive_after_s / 2
+    redriver.run_once(clock.now)
+    assert publisher.sent == []
     clock.now += timedelta(seconds=250)             # now older than redrive_after_s
     loop.run_once()
+    assert publisher.sent == []                     # the producer re-drives nothing itself
+    assert redriver.run_once(clock.now).sent == 2
     assert sorted(publisher.sent) == [1, 2]
     assert not store.status("pending")
 
@@ -780,20 +785,25 @@ def test_a_restarted_broker_is_noticed_and_what_it_held_is_sent_again_at_once(ch
     mark_initial_done(store)
     broker = RestartingBroker()
     loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
+    redriver = Redriver(store, broker, redrive_after_s=300)
+    redriver.run_once(clock.now)
     changelog.add("accounts", "A-2", "update")
     loop.run_once()
-    assert sorted(broker.sent) == [1, 2] and store.cursors["broker:run-id"] == "run-1"
+    assert sorted(broker.sent) == [1, 2] and store.cursors[BROKER_CURSOR] == "run-1"
 
     broker.sent.clear()
     broker.run_id = "run-2"                         # restarted without persistence: both lost
-    clock.now += timedelta(seconds=6)               # the next check, long before redrive_after_s
+    clock.now += timedelta(seconds=6)               # the next round, long before redrive_after_s
     loop.run_once()
+    assert broker.sent == []                        # the producer does not re-drive
+    report = redriver.run_once(clock.now)
+    assert report.broker_restarted and report.sent == 2
     assert sorted(broker.sent) == [1, 2]
-    assert store.cursors["broker:run-id"] == "run-2"
+    assert store.cursors[BROKER_CURSOR] == "run-2"
 
     broker.sent.clear()
     clock.now += timedelta(seconds=6)
-    loop.run_once()
+    assert redriver.run_once(clock.now).sent == 0
     assert broker.sent == []                        # sent to the new server: not again
 
 
@@ -802,52 +812,58 @@ def test_a_retry_in_back_off_is_not_sent_again_before_its_eta_even_after_a_resta
     mark_initial_done(store)
     broker = RestartingBroker()
     loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
+    redriver = Redriver(store, broker, redrive_after_s=300)
+    redriver.run_once(clock.now)
     changelog.add("accounts", "A-2", "update")
     loop.run_once()
     store.mark_retrying([1], clock.now, due_at=clock.now + timedelta(seconds=60))
     broker.sent.clear()
     broker.run_id = "run-2"
     clock.now += timedelta(seconds=6)
-    loop.run_once()
+    redriver.run_once(clock.now)
     assert broker.sent == [2]                       # event 1 waits for its retry's ETA
     clock.now += timedelta(seconds=60)
-    loop.run_once()
+    redriver.run_once(clock.now)
     assert broker.sent == [2, 1]
 
 
-def test_a_producer_started_after_the_restart_notices_it_too(changelog, crm, store, clock):
+def test_a_restart_is_noticed_by_a_fresh_redriver_and_remembered_between_rounds(changelog, crm, store, clock):
+    """Rounds keep nothing in memory (each beat task may run in another worker process): the
+    broker identity and the restart time are cursors in the state database."""
     mark_initial_done(store)
     broker = RestartingBroker()
+    Redriver(store, broker, 300).run_once(clock.now)
     make_loop(changelog, crm, store, clock, publisher=broker).run_once()
     changelog.add("accounts", "A-2", "update")
     make_loop(changelog, crm, store, clock, publisher=broker).run_once()
+    store.mark_retrying([1], clock.now, due_at=clock.now + timedelta(seconds=30))
     broker.sent.clear()
-    broker.run_id = "run-2"                         # Redis and the producer both restarted
+    broker.run_id = "run-2"                         # Redis and everything else restarted
     clock.now += timedelta(seconds=1)
-    make_loop(changelog, crm, store, clock, publisher=broker).run_once()
-    assert sorted(broker.sent) == [1, 2]
+    assert Redriver(store, broker, 300).run_once(clock.now).broker_restarted
+    assert broker.sent == [2]
+    clock.now += timedelta(seconds=30)              # event 1's ETA: lost with the old server too
+    report = Redriver(store, broker, 300).run_once(clock.now)
+    assert not report.broker_restarted and report.sent == 1
+    assert broker.sent == [2, 1]
 
 
-def test_the_idle_loop_keeps_looking_for_lost_messages_between_polls(changelog, crm, store, clock):
-    """A 60 s poll must not delay a re-drive: the sleep runs the few-second check itself."""
+def test_the_producer_loop_never_re_drives(changelog, crm, store, clock):
+    """Exactly one component re-drives: crmsync beat. An overdue event and a restarted broker
+    leave the producer loop, busy or idle, unmoved."""
     mark_initial_done(store)
     broker = RestartingBroker()
     loop = make_loop(changelog, crm, store, clock, publisher=broker, redrive_check_s=5)
-    loop.poll_interval_s = 60
+    loop.poll_interval_s = 0.3
     changelog.add("accounts", "A-2", "update")
     loop.run_once()
     broker.sent.clear()
     broker.run_id = "run-2"
-    clock.now += timedelta(seconds=6)
-    thread = threading.Thread(target=loop._sleep, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: sorted(broker.sent) == [1, 2], 5, interval=0.02, what="both events re-sent")
-    finally:
-        loop.stop.set()
-    thread.join(5)
-    assert sorted(broker.sent) == [1, 2]
-
+    clock.now += timedelta(hours=1)
+    loop.run_once()
+    loop._sleep()
+    assert broker.sent == []
+    assert BROKER_CURSOR not in store.cursors
 
 def test_without_an_armed_doorbell_the_loop_polls_at_the_fallback_interval(changelog, crm, store, clock):
     mark_initial_done(store)
