@@ -113,6 +113,10 @@ def test_the_demo_over_graph_syncs_an_edit_both_ways_and_prints_no_secret(tmp_pa
             with sqlite3.connect(demo_dir / "crm.db") as crm:
                 return crm.execute("SELECT job_title FROM accounts WHERE account_no = 'ACC-1002'").fetchone()[0]
         wait_until(lambda: crm_job_title() == "Edited over Graph", 90, what="the Graph edit in the CRM")
+        # The CRM row changes before the event is marked applied: wait for the demo to show it.
+        for shown in (r"CRM → Exchange\s+upsert\s+account:ACC-1001\s+applied",
+                      r"Exchange → CRM\s+upsert\s+account:ACC-1002\s+applied"):
+            wait_until(lambda shown=shown: re.search(shown, "".join(lines)), 30, what=f"the demo to show {shown}")
         stats = http.get(f"{base.group(1)}/_emulator/stats").json()["requests"]
     finally:
         if proc.poll() is None:
