@@ -91,5 +91,5 @@ def test_a_non_empty_never_synced_folder_waits_for_approval_while_the_other_mail
     wait_until(lambda: len(p.crm.query("SELECT id FROM accounts")) == 5 and len(items(other)) == 5, 120,
                what="alice's contacts in the CRM and in the other mailbox")
     p.settle()
-    assert "waiting" not in status()
+    assert "waiting for approval" not in status() and "waiting: " not in status()
     assert not p.dead_events()
