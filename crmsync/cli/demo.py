@@ -224,6 +224,7 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
     console.print(f"worker: pid {worker.pid} (log {log_path}); producers running")
 
     expected = n_accounts + n_contacts + n_exchange
+    _stop_on_signals()
     try:
         last_id = _initial_sync(container, expected, console, started, duration, worker)
         if api == "graph":
@@ -253,6 +254,21 @@ def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,
         totals = event_totals(container.state_engine)
         console.print(f"demo stopped: {totals.get('applied', 0)} events applied, "
                       f"{totals.get('dead', 0)} dead letters. Files kept in {root}")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the demo cleanly, even when started with SIGINT ignored (a
+    background job of a shell, some CI runners): Python then leaves SIGINT ignored."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):  # noqa: ANN001, ARG001 - a signal handler's signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _time_left(started: float, duration: float) -> bool:
@@ -291,7 +307,10 @@ def _follow(container, last_id: int, console: Console, started: float, duration:
     from crmsync.adapters.state.status import applied_events_after
 
     floor = max(last_id - 500, 0)
-    seen = {e["id"] for e in applied_events_after(container.state_engine, floor, limit=100_000)}
+    # Only the initial sync's events count as shown: an edit made at once may be applied before
+    # this loop starts, and must still be printed.
+    seen = {e["id"] for e in applied_events_after(container.state_engine, floor, limit=100_000)
+            if e["id"] <= last_id}
     while _time_left(started, duration):
         _check_worker(worker)
         for event in applied_events_after(container.state_engine, floor, limit=100_000):

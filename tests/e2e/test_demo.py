@@ -71,9 +71,12 @@ def test_the_demo_over_graph_syncs_an_edit_both_ways_and_prints_no_secret(tmp_pa
     env = {**os.environ, "CRMSYNC_BROKER_URL": "redis://127.0.0.1:1/0", "COLUMNS": "250"}
     for name in ("CRMSYNC_CONFIG", "SSL_CERT_FILE", "CRMSYNC_DEMO_GRAPH_SECRET"):
         env.pop(name, None)
+    # Started with SIGINT ignored, as a shell's background job or some CI runners start it: the
+    # demo must still stop on Ctrl-C (it once ran on until its --duration).
     proc = subprocess.Popen([sys.executable, "-m", "crmsync", "demo", "--api", "graph", "--dir", str(demo_dir),
                              "--duration", "150"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
