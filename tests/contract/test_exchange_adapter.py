@@ -30,6 +30,7 @@ from schemas.canonical import ACCOUNT_FIELDS, CanonicalContact
 from tests.contract.exchange_side_contract import ExchangeSideContract
 from tests.support.emulator_proc import EmulatorProcess, free_port, self_signed_cert, start_emulator
 from tests.support.exchange_settings import exchange_settings
+from tests.support.pipeline import wait_until
 
 ALICE, ALICE_PW = "alice@example.com", "secret1"
 BOB, BOB_PW = "bob@example.com", "secret2"
@@ -466,12 +467,14 @@ def test_the_streaming_doorbell_rings_on_a_change(ews_side, ews_account, ews_fol
         feed.close()
 
 
-def test_the_streaming_doorbell_never_blocks_the_feed_or_writes(ews_side, ews_account, ews_folder):
+def test_the_streaming_doorbell_never_blocks_the_feed_or_writes(ews_side, ews_account, ews_folder, emulator_proc):
     """The open GetStreamingEvents request holds a connection of its own: SyncFolderItems and
     writes through the same (shared) exchangelib protocol do not wait for it."""
+    streams = emulator_proc.stats().get("GetStreamingEvents", 0)
     feed = _streaming_feed(ews_account, ews_folder)
     try:
-        time.sleep(0.5)   # let the stream's request be sent and held open
+        wait_until(lambda: emulator_proc.stats().get("GetStreamingEvents", 0) > streams, 10,
+                   what="the stream's request to reach the emulator and be held open")
         started = time.monotonic()
         ews_side.create("account:WHILE", {"first_name": "While"})
         changes, _state, _more = feed.changes(None)
