@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from crmsync.adapters.database import init_crm, init_state, make_engine
 from schemas.state_tables import events
+from tests.support.deployment import sqlite_deployment
 from tests.support.pipeline import wait_until
 
 MAILBOX = "alice@example.com"
@@ -24,16 +24,8 @@ MAILBOX = "alice@example.com"
 
 @pytest.fixture
 def deployment(tmp_path: Path, redis_server):
-    crm, state = make_engine(f"sqlite:///{tmp_path / 'crm.db'}"), make_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    init_crm(crm)
-    init_state(state)
-    config = tmp_path / "crmsync.toml"
-    config.write_text(f'[crm]\nurl = "sqlite:///{tmp_path / "crm.db"}"\n[state]\nurl = "sqlite:///{tmp_path / "state.db"}"\n'
-                      f'[broker]\nurl = "{redis_server.url(redis_server.new_database())}"\n'
-                      f'[[mailbox]]\naddress = "{MAILBOX}"\n')
-    yield config, state
-    crm.dispose()
-    state.dispose()
+    with sqlite_deployment(tmp_path, redis_server.url(redis_server.new_database()), (MAILBOX,)) as made:
+        yield made
 
 
 def add_event(state, status: str, attempts: int = 0, age_s: float = 1.0, error: str | None = None) -> None:

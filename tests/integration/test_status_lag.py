@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from crmsync.adapters.database import init_crm, init_state, make_engine
 from schemas.state_tables import events
+from tests.support.deployment import sqlite_deployment
 from tests.support.emulator_proc import free_port
 from tests.support.pipeline import wait_until
 
@@ -27,16 +27,8 @@ ALICE, BOB = "alice@example.com", "bob@example.com"
 
 @pytest.fixture
 def deployment(tmp_path: Path, redis_server):
-    crm, state = make_engine(f"sqlite:///{tmp_path / 'crm.db'}"), make_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    init_crm(crm)
-    init_state(state)
-    config = tmp_path / "crmsync.toml"
-    config.write_text(f'[crm]\nurl = "sqlite:///{tmp_path / "crm.db"}"\n[state]\nurl = "sqlite:///{tmp_path / "state.db"}"\n'
-                      f'[broker]\nurl = "{redis_server.url(redis_server.new_database())}"\n'
-                      f'[[mailbox]]\naddress = "{ALICE}"\n[[mailbox]]\naddress = "{BOB}"\n')
-    yield config, state
-    crm.dispose()
-    state.dispose()
+    with sqlite_deployment(tmp_path, redis_server.url(redis_server.new_database()), (ALICE, BOB)) as made:
+        yield made
 
 
 def add_event(state, mailbox: str, source: str, status: str, age_s: float) -> None:
