@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from .contact_xml import ext_key
 from .graph_auth import AuthError, aad_error_body, check_token, openid_configuration, signing_key, token_request
 from .graph_json import (
     CONTACT_PROPERTIES,
@@ -51,6 +52,7 @@ from .graph_json import (
     folder_json,
     from_graph_id,
     new_contact_data,
+    parse_ext_id,
     read_fields,
     to_graph_id,
     updates_element,
@@ -717,7 +719,8 @@ def _list_contacts(emu, req: GraphRequest, route: _Route, folder: dict) -> Graph
     tree = parse_filter(req.query["$filter"]) if req.query.get("$filter") else None
     top = min(_int_option(req, "$top", DEFAULT_PAGE) or DEFAULT_PAGE, MAX_PAGE)
     skip = _int_option(req, "$skip", 0)
-    contacts = [_Contact(i) for i in emu.store.folder_items(folder["id"])
+    indexed = _by_ext_index(emu, folder, tree) if tree is not None else None
+    contacts = [_Contact(i) for i in (indexed if indexed is not None else emu.store.folder_items(folder["id"]))
                 if i["item_class"].startswith(_CONTACT_CLASS)]
     if tree is not None:
         ev = Evaluator(_contact_resolve)
@@ -735,6 +738,38 @@ def _list_contacts(emu, req: GraphRequest, route: _Route, folder: dict) -> Graph
     body["value"] = [_render(c, select, expand) for c in page]
     body.update(_page_links(req, len(contacts), skip, top))
     return GraphResponse(200, body, _applied(req))
+
+
+def _ext_eq(node: tuple, var: str) -> tuple[str, Any] | None:
+    """("id" | "value", literal) for ``var/id eq 'lit'`` or ``var/value eq 'lit'`` (either side)."""
+    if node[0] != "cmp" or node[1] != "eq":
+        return None
+    for a, b in ((node[2], node[3]), (node[3], node[2])):
+        if a[0] == "path" and b[0] == "lit" and len(a[1]) == 2 and a[1][0] == var and a[1][1].lower() in ("id", "value"):
+            return a[1][1].lower(), b[1]
+    return None
+
+
+def _by_ext_index(emu, folder: dict, tree: tuple) -> list[dict] | None:
+    """The folder's candidates for a filter of the form
+    ``singleValueExtendedProperties/Any(ep: ep/id eq '<String id>' and ep/value eq '<text>')``
+    (a stamp lookup), from the store's index on that property; None for any other filter (the
+    caller scans the folder). The caller still evaluates the filter on every candidate."""
+    if tree[0] != "any" or [s.lower() for s in tree[1]] != ["singlevalueextendedproperties"] or tree[3] is None:
+        return None
+    cond = tree[3]
+    if cond[0] != "and":
+        return None
+    terms = dict(t for t in (_ext_eq(cond[1], tree[2]), _ext_eq(cond[2], tree[2])) if t is not None)
+    if set(terms) != {"id", "value"} or not isinstance(terms["id"], str) or not isinstance(terms["value"], str):
+        return None
+    try:
+        eid = parse_ext_id(terms["id"])
+    except GraphError:
+        return None
+    if eid.type != "String" or eid.is_sensitivity or eid.is_business_fax:
+        return None
+    return emu.store.folder_items_by_ext(folder["id"], [ext_key(u) for u in eid.uri_candidates()], terms["value"])
 
 
 def _create_contact(emu, req: GraphRequest, folder: dict) -> GraphResponse:

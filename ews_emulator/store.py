@@ -9,6 +9,7 @@ so a crash can never leave an item change without its journal entry (sync states
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import sqlite3
@@ -116,6 +117,7 @@ class Store:
         self._write_lock = threading.Lock()
         self.generation = 0          # bumped after every committed write (read caches key on it)
         self._ids_cache: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+        self._indexes: set[str] = set()      # expression indexes known to exist (folder_items_by_ext)
         conn = self._conn()
         conn.executescript(SCHEMA)
 
@@ -274,6 +276,33 @@ class Store:
             self._ids_cache.clear()
         self._ids_cache[folder_id] = (gen, ids)
         return ids
+
+    def folder_items_by_ext(self, folder_id: str, ext_keys: list[str], value: str) -> list[dict] | None:
+        """The items of the folder whose stored extended property (one of ``ext_keys``, the keys
+        ``contact_xml.ext_key`` makes) has the text ``value``, compared ASCII case-insensitively,
+        in creation order; None when that cannot be answered from an index (a key or value this
+        lookup does not handle: the caller then scans). Each key gets an expression index on
+        (folder, lower(value)) the first time it is looked up, so a lookup by a stamp costs a
+        B-tree search, not a pass over the folder. A superset at worst: callers still test
+        every item they get against the full filter."""
+        if not value.isascii() or any(not k or any(ch in k for ch in "\"'\\") for k in ext_keys):
+            return None
+        rows: dict[str, tuple] = {}
+        for key in ext_keys:
+            expr = f"lower(json_extract(data, '$.ext.\"{key}\".v'))"
+            self._ensure_index(f"items_ext_{hashlib.sha1(key.encode()).hexdigest()[:16]}", f"folder_id, {expr}")
+            for r in self.execute(f"SELECT rowid AS _rowid, * FROM items WHERE folder_id=? AND {expr}=?",
+                                  (folder_id, value.lower())):
+                item = self._item(r)
+                rows[item["id"]] = (item["created"], item.pop("_rowid"), item)
+        return [entry[2] for entry in sorted(rows.values(), key=lambda e: (e[0], e[1]))]
+
+    def _ensure_index(self, name: str, columns: str) -> None:
+        if name in self._indexes:
+            return
+        with self._write_lock:
+            self._conn().execute(f"CREATE INDEX IF NOT EXISTS {name} ON items({columns})")
+            self._indexes.add(name)
 
     # -- journal ----------------------------------------------------------------------------
     def journal_since(self, mailbox: str, seq: int, folder_id: str | None = None) -> list[dict]:
