@@ -98,7 +98,8 @@ class Container:
             if self._graph is None:
                 from crmsync.adapters.exchange.graph.connect import connect
 
-                self._graph = connect(self.settings.exchange)
+                # the mailbox limit is shared by every process through the broker's Redis
+                self._graph = connect(self.settings.exchange, shared_limit_url=self.settings.broker.dsn())
             return self._graph
 
     def graph_folder(self, address: str) -> str:

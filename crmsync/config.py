@@ -187,6 +187,9 @@ class ExchangeSettings(_Section):
     verify_tls: bool = True
     timeout_s: float = Field(default=20.0, gt=0)
     max_wait_s: float = Field(default=5.0, gt=0)
+    #: Graph: concurrent requests per mailbox, counted across every crmsync process in the broker's
+    #: Redis (Exchange Online allows 4 per app per mailbox and answers the 5th with 429)
+    mailbox_concurrency: int = Field(default=4, ge=1, le=4)
     client_id: str | None = None
     tenant_id: str | None = None
     client_secret_env: str = "CRMSYNC_EXCHANGE_CLIENT_SECRET"

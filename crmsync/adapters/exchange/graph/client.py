@@ -13,8 +13,10 @@ they need and keeps the failure modes visible:
   Transient(retry_after=the server's value) hands the retry to Celery, as the EWS adapter does
   with ErrorServerBusy.
 * **Concurrency.** Exchange Online allows 4 concurrent requests per app per mailbox; each
-  mailbox gets ``mailbox_concurrency`` slots in this process, and a ``$batch`` takes as many
-  as it has requests (up to all of them), since Graph runs a batch's requests in parallel.
+  request holds slots of its mailbox from the ``limiter`` (see ``limiter``: counted in Redis
+  across every crmsync process, or in this process only), and a ``$batch`` takes as many as it
+  has requests (up to all of them), since Graph runs a batch's requests in parallel. A 429/503
+  also pauses the mailbox for every process sharing the limiter, for its ``Retry-After``.
 * **Every request** carries ``Prefer: IdType="ImmutableId"`` so ids survive moves between folders.
 """
 
@@ -31,6 +33,7 @@ import httpx
 import msal
 import structlog
 
+from crmsync.adapters.exchange.graph.limiter import DEFAULT_LIMIT, LocalSlots, MailboxLimiter
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, MailboxUnavailable, Stale, Transient
 
 log = structlog.get_logger(__name__)
@@ -91,36 +94,14 @@ def translate(status: int, headers: Mapping[str, str], body: Any, where: str,
     return Transient(f"{where}: unexpected HTTP {status} ({text})")
 
 
-class _Slots:
-    """A counting semaphore that takes several slots at once (a ``$batch`` runs up to 4 of its
-    requests in parallel on the mailbox), atomically, so two batches never deadlock."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def take(self, n: int) -> Iterator[None]:
-        n = max(1, min(n, self.limit))
-        with self.cond:
-            self.cond.wait_for(lambda: self.used + n <= self.limit)
-            self.used += n
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.used -= n
-                self.cond.notify_all()
-
-
 class GraphClient:
     """Authenticated Graph requests for one app registration, shared by all its mailboxes."""
 
     def __init__(self, *, tenant_id: str, client_id: str, credential: str | dict[str, str],
                  authority: str = "https://login.microsoftonline.com",
                  graph_url: str = "https://graph.microsoft.com/v1.0", verify: Any = True,
-                 timeout_s: float = 20.0, max_wait_s: float = 5.0, mailbox_concurrency: int = 4) -> None:
+                 timeout_s: float = 20.0, max_wait_s: float = 5.0, mailbox_concurrency: int = DEFAULT_LIMIT,
+                 limiter: MailboxLimiter | None = None) -> None:
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.authority = f"{authority.rstrip('/')}/{tenant_id}"
@@ -134,9 +115,7 @@ class GraphClient:
         self._msal: msal.ConfidentialClientApplication | None = None
         self._msal_http: httpx.Client | None = None
         self._token_lock = threading.Lock()
-        self._slots: dict[str, _Slots] = {}
-        self._slots_lock = threading.Lock()
-        self._concurrency = mailbox_concurrency
+        self.limiter: MailboxLimiter = limiter or LocalSlots(mailbox_concurrency, wait_s=timeout_s)
         self.requests_sent = 0          # HTTP requests to Graph (batches count once), for benchmarks
 
     # ------------------------------------------------------------------------- token
@@ -182,9 +161,7 @@ class GraphClient:
         if mailbox is None:
             yield
             return
-        with self._slots_lock:
-            slots = self._slots.setdefault(mailbox.lower(), _Slots(self._concurrency))
-        with slots.take(weight):
+        with self.limiter.hold(mailbox, weight):
             yield
 
     def _check_origin(self, url: str) -> None:
@@ -220,6 +197,8 @@ class GraphClient:
                 continue
             if resp.status_code in (429, 503):
                 wait = _retry_after(resp.headers)
+                if mailbox is not None:
+                    self.limiter.pause(mailbox, wait)
                 if waited + wait <= self.max_wait_s:
                     log.info("graph.throttled", where=where, status=resp.status_code, retry_after=wait)
                     time.sleep(wait)
@@ -258,6 +237,8 @@ class GraphClient:
                     if status in (429, 503):
                         retry.append(i)
                         longest = max(longest, _retry_after(headers))
+            if retry and mailbox is not None:
+                self.limiter.pause(mailbox, longest)
             if not retry or waited + longest > self.max_wait_s:
                 break
             time.sleep(longest)

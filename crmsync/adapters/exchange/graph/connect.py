@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from crmsync.adapters.exchange.graph.client import GraphClient
+from crmsync.adapters.exchange.graph.limiter import RedisSlots
 from crmsync.config import ExchangeSettings
 from crmsync.errors import ConfigError, MailboxUnavailable
 
@@ -19,11 +20,13 @@ from crmsync.errors import ConfigError, MailboxUnavailable
 _FOLDER_PAGE = 100
 
 
-def connect(settings: ExchangeSettings, *, verify: Any = None) -> GraphClient:
+def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url: str | None = None) -> GraphClient:
     """A client for the app ``settings`` describe; no request is sent yet.
 
     ``verify`` overrides ``exchange.verify_tls`` (a CA bundle path or an ``ssl.SSLContext``,
-    e.g. a private CA in tests)."""
+    e.g. a private CA in tests). With ``shared_limit_url`` (a redis:// URL, the broker's) the
+    mailbox concurrency limit is counted in that Redis, across every process; without it, in
+    this process only."""
     problems = settings.graph_problems()
     if problems:
         raise ConfigError("; ".join(f"config key {k}: {why}" for k, why in problems))
@@ -41,11 +44,17 @@ def connect(settings: ExchangeSettings, *, verify: Any = None) -> GraphClient:
         credential = {"private_key": pem, "thumbprint": str(settings.certificate_thumbprint)}
     else:
         credential = settings.client_secret()
+    limiter = None
+    if shared_limit_url and shared_limit_url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        limiter = RedisSlots(shared_limit_url, app=f"{settings.tenant_id}:{settings.client_id}",
+                             limit=settings.mailbox_concurrency, wait_s=settings.timeout_s,
+                             lease_s=3 * settings.timeout_s)
     return GraphClient(
         tenant_id=str(settings.tenant_id), client_id=str(settings.client_id), credential=credential,
         authority=settings.authority, graph_url=settings.graph_url,
         verify=settings.verify_tls if verify is None else verify,
         timeout_s=settings.timeout_s, max_wait_s=settings.max_wait_s,
+        mailbox_concurrency=settings.mailbox_concurrency, limiter=limiter,
     )
 
 
