@@ -17,7 +17,8 @@ Routes (``{u}`` is the mailbox's SMTP address or its user id, ``{f}`` a folder i
 
 Every Graph request is counted in the admin stats as ``graph:<operation>`` (see ``OPERATIONS``),
 a ``$batch`` once as ``graph:batch`` and each of its parts under its own operation (the stats'
-``graph_batch_parts`` says how many of the counted requests were such parts),
+``graph_batch_parts`` says how many of the counted requests were such parts, and
+``graph_over_concurrency`` how many were answered 429 for the mailbox concurrency limit),
 may meet an injected fault for that operation (or ``graph:*``), and holds one of the
 app's ``--graph-mailbox-concurrency`` (default 4) slots on the mailbox while it runs.
 """
@@ -367,6 +368,8 @@ def dispatch(emu, req: GraphRequest) -> GraphResponse:
             if req.in_batch:
                 emu.batched += 1
         if st.inflight.get(key, 0) >= limit:
+            with emu.lock:
+                emu.over_concurrency += 1
             return GraphResponse(429, {"error": {"code": "ApplicationThrottled",
                                                  "message": "Application is over its MailboxConcurrency limit.",
                                                  "innerError": {}}}, {"Retry-After": "1"})

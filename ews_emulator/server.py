@@ -129,6 +129,7 @@ class Emulator:
         self.faults: list[Fault] = []
         self.stats: Counter[str] = Counter()
         self.batched = 0      # of the Graph requests in stats, those that came as parts of a $batch
+        self.over_concurrency = 0   # Graph requests answered 429 for the app's mailbox concurrency limit
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = _Server((host, port), _Handler)
@@ -351,11 +352,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, {"faults": [vars(f) for f in emu.faults]})
         if path == "/_emulator/stats" and method == "GET":
             with emu.lock:
-                return self._json(200, {"requests": dict(emu.stats), "graph_batch_parts": emu.batched})
+                return self._json(200, {"requests": dict(emu.stats), "graph_batch_parts": emu.batched,
+                                        "graph_over_concurrency": emu.over_concurrency})
         if path == "/_emulator/stats/reset" and method == "POST":
             with emu.lock:
                 emu.stats.clear()
                 emu.batched = 0
+                emu.over_concurrency = 0
             return self._json(200, {"ok": True})
         return self._json(404, {"error": f"no admin endpoint {method} {path}"})
 
