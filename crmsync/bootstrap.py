@@ -250,8 +250,15 @@ class DoctorAdapters:
         from crmsync.adapters.exchange.ews.probe import probe_mailbox
 
         settings = self.container.settings
-        facts = probe_mailbox(settings.exchange_for(address), address, folder)
-        return {**facts, **self.credential_keys(address)}
+        exchange = settings.exchange_for(address)
+        facts = probe_mailbox(exchange, address, folder)
+        return {**facts, **self.credential_keys(address), "access": exchange.access, "username": exchange.username}
+
+    def graph_mailbox(self, address: str, folder: str) -> dict:
+        from crmsync.adapters.exchange.graph.probe import probe_graph_mailbox
+
+        settings = self.container.settings
+        return {**probe_graph_mailbox(settings.exchange, address, folder), "client_id": settings.exchange.client_id}
 
     def credential_keys(self, address: str) -> dict:
         """The config keys this mailbox signs in with (``mailbox[i].username`` where the i-th

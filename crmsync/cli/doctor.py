@@ -62,7 +62,8 @@ def doctor(
             crm_where=mask_url(loaded.crm.url), state_where=mask_url(loaded.state.url),
             broker_where=mask_url(loaded.broker.url),
             mailboxes=[(m.address, m.folder) for m in loaded.mailboxes],
-            queues=queue_names(loaded.worker.queue_prefix))
+            queues=queue_names(loaded.worker.queue_prefix),
+            graph={m.address for m in loaded.mailboxes if container.api(m.address) == "graph"})
         container.dispose()
     rows = [{"check": c.name, "status": c.status, "detail": redact_text(mask_url(c.detail)),
              "fix": redact_text(c.fix)} for c in checks]

@@ -12,7 +12,7 @@ but an outage or a restart will cost you" (persistence off, TLS not verified, pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -35,7 +35,9 @@ class DoctorProbes(Protocol):
     def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb
     def exchange_endpoint(self) -> dict[str, Any]: ...  # kind, detail, scheme, verify_tls
     def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail; username_key,
-    #     password_env_key, own_credentials: the config keys it signs in with (default [exchange]'s)
+    #     password_env_key, own_credentials: the config keys it signs in with (default [exchange]'s);
+    #     access: "impersonation" | "delegate", username: the account that signs in
+    def graph_mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail; client_id
     def workers(self) -> dict[str, Any]: ...        # error | workers: {hostname: [queues]}
 
 
@@ -147,11 +149,22 @@ def _credentials_fix(kind: str, facts: dict[str, Any]) -> str:
     return f"check {user} and the password in the variable {password} names"
 
 
+def _access_fix(facts: dict[str, Any], address: str) -> str:
+    """How to give the account that signs in the right to this mailbox, for the access mode in effect."""
+    account = facts.get("username") or "the service account"
+    if facts.get("access") == "delegate":
+        return (f"give {account} delegate access to {address}'s Contacts folder (Outlook: Folder permissions, "
+                f"Editor; or Add-MailboxFolderPermission -Identity {address}:\\Contacts -User {account} "
+                "-AccessRights Editor), or FullAccess (Add-MailboxPermission), or use access = \"impersonation\"")
+    return (f"grant {account} the ApplicationImpersonation role (New-ManagementRoleAssignment "
+            f"-Role ApplicationImpersonation -User {account}, scoped to the synced mailboxes), "
+            "or use access = \"delegate\" with delegate access to the mailbox")
+
+
 _MAILBOX_FIX = {
     "auth": _credentials_fix("auth", {}),
     "secret": _credentials_fix("secret", {}),
-    "access": "grant the service account ApplicationImpersonation (access = \"impersonation\") or "
-              "delegate access to the mailbox (access = \"delegate\")",
+    "access": _access_fix({}, "the mailbox"),
     "mailbox": "check the [[mailbox]] address: Exchange does not know it",
     "folder": "create the folder under Contacts in Outlook, or start `crmsync producer` once "
               "(it creates the folder), or fix [[mailbox]] folder",
@@ -210,9 +223,63 @@ def check_exchange(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -
         elif result.get("kind") in ("auth", "secret"):
             checks.append(Check(name, "FAIL", "not checked: the service account cannot sign in",
                                 _MAILBOX_FIX[result["kind"]]))
+        elif result.get("kind") == "access":
+            checks.append(Check(name, "FAIL", result.get("detail", "?"), _access_fix(result, address)))
         else:
             checks.append(Check(name, "FAIL", result.get("detail", "?"),
                                 _MAILBOX_FIX.get(result.get("kind") or "", "check the [exchange] settings")))
+    return checks
+
+
+#: Problems of the app registration itself (every Graph mailbox fails alike).
+_GRAPH_APP_KINDS = ("secret", "token", "unreachable", "tls")
+
+
+def _graph_fix(kind: str, facts: dict[str, Any], address: str, folder: str) -> str:
+    app = facts.get("client_id") or "<client_id>"
+    return {
+        "secret": "set the environment variable named by exchange.client_secret_env to the app's client secret, "
+                  "or set exchange.certificate_path and exchange.certificate_thumbprint",
+        "token": "check exchange.tenant_id and exchange.client_id, and the app's client secret or certificate in "
+                 "Entra ID (App registrations > Certificates & secrets: an expired secret must be renewed)",
+        "unreachable": "check exchange.authority and exchange.graph_url and the network path to them "
+                       "(proxy, firewall)",
+        "tls": "install the CA certificate that signs the server's certificate on this host (SSL_CERT_FILE)",
+        "access": f"grant the app {app} the Application permission Contacts.ReadWrite (with admin consent) and "
+                  f"include {address} in its RBAC for Applications scope (New-ManagementRoleAssignment "
+                  f"-App {app} -Role \"Application Contacts.ReadWrite\" -CustomResourceScope <scope with the "
+                  "synced mailboxes>)",
+        "mailbox": f"check the [[mailbox]] address: Exchange Online does not know {address} (a mailbox still "
+                   "on-premises needs api = \"ews\")",
+        "folder": f"create the folder {folder!r} under Contacts in Outlook, or start `crmsync producer` once "
+                  "(it creates the folder), or fix [[mailbox]] folder",
+    }.get(kind, "check the [exchange] Graph settings (tenant_id, client_id, graph_url)")
+
+
+def check_graph(probes: DoctorProbes, mailboxes: Sequence[tuple[str, str]]) -> list[Check]:
+    """The Graph mailboxes: the app's token (``exchange.graph``), then each mailbox and folder."""
+    results = [(address, folder, _safely(f"mailbox {address}", lambda a=address, f=folder: probes.graph_mailbox(a, f)))
+               for address, folder in mailboxes]
+    facts = [r for _, _, r in results if not isinstance(r, Check)]
+    app_problem = next((r for r in facts if r.get("kind") in _GRAPH_APP_KINDS), None)
+    checks: list[Check] = []
+    if app_problem is not None:
+        checks.append(Check("exchange.graph", "FAIL", app_problem.get("detail", "?"),
+                            _graph_fix(app_problem["kind"], app_problem, "", "")))
+    elif facts:
+        checks.append(Check("exchange.graph", "OK", "the app gets a Graph token"))
+    for address, folder, result in results:
+        name = f"mailbox {address}"
+        if isinstance(result, Check):
+            checks.append(result)
+        elif result.get("kind") == "ok":
+            checks.append(Check(name, "OK", f"folder {folder!r} present and readable over Graph"))
+        elif result.get("kind") in _GRAPH_APP_KINDS:
+            checks.append(Check(name, "FAIL", "not checked: the app cannot get a Graph token",
+                                "see the exchange.graph check"))
+        else:
+            checks.append(Check(name, "FAIL", result.get("detail", "?"),
+                                _graph_fix(result.get("kind") or "", result, address, folder)))
     return checks
 
 
@@ -240,14 +307,19 @@ def check_workers(probes: DoctorProbes, queues: Sequence[str]) -> list[Check]:
 
 
 def run_checks(probes: DoctorProbes, *, crm_where: str, state_where: str, broker_where: str,
-               mailboxes: Sequence[tuple[str, str]], queues: Sequence[str]) -> list[Check]:
+               mailboxes: Sequence[tuple[str, str]], queues: Sequence[str],
+               graph: Collection[str] = ()) -> list[Check]:
     """Every check, in the order an administrator would fix them. ``*_where`` are the URLs
-    without passwords; ``mailboxes`` are (address, folder) pairs."""
+    without passwords; ``mailboxes`` are (address, folder) pairs; ``graph`` the addresses of
+    those reached over Microsoft Graph (``api = "graph"``), probed over Graph, not EWS."""
+    over_graph = [(a, f) for a, f in mailboxes if a in graph]
+    over_ews = [(a, f) for a, f in mailboxes if a not in graph]
     return [
         *check_crm(probes, crm_where),
         *check_state(probes, state_where),
         *check_redis(probes, broker_where),
-        *check_exchange(probes, mailboxes),
+        *(check_exchange(probes, over_ews) if over_ews or not mailboxes else []),
+        *(check_graph(probes, over_graph) if over_graph else []),
         *check_workers(probes, queues),
     ]
 

@@ -31,6 +31,9 @@ PASSWORD_ENV = "CRMSYNC_TEST_EXCHANGE_PASSWORD"
 # a second mailbox reached with its own credentials: bob's assistant, his delegate
 BOB, ASSISTANT, ASSISTANT_PASSWORD = "bob@example.com", "assistant@example.com", "assistant-Secret-58"
 ASSISTANT_PASSWORD_ENV = "CRMSYNC_TEST_ASSISTANT_PASSWORD"
+# Microsoft Graph: the app may use every mailbox; the scoped app only bob's (RBAC for Applications)
+GRAPH_TENANT, GRAPH_APP, SCOPED_APP = "contoso.onmicrosoft.com", "doctor-app", "doctor-scoped-app"
+GRAPH_SECRET, GRAPH_SECRET_ENV = "doctor-Graph-secret-31", "CRMSYNC_TEST_GRAPH_SECRET"
 
 
 class Stack:
@@ -44,13 +47,16 @@ class Stack:
                                                                            BOB: "bob-pw", ASSISTANT: ASSISTANT_PASSWORD},
                                        extra_args=["--impersonator", SERVICE_USER, "--delegate", f"{BOB}:{ASSISTANT}",
                                                    "--tls-cert", str(cert),
-                                                   "--tls-key", str(key)])
+                                                   "--tls-key", str(key),
+                                                   "--graph-app", f"{GRAPH_TENANT}:{GRAPH_APP}:{GRAPH_SECRET}",
+                                                   "--graph-app", f"{GRAPH_TENANT}:{SCOPED_APP}:{GRAPH_SECRET}",
+                                                   "--graph-app-scope", f"{SCOPED_APP}:{BOB}"])
         self.queue = f"crmsync.doctor.{uuid.uuid4().hex[:8]}"
         self.crm_url = f"sqlite:///{tmp / 'crm.db'}"
         self.state_url = f"sqlite:///{tmp / 'state.db'}"
         self.broker_url = self.redis.url(0)
         self.env = {**os.environ, PASSWORD_ENV: SERVICE_PASSWORD, "REQUESTS_CA_BUNDLE": str(ca),
-                    "PYTHONUNBUFFERED": "1"}
+                    "SSL_CERT_FILE": str(ca), GRAPH_SECRET_ENV: GRAPH_SECRET, "PYTHONUNBUFFERED": "1"}
         self.env.pop("CRMSYNC_CONFIG", None)
         self.config = self.write_config("healthy")
         for url, init in ((self.crm_url, init_crm), (self.state_url, init_state)):
@@ -61,7 +67,7 @@ class Stack:
 
     def write_config(self, name: str, *, crm_url: str | None = None, state_url: str | None = None,
                      broker_url: str | None = None, folder: str = FOLDER, queue: str | None = None,
-                     extra: str = "") -> Path:
+                     extra: str = "", exchange_extra: str = "") -> Path:
         path = self.tmp / f"{name}.toml"
         path.write_text(f"""
 [crm]
@@ -78,6 +84,7 @@ password_env = "{PASSWORD_ENV}"
 access = "impersonation"
 timeout_s = 4
 max_wait_s = 2
+{exchange_extra}
 [[mailbox]]
 address = "{MAILBOX}"
 folder = "{folder}"
@@ -146,7 +153,7 @@ def rows(done: subprocess.CompletedProcess) -> dict[str, dict]:
 
 
 def assert_no_secret(done: subprocess.CompletedProcess) -> None:
-    for secret in (SERVICE_PASSWORD, WRONG_PASSWORD):
+    for secret in (SERVICE_PASSWORD, WRONG_PASSWORD, GRAPH_SECRET):
         assert secret not in done.stdout and secret not in done.stderr
 
 
@@ -332,3 +339,75 @@ def test_invalid_config_is_a_failure_not_a_crash(stack):
     assert done.returncode == 1
     assert list(found) == ["config"]
     assert "sync.conflict_policy" in found["config"]["detail"]
+
+
+def graph_config(stack: Stack, name: str, *, app: str = GRAPH_APP, folder: str = FOLDER) -> Path:
+    return stack.write_config(name, folder=folder, exchange_extra=f"""api = "graph"
+tenant_id = "{GRAPH_TENANT}"
+client_id = "{app}"
+client_secret_env = "{GRAPH_SECRET_ENV}"
+authority = "{stack.emulator.base_url}"
+graph_url = "{stack.emulator.graph_base}"
+""")
+
+
+def test_a_graph_mailbox_is_probed_over_graph(stack):
+    done = stack.cli(graph_config(stack, "graph"), "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert found["exchange.graph"]["status"] == "OK"
+    assert found[f"mailbox {MAILBOX}"]["status"] == "OK"
+    assert "over Graph" in found[f"mailbox {MAILBOX}"]["detail"]
+    assert "exchange.endpoint" not in found and "exchange.credentials" not in found    # no EWS probe
+    assert_no_secret(done)
+
+
+def test_a_wrong_graph_secret_fails_the_app_check_without_printing_it(stack):
+    wrong = "wrong-Graph-secret-99"
+    done = stack.cli(graph_config(stack, "graph-wrong"), "doctor", "--format", "json", env={GRAPH_SECRET_ENV: wrong})
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["exchange.graph"]["status"] == "FAIL"
+    assert "Certificates & secrets" in found["exchange.graph"]["fix"]
+    assert found[f"mailbox {MAILBOX}"]["status"] == "FAIL"
+    assert_no_secret(done)
+    assert wrong not in done.stdout + done.stderr
+    done = stack.cli(graph_config(stack, "graph-unset"), "doctor", "--format", "json", env={GRAPH_SECRET_ENV: ""})
+    graph = rows(done)["exchange.graph"]
+    assert graph["status"] == "FAIL" and GRAPH_SECRET_ENV in graph["detail"]
+    assert "client_secret_env" in graph["fix"]
+
+
+def test_a_graph_app_outside_its_rbac_scope_is_told_to_scope_it(stack):
+    done = stack.cli(graph_config(stack, "graph-scoped", app=SCOPED_APP), "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    assert found["exchange.graph"]["status"] == "OK"                       # the token is fine
+    mailbox = found[f"mailbox {MAILBOX}"]
+    assert mailbox["status"] == "FAIL" and "403" in mailbox["detail"]
+    assert "Contacts.ReadWrite" in mailbox["fix"] and "RBAC for Applications" in mailbox["fix"]
+    assert SCOPED_APP in mailbox["fix"] and "service account" not in mailbox["fix"]
+
+
+def test_a_missing_folder_over_graph_fails_with_how_to_create_it(stack):
+    done = stack.cli(graph_config(stack, "graph-no-folder", folder="Not There"), "doctor", "--format", "json")
+    mailbox = rows(done)[f"mailbox {MAILBOX}"]
+    assert done.returncode == 1
+    assert mailbox["status"] == "FAIL" and "'Not There' does not exist" in mailbox["detail"]
+    assert "create the folder" in mailbox["fix"]
+
+
+def test_access_denied_hints_fit_the_access_mode(stack):
+    """The service account may impersonate alice but is not bob's delegate: with access =
+    "delegate" for bob the fix says how to grant delegate access, not ApplicationImpersonation."""
+    config = stack.write_config("delegate-denied", extra=f"""
+[[mailbox]]
+address = "{BOB}"
+access = "delegate"
+""")
+    done = stack.cli(config, "doctor", "--format", "json")
+    bob = rows(done)[f"mailbox {BOB}"]
+    assert done.returncode == 1, done.stdout
+    assert bob["status"] == "FAIL"
+    assert "delegate access" in bob["fix"] and SERVICE_USER in bob["fix"]
+    assert not bob["fix"].startswith("grant")                       # not the impersonation hint
