@@ -47,7 +47,7 @@ def test_stats_count_a_batch_once_and_its_parts_under_their_operations(graph_env
     assert answer["requests"] == {"graph:batch": 1, "graph:create contact": 3, "graph:list contacts": 1}
     assert answer["graph_batch_parts"] == 3          # 5 counted, 2 of them HTTP requests
     emu.reset_stats()
-    assert emu.admin("/_emulator/stats") == {"requests": {}, "graph_batch_parts": 0}
+    assert emu.admin("/_emulator/stats") == {"requests": {}, "graph_batch_parts": 0, "graph_over_concurrency": 0}
 
 
 def test_batch_depends_on_runs_in_order_and_fails_dependents(graph_env):
@@ -163,3 +163,4 @@ def test_fifth_concurrent_request_per_app_and_mailbox_is_throttled(graph_env):
             t.join(timeout=30)
     assert results == [200, 200, 200, 200]
     assert g.get(f"/users/{ALICE}/contactFolders").status_code == 200
+    assert emu.admin("/_emulator/stats")["graph_over_concurrency"] == 1       # the admin API counts the refusal
