@@ -72,3 +72,34 @@ def test_a_503_without_retry_after_waits_the_default_second_then_gives_up_with_i
     with pytest.raises(Transient) as info:
         c.request("GET", "users/a", where="w")
     assert info.value.retry_after == 1.0 and len(calls) == 1
+
+
+@pytest.mark.parametrize(("header", "expected"), [("86400", 300.0), ("-5", 0.1), ("0", 0.1), ("soon", 1.0),
+                                                  ("2.5", 2.5)])
+def test_a_retry_after_is_bounded_both_ways(header, expected):
+    """A server's Retry-After becomes the Celery countdown: a day-long one must not park the
+    events for a day (at most MAX_RETRY_AFTER seconds); and a 0 (or negative) one must not let
+    the in-process retries spin for ever without using up max_wait_s."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return _error(429, "TooManyRequests", {"Retry-After": header})
+    c, _ = _client(handler, max_wait_s=0.5)
+    with pytest.raises(Transient) as info:
+        c.request("GET", "users/a", where="w")
+    assert info.value.retry_after == expected
+    assert len(calls) <= 6
+
+
+def test_a_429_pauses_the_mailbox_for_every_request_sharing_the_limiter():
+    from crmsync.adapters.exchange.graph.limiter import LocalSlots
+
+    limiter = LocalSlots(4, wait_s=0.2)
+    c, _ = _client(lambda request: _error(429, "TooManyRequests", {"Retry-After": "30"}), limiter=limiter,
+                   max_wait_s=0.1)
+    with pytest.raises(Transient):
+        c.request("GET", "users/a/contacts", where="w", mailbox="a@example.com")
+    with pytest.raises(Transient, match="Retry-After") as info, limiter.hold("A@example.com"):
+        pass
+    assert 25 < info.value.retry_after <= 30

@@ -11,7 +11,7 @@ they need and keeps the failure modes visible:
 * **Throttling.** 429 and 503 carry ``Retry-After``. A wait that fits in what is left of
   ``max_wait_s`` (in total per call) is slept here and the request repeated; otherwise
   Transient(retry_after=the server's value) hands the retry to Celery, as the EWS adapter does
-  with ErrorServerBusy.
+  with ErrorServerBusy. The value is bounded (``MIN_RETRY_AFTER`` .. ``MAX_RETRY_AFTER``).
 * **Concurrency.** Exchange Online allows 4 concurrent requests per app per mailbox; each
   request holds slots of its mailbox from the ``limiter`` (see ``limiter``: counted in Redis
   across every crmsync process, or in this process only), and a ``$batch`` takes as many as it
@@ -41,14 +41,18 @@ log = structlog.get_logger(__name__)
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 IMMUTABLE_IDS = 'IdType="ImmutableId"'
 MAX_BATCH = 20                       # Graph's limit of requests in one $batch
-DEFAULT_RETRY_AFTER = 1.0            # seconds, when a 429/503 carries no Retry-After
+DEFAULT_RETRY_AFTER = 1.0            # seconds, when a 429/503 carries no (readable) Retry-After
+#: Bounds of a Retry-After: at least this long (a 0 would let the in-process retries spin without
+#: ever using up ``max_wait_s``), at most that long (it becomes the Celery countdown of the events).
+MIN_RETRY_AFTER, MAX_RETRY_AFTER = 0.1, 300.0
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:
     try:
-        return max(0.0, float(headers.get("Retry-After") or headers.get("retry-after") or DEFAULT_RETRY_AFTER))
+        asked = float(headers.get("Retry-After") or headers.get("retry-after") or DEFAULT_RETRY_AFTER)
     except ValueError:
-        return DEFAULT_RETRY_AFTER
+        asked = DEFAULT_RETRY_AFTER
+    return min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, asked))
 
 
 def error_code(body: Any) -> str:
