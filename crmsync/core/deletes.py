@@ -3,7 +3,10 @@
 A delete crossing to the other side is dangerous (DESIGN.md §3): it crosses only by policy, and
 the brake holds every delete of a mailbox when, in one window, they number more than
 ``max_count``, or more than ``max_percent`` of the mailbox's synced links while numbering at
-least ``min_count_for_percent`` (rclone's --max-delete, vdirsyncer's empty-side guard).
+least ``min_count_for_percent`` (rclone's --max-delete). Whatever the brake's limits, the
+empty-folder guard holds every delete that comes from a sync folder that reads empty or has
+disappeared (vdirsyncer's empty-side guard): that is a folder emptied or deleted, not a person
+deleting contacts one by one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,32 @@ from typing import Literal
 
 OnExchangeDelete = Literal["deactivate", "unlink"]
 OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
+#: What the sync folder reads as when deletes come from it: contacts in it, none, or no folder.
+FolderState = Literal["ok", "empty", "missing"]
+#: Why a delete is held: the brake's limits, or the empty-folder guard.
+HoldReason = Literal["brake", "folder-empty", "folder-missing"]
+
+#: The reasons as ``crmsync deletes list`` and ``crmsync status`` say them.
+REASONS: dict[str, str] = {
+    "brake": "too many deletes in the window (the delete brake)",
+    "folder-empty": "the sync folder reads empty (the empty-folder guard)",
+    "folder-missing": "the sync folder has disappeared (the empty-folder guard)",
+}
+
+
+def folder_guard(state: FolderState) -> HoldReason | None:
+    """The empty-folder guard: deletes read from an empty or vanished sync folder are always
+    held, whatever the brake's thresholds (None: the folder has contacts, the brake decides)."""
+    if state == "empty":
+        return "folder-empty"
+    if state == "missing":
+        return "folder-missing"
+    return None
+
+
+def reason_text(reason: str | None) -> str:
+    """A held delete's reason for people (rows held before reasons were kept: the brake)."""
+    return REASONS.get(reason or "brake", reason or "")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Literal
 
 import structlog
 
+from crmsync.core.deletes import FolderState, folder_guard
 from crmsync.core.normalize import content_hash, same
 from crmsync.core.reconcile import (
     Plan,
@@ -168,6 +169,7 @@ class _MailboxBatch:
         self.event_ids: dict[str, tuple[int, ...]] = {}   # crm_key -> its events (the event log)
         self.gate: dict[str, Verdict] = {}       # crm_key -> what its crossing delete may do
         self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
+        self.folder: FolderState | None = None   # the sync folder as last read (None: not asked)
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -349,8 +351,19 @@ class _MailboxBatch:
                            self.exchange.read_many([link.item_id for link in with_item]), strict=True)
                        ) if with_item else {}
         missing = [k for k in links if by_item.get(k) is None]
-        by_stamp = self.exchange.find_many_by_crm_key(missing) if missing else {}
+        by_stamp = self._find_stamped(missing) if missing else {}
         return {k: (crm.get(k), by_item.get(k) or by_stamp.get(k)) for k in links}
+
+    def _find_stamped(self, keys: list[str]) -> dict[str, ExchangeRecord]:
+        """Contacts by stamp; a sync folder that has disappeared finds none (and is remembered
+        for the empty-folder guard) instead of failing the batch."""
+        try:
+            return self.exchange.find_many_by_crm_key(keys)
+        except Exception:
+            if self.exchange.folder_state() != "missing":
+                raise
+            self.folder = "missing"
+            return {}
 
     def _read_crm(self, keys: list[str]) -> dict[str, CrmRecord | BadRecord]:
         """CRM rows in one query; when one row cannot be read (a bad record), each is read on
@@ -559,16 +572,33 @@ class _MailboxBatch:
                 gate[key] = "go"                # this delete's own earlier attempt passed
             else:
                 fresh.append(key)
+        guarded = [k for k in fresh if crossing[k] == "crm"]   # read as gone from the sync folder
+        if guarded:
+            reason = folder_guard(self._folder_state())
+            if reason is not None:
+                held.note(self.mailbox, [(k, "crm") for k in guarded], "held", now, reason=reason)
+                for key in guarded:
+                    gate[key] = "hold"
+                fresh = [k for k in fresh if k not in guarded]
+                log.warning("deletes.held", mailbox=self.mailbox, held=len(guarded), reason=reason,
+                            hint="crmsync deletes list | approve | discard")
         if fresh:
             count = held.count_since(self.mailbox, since) + len(fresh)
             trip = bool(held.find(self.mailbox, ("held",))) or rules.trips(count, held.synced_links(self.mailbox))
-            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now)
+            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now,
+                      reason="brake" if trip else None)
             for key in fresh:
                 gate[key] = "hold" if trip else "go"
             if trip:
                 log.warning("deletes.held", mailbox=self.mailbox, held=len(fresh), in_window=count,
                             hint="crmsync deletes list | approve | discard")
         return gate
+
+    def _folder_state(self) -> FolderState:
+        """The sync folder as it reads now (asked once per batch)."""
+        if self.folder is None:
+            self.folder = self.exchange.folder_state()
+        return self.folder
 
     def _delete_done(self, key: str) -> None:
         row = self.approved.pop(key, None)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from crmsync.errors import LeaseTaken, Stale
+from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldConflict, HeldDelete, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact, parse_crm_key
 
@@ -91,6 +91,12 @@ class FakeExchange:
         self.items: dict[str, dict] = {}
         self.trash: dict[str, dict] = {}
         self.writes = 0
+        self.folder_gone = False   # the sync folder was deleted (every read then finds nothing)
+
+    def folder_state(self):
+        if self.folder_gone:
+            return "missing"
+        return "ok" if self.items else "empty"
 
     def put(self, private: bool = False, crm_key: str | None = None, modified_at: datetime = NOW, **values) -> str:
         item_id = f"item-{uuid.uuid4().hex[:12]}"
@@ -116,6 +122,8 @@ class FakeExchange:
 
     def find_many_by_crm_key(self, crm_keys):
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        if self.folder_gone:
+            raise BadRecord(f"mailbox {self.mailbox}: looking up stamped contacts: ErrorFolderNotFound")
         return {k: r for k in crm_keys if (r := self.find_by_crm_key(k)) is not None}
 
     def find_deleted_by_crm_key(self, crm_key):
@@ -326,10 +334,10 @@ class FakeHeldDeletes:
         self.store = store
         self.rows: list[HeldDelete] = []
 
-    def note(self, mailbox, entries, status, now):
+    def note(self, mailbox, entries, status, now, reason=None):
         out = []
         for key, side in entries:
-            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now)
+            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now, reason)
             self.rows.append(row)
             out.append(row.id)
         return out

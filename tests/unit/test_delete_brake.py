@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crmsync.core.deletes import DeleteRules
+from crmsync.core.deletes import DeleteRules, folder_guard, reason_text
 from crmsync.core.reconcile import Policy
 from crmsync.errors import CrmsyncError
 from crmsync.service.apply import SyncServices, apply_event, apply_events
@@ -147,3 +147,85 @@ def test_old_deletes_fall_out_of_the_window(world):
     apply_events(svc, delete_in_outlook(ex, store, ids[:3]))
     svc.clock = lambda: NOW + timedelta(seconds=rules["value"].window_s + 1)
     assert set(apply_events(svc, delete_in_outlook(ex, store, ids[3:5])).outcomes.values()) == {"deactivated-crm"}
+
+
+# ------------------------------------------------------------------ the empty-folder guard
+
+@pytest.mark.parametrize("state, reason", [("ok", None), ("empty", "folder-empty"), ("missing", "folder-missing")])
+def test_the_guard_holds_deletes_from_an_empty_or_vanished_folder(state, reason):
+    assert folder_guard(state) == reason
+
+
+@pytest.mark.parametrize("reason, words", [
+    (None, "the delete brake"), ("brake", "the delete brake"),
+    ("folder-empty", "sync folder reads empty"), ("folder-missing", "sync folder has disappeared")])
+def test_each_hold_reason_reads_clearly(reason, words):
+    assert words in reason_text(reason)
+
+
+LAX = DeleteRules(max_count=1000, max_percent=100.0, min_count_for_percent=1000)
+
+
+def test_an_emptied_folder_is_held_whatever_the_brake_says_then_approved(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = LAX
+    keys, items = synced(svc, crm, ex, store, 6)
+    result = apply_events(svc, delete_in_outlook(ex, store, list(items)))       # EmptyFolder: every contact at once
+    assert set(result.outcomes.values()) == {"delete-held"}
+    assert all(crm.read(k).active for k in keys)
+    assert {(r.reason, r.side) for r in review.pending()} == {("folder-empty", "crm")} and len(review.pending()) == 6
+    _, events = review.decide("approve", None)
+    assert set(apply_events(svc, events).outcomes.values()) == {"deactivated-crm"}
+    assert not any(crm.read(k).active for k in keys)
+
+
+def test_the_last_contacts_leaving_the_folder_are_held_though_earlier_deletes_passed(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = LAX
+    keys, items = synced(svc, crm, ex, store, 5)
+    ids = list(items)
+    assert set(apply_events(svc, delete_in_outlook(ex, store, ids[:2])).outcomes.values()) == {"deactivated-crm"}
+    assert set(apply_events(svc, delete_in_outlook(ex, store, ids[2:])).outcomes.values()) == {"delete-held"}
+    assert [(r.status, r.reason) for r in held.rows] == [("passed", None)] * 2 + [("held", "folder-empty")] * 3
+
+
+def test_a_vanished_folder_holds_its_deletes_and_a_discard_keeps_the_crm_as_it_is(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = LAX
+    keys, items = synced(svc, crm, ex, store, 4)
+    ex.items.clear()
+    ex.folder_gone = True                                                       # DeleteFolder
+    result = apply_events(svc, [store.event(source="crm", op="upsert", crm_key=k) for k in keys])
+    assert set(result.outcomes.values()) == {"delete-held"} and result.errors == {}
+    assert {r.reason for r in review.pending()} == {"folder-missing"} and len(review.pending()) == 4
+    _, events = review.decide("discard", None)
+    assert set(apply_events(svc, events).outcomes.values()) == {"unlinked"}
+    assert all(crm.read(k).active for k in keys)
+
+
+def test_brake_holds_say_so(world):
+    svc, crm, ex, store, held, review, _ = world
+    keys, items = synced(svc, crm, ex, store, 8)
+    apply_events(svc, delete_in_outlook(ex, store, list(items)[:5]))
+    assert {r.reason for r in review.pending()} == {"brake"}
+
+
+class _StateProbe:
+    def __init__(self, held):
+        self.held = held
+
+    def state(self):
+        return {"revision": "head", "head": "head", "known": True, "held_deletes": self.held}
+
+
+def test_doctor_warns_of_held_deletes_and_names_the_empty_folder_guard():
+    from crmsync.service.doctor import check_state, failed
+
+    checks = check_state(_StateProbe([("a@x", "brake", 3), ("b@x", "folder-empty", 7), ("c@x", "folder-missing", 2)]),
+                         "state.db")
+    held = [(c.name, c.status, c.detail) for c in checks if c.name.startswith("deletes ")]
+    assert held == [("deletes a@x", "WARN", "3 delete(s) held by the delete brake"),
+                    ("deletes b@x", "WARN", "7 delete(s) held: the sync folder reads empty (the empty-folder guard)"),
+                    ("deletes c@x", "WARN", "2 delete(s) held: the sync folder has disappeared (the empty-folder guard)")]
+    assert not failed(checks)
+    assert [c.name for c in check_state(_StateProbe([]), "state.db")] == ["state.database", "state.migrations"]

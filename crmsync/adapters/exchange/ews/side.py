@@ -35,10 +35,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 from exchangelib import Account, Contact, ExtendedProperty
-from exchangelib.errors import ErrorItemNotFound
+from exchangelib.errors import ErrorFolderNotFound, ErrorItemNotFound
 from exchangelib.fields import InvalidField
 from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
 
@@ -416,3 +417,13 @@ class EwsExchange:
         if isinstance(res, Exception):
             raise translate(res, self.mailbox, where)
 
+
+    def folder_state(self) -> Literal["ok", "empty", "missing"]:
+        """One FindItem for at most one item of the sync folder: "missing" when the folder is
+        gone (ErrorFolderNotFound: deleted, or emptied out of Deleted Items), else whether it
+        holds any item (the empty-folder guard asks this before deletes cross)."""
+        with ews_errors(self.mailbox, "checking the sync folder"):
+            try:
+                return "ok" if list(self.folder.all().values_list("id")[:1]) else "empty"
+            except (ErrorFolderNotFound, ErrorItemNotFound):
+                return "missing"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import structlog
@@ -313,3 +313,12 @@ class GraphExchange:
                                    headers={"If-Match": f'W/"{change_key}"'})
         if resp.status_code == 400 and error_code(resp.json()) != "ErrorInvalidIdMalformed":
             raise translate(400, resp.headers, resp.json(), self._where(where), self.mailbox)
+
+    def folder_state(self) -> Literal["ok", "empty", "missing"]:
+        """One GET of at most one contact of the sync folder: "missing" on 404 (the folder is
+        gone), else whether it holds any contact (asked by the empty-folder guard)."""
+        resp = self.client.request("GET", f"{self._folder}/contacts?$top=1&$select=id",
+                                   where=self._where("checking the sync folder"), mailbox=self.mailbox, allow=(404,))
+        if resp.status_code == 404:
+            return "missing"
+        return "ok" if resp.json().get("value") else "empty"
