@@ -216,3 +216,69 @@ def test_a_per_field_manual_policy_holds_that_field_while_the_mailbox_policy_dec
     assert "written on both sides" in done.stdout
     p.settle()
     assert contact_by_email(p, email).job_title == "Cryptanalyst"
+
+
+# The guard tests empty and then delete the module's sync folder: they stay the module's last.
+LAX_BRAKE = "max_delete_count = 100000\nmax_delete_percent = 100\nmin_delete_count_for_percent = 100000"
+
+
+def test_an_emptied_folder_is_held_by_the_guard_whatever_the_brake_allows(pipeline):
+    p = pipeline
+    set_policy(p, LAX_BRAKE)
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Guard {tag} {n}", first_name="G", last_name=f"N{n}",
+                              email=f"g{n}.{tag}@guard.example") for n in range(6)]
+    wait_until(lambda: sum(1 for c in p.contacts() for e in (c.email_addresses or []) if tag in e.email) == 6, 90,
+               what="the 6 contacts in Outlook")
+    p.settle()
+    active = {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")}
+    linked = {r["crm_key"] for r in p.state("SELECT crm_key FROM links WHERE base_json IS NOT NULL AND NOT deleted "
+                                           "AND crm_key LIKE 'account:%'")}
+    _, folder = p.outlook()
+    folder.empty(delete_sub_folders=False)                 # EmptyFolder: every contact of the folder at once
+
+    def held():
+        rows = json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+        return rows if {r["crm_key"] for r in rows} >= linked else None
+    rows = wait_until(held, 90, what="every linked account's delete held")
+    p.settle()
+    assert {r["reason"] for r in rows} == {"the sync folder reads empty (the empty-folder guard)"}
+    assert {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")} == active
+    assert set(numbers) <= active
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1
+    assert "held: the sync folder reads empty (the empty-folder guard)" in " ".join(check.stdout.split())
+    doctor = p.cli("doctor", "--format", "json", check=False)
+    assert any(r["check"].startswith("deletes ") and "the empty-folder guard" in r["detail"]
+               for r in json_rows(doctor.stdout))
+
+    done = p.cli("deletes", "discard", "--all")            # the administrator keeps the CRM as it is
+    assert f"{len(rows)} held delete(s) discarded" in done.stdout
+    p.settle()
+    assert {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")} == active
+    assert json_rows(p.cli("deletes", "list", "--format", "json").stdout) == []
+
+
+def test_a_deleted_folder_is_held_by_the_guard_and_nothing_is_deactivated(pipeline):
+    p = pipeline
+    set_policy(p, LAX_BRAKE)
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Gone {tag} {n}", first_name="F", last_name=f"N{n}",
+                              email=f"f{n}.{tag}@gone.example") for n in range(4)]
+    wait_until(lambda: sum(1 for c in p.contacts() for e in (c.email_addresses or []) if tag in e.email) == 4, 90,
+               what="the 4 contacts in Outlook")
+    p.settle()
+    _, folder = p.outlook()
+    folder.delete()                                        # DeleteFolder (HardDelete): the folder and its contacts
+    p.crm.execute("UPDATE accounts SET city = 'Nowhere' WHERE account_no IN ("
+                  + ", ".join(f"'{no}'" for no in numbers) + ")")   # CRM edits make the workers look
+
+    def held():
+        rows = [r for r in json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+                if r["crm_key"] in {f"account:{no}" for no in numbers}]
+        return rows if len(rows) == 4 else None
+    rows = wait_until(held, 90, what="the 4 deletes held")
+    assert {r["reason"] for r in rows} == {"the sync folder has disappeared (the empty-folder guard)"}
+    assert all(account(p, no)["is_active"] for no in numbers)
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1 and "held: the sync folder has disappeared" in " ".join(check.stdout.split())
