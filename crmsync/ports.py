@@ -56,6 +56,10 @@ class CrmSide(Protocol):
         """Set is_active = false (never a hard delete); None if the row is gone. Stale when
         ``expect`` is given and the row has another version."""
 
+    def delete_account(self, key: str, expect: str | None) -> Literal["deleted", "deactivated", "gone"]:
+        """Delete an account row (``on_exchange_delete = "delete"``); Stale on another version.
+        An account that still has secondary contacts is deactivated instead ("deactivated")."""
+
     def reactivate(self, key: str, expect: str) -> CrmRecord:
         """Set is_active = true on an account (its contact was restored in Outlook); Stale on
         another version."""
@@ -90,9 +94,10 @@ class ExchangeSide(Protocol):
         """Write with ConflictResolution=NeverOverwrite; Stale on a changed ChangeKey.
         A non-None ``crm_key`` also (re)stamps the extended property."""
 
-    def delete(self, item_id: str, change_key: str) -> None:
-        """MoveToDeletedItems (recoverable by the mailbox owner) iff the contact still has
-        ``change_key``; Stale when it changed, nothing when it is already gone."""
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
+        """MoveToDeletedItems (recoverable by the mailbox owner; ``hard``: HardDelete, for good)
+        iff the contact still has ``change_key``; Stale when it changed, nothing when it is
+        already gone."""
 
     def folder_state(self) -> Literal["ok", "empty", "missing"]:
         """Whether the sync folder holds contacts ("ok"), none ("empty"), or is gone ("missing":

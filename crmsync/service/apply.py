@@ -61,7 +61,7 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored", "skipped-one-way", "delete-held", "skipped-filter",
+    "restored", "skipped-one-way", "delete-held", "skipped-filter", "deleted-crm",
 ]
 #: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
 #: an administrator, or kept from crossing by the mailbox's delete rule.
@@ -444,7 +444,7 @@ class _MailboxBatch:
                 if verdict != "go" or not may_delete(self.policy, "exchange"):
                     return "unlinked", _deleted_update(link)   # kept from crossing (one-way, rule, discard)
                 self._check(link.crm_key)
-                self.exchange.delete(ex.item_id, ex.change_key)
+                self.exchange.delete(ex.item_id, ex.change_key, hard=self.policy.deletes.hard_deletes_contacts)
                 crash_point("after_exchange_write")
                 self._delete_done(link.crm_key)
                 return "deleted-exchange", _deleted_update(link)
@@ -460,10 +460,15 @@ class _MailboxBatch:
                     return "delete-held", None
                 if kind == "account" and verdict == "go" and may_delete(self.policy, "crm"):
                     self._check(link.crm_key)
-                    self.svc.crm.deactivate(link.crm_key, crm.version)
+                    outcome: Outcome = "deactivated-crm"
+                    if self.policy.deletes.deletes_crm_rows:
+                        if self.svc.crm.delete_account(link.crm_key, crm.version) == "deleted":
+                            outcome = "deleted-crm"
+                    else:
+                        self.svc.crm.deactivate(link.crm_key, crm.version)
                     crash_point("after_crm_write")
                     self._delete_done(link.crm_key)
-                    return "deactivated-crm", _deleted_update(link)
+                    return outcome, _deleted_update(link)
                 return "unlinked", _deleted_update(link)
             if not may_create(self.policy, "exchange"):
                 return "skipped-one-way", None
@@ -686,7 +691,8 @@ class _MailboxBatch:
 
 
 #: Whole-record acts the event log records (with the side they act on) when no field was written.
-_ACTS: dict[str, str | None] = {"deleted-exchange": "exchange", "deactivated-crm": "crm", "restored": None}
+_ACTS: dict[str, str | None] = {"deleted-exchange": "exchange", "deactivated-crm": "crm", "deleted-crm": "crm",
+                                "restored": None}
 
 
 def _writes(side: str, old: Mapping[str, str | None], new: Mapping[str, str | None]) -> tuple[FieldWrite, ...]:

@@ -21,9 +21,10 @@ class FakeCrm:
         self.writes = 0
         self._counter = itertools.count(1)
 
-    def put(self, key: str, active: bool = True, modified_at: datetime = NOW, **values) -> None:
+    def put(self, key: str, active: bool = True, modified_at: datetime = NOW, account: str | None = None,
+            **values) -> None:
         self.rows[key] = {"record": CanonicalContact(**values), "active": active, "v": next(self._counter),
-                          "at": modified_at}
+                          "at": modified_at, "account": account}
 
     def read(self, key: str) -> CrmRecord | None:
         row = self.rows.get(key)
@@ -64,6 +65,23 @@ class FakeCrm:
         row.update(active=False, v=next(self._counter))
         self.writes += 1
         return self.read(key)
+
+    def delete_account(self, key, expect):
+        row = self.rows.get(key)
+        if row is None:
+            return "gone"
+        if expect is not None and str(row["v"]) != expect:
+            raise Stale(f"{key} changed")
+        if key.startswith("contact:"):
+            return "deactivated"
+        contacts = [k for k, r in self.rows.items() if k.startswith("contact:") and r.get("account") == key]
+        if contacts:
+            row.update(active=False, v=next(self._counter))
+            self.writes += 1
+            return "deactivated"
+        del self.rows[key]
+        self.writes += 1
+        return "deleted"
 
     def reactivate(self, key, expect):
         row = self.rows.get(key)
@@ -165,12 +183,14 @@ class FakeExchange:
         return ([SimpleNamespace(item_id=i, change_key=it["ck"], op="upsert") for i, it in self.items.items()],
                 "listed", False)
 
-    def delete(self, item_id, change_key):
+    def delete(self, item_id, change_key, hard=False):
         if item_id not in self.items:
             return
         if self.items[item_id]["ck"] != change_key:
             raise Stale(f"{item_id} changed")
-        self.trash[item_id] = self.items.pop(item_id)
+        gone = self.items.pop(item_id)
+        if not hard:
+            self.trash[item_id] = gone
         self.writes += 1
 
 

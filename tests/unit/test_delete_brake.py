@@ -37,8 +37,10 @@ def test_more_deletes_never_release_a_tripped_brake(links, deletes):
 
 
 def test_unknown_delete_rules_are_refused():
-    with pytest.raises(ValueError, match="on_exchange_delete 'delete'"):
-        DeleteRules(on_exchange_delete="delete")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_exchange_delete 'remove' is not one of deactivate, delete, unlink"):
+        DeleteRules(on_exchange_delete="remove")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_crm_delete 'purge' is not one of move-to-deleted-items, hard-delete"):
+        DeleteRules(on_crm_delete="purge")  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -229,3 +231,46 @@ def test_doctor_warns_of_held_deletes_and_names_the_empty_folder_guard():
                     ("deletes c@x", "WARN", "2 delete(s) held: the sync folder has disappeared (the empty-folder guard)")]
     assert not failed(checks)
     assert [c.name for c in check_state(_StateProbe([]), "state.db")] == ["state.database", "state.migrations"]
+
+
+# ------------------------------------------------------------------ delete and hard-delete
+
+def test_on_exchange_delete_delete_deletes_the_account_row_but_deactivates_one_with_secondary_contacts(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = DeleteRules(on_exchange_delete="delete", max_count=100, min_count_for_percent=100)
+    keys, items = synced(svc, crm, ex, store, 3)
+    crm.put("contact:9", account=keys[1], first_name="Second")            # keys[1] has a secondary contact
+    by_key = {k: i for i, k in items.items()}
+    result = apply_events(svc, delete_in_outlook(ex, store, [by_key[keys[0]], by_key[keys[1]]]))
+    assert sorted(result.outcomes.values()) == ["deactivated-crm", "deleted-crm"]
+    assert crm.read(keys[0]) is None                                        # the row is gone
+    assert crm.read(keys[1]) is not None and not crm.read(keys[1]).active  # kept for its contact
+    assert crm.read(keys[2]).active
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key=keys[0])) == "noop"   # nothing comes back
+    assert [r.status for r in held.rows] == ["passed", "passed"]           # the brake still counted them
+
+
+def test_on_crm_delete_hard_delete_removes_the_contact_for_good_and_a_reactivation_creates_it_again(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = DeleteRules(on_crm_delete="hard-delete", max_count=100, min_count_for_percent=100)
+    keys, items = synced(svc, crm, ex, store, 2)
+    crm.deactivate(keys[0], crm.read(keys[0]).version)
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key=keys[0])) == "deleted-exchange"
+    assert len(ex.items) == 1 and ex.trash == {}                            # not in Deleted Items
+    crm.reactivate(keys[0], crm.read(keys[0]).version)
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key=keys[0])) == "created-exchange"
+    assert len(ex.items) == 2
+
+
+def test_hard_deletes_pass_the_brake_too(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = DeleteRules(on_crm_delete="hard-delete", on_exchange_delete="delete", max_count=2,
+                                 min_count_for_percent=100)
+    keys, items = synced(svc, crm, ex, store, 6)
+    for key in keys[:3]:
+        crm.deactivate(key, crm.read(key).version)
+    result = apply_events(svc, [store.event(source="crm", op="upsert", crm_key=k) for k in keys[:3]])
+    assert set(result.outcomes.values()) == {"delete-held"} and len(ex.items) == 6
+    _, events = review.decide("approve", None)
+    assert set(apply_events(svc, events).outcomes.values()) == {"deleted-exchange"}
+    assert len(ex.items) == 3 and ex.trash == {}

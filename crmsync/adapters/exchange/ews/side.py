@@ -41,7 +41,7 @@ import structlog
 from exchangelib import Account, Contact, ExtendedProperty
 from exchangelib.errors import ErrorFolderNotFound, ErrorItemNotFound
 from exchangelib.fields import InvalidField
-from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
+from exchangelib.items import HARD_DELETE, MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
 
 from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.ews.faults import ews_errors, translate
@@ -398,8 +398,9 @@ class EwsExchange:
         self._remember(contact)
         return self._record(contact)
 
-    def delete(self, item_id: str, change_key: str) -> None:
-        """Move the contact to Deleted Items (recoverable). Gone or moved away: nothing to do.
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
+        """Move the contact to Deleted Items (recoverable; ``hard``: HardDelete, gone for good).
+        Gone or moved away: nothing to do.
 
         Stale when the item has changed since ``change_key`` was read (someone edited it).
         """
@@ -411,7 +412,8 @@ class EwsExchange:
         if item.changekey != change_key:
             raise Stale(f"mailbox {self.mailbox}: {where}: the contact changed since it was read")
         with ews_errors(self.mailbox, where):
-            (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)], delete_type=MOVE_TO_DELETED_ITEMS)
+            (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)],
+                                              delete_type=HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS)
         if isinstance(res, ErrorItemNotFound):
             return
         if isinstance(res, Exception):

@@ -40,7 +40,7 @@ from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.graph import mapping
 from crmsync.adapters.exchange.graph.client import GraphClient, error_code, translate
 from crmsync.adapters.exchange.graph.connect import user_path
-from crmsync.errors import BadRecord, CrmsyncError, Stale, Transient
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact
 
@@ -304,9 +304,13 @@ class GraphExchange:
         return ExchangeRecord(item_id=rec.item_id, change_key=rec.change_key, record=rec.record,
                               crm_key=rec.crm_key, private=rec.private, modified_at=None)
 
-    def delete(self, item_id: str, change_key: str) -> None:
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
         """DELETE with ``If-Match`` (Graph moves the contact to Deleted Items). Gone or moved away:
-        nothing to do. Stale when the contact changed since ``change_key`` was read."""
+        nothing to do. Stale when the contact changed since ``change_key`` was read. ``hard``
+        (on_crm_delete = "hard-delete") is EWS only: the configuration refuses it for Graph."""
+        if hard:
+            raise ConfigError(self._where("on_crm_delete = 'hard-delete' is not supported over Graph; "
+                                          "use move-to-deleted-items"))
         where = f"deleting item {item_id}"
         resp = self.client.request("DELETE", self._contact_url(item_id), where=self._where(where),
                                    mailbox=self.mailbox, allow=(404, 400),
