@@ -67,7 +67,7 @@ OnCrmDelete = Literal["move-to-deleted-items", "hard-delete", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
 POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
                "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
-               "delete_window_s", "private_sensitivities", "only_categories")
+               "delete_window_s", "private_sensitivities", "only_categories", "only_active")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType) that may be kept out of the CRM
 #: (Normal may not: it would keep out every ordinary contact).
 Sensitivity = Literal["Personal", "Private", "Confidential"]
@@ -353,6 +353,7 @@ class MailboxSettings(_Section):
     delete_window_s: float | None = Field(default=None, gt=0)
     private_sensitivities: tuple[Sensitivity, ...] | None = None
     only_categories: tuple[str, ...] | None = None
+    only_active: bool | None = None
     #: Acting for this mailbox (EWS): left out, they come from [exchange] (``Settings.exchange_for``).
     access: AccessType | None = None
     username: str | None = Field(default=None, min_length=1)
@@ -419,6 +420,9 @@ class SyncSettings(_Section):
     push_filter: tuple[PushRule, ...] = ()
     #: CRM -> Exchange: Outlook categories stamped on every contact crmsync creates.
     categories: tuple[str, ...] = ()
+    #: CRM -> Exchange: only active accounts get (and keep) an Outlook contact; false: inactive
+    #: accounts are pushed too, and deactivating an account no longer deletes its contact.
+    only_active: bool = True
     #: A contact deleted in Outlook: deactivate its CRM account, delete the account row (with its
     #: secondary contacts), or only unlink the pair.
     on_exchange_delete: OnExchangeDelete = "deactivate"

@@ -411,7 +411,7 @@ class _MailboxBatch:
         Raises Stale when a precondition failed: the caller re-reads the link and both sides."""
         kind, ident = parse_crm_key(link.crm_key)
         fields = fields_for(kind)
-        crm_live = crm is not None and crm.active
+        crm_live = self._live(crm)
 
         if ex is not None and ex.private:
             if link.private:
@@ -518,6 +518,11 @@ class _MailboxBatch:
             return ("restored", update)
         return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
 
+    def _live(self, crm: CrmRecord | None) -> bool:
+        """Whether the CRM side of a pair is there to sync: an active record, or with
+        ``only_active = false`` any record (deactivating is then no delete)."""
+        return crm is not None and (crm.active or not self.policy.only_active)
+
     def _pushes(self, crm: CrmRecord) -> bool:
         """The push filter, judged on the account (a secondary contact on its account's values)."""
         if not self.policy.push_filter:
@@ -531,7 +536,7 @@ class _MailboxBatch:
         ``_step`` that delete or deactivate), or None."""
         if link.private or link.deleted or link.base is None or (ex is not None and ex.private):
             return None
-        crm_live = crm is not None and crm.active
+        crm_live = self._live(crm)
         if not crm_live and ex is not None:
             return "exchange" if may_delete(self.policy, "exchange") else None
         if crm_live and ex is None and parse_crm_key(link.crm_key)[0] == "account":

@@ -96,9 +96,9 @@ class FakeCrm:
     def new_account_no(self) -> str:
         return f"EX-{uuid.uuid4().hex[:10].upper()}"
 
-    def all_keys(self) -> list[str]:
-        """Active accounts, then secondary contacts (like SqlCrm.all_keys)."""
-        accounts = [k for k, r in self.rows.items() if k.startswith("account:") and r["active"]]
+    def all_keys(self, inactive: bool = False) -> list[str]:
+        """Active accounts (``inactive``: all), then secondary contacts (like SqlCrm.all_keys)."""
+        accounts = [k for k, r in self.rows.items() if k.startswith("account:") and (r["active"] or inactive)]
         return accounts + [k for k in self.rows if k.startswith("contact:")]
 
 

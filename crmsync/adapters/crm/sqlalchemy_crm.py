@@ -142,11 +142,14 @@ class SqlCrm:
                     out[rec.key] = rec
         return out
 
-    def all_keys(self) -> list[str]:
-        """Every active account's key, then every secondary contact's key (initial sync)."""
+    def all_keys(self, inactive: bool = False) -> list[str]:
+        """Every active account's key (``inactive``: every account's), then every secondary
+        contact's key (initial sync)."""
+        query = select(accounts.c.account_no).order_by(accounts.c.id)
+        if not inactive:
+            query = query.where(accounts.c.is_active.is_(True))
         with read_tx(self.engine) as conn:
-            acc = conn.execute(select(accounts.c.account_no)
-                               .where(accounts.c.is_active.is_(True)).order_by(accounts.c.id)).scalars()
+            acc = conn.execute(query).scalars()
             keys = [crm_key("account", no) for no in acc]
             con = conn.execute(select(contacts.c.id).order_by(contacts.c.id)).scalars()
             keys.extend(crm_key("contact", i) for i in con)
