@@ -384,3 +384,10 @@ def test_the_first_sync_lists_inactive_accounts_for_a_mailbox_with_only_active_f
     keys = {mb: sorted(store.events[i]["crm_key"] for ids in producer.initial_batches(mb) for i in ids)
             for mb in ("a@example.com", "b@example.com")}
     assert keys == {"a@example.com": ["account:ON"], "b@example.com": ["account:OFF", "account:ON"]}
+
+
+def test_hard_delete_is_refused_for_a_graph_mailbox(tmp_path):
+    with pytest.raises(ConfigError, match="g@example.com: on_crm_delete = 'hard-delete' needs api = 'ews'"):
+        load_settings(write(tmp_path, '[exchange]\ntenant_id = "t"\nclient_id = "c"\nclient_secret_env = "S"\n'
+                                      '[sync]\non_crm_delete = "hard-delete"\n'
+                                      '[[mailbox]]\naddress = "g@example.com"\napi = "graph"\n'), env={"S": "x"})
