@@ -4,9 +4,9 @@ A delete crossing to the other side is dangerous (DESIGN.md §3): it crosses onl
 the brake holds every delete of a mailbox when, in one window, they number more than
 ``max_count``, or more than ``max_percent`` of the mailbox's synced links while numbering at
 least ``min_count_for_percent`` (rclone's --max-delete). Whatever the brake's limits, the
-empty-folder guard holds every delete that comes from a sync folder that reads empty or has
-disappeared (vdirsyncer's empty-side guard): that is a folder emptied or deleted, not a person
-deleting contacts one by one.
+empty-folder guard holds every delete that comes from a sync folder that has disappeared, or
+reads empty while more than one link remains (vdirsyncer's empty-side guard): that is a folder
+emptied or deleted, not a person deleting contacts one by one.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ REASONS: dict[str, str] = {
 }
 
 
-def folder_guard(state: FolderState) -> HoldReason | None:
-    """The empty-folder guard: deletes read from an empty or vanished sync folder are always
-    held, whatever the brake's thresholds (None: the folder has contacts, the brake decides)."""
-    if state == "empty":
+def folder_guard(state: FolderState, synced_links: int) -> HoldReason | None:
+    """The empty-folder guard: deletes read from a sync folder that has disappeared, or that
+    reads empty while the mailbox still has at least two synced links (a folder emptied, not its
+    last contact deleted), are held whatever the brake's thresholds. None: the brake decides."""
+    if state == "empty" and synced_links >= 2:
         return "folder-empty"
     if state == "missing":
         return "folder-missing"

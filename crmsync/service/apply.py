@@ -584,7 +584,7 @@ class _MailboxBatch:
                 fresh.append(key)
         guarded = [k for k in fresh if crossing[k] == "crm"]   # read as gone from the sync folder
         if guarded:
-            reason = folder_guard(self._folder_state())
+            reason = folder_guard(self._folder_state(), held.synced_links(self.mailbox))
             if reason is not None:
                 held.note(self.mailbox, [(k, "crm") for k in guarded], "held", now, reason=reason)
                 for key in guarded:

@@ -153,9 +153,12 @@ def test_old_deletes_fall_out_of_the_window(world):
 
 # ------------------------------------------------------------------ the empty-folder guard
 
-@pytest.mark.parametrize("state, reason", [("ok", None), ("empty", "folder-empty"), ("missing", "folder-missing")])
-def test_the_guard_holds_deletes_from_an_empty_or_vanished_folder(state, reason):
-    assert folder_guard(state) == reason
+@pytest.mark.parametrize("state, links, reason", [
+    ("ok", 100, None), ("empty", 100, "folder-empty"), ("empty", 2, "folder-empty"),
+    ("empty", 1, None),                                       # its last contact deleted: the brake decides
+    ("missing", 100, "folder-missing"), ("missing", 1, "folder-missing"), ("missing", 0, "folder-missing")])
+def test_the_guard_holds_deletes_from_an_emptied_or_vanished_folder(state, links, reason):
+    assert folder_guard(state, links) == reason
 
 
 @pytest.mark.parametrize("reason, words", [
@@ -189,6 +192,16 @@ def test_the_last_contacts_leaving_the_folder_are_held_though_earlier_deletes_pa
     assert set(apply_events(svc, delete_in_outlook(ex, store, ids[:2])).outcomes.values()) == {"deactivated-crm"}
     assert set(apply_events(svc, delete_in_outlook(ex, store, ids[2:])).outcomes.values()) == {"delete-held"}
     assert [(r.status, r.reason) for r in held.rows] == [("passed", None)] * 2 + [("held", "folder-empty")] * 3
+
+
+def test_the_last_contact_deleted_alone_is_no_emptied_folder(world):
+    svc, crm, ex, store, held, review, rules = world
+    rules["value"] = LAX
+    keys, items = synced(svc, crm, ex, store, 3)
+    ids = list(items)
+    assert set(apply_events(svc, delete_in_outlook(ex, store, ids[:2])).outcomes.values()) == {"deactivated-crm"}
+    assert set(apply_events(svc, delete_in_outlook(ex, store, ids[2:])).outcomes.values()) == {"deactivated-crm"}
+    assert review.pending() == []
 
 
 def test_a_vanished_folder_holds_its_deletes_and_a_discard_keeps_the_crm_as_it_is(world):
