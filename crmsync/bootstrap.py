@@ -177,7 +177,7 @@ class Container:
         push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
         return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
                        field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter,
-                       conflict_fields=mbox.conflict_fields or {})
+                       conflict_fields=mbox.conflict_fields or {}, only_active=mbox.only_active)
 
     @cached_property
     def held_deletes(self):

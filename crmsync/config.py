@@ -62,12 +62,12 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 #: Which way a mailbox syncs, and (plus ``ignore``) which way one field does.
 Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
 FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
-OnExchangeDelete = Literal["deactivate", "unlink"]
-OnCrmDelete = Literal["move-to-deleted-items", "unlink"]
+OnExchangeDelete = Literal["deactivate", "delete", "unlink"]
+OnCrmDelete = Literal["move-to-deleted-items", "hard-delete", "unlink"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
 POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
                "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
-               "delete_window_s", "private_sensitivities", "only_categories")
+               "delete_window_s", "private_sensitivities", "only_categories", "only_active")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType) that may be kept out of the CRM
 #: (Normal may not: it would keep out every ordinary contact).
 Sensitivity = Literal["Personal", "Private", "Confidential"]
@@ -356,6 +356,7 @@ class MailboxSettings(_Section):
     delete_window_s: float | None = Field(default=None, gt=0)
     private_sensitivities: tuple[Sensitivity, ...] | None = None
     only_categories: tuple[str, ...] | None = None
+    only_active: bool | None = None
     #: Acting for this mailbox (EWS): left out, they come from [exchange] (``Settings.exchange_for``).
     access: AccessType | None = None
     username: str | None = Field(default=None, min_length=1)
@@ -422,9 +423,14 @@ class SyncSettings(_Section):
     push_filter: tuple[PushRule, ...] = ()
     #: CRM -> Exchange: Outlook categories stamped on every contact crmsync creates.
     categories: tuple[str, ...] = ()
-    #: A contact deleted in Outlook: deactivate its CRM account, or only unlink the pair.
+    #: CRM -> Exchange: only active accounts get (and keep) an Outlook contact; false: inactive
+    #: accounts are pushed too, and deactivating an account no longer deletes its contact.
+    only_active: bool = True
+    #: A contact deleted in Outlook: deactivate its CRM account, delete the account row (with its
+    #: secondary contacts), or only unlink the pair.
     on_exchange_delete: OnExchangeDelete = "deactivate"
-    #: A CRM account deactivated or deleted: move its contact to Deleted Items, or only unlink.
+    #: A CRM account deactivated or deleted: move its contact to Deleted Items, delete it for good
+    #: (hard-delete, EWS only), or only unlink.
     on_crm_delete: OnCrmDelete = "move-to-deleted-items"
     #: The delete brake: more deletes than this in one window are all held for an administrator.
     max_delete_count: int = Field(default=25, ge=0)
@@ -558,6 +564,16 @@ class Settings(BaseModel):
             if missing or not ews:
                 raise _key_error("exchange.username", f"is required when exchange.auth is {exchange.auth!r}"
                                  + (f" (or a username in [[mailbox]] {', '.join(missing)})" if ews else ""))
+        return self
+
+    @model_validator(mode="after")
+    def _hard_delete_needs_ews(self) -> Settings:
+        """``on_crm_delete = "hard-delete"`` is an EWS HardDelete; over Graph it is refused here."""
+        for mbox in self.mailboxes:
+            rule = mbox.on_crm_delete or self.sync.on_crm_delete
+            if rule == "hard-delete" and (mbox.api or self.exchange.api) == "graph":
+                raise _key_error("mailbox", f"{mbox.address}: on_crm_delete = 'hard-delete' needs api = 'ews' "
+                                 "(over Graph use move-to-deleted-items or unlink)")
         return self
 
     def exchange_for(self, address: str) -> ExchangeSettings:

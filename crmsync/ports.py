@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from schemas.canonical import CanonicalContact
 
@@ -56,6 +56,10 @@ class CrmSide(Protocol):
         """Set is_active = false (never a hard delete); None if the row is gone. Stale when
         ``expect`` is given and the row has another version."""
 
+    def delete_account(self, key: str, expect: str | None) -> Literal["deleted", "deactivated", "gone"]:
+        """Delete an account row (``on_exchange_delete = "delete"``); Stale on another version.
+        An account that still has secondary contacts is deactivated instead ("deactivated")."""
+
     def reactivate(self, key: str, expect: str) -> CrmRecord:
         """Set is_active = true on an account (its contact was restored in Outlook); Stale on
         another version."""
@@ -90,9 +94,15 @@ class ExchangeSide(Protocol):
         """Write with ConflictResolution=NeverOverwrite; Stale on a changed ChangeKey.
         A non-None ``crm_key`` also (re)stamps the extended property."""
 
-    def delete(self, item_id: str, change_key: str) -> None:
-        """MoveToDeletedItems (recoverable by the mailbox owner) iff the contact still has
-        ``change_key``; Stale when it changed, nothing when it is already gone."""
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
+        """MoveToDeletedItems (recoverable by the mailbox owner; ``hard``: HardDelete, for good)
+        iff the contact still has ``change_key``; Stale when it changed, nothing when it is
+        already gone."""
+
+    def folder_state(self) -> Literal["ok", "empty", "missing"]:
+        """Whether the sync folder holds contacts ("ok"), none ("empty"), or is gone ("missing":
+        deleted, or no longer reachable by its id) — the empty-folder guard asks before letting
+        deletes read from this folder cross."""
 
 
 # --------------------------------------------------------------------------- state database
@@ -267,13 +277,15 @@ class HeldDelete:
     side: str            # where the delete would land: crm | exchange
     status: str          # passed | held | approved | applied | discarded | unlinked | resolved
     noted_at: datetime
+    reason: str | None = None   # why held: brake | folder-empty | folder-missing (None: brake)
 
 
 class HeldDeletes(Protocol):
     """The brake's record of deletes, per mailbox, in the state database."""
 
-    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime) -> list[int]:
-        """Record (crm_key, side) deletes with ``status``; their ids, in order."""
+    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime,
+             reason: str | None = None) -> list[int]:
+        """Record (crm_key, side) deletes with ``status`` (and, for held ones, why); their ids, in order."""
 
     def count_since(self, mailbox: str, since: datetime) -> int:
         """Deletes noted for ``mailbox`` at or after ``since`` that crossed or wait to

@@ -95,7 +95,8 @@ class CrmProducer:
 
     def __init__(self, changelog: ChangelogPort, crm: CrmKeysPort, store: EventStore,
                  mailboxes: Sequence[str], fan_out_contacts: bool = True,
-                 batch_size: int = 500, without_contacts: Sequence[str] = ()) -> None:
+                 batch_size: int = 500, without_contacts: Sequence[str] = (),
+                 with_inactive: Sequence[str] = ()) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.changelog = changelog
@@ -105,6 +106,8 @@ class CrmProducer:
         self.fan_out_contacts = fan_out_contacts
         #: Mailboxes configured with secondary_contacts = false: no contact:<id> events.
         self.without_contacts = frozenset(without_contacts)
+        #: Mailboxes configured with only_active = false: their first sync lists inactive accounts too.
+        self.with_inactive = frozenset(with_inactive)
         self.batch_size = batch_size
         #: True when the last poll read a full batch: more rows are probably waiting.
         self.more = False
@@ -169,7 +172,7 @@ class CrmProducer:
         if self.initial_done(mailbox):
             return
         self._fix_first_sync_position()
-        keys = self.crm.all_keys()
+        keys = self.crm.all_keys(inactive=True) if mailbox in self.with_inactive else self.crm.all_keys()
         if mailbox in self.without_contacts:
             keys = [key for key in keys if not key.startswith("contact:")]
         name = initial_cursor_name(mailbox)

@@ -57,7 +57,8 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
     sync = settings.sync
     crm_producer = CrmProducer(changelog, crm, store, mailboxes,
                                fan_out_contacts=True, batch_size=sync.batch_size,
-                               without_contacts=[m.address for m in enabled if not m.secondary_contacts])
+                               without_contacts=[m.address for m in enabled if not m.secondary_contacts],
+                               with_inactive=[m.address for m in enabled if not settings.effective(m.address).only_active])
     exchange = [ExchangeProducer(mb, feeds[mb], store) for mb in mailboxes if mb in feeds]
     if doorbell is None:
         def rings(feed) -> bool:

@@ -176,6 +176,7 @@ held_deletes = Table(
     Column("status", Text, nullable=False),
     Column("noted_at", UtcDateTime, nullable=False),
     Column("decided_at", UtcDateTime),
+    Column("reason", Text),                      # why held: brake | folder-empty | folder-missing
     Index("ix_held_deletes_mailbox_status", "mailbox", "status"),
     Index("ix_held_deletes_mailbox_crm_key", "mailbox", "crm_key"),
 )

@@ -56,7 +56,22 @@ def probe_state(engine: Engine) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported
         return {"error": _error(exc)}
     head, known = head_revision()
-    return {"revision": revision, "head": head, "known": revision is None or revision in known}
+    facts: dict[str, Any] = {"revision": revision, "head": head, "known": revision is None or revision in known}
+    if revision is not None and revision == head:
+        facts["held_deletes"] = _held_deletes(engine)
+    return facts
+
+
+def _held_deletes(engine: Engine) -> list[tuple[str, str, int]]:
+    """(mailbox, why, how many) of the deletes held now (why: brake | folder-empty | folder-missing)."""
+    from sqlalchemy import func, select
+
+    from schemas.state_tables import held_deletes as t
+
+    query = (select(t.c.mailbox, t.c.reason, func.count()).where(t.c.status == "held")
+             .group_by(t.c.mailbox, t.c.reason).order_by(t.c.mailbox, t.c.reason))
+    with engine.connect() as conn:
+        return [(mb, reason or "brake", int(n)) for mb, reason, n in conn.execute(query)]
 
 
 def probe_redis(url: str, timeout_s: float = 2.0) -> dict[str, Any]:

@@ -330,6 +330,7 @@ _OUTCOMES = {
     "created-crm": "created a CRM account",
     "deleted-exchange": "moved the Exchange contact to Deleted Items",
     "deactivated-crm": "deactivated the CRM account (kept, is_active = false)",
+    "deleted-crm": "deleted the CRM account (on_exchange_delete = \"delete\")",
     "unlinked": "unlinked",
     "private-skipped": "private contact: not read into the CRM",
     "gone": "nothing to do (gone, or private)",

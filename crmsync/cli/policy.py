@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from crmsync.cli.linking import _check_format, _emit
+from crmsync.core.deletes import reason_text
 from crmsync.service.conflicts import ConflictQueue
 from crmsync.service.deletes import DeleteReview
 
@@ -29,11 +30,15 @@ def _review(c) -> DeleteReview:
 
 def held_problems(c) -> list[str]:
     """Lines for `crmsync status --check`: held deletes and held conflicts need a person."""
-    per: dict[str, int] = {}
+    per: dict[tuple[str, str], int] = {}
     for row in _review(c).pending():
-        per[row.mailbox] = per.get(row.mailbox, 0) + 1
+        why = row.reason if row.reason in ("folder-empty", "folder-missing") else "brake"
+        per[row.mailbox, why] = per.get((row.mailbox, why), 0) + 1
     lines = [f"{mb}: {n} delete(s) held by the delete brake; `crmsync deletes list`, then approve or discard"
-             for mb, n in sorted(per.items())]
+             if why == "brake" else
+             f"{mb}: {n} delete(s) held: {reason_text(why)}; check the folder in Outlook, then "
+             "`crmsync deletes list` and approve or discard"
+             for (mb, why), n in sorted(per.items())]
     waiting: dict[str, int] = {}
     for conflict in _queue(c).pending():
         waiting[conflict.mailbox] = waiting.get(conflict.mailbox, 0) + 1
@@ -46,14 +51,16 @@ def list_(
     mailbox: str | None = typer.Option(None, "--mailbox", "-m", help="only this mailbox"),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
 ) -> None:
-    """The held deletes: id, mailbox, CRM record, the side the delete would land on, since when."""
+    """The held deletes: id, mailbox, CRM record, the side the delete would land on, since when,
+    and why (the delete brake, or the empty-folder guard: the sync folder read empty or vanished)."""
     from crmsync.cli import app as cli
 
     _check_format(fmt)
     c = cli.ready_container()
     mb = c.settings.mailbox(mailbox).address if mailbox else None
-    rows = [[r.id, r.mailbox, r.crm_key, r.side, r.noted_at.isoformat(timespec="seconds")] for r in _review(c).pending(mb)]
-    _emit(fmt, "held deletes", ["id", "mailbox", "crm_key", "delete_on", "held_since"], rows)
+    rows = [[r.id, r.mailbox, r.crm_key, r.side, r.noted_at.isoformat(timespec="seconds"), reason_text(r.reason)]
+            for r in _review(c).pending(mb)]
+    _emit(fmt, "held deletes", ["id", "mailbox", "crm_key", "delete_on", "held_since", "reason"], rows)
 
 
 def _decide(decision: Literal["approve", "discard"], ids: list[int], all_: bool, mailbox: str | None) -> None:

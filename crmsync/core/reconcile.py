@@ -100,6 +100,9 @@ class Policy:
     push_filter: tuple[tuple[str, frozenset[str]], ...] = ()
     #: Per-field conflict policies overriding ``conflict`` for those fields.
     conflict_fields: Mapping[str, ConflictPolicy] = field(default_factory=dict)
+    #: CRM -> Exchange: only active accounts are pushed and kept (an account deactivated is a
+    #: delete); False: inactive accounts sync like active ones, only a deleted CRM row is a delete.
+    only_active: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in (("", self.conflict), *((f"{f}: ", k) for f, k in self.conflict_fields.items())):
@@ -121,7 +124,7 @@ class Policy:
     def __hash__(self) -> int:
         return hash((self.conflict, self.crm_readonly, self.region, self.direction,
                      tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter,
-                     tuple(sorted(self.conflict_fields.items()))))
+                     tuple(sorted(self.conflict_fields.items())), self.only_active))
 
     def conflict_of(self, name: str) -> ConflictPolicy:
         """The conflict policy of one field: its own (``conflict_fields``), else the mailbox's."""

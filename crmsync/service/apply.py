@@ -23,6 +23,7 @@ from typing import Literal
 
 import structlog
 
+from crmsync.core.deletes import FolderState, folder_guard
 from crmsync.core.normalize import content_hash, same
 from crmsync.core.reconcile import (
     Plan,
@@ -60,7 +61,7 @@ MAX_STALE_ROUNDS = 5
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored", "skipped-one-way", "delete-held", "skipped-filter",
+    "restored", "skipped-one-way", "delete-held", "skipped-filter", "deleted-crm",
 ]
 #: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
 #: an administrator, or kept from crossing by the mailbox's delete rule.
@@ -168,6 +169,7 @@ class _MailboxBatch:
         self.event_ids: dict[str, tuple[int, ...]] = {}   # crm_key -> its events (the event log)
         self.gate: dict[str, Verdict] = {}       # crm_key -> what its crossing delete may do
         self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
+        self.folder: FolderState | None = None   # the sync folder as last read (None: not asked)
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -349,8 +351,19 @@ class _MailboxBatch:
                            self.exchange.read_many([link.item_id for link in with_item]), strict=True)
                        ) if with_item else {}
         missing = [k for k in links if by_item.get(k) is None]
-        by_stamp = self.exchange.find_many_by_crm_key(missing) if missing else {}
+        by_stamp = self._find_stamped(missing) if missing else {}
         return {k: (crm.get(k), by_item.get(k) or by_stamp.get(k)) for k in links}
+
+    def _find_stamped(self, keys: list[str]) -> dict[str, ExchangeRecord]:
+        """Contacts by stamp; a sync folder that has disappeared finds none (and is remembered
+        for the empty-folder guard) instead of failing the batch."""
+        try:
+            return self.exchange.find_many_by_crm_key(keys)
+        except Exception:
+            if self.exchange.folder_state() != "missing":
+                raise
+            self.folder = "missing"
+            return {}
 
     def _read_crm(self, keys: list[str]) -> dict[str, CrmRecord | BadRecord]:
         """CRM rows in one query; when one row cannot be read (a bad record), each is read on
@@ -398,7 +411,7 @@ class _MailboxBatch:
         Raises Stale when a precondition failed: the caller re-reads the link and both sides."""
         kind, ident = parse_crm_key(link.crm_key)
         fields = fields_for(kind)
-        crm_live = crm is not None and crm.active
+        crm_live = self._live(crm)
 
         if ex is not None and ex.private:
             if link.private:
@@ -431,7 +444,7 @@ class _MailboxBatch:
                 if verdict != "go" or not may_delete(self.policy, "exchange"):
                     return "unlinked", _deleted_update(link)   # kept from crossing (one-way, rule, discard)
                 self._check(link.crm_key)
-                self.exchange.delete(ex.item_id, ex.change_key)
+                self.exchange.delete(ex.item_id, ex.change_key, hard=self.policy.deletes.hard_deletes_contacts)
                 crash_point("after_exchange_write")
                 self._delete_done(link.crm_key)
                 return "deleted-exchange", _deleted_update(link)
@@ -447,10 +460,15 @@ class _MailboxBatch:
                     return "delete-held", None
                 if kind == "account" and verdict == "go" and may_delete(self.policy, "crm"):
                     self._check(link.crm_key)
-                    self.svc.crm.deactivate(link.crm_key, crm.version)
+                    outcome: Outcome = "deactivated-crm"
+                    if self.policy.deletes.deletes_crm_rows:
+                        if self.svc.crm.delete_account(link.crm_key, crm.version) == "deleted":
+                            outcome = "deleted-crm"
+                    else:
+                        self.svc.crm.deactivate(link.crm_key, crm.version)
                     crash_point("after_crm_write")
                     self._delete_done(link.crm_key)
-                    return "deactivated-crm", _deleted_update(link)
+                    return outcome, _deleted_update(link)
                 return "unlinked", _deleted_update(link)
             if not may_create(self.policy, "exchange"):
                 return "skipped-one-way", None
@@ -500,6 +518,11 @@ class _MailboxBatch:
             return ("restored", update)
         return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
 
+    def _live(self, crm: CrmRecord | None) -> bool:
+        """Whether the CRM side of a pair is there to sync: an active record, or with
+        ``only_active = false`` any record (deactivating is then no delete)."""
+        return crm is not None and (crm.active or not self.policy.only_active)
+
     def _pushes(self, crm: CrmRecord) -> bool:
         """The push filter, judged on the account (a secondary contact on its account's values)."""
         if not self.policy.push_filter:
@@ -513,7 +536,7 @@ class _MailboxBatch:
         ``_step`` that delete or deactivate), or None."""
         if link.private or link.deleted or link.base is None or (ex is not None and ex.private):
             return None
-        crm_live = crm is not None and crm.active
+        crm_live = self._live(crm)
         if not crm_live and ex is not None:
             return "exchange" if may_delete(self.policy, "exchange") else None
         if crm_live and ex is None and parse_crm_key(link.crm_key)[0] == "account":
@@ -559,16 +582,33 @@ class _MailboxBatch:
                 gate[key] = "go"                # this delete's own earlier attempt passed
             else:
                 fresh.append(key)
+        guarded = [k for k in fresh if crossing[k] == "crm"]   # read as gone from the sync folder
+        if guarded:
+            reason = folder_guard(self._folder_state(), held.synced_links(self.mailbox))
+            if reason is not None:
+                held.note(self.mailbox, [(k, "crm") for k in guarded], "held", now, reason=reason)
+                for key in guarded:
+                    gate[key] = "hold"
+                fresh = [k for k in fresh if k not in guarded]
+                log.warning("deletes.held", mailbox=self.mailbox, held=len(guarded), reason=reason,
+                            hint="crmsync deletes list | approve | discard")
         if fresh:
             count = held.count_since(self.mailbox, since) + len(fresh)
             trip = bool(held.find(self.mailbox, ("held",))) or rules.trips(count, held.synced_links(self.mailbox))
-            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now)
+            held.note(self.mailbox, [(k, crossing[k]) for k in fresh], "held" if trip else "passed", now,
+                      reason="brake" if trip else None)
             for key in fresh:
                 gate[key] = "hold" if trip else "go"
             if trip:
                 log.warning("deletes.held", mailbox=self.mailbox, held=len(fresh), in_window=count,
                             hint="crmsync deletes list | approve | discard")
         return gate
+
+    def _folder_state(self) -> FolderState:
+        """The sync folder as it reads now (asked once per batch)."""
+        if self.folder is None:
+            self.folder = self.exchange.folder_state()
+        return self.folder
 
     def _delete_done(self, key: str) -> None:
         row = self.approved.pop(key, None)
@@ -656,7 +696,8 @@ class _MailboxBatch:
 
 
 #: Whole-record acts the event log records (with the side they act on) when no field was written.
-_ACTS: dict[str, str | None] = {"deleted-exchange": "exchange", "deactivated-crm": "crm", "restored": None}
+_ACTS: dict[str, str | None] = {"deleted-exchange": "exchange", "deactivated-crm": "crm", "deleted-crm": "crm",
+                                "restored": None}
 
 
 def _writes(side: str, old: Mapping[str, str | None], new: Mapping[str, str | None]) -> tuple[FieldWrite, ...]:

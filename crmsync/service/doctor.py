@@ -31,7 +31,7 @@ class DoctorProbes(Protocol):
     """What the doctor asks of the deployment (implemented in crmsync.bootstrap)."""
 
     def crm(self) -> dict[str, Any]: ...            # error | schema_error | missing_triggers
-    def state(self) -> dict[str, Any]: ...          # error | revision, head, known
+    def state(self) -> dict[str, Any]: ...          # error | revision, head, known, held_deletes
     def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb
     def exchange_endpoint(self) -> dict[str, Any]: ...  # kind, detail, scheme, verify_tls
     def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail; username_key,
@@ -87,6 +87,7 @@ def check_state(probes: DoctorProbes, where: str) -> list[Check]:
                             "run `crmsync init` to create the state tables"))
     elif revision == head:
         checks.append(Check("state.migrations", "OK", f"at the latest migration ({head})"))
+        checks += _held_deletes(facts.get("held_deletes") or ())
     elif facts.get("known", True):
         checks.append(Check("state.migrations", "FAIL", f"at migration {revision}, this crmsync needs {head}",
                             "stop the producer and workers, run `crmsync init` (it upgrades), start them again"))
@@ -94,6 +95,23 @@ def check_state(probes: DoctorProbes, where: str) -> list[Check]:
         checks.append(Check("state.migrations", "FAIL",
                             f"at migration {revision}, unknown to this crmsync (latest known: {head})",
                             "this crmsync is older than the database: install the crmsync version that migrated it"))
+    return checks
+
+
+def _held_deletes(held: Sequence[tuple[str, str, int]]) -> list[Check]:
+    """A WARN per mailbox and reason with deletes waiting for a person: the delete brake's, and
+    the empty-folder guard's (the sync folder read empty or disappeared: always held)."""
+    checks = []
+    for mailbox, why, count in held:
+        if why in ("folder-empty", "folder-missing"):
+            what = "reads empty" if why == "folder-empty" else "has disappeared"
+            checks.append(Check(f"deletes {mailbox}", "WARN",
+                                f"{count} delete(s) held: the sync folder {what} (the empty-folder guard)",
+                                "check the folder in Outlook (restore it, or its contacts, from Deleted Items); "
+                                "then `crmsync deletes list` and approve or discard"))
+        else:
+            checks.append(Check(f"deletes {mailbox}", "WARN", f"{count} delete(s) held by the delete brake",
+                                "`crmsync deletes list`, then approve or discard"))
     return checks
 
 

@@ -188,6 +188,13 @@ class ExchangeSideContract:
             side.delete(created.item_id, created.change_key)
         assert side.read(created.item_id) is not None
 
+    def test_the_folder_reads_empty_until_it_holds_a_contact(self, side) -> None:
+        assert side.folder_state() == "empty"
+        created = side.create("account:FS", {"first_name": "Here"})
+        assert side.folder_state() == "ok"
+        side.delete(created.item_id, created.change_key)
+        assert side.folder_state() == "empty"
+
     # ------------------------------------------------------------------ privacy
 
     def test_a_private_contact_reads_as_private_with_an_empty_record(self, side, user) -> None:

@@ -8,6 +8,7 @@ Contacts "made in Outlook" are created with plain exchangelib, as a user's clien
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 import uuid
@@ -841,3 +842,19 @@ class TestEwsSide(ExchangeSideContract):
         f = _EwsFaults(emulator_proc)
         yield f
         f.clear()
+
+
+def test_a_deleted_folder_reads_missing(ews_side, ews_folder) -> None:
+    ews_side.create("account:GONE", {"first_name": "Gone"})
+    copy.copy(ews_folder).delete()   # DeleteFolder (HardDelete) through another handle: exchangelib clears its id
+    assert ews_side.folder_state() == "missing"
+
+
+def test_a_hard_delete_leaves_nothing_in_deleted_items(ews_side, ews_folder) -> None:
+    soft = ews_side.create("account:SOFT", {"first_name": "Soft"})
+    hard = ews_side.create("account:HARD", {"first_name": "Hard"})
+    ews_side.delete(soft.item_id, soft.change_key)
+    ews_side.delete(hard.item_id, hard.change_key, hard=True)
+    assert ews_side.read(hard.item_id) is None and ews_side.find_by_crm_key("account:HARD") is None
+    assert ews_side.find_deleted_by_crm_key("account:HARD") is None
+    assert ews_side.find_deleted_by_crm_key("account:SOFT") is not None

@@ -538,3 +538,16 @@ def test_concurrent_batches_and_reads_share_the_mailbox_limit(graph_side, graph_
     assert all(r.record.first_name == "One" for r in results[2:])
     stats = emu.stats()
     assert stats.get("graph:create contact") == 40 and stats.get("graph:get contact") == 4   # none refused
+
+
+def test_a_deleted_folder_reads_missing_over_graph(client, graph_side, folder_id) -> None:
+    graph_side.create("account:GONE", {"first_name": "Gone"})
+    client.request("DELETE", f"users/{ALICE}/contactFolders/{quote(folder_id, safe='')}", where="test user")
+    assert graph_side.folder_state() == "missing"
+
+
+def test_hard_delete_is_refused_over_graph(graph_side) -> None:
+    created = graph_side.create("account:HARD", {"first_name": "Hard"})
+    with pytest.raises(ConfigError, match="hard-delete' is not supported over Graph"):
+        graph_side.delete(created.item_id, created.change_key, hard=True)
+    assert graph_side.read(created.item_id) is not None

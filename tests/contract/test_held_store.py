@@ -38,6 +38,15 @@ class HeldDeletesContract:
         assert len(held.find()) == 3
         assert [r.crm_key for r in held.find(MB, ("passed",))] == ["account:A4"]
 
+    def test_the_reason_a_delete_is_held_is_kept(self, parts) -> None:
+        held, _ = parts
+        held.note(MB, [("account:A1", "crm")], "held", T0, reason="folder-empty")
+        held.note(MB, [("account:A2", "crm")], "held", T0, reason="brake")
+        held.note(MB, [("account:A3", "crm")], "passed", T0)
+        assert [(r.crm_key, r.reason) for r in held.find(MB, ("held", "passed"))] == [
+            ("account:A1", "folder-empty"), ("account:A2", "brake"), ("account:A3", None)]
+        assert held.latest(MB, ["account:A1"])["account:A1"].reason == "folder-empty"
+
     def test_the_window_counts_passed_and_held_only(self, parts) -> None:
         held, _ = parts
         held.note(MB, [("account:A1", "crm")], "passed", T0 - timedelta(hours=2))

@@ -238,3 +238,22 @@ def test_a_malformed_key_that_matches_no_row_is_a_bad_record_naming_the_key(crm:
         crm.read_many(["contact:x"])
     with pytest.raises(BadRecord, match=r"CRM key 'lead:7'"):
         crm.read("lead:7")
+
+
+def test_delete_account_deletes_a_row_without_contacts_and_deactivates_one_with(crm: SqlCrm, crm_engine: Engine,
+                                                                                crm_dbapi) -> None:
+    assert crm.delete_account("account:A-1", crm.read("account:A-1").version) == "deactivated"   # has contacts
+    assert crm.read("account:A-1").active is False
+    run_sql(crm_dbapi, "UPDATE accounts SET city = 'Hamburg' WHERE account_no = 'A-2'")
+    with pytest.raises(Stale):
+        crm.delete_account("account:A-2", "not-its-version")
+    assert crm.delete_account("account:A-2", crm.read("account:A-2").version) == "deleted"
+    assert crm.read("account:A-2") is None
+    with crm_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM accounts WHERE account_no = 'A-2'")).scalar() == 0
+    assert crm.delete_account("account:A-2", None) == "gone"
+
+
+def test_the_initial_listing_with_inactive_accounts(crm: SqlCrm) -> None:
+    assert "account:A-2" not in crm.all_keys()                       # inactive in the seed
+    assert crm.all_keys(inactive=True) == ["account:A-1", "account:A-2", "contact:5", "contact:6"]

@@ -216,3 +216,127 @@ def test_a_per_field_manual_policy_holds_that_field_while_the_mailbox_policy_dec
     assert "written on both sides" in done.stdout
     p.settle()
     assert contact_by_email(p, email).job_title == "Cryptanalyst"
+
+
+def in_trash(p: Pipeline, email: str) -> list:
+    account_, _ = p.outlook()
+    return [c for c in account_.trash.all() if isinstance(c, Contact)
+            and any(e.email == email for e in (c.email_addresses or []))]
+
+
+def test_delete_rules_delete_the_crm_row_and_hard_delete_the_contact(pipeline):
+    p = pipeline
+    set_policy(p, 'on_exchange_delete = "delete"\non_crm_delete = "hard-delete"')
+    tag = uuid.uuid4().hex[:6]
+    emails = [f"del{n}.{tag}@rules.example" for n in range(3)]
+    numbers = [insert_account(p, company_name=f"Rules {tag} {n}", first_name="R", last_name=f"N{n}", email=e)
+               for n, e in enumerate(emails)]
+    contacts = [wait_until(lambda e=e: contact_by_email(p, e), 60, what=f"contact {e}") for e in emails]
+    p.crm.execute("INSERT INTO contacts (account_id, first_name, last_name, email) "
+                  "SELECT id, 'Sec', 'Ondary', :email FROM accounts WHERE account_no = :no",
+                  email=f"sec.{tag}@rules.example", no=numbers[2])
+    wait_until(lambda: contact_by_email(p, f"sec.{tag}@rules.example"), 60, what="the secondary contact")
+    p.settle()
+
+    account_, _ = p.outlook()
+    account_.bulk_delete([contacts[0], contacts[2]], delete_type="MoveToDeletedItems")   # deleted in Outlook
+    wait_until(lambda: not p.crm.query("SELECT 1 FROM accounts WHERE account_no = :no", no=numbers[0]), 60,
+               what="the account row deleted")
+    wait_until(lambda: not account(p, numbers[2])["is_active"], 60, what="the account with a contact deactivated")
+    assert account(p, numbers[1])["is_active"]
+
+    p.crm.execute("UPDATE accounts SET is_active = false WHERE account_no = :no", no=numbers[1])   # CRM side
+    wait_until(lambda: contact_by_email(p, emails[1]) is None, 60, what="the contact hard-deleted")
+    p.settle()
+    assert in_trash(p, emails[1]) == []                          # gone for good, not in Deleted Items
+    assert len(in_trash(p, emails[0])) == 1                      # the user's own delete stays recoverable
+    outcomes = {r["outcome"] for r in p.state("SELECT DISTINCT outcome FROM events")}
+    assert {"deleted-crm", "deleted-exchange"} <= outcomes
+    assert p.dead_events() == []
+
+
+def test_only_active_false_pushes_inactive_accounts_and_deactivating_keeps_the_contact(pipeline):
+    p = pipeline
+    set_policy(p, "only_active = false")
+    tag = uuid.uuid4().hex[:6]
+    dormant = insert_account(p, company_name=f"Dormant {tag}", first_name="D", last_name="Ormant",
+                             email=f"dormant.{tag}@inactive.example", is_active=False)
+    live = insert_account(p, company_name=f"Live {tag}", first_name="L", last_name="Ive",
+                          email=f"live.{tag}@inactive.example")
+    wait_until(lambda: contact_by_email(p, f"dormant.{tag}@inactive.example"), 60, what="the inactive account pushed")
+    wait_until(lambda: contact_by_email(p, f"live.{tag}@inactive.example"), 60, what="the active account pushed")
+    p.settle()
+    p.crm.execute("UPDATE accounts SET is_active = false, job_title = 'Retired' WHERE account_no = :no", no=live)
+    wait_until(lambda: contact_by_email(p, f"live.{tag}@inactive.example").job_title == "Retired", 60,
+               what="the deactivated account's edit in Outlook")
+    p.settle()
+    assert in_trash(p, f"live.{tag}@inactive.example") == []
+    assert not account(p, dormant)["is_active"] and not account(p, live)["is_active"]
+    assert p.dead_events() == []
+
+
+# The guard tests empty and then delete the module's sync folder: they stay the module's last.
+LAX_BRAKE = "max_delete_count = 100000\nmax_delete_percent = 100\nmin_delete_count_for_percent = 100000"
+
+
+def test_an_emptied_folder_is_held_by_the_guard_whatever_the_brake_allows(pipeline):
+    p = pipeline
+    set_policy(p, LAX_BRAKE)
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Guard {tag} {n}", first_name="G", last_name=f"N{n}",
+                              email=f"g{n}.{tag}@guard.example") for n in range(6)]
+    wait_until(lambda: sum(1 for c in p.contacts() for e in (c.email_addresses or []) if tag in e.email) == 6, 90,
+               what="the 6 contacts in Outlook")
+    p.settle()
+    active = {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")}
+    linked = {r["crm_key"] for r in p.state("SELECT crm_key FROM links WHERE base_json IS NOT NULL AND NOT deleted "
+                                           "AND crm_key LIKE 'account:%'")}
+    linked = {key for key in linked if key.split(":", 1)[1] in active}   # inactive ones are not deletes to cross
+    _, folder = p.outlook()
+    folder.empty(delete_sub_folders=False)                 # EmptyFolder: every contact of the folder at once
+
+    def held():
+        rows = json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+        return rows if {r["crm_key"] for r in rows} >= linked else None
+    rows = wait_until(held, 90, what="every linked account's delete held")
+    p.settle()
+    assert {r["reason"] for r in rows} == {"the sync folder reads empty (the empty-folder guard)"}
+    assert {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")} == active
+    assert set(numbers) <= active
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1
+    assert "held: the sync folder reads empty (the empty-folder guard)" in " ".join(check.stdout.split())
+    doctor = p.cli("doctor", "--format", "json", check=False)
+    assert any(r["check"].startswith("deletes ") and "the empty-folder guard" in r["detail"]
+               for r in json_rows(doctor.stdout))
+
+    done = p.cli("deletes", "discard", "--all")            # the administrator keeps the CRM as it is
+    assert f"{len(rows)} held delete(s) discarded" in done.stdout
+    p.settle()
+    assert {r["account_no"] for r in p.crm.query("SELECT account_no FROM accounts WHERE is_active")} == active
+    assert json_rows(p.cli("deletes", "list", "--format", "json").stdout) == []
+
+
+def test_a_deleted_folder_is_held_by_the_guard_and_nothing_is_deactivated(pipeline):
+    p = pipeline
+    set_policy(p, LAX_BRAKE)
+    tag = uuid.uuid4().hex[:6]
+    numbers = [insert_account(p, company_name=f"Gone {tag} {n}", first_name="F", last_name=f"N{n}",
+                              email=f"f{n}.{tag}@gone.example") for n in range(4)]
+    wait_until(lambda: sum(1 for c in p.contacts() for e in (c.email_addresses or []) if tag in e.email) == 4, 90,
+               what="the 4 contacts in Outlook")
+    p.settle()
+    _, folder = p.outlook()
+    folder.delete()                                        # DeleteFolder (HardDelete): the folder and its contacts
+    p.crm.execute("UPDATE accounts SET city = 'Nowhere' WHERE account_no IN ("
+                  + ", ".join(f"'{no}'" for no in numbers) + ")")   # CRM edits make the workers look
+
+    def held():
+        rows = [r for r in json_rows(p.cli("deletes", "list", "--format", "json").stdout)
+                if r["crm_key"] in {f"account:{no}" for no in numbers}]
+        return rows if len(rows) == 4 else None
+    rows = wait_until(held, 90, what="the 4 deletes held")
+    assert {r["reason"] for r in rows} == {"the sync folder has disappeared (the empty-folder guard)"}
+    assert all(account(p, no)["is_active"] for no in numbers)
+    check = p.cli("status", "--check", check=False)
+    assert check.returncode == 1 and "held: the sync folder has disappeared" in " ".join(check.stdout.split())

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from crmsync.errors import LeaseTaken, Stale
+from crmsync.errors import BadRecord, LeaseTaken, Stale
 from crmsync.ports import CrmRecord, Event, ExchangeRecord, HeldConflict, HeldDelete, Link, LinkUpdate, NewEvent
 from schemas.canonical import CanonicalContact, parse_crm_key
 
@@ -21,9 +21,10 @@ class FakeCrm:
         self.writes = 0
         self._counter = itertools.count(1)
 
-    def put(self, key: str, active: bool = True, modified_at: datetime = NOW, **values) -> None:
+    def put(self, key: str, active: bool = True, modified_at: datetime = NOW, account: str | None = None,
+            **values) -> None:
         self.rows[key] = {"record": CanonicalContact(**values), "active": active, "v": next(self._counter),
-                          "at": modified_at}
+                          "at": modified_at, "account": account}
 
     def read(self, key: str) -> CrmRecord | None:
         row = self.rows.get(key)
@@ -65,6 +66,23 @@ class FakeCrm:
         self.writes += 1
         return self.read(key)
 
+    def delete_account(self, key, expect):
+        row = self.rows.get(key)
+        if row is None:
+            return "gone"
+        if expect is not None and str(row["v"]) != expect:
+            raise Stale(f"{key} changed")
+        if key.startswith("contact:"):
+            return "deactivated"
+        contacts = [k for k, r in self.rows.items() if k.startswith("contact:") and r.get("account") == key]
+        if contacts:
+            row.update(active=False, v=next(self._counter))
+            self.writes += 1
+            return "deactivated"
+        del self.rows[key]
+        self.writes += 1
+        return "deleted"
+
     def reactivate(self, key, expect):
         row = self.rows.get(key)
         if row is None or str(row["v"]) != expect:
@@ -78,9 +96,9 @@ class FakeCrm:
     def new_account_no(self) -> str:
         return f"EX-{uuid.uuid4().hex[:10].upper()}"
 
-    def all_keys(self) -> list[str]:
-        """Active accounts, then secondary contacts (like SqlCrm.all_keys)."""
-        accounts = [k for k, r in self.rows.items() if k.startswith("account:") and r["active"]]
+    def all_keys(self, inactive: bool = False) -> list[str]:
+        """Active accounts (``inactive``: all), then secondary contacts (like SqlCrm.all_keys)."""
+        accounts = [k for k, r in self.rows.items() if k.startswith("account:") and (r["active"] or inactive)]
         return accounts + [k for k in self.rows if k.startswith("contact:")]
 
 
@@ -91,6 +109,12 @@ class FakeExchange:
         self.items: dict[str, dict] = {}
         self.trash: dict[str, dict] = {}
         self.writes = 0
+        self.folder_gone = False   # the sync folder was deleted (every read then finds nothing)
+
+    def folder_state(self):
+        if self.folder_gone:
+            return "missing"
+        return "ok" if self.items else "empty"
 
     def put(self, private: bool = False, crm_key: str | None = None, modified_at: datetime = NOW, **values) -> str:
         item_id = f"item-{uuid.uuid4().hex[:12]}"
@@ -116,6 +140,8 @@ class FakeExchange:
 
     def find_many_by_crm_key(self, crm_keys):
         self.batch_calls = getattr(self, "batch_calls", 0) + 1
+        if self.folder_gone:
+            raise BadRecord(f"mailbox {self.mailbox}: looking up stamped contacts: ErrorFolderNotFound")
         return {k: r for k in crm_keys if (r := self.find_by_crm_key(k)) is not None}
 
     def find_deleted_by_crm_key(self, crm_key):
@@ -157,12 +183,14 @@ class FakeExchange:
         return ([SimpleNamespace(item_id=i, change_key=it["ck"], op="upsert") for i, it in self.items.items()],
                 "listed", False)
 
-    def delete(self, item_id, change_key):
+    def delete(self, item_id, change_key, hard=False):
         if item_id not in self.items:
             return
         if self.items[item_id]["ck"] != change_key:
             raise Stale(f"{item_id} changed")
-        self.trash[item_id] = self.items.pop(item_id)
+        gone = self.items.pop(item_id)
+        if not hard:
+            self.trash[item_id] = gone
         self.writes += 1
 
 
@@ -326,10 +354,10 @@ class FakeHeldDeletes:
         self.store = store
         self.rows: list[HeldDelete] = []
 
-    def note(self, mailbox, entries, status, now):
+    def note(self, mailbox, entries, status, now, reason=None):
         out = []
         for key, side in entries:
-            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now)
+            row = HeldDelete(len(self.rows) + 1, mailbox, key, side, status, now, reason)
             self.rows.append(row)
             out.append(row.id)
         return out

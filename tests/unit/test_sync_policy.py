@@ -327,3 +327,67 @@ def test_a_disabled_mailbox_gets_no_producer_and_no_fan_out(tmp_path):
                       publisher=object(), doorbell=object())
     assert loop.crm_producer.mailboxes == ["a@example.com"]
     assert [p.mailbox for p in loop.exchange_producers] == ["a@example.com"]
+
+
+# ------------------------------------------------------------------ only_active
+
+def test_only_active_is_true_by_default_and_per_mailbox(tmp_path):
+    s = load_settings(write(tmp_path, '[[mailbox]]\naddress = "a@example.com"\n'
+                                      '[[mailbox]]\naddress = "b@example.com"\nonly_active = false\n'), env={})
+    assert [s.effective(m).only_active for m in ("a@example.com", "b@example.com")] == [True, False]
+
+
+@pytest.mark.parametrize("only_active, outcome, pushed", [(True, "gone", 0), (False, "created-exchange", 1)])
+def test_an_inactive_account_is_pushed_only_when_only_active_is_false(only_active, outcome, pushed):
+    crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
+    svc = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=Policy(),
+                       policy_for=lambda mb: Policy(only_active=only_active))
+    crm.put("account:OLD", active=False, first_name="Dormant")
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key="account:OLD")) == outcome
+    assert len(ex.items) == pushed
+    assert crm.all_keys(inactive=not only_active) == (["account:OLD"] if not only_active else [])
+
+
+def test_with_only_active_false_deactivating_keeps_the_contact_and_a_deleted_row_still_deletes_it():
+    crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
+    svc = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=Policy(),
+                       policy_for=lambda mb: Policy(only_active=False))
+    for key in ("account:A", "account:B"):
+        crm.put(key, first_name=key)
+        assert apply_event(svc, store.event(source="crm", op="upsert", crm_key=key)) == "created-exchange"
+    crm.deactivate("account:A", crm.read("account:A").version)
+    crm.update("account:A", {"city": "Oslo"}, crm.read("account:A").version)
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key="account:A")) == "updated"
+    assert len(ex.items) == 2 and ex.trash == {}                              # kept, and still synced
+    del crm.rows["account:B"]                                                 # the row itself deleted
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key="account:B")) == "deleted-exchange"
+    assert len(ex.items) == 1 and len(ex.trash) == 1
+    item_id = store.find_link(FakeExchange.mailbox, crm_key="account:A").item_id   # deleted in Outlook
+    ex.delete(item_id, ex.items[item_id]["ck"])
+    assert apply_event(svc, store.event(source="exchange", op="delete", item_id=item_id)) == "deactivated-crm"
+    crm.update("account:A", {"city": "Bergen"}, crm.read("account:A").version)
+    assert apply_event(svc, store.event(source="crm", op="upsert", crm_key="account:A")) == "noop"  # not re-created
+    assert ex.items == {}
+
+
+def test_the_first_sync_lists_inactive_accounts_for_a_mailbox_with_only_active_false():
+    from types import SimpleNamespace
+
+    from producers.crm_feed import CrmProducer
+
+    crm, store = FakeCrm(), FakeStore()
+    crm.put("account:ON", first_name="On")
+    crm.put("account:OFF", active=False, first_name="Off")
+    nothing_pending = SimpleNamespace(pending_ids=lambda limit: [])
+    producer = CrmProducer(nothing_pending, crm, store, ["a@example.com", "b@example.com"],
+                           with_inactive=["b@example.com"])
+    keys = {mb: sorted(store.events[i]["crm_key"] for ids in producer.initial_batches(mb) for i in ids)
+            for mb in ("a@example.com", "b@example.com")}
+    assert keys == {"a@example.com": ["account:ON"], "b@example.com": ["account:OFF", "account:ON"]}
+
+
+def test_hard_delete_is_refused_for_a_graph_mailbox(tmp_path):
+    with pytest.raises(ConfigError, match="g@example.com: on_crm_delete = 'hard-delete' needs api = 'ews'"):
+        load_settings(write(tmp_path, '[exchange]\ntenant_id = "t"\nclient_id = "c"\nclient_secret_env = "S"\n'
+                                      '[sync]\non_crm_delete = "hard-delete"\n'
+                                      '[[mailbox]]\naddress = "g@example.com"\napi = "graph"\n'), env={"S": "x"})

@@ -17,9 +17,9 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Select, bindparam, exists, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import read_tx, write_tx
@@ -142,11 +142,14 @@ class SqlCrm:
                     out[rec.key] = rec
         return out
 
-    def all_keys(self) -> list[str]:
-        """Every active account's key, then every secondary contact's key (initial sync)."""
+    def all_keys(self, inactive: bool = False) -> list[str]:
+        """Every active account's key (``inactive``: every account's), then every secondary
+        contact's key (initial sync)."""
+        query = select(accounts.c.account_no).order_by(accounts.c.id)
+        if not inactive:
+            query = query.where(accounts.c.is_active.is_(True))
         with read_tx(self.engine) as conn:
-            acc = conn.execute(select(accounts.c.account_no)
-                               .where(accounts.c.is_active.is_(True)).order_by(accounts.c.id)).scalars()
+            acc = conn.execute(query).scalars()
             keys = [crm_key("account", no) for no in acc]
             con = conn.execute(select(contacts.c.id).order_by(contacts.c.id)).scalars()
             keys.extend(crm_key("contact", i) for i in con)
@@ -239,6 +242,26 @@ class SqlCrm:
             conn.execute(update(accounts).where(accounts.c.account_no == ident)
                          .values(is_active=False))
             return self._read(conn, key)
+
+    def delete_account(self, key: str, expect: str | None) -> Literal["deleted", "deactivated", "gone"]:
+        """Delete an account row (``on_exchange_delete = "delete"``), iff it still has version
+        ``expect`` (else Stale). An account that still has secondary contacts is deactivated
+        instead: they are the CRM's records, not Outlook's to delete. A contact key is left alone."""
+        kind, ident = self._parse(key)
+        with write_tx(self.engine) as conn:
+            current = self._read(conn, key, lock=True)
+            if current is None:
+                return "gone"
+            if expect is not None and current.version != expect:
+                raise Stale(f"CRM record {key}: changed since it was read (version mismatch)")
+            if kind == "contact":
+                return "deactivated"
+            account_id = conn.execute(select(accounts.c.id).where(accounts.c.account_no == ident)).scalar_one()
+            if conn.execute(select(contacts.c.id).where(contacts.c.account_id == account_id).limit(1)).first():
+                conn.execute(update(accounts).where(accounts.c.id == account_id).values(is_active=False))
+                return "deactivated"
+            conn.execute(delete(accounts).where(accounts.c.id == account_id))
+            return "deleted"
 
     def reactivate(self, key: str, expect: str) -> CrmRecord:
         """Set ``is_active = true`` on an account whose contact was restored in Outlook; Stale

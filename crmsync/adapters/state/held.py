@@ -19,7 +19,7 @@ COUNTED = ("passed", "held")
 
 def _row(m) -> HeldDelete:
     return HeldDelete(id=m["id"], mailbox=m["mailbox"], crm_key=m["crm_key"], side=m["side"],
-                      status=m["status"], noted_at=m["noted_at"])
+                      status=m["status"], noted_at=m["noted_at"], reason=m["reason"])
 
 
 class SqlHeldDeletes:
@@ -28,12 +28,13 @@ class SqlHeldDeletes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime) -> list[int]:
+    def note(self, mailbox: str, entries: list[tuple[str, str]], status: str, now: datetime,
+             reason: str | None = None) -> list[int]:
         if not entries:
             return []
         with write_tx(self.engine) as conn:
             return [conn.execute(insert(held_deletes).values(mailbox=mailbox, crm_key=key, side=side, status=status,
-                                                             noted_at=now).returning(held_deletes.c.id)).scalar_one()
+                                                             noted_at=now, reason=reason).returning(held_deletes.c.id)).scalar_one()
                     for key, side in entries]
 
     def count_since(self, mailbox: str, since: datetime) -> int:

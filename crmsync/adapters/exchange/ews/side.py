@@ -35,12 +35,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 from exchangelib import Account, Contact, ExtendedProperty
-from exchangelib.errors import ErrorItemNotFound
+from exchangelib.errors import ErrorFolderNotFound, ErrorItemNotFound
 from exchangelib.fields import InvalidField
-from exchangelib.items import MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
+from exchangelib.items import HARD_DELETE, MOVE_TO_DELETED_ITEMS, NEVER_OVERWRITE
 
 from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.ews.faults import ews_errors, translate
@@ -397,8 +398,9 @@ class EwsExchange:
         self._remember(contact)
         return self._record(contact)
 
-    def delete(self, item_id: str, change_key: str) -> None:
-        """Move the contact to Deleted Items (recoverable). Gone or moved away: nothing to do.
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
+        """Move the contact to Deleted Items (recoverable; ``hard``: HardDelete, gone for good).
+        Gone or moved away: nothing to do.
 
         Stale when the item has changed since ``change_key`` was read (someone edited it).
         """
@@ -410,9 +412,20 @@ class EwsExchange:
         if item.changekey != change_key:
             raise Stale(f"mailbox {self.mailbox}: {where}: the contact changed since it was read")
         with ews_errors(self.mailbox, where):
-            (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)], delete_type=MOVE_TO_DELETED_ITEMS)
+            (res,) = self.account.bulk_delete(ids=[(item.id, item.changekey)],
+                                              delete_type=HARD_DELETE if hard else MOVE_TO_DELETED_ITEMS)
         if isinstance(res, ErrorItemNotFound):
             return
         if isinstance(res, Exception):
             raise translate(res, self.mailbox, where)
 
+
+    def folder_state(self) -> Literal["ok", "empty", "missing"]:
+        """One FindItem for at most one item of the sync folder: "missing" when the folder is
+        gone (ErrorFolderNotFound: deleted, or emptied out of Deleted Items), else whether it
+        holds any item (the empty-folder guard asks this before deletes cross)."""
+        with ews_errors(self.mailbox, "checking the sync folder"):
+            try:
+                return "ok" if list(self.folder.all().values_list("id")[:1]) else "empty"
+            except (ErrorFolderNotFound, ErrorItemNotFound):
+                return "missing"

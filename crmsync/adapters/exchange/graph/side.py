@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import structlog
@@ -40,7 +40,7 @@ from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.graph import mapping
 from crmsync.adapters.exchange.graph.client import GraphClient, error_code, translate
 from crmsync.adapters.exchange.graph.connect import user_path
-from crmsync.errors import BadRecord, CrmsyncError, Stale, Transient
+from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact
 
@@ -304,12 +304,25 @@ class GraphExchange:
         return ExchangeRecord(item_id=rec.item_id, change_key=rec.change_key, record=rec.record,
                               crm_key=rec.crm_key, private=rec.private, modified_at=None)
 
-    def delete(self, item_id: str, change_key: str) -> None:
+    def delete(self, item_id: str, change_key: str, hard: bool = False) -> None:
         """DELETE with ``If-Match`` (Graph moves the contact to Deleted Items). Gone or moved away:
-        nothing to do. Stale when the contact changed since ``change_key`` was read."""
+        nothing to do. Stale when the contact changed since ``change_key`` was read. ``hard``
+        (on_crm_delete = "hard-delete") is EWS only: the configuration refuses it for Graph."""
+        if hard:
+            raise ConfigError(self._where("on_crm_delete = 'hard-delete' is not supported over Graph; "
+                                          "use move-to-deleted-items"))
         where = f"deleting item {item_id}"
         resp = self.client.request("DELETE", self._contact_url(item_id), where=self._where(where),
                                    mailbox=self.mailbox, allow=(404, 400),
                                    headers={"If-Match": f'W/"{change_key}"'})
         if resp.status_code == 400 and error_code(resp.json()) != "ErrorInvalidIdMalformed":
             raise translate(400, resp.headers, resp.json(), self._where(where), self.mailbox)
+
+    def folder_state(self) -> Literal["ok", "empty", "missing"]:
+        """One GET of at most one contact of the sync folder: "missing" on 404 (the folder is
+        gone), else whether it holds any contact (asked by the empty-folder guard)."""
+        resp = self.client.request("GET", f"{self._folder}/contacts?$top=1&$select=id",
+                                   where=self._where("checking the sync folder"), mailbox=self.mailbox, allow=(404,))
+        if resp.status_code == 404:
+            return "missing"
+        return "ok" if resp.json().get("value") else "empty"
