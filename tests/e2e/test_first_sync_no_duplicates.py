@@ -143,9 +143,6 @@ def test_plan_then_link_auto_then_the_first_sync_gives_one_record_per_person(sta
     assert links == PEOPLE
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 'a second source of accounts' is not built: an account "
-                   "inserted by plain SQL that matches an existing unlinked Outlook contact is created in "
-                   "Exchange, and the contact in the CRM, instead of the two being linked")
 def test_accounts_inserted_by_sql_that_match_unlinked_outlook_contacts_are_linked_not_duplicated(stack):
     p = stack
     p.settle(timeout=180)

@@ -236,6 +236,23 @@ class EwsExchange:
         records = self.read_many(list(found.values())) if found else []
         return {key: rec for key, rec in zip(found, records, strict=True) if rec is not None}
 
+    def find_similar(self, emails: Sequence[str], surnames: Sequence[str], limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of this folder carrying one of ``emails`` (any of the three addresses) or
+        one of ``surnames``, case-insensitive: the candidates of a new CRM record (one FindItem
+        with an Or of IsEqualTo, then GetItem), at most ``limit``."""
+        from exchangelib import Q
+
+        terms = [Q(**{f"email_addresses__EmailAddress{n}": e}) for e in dict.fromkeys(emails) if e for n in (1, 2, 3)]
+        terms += [Q(surname=s) for s in dict.fromkeys(surnames) if s]
+        if not terms:
+            return []
+        query = terms[0]
+        for term in terms[1:]:
+            query |= term
+        with ews_errors(self.mailbox, "looking up similar contacts"):
+            ids = [row for row in self.folder.filter(query).values_list("id", flat=True)][:limit]
+        return [rec for rec in self.read_many(sorted(ids)) if rec is not None] if ids else []
+
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items (where crmsync's
         deletes put it), for a record re-activated in the CRM."""

@@ -185,6 +185,18 @@ class GraphExchange:
                 out[key] = self._record(values[0])
         return out
 
+    def find_similar(self, emails: Sequence[str], surnames: Sequence[str], limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of the sync folder carrying one of ``emails`` or one of ``surnames`` (one
+        filtered GET): the candidates of a new CRM record, at most ``limit``."""
+        terms = [f"emailAddresses/any(a: a/address eq {_odata_string(e)})" for e in dict.fromkeys(emails) if e]
+        terms += [f"surname eq {_odata_string(s)}" for s in dict.fromkeys(surnames) if s]
+        if not terms:
+            return []
+        found = self._list(f"{self._folder}/contacts",
+                           {"$filter": " or ".join(terms), "$expand": mapping.EXPAND, "$top": str(_PAGE)},
+                           "looking up similar contacts")
+        return [self._record(c) for c in sorted(found, key=lambda c: c["id"])[:limit]]
+
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """Always None: Graph v1.0 cannot list the contacts in Deleted Items (see the module doc);
         the service then creates the contact again."""
