@@ -82,6 +82,12 @@ def accept(queue: ReviewQueue, store: StateStore, item_id: int, candidate: str |
                           "candidate or reject it")
     if not queue.decide(item_id, "accepted", candidate, decided_by, clock()):
         raise ReviewError(f"review item {item_id}: decided meanwhile by someone else")
+    # The candidate may wait as a new record itself, with this one as its candidate (both arrived
+    # at once): the same decision settles it.
+    for other in queue.find(row.mailbox, ("open",)):
+        if (other.side != row.side and other.record_key == candidate
+                and row.record_key in {str(c["key"]) for c in other.candidates}):
+            queue.decide(other.id, "accepted", row.record_key, decided_by, clock())
     events = store.add_events([_event(row, "accepted")])
     decided = queue.get(item_id)
     assert decided is not None

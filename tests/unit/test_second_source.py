@@ -245,3 +245,21 @@ def test_a_candidate_linked_to_another_record_is_never_chosen(world):
 def test_on_new_record_is_checked_by_the_policy():
     with pytest.raises(ValueError, match="on_new_record 'maybe'"):
         replace(Policy(), on_new_record="maybe")
+
+
+def test_review_mode_holds_both_new_records_and_one_accept_settles_the_pair(world):
+    services, crm, ex, store, queue = world
+    crm.put("account:ACC-9", **ADA_CRM)
+    item = ex.put(**ADA_OUTLOOK)
+    ids = [store.event(source="crm", op="upsert", crm_key="account:ACC-9"),
+           store.event(source="exchange", op="upsert", item_id=item)]
+    assert set(applied(services("review"), ids).values()) == {"review-held"}
+    assert review.counts(queue) == {MB: 2}
+    crm_row = next(r for r in review.list_items(queue) if r.side == "crm")
+    _, events = review.accept(queue, store, crm_row.id, item, "test", lambda: NOW)
+    assert review.counts(queue) == {}
+    applied(services("review"), events)
+    again = store.event(source="exchange", op="upsert", item_id=item)
+    assert applied(services("review"), [again])[again] == "noop"
+    assert len(crm.rows) == 1 and len(ex.items) == 1
+    assert store.find_link(MB, crm_key="account:ACC-9").item_id == item
