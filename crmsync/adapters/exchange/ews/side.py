@@ -69,6 +69,10 @@ class CrmKeyProperty(ExtendedProperty):
 _register_lock = threading.Lock()
 
 
+#: Terms (IsEqualTo) in one FindItem of ``find_similar``.
+_SIMILAR_TERMS = 60
+
+
 def register_crm_key_property() -> None:
     """Register the stamp on exchangelib's Contact, once per process (idempotent)."""
     with _register_lock:
@@ -244,14 +248,15 @@ class EwsExchange:
 
         terms = [Q(**{f"email_addresses__EmailAddress{n}": e}) for e in dict.fromkeys(emails) if e for n in (1, 2, 3)]
         terms += [Q(surname=s) for s in dict.fromkeys(surnames) if s]
-        if not terms:
-            return []
-        query = terms[0]
-        for term in terms[1:]:
-            query |= term
-        with ews_errors(self.mailbox, "looking up similar contacts"):
-            ids = [row for row in self.folder.filter(query).values_list("id", flat=True)][:limit]
-        return [rec for rec in self.read_many(sorted(ids)) if rec is not None] if ids else []
+        ids: dict[str, None] = {}
+        for start in range(0, len(terms), _SIMILAR_TERMS):   # a flat Or per FindItem, in chunks
+            query = Q(*terms[start:start + _SIMILAR_TERMS], conn_type=Q.OR)
+            with ews_errors(self.mailbox, "looking up similar contacts"):
+                ids.update(dict.fromkeys(self.folder.filter(query).values_list("id", flat=True)))
+            if len(ids) >= limit:
+                break
+        found = sorted(ids)[:limit]
+        return [rec for rec in self.read_many(found) if rec is not None] if found else []
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items (where crmsync's

@@ -190,12 +190,15 @@ class GraphExchange:
         filtered GET): the candidates of a new CRM record, at most ``limit``."""
         terms = [f"emailAddresses/any(a: a/address eq {_odata_string(e)})" for e in dict.fromkeys(emails) if e]
         terms += [f"surname eq {_odata_string(s)}" for s in dict.fromkeys(surnames) if s]
-        if not terms:
-            return []
-        found = self._list(f"{self._folder}/contacts",
-                           {"$filter": " or ".join(terms), "$expand": mapping.EXPAND, "$top": str(_PAGE)},
-                           "looking up similar contacts")
-        return [self._record(c) for c in sorted(found, key=lambda c: c["id"])[:limit]]
+        found: dict[str, dict] = {}
+        for start in range(0, len(terms), 20):   # a bounded $filter per GET
+            for c in self._list(f"{self._folder}/contacts",
+                                {"$filter": " or ".join(terms[start:start + 20]), "$expand": mapping.EXPAND,
+                                 "$top": str(_PAGE)}, "looking up similar contacts"):
+                found.setdefault(c["id"], c)
+            if len(found) >= limit:
+                break
+        return [self._record(found[i]) for i in sorted(found)[:limit]]
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """Always None: Graph v1.0 cannot list the contacts in Deleted Items (see the module doc);
