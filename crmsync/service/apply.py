@@ -182,6 +182,8 @@ class _MailboxBatch:
         self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
         #: crm_key of a new CRM record -> what to do instead of creating its contact (issue 8)
         self.new_crm: dict[str, tuple[NewRecordDecision, ExchangeRecord | None]] = {}
+        #: crm_key -> the new contact matched to it (issue 8): read with it when its link has no item
+        self.matched: dict[str, str] = {}
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -274,6 +276,8 @@ class _MailboxBatch:
                     outcomes[event.id] = "review-held"       # waits for a person (crmsync review)
                 else:
                     key = item.crm_key or matched.get(item.item_id) or self._new_account_key(item)
+                    if item.crm_key is None and matched.get(item.item_id):
+                        self.matched[key] = item.item_id
                     hint, evs = keyed.setdefault(key, (item.item_id, []))
                     evs.append(event)
                     if hint is None:
@@ -367,9 +371,10 @@ class _MailboxBatch:
         the only proof that no earlier attempt created the contact)."""
         links = {k: self.held[k] for k in keys}
         crm = self._read_crm(list(links))
-        with_item = [link for link in links.values() if link.item_id]
-        by_item = dict(zip([link.crm_key for link in with_item],
-                           self.exchange.read_many([link.item_id for link in with_item]), strict=True)
+        with_item = [(link.crm_key, link.item_id or self.matched[link.crm_key]) for link in links.values()
+                     if link.item_id or (link.base is None and link.crm_key in self.matched)]
+        by_item = dict(zip([key for key, _ in with_item],
+                           self.exchange.read_many([item for _, item in with_item]), strict=True)
                        ) if with_item else {}
         missing = [k for k in links if by_item.get(k) is None]
         by_stamp = self.exchange.find_many_by_crm_key(missing) if missing else {}

@@ -263,3 +263,20 @@ def test_review_mode_holds_both_new_records_and_one_accept_settles_the_pair(worl
     assert applied(services("review"), [again])[again] == "noop"
     assert len(crm.rows) == 1 and len(ex.items) == 1
     assert store.find_link(MB, crm_key="account:ACC-9").item_id == item
+
+
+def test_a_new_contact_is_linked_to_an_account_that_waited_unlinked(world):
+    """An account the push filter kept out of Outlook has a link row without a contact; the
+    person added in Outlook later is linked to it, not made a second account."""
+    _, crm, ex, store, queue = world
+    svc = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, clock=lambda: NOW, review=queue,
+                       policy=Policy(push_filter=(("country", frozenset({"NO"})),)), new_account_no=crm.new_account_no)
+    crm.put("account:ACC-9", **ADA_CRM)
+    first = store.event(source="crm", op="upsert", crm_key="account:ACC-9")
+    assert applied(svc, [first]) == {first: "skipped-filter"}
+    item = ex.put(**ADA_OUTLOOK)
+    event = store.event(source="exchange", op="upsert", item_id=item)
+    assert applied(svc, [event])[event] in ("updated", "noop")
+    assert list(crm.rows) == ["account:ACC-9"] and list(ex.items) == [item]
+    link = store.find_link(MB, crm_key="account:ACC-9")
+    assert link.item_id == item and link.base is not None and ex.items[item]["crm_key"] == "account:ACC-9"
