@@ -32,7 +32,7 @@ def _clock() -> datetime:
 def review_lines(c) -> list[str]:
     """Lines for `crmsync status`: records waiting in the review queue, per mailbox."""
     return [f"{mb}: {n} new record(s) wait in the review queue; `crmsync review list`, then accept or reject"
-            for mb, n in sorted(service.counts(c.review_queue).items())]
+            for mb, n in sorted(service.counts(c.review_queue, c.store).items())]
 
 
 def _rows(items) -> list[list[Any]]:
@@ -61,7 +61,7 @@ def list_(
     _check_format(fmt)
     c = cli.ready_container()
     mb = c.settings.mailbox(mailbox).address if mailbox else None
-    items = service.list_items(c.review_queue, mb)
+    items = service.list_items(c.review_queue, mb, c.store)
     if fmt == "json":
         import json
 

@@ -63,6 +63,8 @@ from schemas.canonical import crm_key as make_crm_key
 
 log = structlog.get_logger("crmsync.service.apply")
 
+#: Candidates looked up per new record (issue 8): those sharing an e-mail address come first.
+_POOL_PER_RECORD = 50
 #: How often one link is re-read after a lost optimistic-concurrency race, within one task.
 MAX_STALE_ROUNDS = 5
 
@@ -566,7 +568,7 @@ class _MailboxBatch:
             return {}
         emails = {e.strip().lower() for r in records for e in (r.email, r.email2) if e and e.strip()}
         names = {r.last_name.strip() for r in records if r.last_name and r.last_name.strip()}
-        return dict(find(sorted(emails), sorted(names)))
+        return dict(find(sorted(emails), sorted(names), limit=_POOL_PER_RECORD * len(records)))
 
     def _similar_exchange(self, records: Iterable[CanonicalContact]) -> dict[str, ExchangeRecord]:
         """Contacts of the folder sharing an e-mail address or a last name with ``records``
@@ -577,7 +579,8 @@ class _MailboxBatch:
             return {}
         emails = {e.strip() for r in records for e in (r.email, r.email2) if e and e.strip()}
         names = {r.last_name.strip() for r in records if r.last_name and r.last_name.strip()}
-        return {x.item_id: x for x in find(sorted(emails), sorted(names)) if not x.private}
+        found = find(sorted(emails), sorted(names), limit=_POOL_PER_RECORD * len(records))
+        return {x.item_id: x for x in found if not x.private}
 
     def _review(self, side: str, key: str, record: CanonicalContact, decision: NewRecordDecision,
                 names: Mapping[str, CanonicalContact]) -> None:
@@ -644,6 +647,10 @@ class _MailboxBatch:
             if decision.action == "link" and decision.chosen is not None:
                 out[item_id] = decision.chosen.crm_key
             elif decision.action == "review":
+                linked = self.svc.store.find_link(self.mailbox, item_id=item_id)
+                if linked is not None:   # linked meanwhile (its CRM record's event, another worker)
+                    out[item_id] = linked.crm_key
+                    continue
                 self._review("exchange", item_id, by_id[item_id].record, decision, names)
                 out[item_id] = None
         return out
@@ -656,10 +663,13 @@ class _MailboxBatch:
             return False
         others = self._similar_exchange([rec.record])
         others.setdefault(item.item_id, item)
-        cands = self._unlinked_exchange(candidates_for_crm(
+        found = candidates_for_crm(
             matching.CrmRecord(chosen.crm_key, rec.record),
             [matching.ExchangeRecord(k, x.record, x.crm_key) for k, x in others.items()
-             if x.crm_key in (None, chosen.crm_key)], self._match_policy()))
+             if x.crm_key in (None, chosen.crm_key)], self._match_policy())
+        # the new contact itself stays in (it may have been linked to this very record meanwhile)
+        cands = [c for c in found if c.exchange_key == item.item_id]
+        cands += self._unlinked_exchange(c for c in found if c.exchange_key != item.item_id)
         back = decide("crm", cands, "match-then-create")
         return back.chosen is not None and back.chosen.exchange_key == item.item_id
 

@@ -25,14 +25,29 @@ class ReviewError(CrmsyncError):
     """A review decision that cannot be made (which item, why)."""
 
 
-def list_items(queue: ReviewQueue, mailbox: str | None = None) -> list[ReviewItem]:
-    """The records waiting for a person, oldest first (one mailbox, or every one)."""
-    return queue.find(mailbox, ("open",))
+def _settled(store: StateStore, row: ReviewItem) -> bool:
+    """The waiting record was linked meanwhile (its candidate's own event, `link add`)."""
+    if row.side == "exchange":
+        return store.find_link(row.mailbox, item_id=row.record_key) is not None
+    link = store.find_link(row.mailbox, crm_key=row.record_key)
+    return link is not None and (link.item_id is not None or link.base is not None)
 
 
-def counts(queue: ReviewQueue) -> dict[str, int]:
+def list_items(queue: ReviewQueue, mailbox: str | None = None, store: StateStore | None = None) -> list[ReviewItem]:
+    """The records waiting for a person, oldest first (one mailbox, or every one); with the
+    state store, those linked meanwhile by another way are left out."""
+    rows = queue.find(mailbox, ("open",))
+    return [r for r in rows if not _settled(store, r)] if store is not None else rows
+
+
+def counts(queue: ReviewQueue, store: StateStore | None = None) -> dict[str, int]:
     """Waiting records per mailbox (for `crmsync status`)."""
-    return queue.counts()
+    if store is None:
+        return queue.counts()
+    out: dict[str, int] = {}
+    for row in list_items(queue, None, store):
+        out[row.mailbox] = out.get(row.mailbox, 0) + 1
+    return out
 
 
 def _open(queue: ReviewQueue, item_id: int) -> ReviewItem:
@@ -68,6 +83,8 @@ def accept(queue: ReviewQueue, store: StateStore, item_id: int, candidate: str |
     """Link the waiting record to ``candidate`` (a key from its candidates; default the best);
     the next sync merges the two. Returns the row and the event that carries it out."""
     row = _open(queue, item_id)
+    if _settled(store, row):
+        raise ReviewError(f"review item {item_id}: {row.record_key} was linked meanwhile; nothing to decide")
     keys = [str(c["key"]) for c in row.candidates]
     if candidate is None:
         if not keys:
@@ -98,6 +115,8 @@ def reject(queue: ReviewQueue, store: StateStore, item_id: int, decided_by: str,
            clock: Callable[[], datetime]) -> tuple[ReviewItem, list[int]]:
     """None of the candidates is this record: the next sync creates it on the other side."""
     row = _open(queue, item_id)
+    if _settled(store, row):
+        raise ReviewError(f"review item {item_id}: {row.record_key} was linked meanwhile; nothing to decide")
     if not queue.decide(item_id, "rejected", None, decided_by, clock()):
         raise ReviewError(f"review item {item_id}: decided meanwhile by someone else")
     events = store.add_events([_event(row, "rejected")])

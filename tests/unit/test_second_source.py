@@ -280,3 +280,18 @@ def test_a_new_contact_is_linked_to_an_account_that_waited_unlinked(world):
     assert list(crm.rows) == ["account:ACC-9"] and list(ex.items) == [item]
     link = store.find_link(MB, crm_key="account:ACC-9")
     assert link.item_id == item and link.base is not None and ex.items[item]["crm_key"] == "account:ACC-9"
+
+
+def test_a_waiting_record_linked_meanwhile_is_no_longer_listed_nor_decided(world):
+    services, crm, ex, store, queue = world
+    crm.put("account:ACC-9", **ADA_CRM)
+    item = ex.put(**ADA_OUTLOOK)
+    applied(services("review"), [store.event(source="exchange", op="upsert", item_id=item)])
+    (row,) = review.list_items(queue, MB, store)
+    # the administrator switches back to match-then-create: the account's own event links the pair
+    event = store.event(source="crm", op="upsert", crm_key="account:ACC-9")
+    assert applied(services(), [event]) == {event: "linked-new"}
+    assert review.list_items(queue, MB, store) == [] and review.counts(queue, store) == {}
+    with pytest.raises(review.ReviewError, match="linked meanwhile"):
+        review.reject(queue, store, row.id, "test", lambda: NOW)
+    assert len(crm.rows) == 1 and len(ex.items) == 1

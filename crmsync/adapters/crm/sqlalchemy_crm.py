@@ -150,21 +150,24 @@ class SqlCrm:
         names = sorted({n.strip().lower() for n in last_names if n and n.strip()})
         if not mails and not names:
             return {}
-        terms = []
+        queries = []   # by e-mail first: a cut at ``limit`` drops last-name-only candidates
         if mails:
-            terms += [func.lower(accounts.c.email).in_(mails), func.lower(accounts.c.email2).in_(mails)]
+            queries.append(or_(func.lower(accounts.c.email).in_(mails), func.lower(accounts.c.email2).in_(mails)))
         if names:
-            terms.append(func.lower(accounts.c.last_name).in_(names))
-        query = (select(*_ACCOUNT_COLS).where(accounts.c.is_active.is_(True)).where(or_(*terms))
-                 .order_by(accounts.c.id).limit(limit))
+            queries.append(func.lower(accounts.c.last_name).in_(names))
         out: dict[str, CrmRecord] = {}
         with read_tx(self.engine) as conn:
-            for row in conn.execute(query):
-                try:
-                    rec = _account_record(row._mapping)
-                except BadRecord:
-                    continue   # a bad row is reported when it is synced itself, not as a candidate
-                out[rec.key] = rec
+            for where in queries:
+                query = (select(*_ACCOUNT_COLS).where(accounts.c.is_active.is_(True)).where(where)
+                         .order_by(accounts.c.id).limit(limit))
+                for row in conn.execute(query):
+                    if len(out) >= limit:
+                        return out
+                    try:
+                        rec = _account_record(row._mapping)
+                    except BadRecord:
+                        continue   # a bad row is reported when it is synced itself, not as a candidate
+                    out.setdefault(rec.key, rec)
         return out
 
     def all_keys(self) -> list[str]:

@@ -242,8 +242,9 @@ class EwsExchange:
 
     def find_similar(self, emails: Sequence[str], surnames: Sequence[str], limit: int = 200) -> list[ExchangeRecord]:
         """Contacts of this folder carrying one of ``emails`` (any of the three addresses) or
-        one of ``surnames``, case-insensitive: the candidates of a new CRM record (one FindItem
-        with an Or of IsEqualTo, then GetItem), at most ``limit``."""
+        one of ``surnames``, case-insensitive: the candidates of new CRM records (FindItem with a
+        flat Or of IsEqualTo per chunk of terms, then GetItem), at most ``limit``, those found by
+        e-mail first."""
         from exchangelib import Q
 
         terms = [Q(**{f"email_addresses__EmailAddress{n}": e}) for e in dict.fromkeys(emails) if e for n in (1, 2, 3)]
@@ -255,7 +256,7 @@ class EwsExchange:
                 ids.update(dict.fromkeys(self.folder.filter(query).values_list("id", flat=True)))
             if len(ids) >= limit:
                 break
-        found = sorted(ids)[:limit]
+        found = list(ids)[:limit]     # e-mail matches first: a cut drops surname-only ones
         return [rec for rec in self.read_many(found) if rec is not None] if found else []
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:

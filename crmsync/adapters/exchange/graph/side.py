@@ -198,7 +198,7 @@ class GraphExchange:
                 found.setdefault(c["id"], c)
             if len(found) >= limit:
                 break
-        return [self._record(found[i]) for i in sorted(found)[:limit]]
+        return [self._record(c) for c in list(found.values())[:limit]]   # e-mail matches first
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """Always None: Graph v1.0 cannot list the contacts in Deleted Items (see the module doc);
