@@ -117,7 +117,8 @@ class ExchangeSideContract:
         """The candidates of a new CRM record (issue 8): one look-up for a whole batch's terms,
         more terms than one request holds."""
         ada = side.create("account:S1", {"first_name": "Ada", "last_name": "Lovelace", "email": "Ada@Acme.example"})
-        grace = side.create("account:S2", {"first_name": "Grace", "last_name": "Hopper", "email2": "grace@navy.example"})
+        grace = side.create("account:S2", {"first_name": "Grace", "last_name": "Hopper", "email": "g@old.example",
+                                           "email2": "grace@navy.example"})
         side.create("account:S3", {"first_name": "Alan", "last_name": "Turing", "email": "alan@b.example"})
         found = side.find_similar(["ada@acme.example", "GRACE@navy.example"], [])
         assert sorted(r.item_id for r in found) == sorted([ada.item_id, grace.item_id])
