@@ -177,7 +177,8 @@ class Container:
         push_filter = tuple((field_of[rule.column], frozenset(rule.in_)) for rule in mbox.push_filter or ())
         return replace(self.policy, conflict=mbox.conflict_policy, direction=mbox.direction,
                        field_rules=mbox.fields or {}, deletes=deletes, push_filter=push_filter,
-                       conflict_fields=mbox.conflict_fields or {}, only_active=mbox.only_active)
+                       conflict_fields=mbox.conflict_fields or {}, only_active=mbox.only_active,
+                       on_new_record=mbox.on_new_record or "match-then-create")
 
     @cached_property
     def held_deletes(self):
@@ -199,12 +200,18 @@ class Container:
         return SqlHeldConflicts(self.state_engine)
 
     @cached_property
+    def review_queue(self):
+        from crmsync.adapters.state.review import SqlReviewQueue
+
+        return SqlReviewQueue(self.state_engine)
+
+    @cached_property
     def sync_services(self) -> SyncServices:
         return SyncServices(
             store=self.store, crm=self.crm, exchange_for=self.exchange_side, policy=self.policy,
             lease_ttl_s=self.settings.sync.lease_ttl_s, call_budget_s=self.settings.exchange.call_budget_s,
             new_account_no=self.crm.new_account_no, policy_for=self.policy_for, held=self.held_deletes,
-            conflicts=self.held_conflicts,
+            conflicts=self.held_conflicts, review=self.review_queue,
         )
 
     def doctor_probes(self) -> DoctorAdapters:

@@ -64,10 +64,14 @@ Direction = Literal["two-way", "crm-to-exchange", "exchange-to-crm"]
 FieldDirection = Literal["two-way", "crm-to-exchange", "exchange-to-crm", "ignore"]
 OnExchangeDelete = Literal["deactivate", "delete", "unlink"]
 OnCrmDelete = Literal["move-to-deleted-items", "hard-delete", "unlink"]
+#: A record new on one side (no link, no stamp): link it to a strong unlinked match on the other
+#: side instead of creating a copy ("match-then-create"), always create ("create"), or hold it
+#: in the review queue until a person decides ("review").
+OnNewRecord = Literal["match-then-create", "create", "review"]
 #: Keys a [[mailbox]] may set for itself; left out, they come from [sync] (``Settings.effective``).
 POLICY_KEYS = ("conflict_policy", "enabled", "direction", "create_folder", "on_exchange_delete", "on_crm_delete",
                "push_filter", "categories", "max_delete_count", "max_delete_percent", "min_delete_count_for_percent",
-               "delete_window_s", "private_sensitivities", "only_categories", "only_active")
+               "delete_window_s", "private_sensitivities", "only_categories", "only_active", "on_new_record")
 #: EWS Sensitivity values (MS-OXWSCDATA SensitivityChoicesType) that may be kept out of the CRM
 #: (Normal may not: it would keep out every ordinary contact).
 Sensitivity = Literal["Personal", "Private", "Confidential"]
@@ -357,6 +361,7 @@ class MailboxSettings(_Section):
     private_sensitivities: tuple[Sensitivity, ...] | None = None
     only_categories: tuple[str, ...] | None = None
     only_active: bool | None = None
+    on_new_record: OnNewRecord | None = None
     #: Acting for this mailbox (EWS): left out, they come from [exchange] (``Settings.exchange_for``).
     access: AccessType | None = None
     username: str | None = Field(default=None, min_length=1)
@@ -442,6 +447,11 @@ class SyncSettings(_Section):
     #: Exchange -> CRM: when not empty, only contacts carrying one of these Outlook categories
     #: are imported (contacts stamped by crmsync keep syncing).
     only_categories: tuple[str, ...] = ()
+    #: A record new on one side that strongly matches an unlinked record on the other (a second
+    #: source of accounts): link the two ("match-then-create"; ambiguous matches wait in the
+    #: review queue), always create ("create"), or let every new record wait for a person
+    #: ("review", `crmsync review list|accept|reject`).
+    on_new_record: OnNewRecord = "match-then-create"
 
     @field_validator("only_categories")
     @classmethod

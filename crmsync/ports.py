@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from schemas.canonical import CanonicalContact
 
@@ -342,3 +342,42 @@ class HeldConflicts(Protocol):
 
     def forget(self, mailbox: str, crm_key: str) -> None:
         """Remove every row of this link (its contact turned Private: its data leaves)."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A record new on one side that waits for a person (issue 8): link it to a candidate on
+    the other side (accept) or create it there (reject)."""
+
+    id: int
+    mailbox: str
+    side: str                     # crm | exchange: where the new record is
+    record_key: str               # its CRM key or ItemId
+    name: str
+    candidates: tuple[dict[str, Any], ...]  # {key, name, score, agree: [signal], disagree: [signal]}, best first
+    reason: str
+    status: str                   # open | accepted | rejected
+    chosen: str | None = None
+    decided_by: str | None = None
+    held_at: datetime | None = None
+
+
+class ReviewQueue(Protocol):
+    """The review queue of new records in the state database."""
+
+    def hold(self, mailbox: str, side: str, record_key: str, name: str, candidates: list[dict[str, Any]], reason: str,
+             now: datetime) -> ReviewItem:
+        """The record's row: added as open, or the one it already has (its candidates refreshed
+        while it is open); idempotent, so a replayed event holds it once."""
+
+    def for_record(self, mailbox: str, side: str, record_key: str) -> ReviewItem | None: ...
+
+    def get(self, item_id: int) -> ReviewItem | None: ...
+
+    def find(self, mailbox: str | None = None, statuses: tuple[str, ...] = ("open",)) -> list[ReviewItem]: ...
+
+    def decide(self, item_id: int, status: str, chosen: str | None, decided_by: str, now: datetime) -> bool:
+        """An open row becomes accepted or rejected; False when it is not open (any more)."""
+
+    def counts(self) -> dict[str, int]:
+        """Open rows per mailbox."""

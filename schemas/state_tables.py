@@ -199,3 +199,24 @@ held_conflicts = Table(
     Index("ix_held_conflicts_mailbox_crm_key", "mailbox", "crm_key"),
     Index("ix_held_conflicts_status", "status"),
 )
+
+#: New records waiting for a person (issue 8): ambiguous matches, or every match under
+#: ``on_new_record = "review"``. One row per (mailbox, side, record_key).
+review_items = Table(
+    "review_items",
+    state_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("side", Text, nullable=False),              # crm | exchange: where the new record is
+    Column("record_key", Text, nullable=False),        # its CRM key or ItemId
+    Column("name", Text, nullable=False),              # its display name
+    Column("candidates_json", Text, nullable=False),   # [{key, name, score, agree, disagree}]
+    Column("reason", Text, nullable=False),
+    Column("status", Text, nullable=False),            # open | accepted | rejected
+    Column("chosen", Text),                            # the candidate a person linked (accepted)
+    Column("decided_by", Text),
+    Column("held_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime),
+    UniqueConstraint("mailbox", "side", "record_key", name="uq_review_items_record"),
+    Index("ix_review_items_status", "status"),
+)

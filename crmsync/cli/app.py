@@ -182,11 +182,16 @@ def _status_view(c, stale_after_s: float):
     problems += unavailable_problems
     waiting = first_sync_waiting(c)
     problems += waiting
+    from crmsync.cli.review import review_lines
+
+    reviews = review_lines(c)
+    problems += reviews
     depths, why = queue_depths(c.settings)
     queue = ("broker queues: " + ", ".join(f"{name} {count}" for name, count in depths.items())
              + " message(s) waiting" if depths else f"broker queues: unknown ({why})")
     return Group(table, *([unavailable] if unavailable is not None else []), queue,
-                 *(Text(f"waiting: {line}") for line in waiting)), problems
+                 *(Text(f"waiting: {line}") for line in waiting),
+                 *(Text(f"review: {line}") for line in reviews)), problems
 
 
 @app.command()
@@ -260,6 +265,10 @@ _linking.register(app)
 from crmsync.cli import policy as _policy  # noqa: E402 - its commands need `app` above
 
 _policy.register(app)
+
+from crmsync.cli import review as _review  # noqa: E402 - `crmsync review ...`
+
+_review.register(app)
 
 from crmsync.cli import config_check as _config_check  # noqa: E402 - `crmsync config check`
 

@@ -103,6 +103,8 @@ class Policy:
     #: CRM -> Exchange: only active accounts are pushed and kept (an account deactivated is a
     #: delete); False: inactive accounts sync like active ones, only a deleted CRM row is a delete.
     only_active: bool = True
+    #: A record new on one side: "match-then-create" | "create" | "review" (crmsync.core.second_source).
+    on_new_record: str = "match-then-create"
 
     def __post_init__(self) -> None:
         for name, kind in (("", self.conflict), *((f"{f}: ", k) for f, k in self.conflict_fields.items())):
@@ -120,11 +122,13 @@ class Policy:
         object.__setattr__(self, "field_rules", MappingProxyType(dict(self.field_rules)))
         object.__setattr__(self, "push_filter", tuple((f, frozenset(v)) for f, v in self.push_filter))
         _check_fields(tuple(f for f, _ in self.push_filter))
+        if self.on_new_record not in ("match-then-create", "create", "review"):
+            raise ValueError(f"on_new_record {self.on_new_record!r} is not one of match-then-create, create, review")
 
     def __hash__(self) -> int:
         return hash((self.conflict, self.crm_readonly, self.region, self.direction,
                      tuple(sorted(self.field_rules.items())), self.deletes, self.push_filter,
-                     tuple(sorted(self.conflict_fields.items())), self.only_active))
+                     tuple(sorted(self.conflict_fields.items())), self.only_active, self.on_new_record))
 
     def conflict_of(self, name: str) -> ConflictPolicy:
         """The conflict policy of one field: its own (``conflict_fields``), else the mailbox's."""

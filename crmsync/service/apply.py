@@ -23,6 +23,7 @@ from typing import Literal
 
 import structlog
 
+from crmsync.core import matching
 from crmsync.core.deletes import FolderState, folder_guard
 from crmsync.core.normalize import content_hash, same
 from crmsync.core.reconcile import (
@@ -33,6 +34,12 @@ from crmsync.core.reconcile import (
     plan_create_crm,
     plan_create_exchange,
     reconcile,
+)
+from crmsync.core.second_source import (
+    NewRecordDecision,
+    candidates_for_crm,
+    candidates_for_exchange,
+    decide,
 )
 from crmsync.errors import BadRecord, LeaseTaken, Stale, Transient
 from crmsync.ports import (
@@ -47,6 +54,8 @@ from crmsync.ports import (
     HeldDeletes,
     Link,
     LinkUpdate,
+    ReviewItem,
+    ReviewQueue,
     StateStore,
 )
 from crmsync.testhooks import crash_point
@@ -55,13 +64,15 @@ from schemas.canonical import crm_key as make_crm_key
 
 log = structlog.get_logger("crmsync.service.apply")
 
+#: Candidates looked up per new record (issue 8): those sharing an e-mail address come first.
+_POOL_PER_RECORD = 50
 #: How often one link is re-read after a lost optimistic-concurrency race, within one task.
 MAX_STALE_ROUNDS = 5
 
 Outcome = Literal[
     "missing", "done-already", "noop", "created-exchange", "created-crm", "updated",
     "deleted-exchange", "deactivated-crm", "unlinked", "unlinked-private", "private-skipped", "gone",
-    "restored", "skipped-one-way", "delete-held", "skipped-filter", "deleted-crm",
+    "restored", "skipped-one-way", "delete-held", "skipped-filter", "deleted-crm", "linked-new", "review-held",
 ]
 #: A crossing delete's fate this round (crmsync.core.deletes): go, held by the brake, discarded by
 #: an administrator, or kept from crossing by the mailbox's delete rule.
@@ -92,6 +103,9 @@ class SyncServices:
     held: HeldDeletes | None = None
     #: The manual conflict queue; None: held fields are not recorded (nothing is written either).
     conflicts: HeldConflicts | None = None
+    #: The review queue of new records (issue 8); None: a record that would wait for a person
+    #: is neither created nor linked (it is logged and waits for `crmsync link add`).
+    review: ReviewQueue | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,10 @@ class _MailboxBatch:
         self.gate: dict[str, Verdict] = {}       # crm_key -> what its crossing delete may do
         self.approved: dict[str, int] = {}       # crm_key -> the approved held_deletes row
         self.folder: FolderState | None = None   # the sync folder as last read (None: not asked)
+        #: crm_key of a new CRM record -> what to do instead of creating its contact (issue 8)
+        self.new_crm: dict[str, tuple[NewRecordDecision, ExchangeRecord | None]] = {}
+        #: crm_key -> the new contact matched to it (issue 8): read with it when its link has no item
+        self.matched: dict[str, str] = {}
 
     # ------------------------------------------------------------------ leases (the fence)
     def _ensure(self, keys: list[str]) -> list[str]:
@@ -248,6 +266,9 @@ class _MailboxBatch:
             keyed.setdefault(key, (event.item_id, []))[1].append(event)
         if unlinked:
             items = self.exchange.read_many([e.item_id for e in unlinked if e.item_id])
+            new = [item for item in items if item is not None and not item.private and item.crm_key is None
+                   and may_create(self.policy, "crm")]
+            matched = self._match_new_exchange(new) if new else {}
             for event, item in zip(unlinked, items, strict=True):
                 if item is None:
                     outcomes[event.id] = "gone"
@@ -255,9 +276,16 @@ class _MailboxBatch:
                     outcomes[event.id] = "private-skipped"
                 elif item.crm_key is None and not may_create(self.policy, "crm"):
                     outcomes[event.id] = "skipped-one-way"   # new in Outlook; this mailbox never writes the CRM
+                elif item.crm_key is None and matched.get(item.item_id, "") is None:
+                    outcomes[event.id] = "review-held"       # waits for a person (crmsync review)
                 else:
-                    key = item.crm_key or self._new_account_key(item)
-                    keyed.setdefault(key, (item.item_id, []))[1].append(event)
+                    key = item.crm_key or matched.get(item.item_id) or self._new_account_key(item)
+                    if item.crm_key is None and matched.get(item.item_id):
+                        self.matched[key] = item.item_id
+                    hint, evs = keyed.setdefault(key, (item.item_id, []))
+                    evs.append(event)
+                    if hint is None:
+                        keyed[key] = (item.item_id, evs)
         return keyed
 
     def _new_account_key(self, item: ExchangeRecord) -> str:
@@ -274,6 +302,7 @@ class _MailboxBatch:
                 return
             reads = self._read(todo)
             self.gate = self._brake(todo, reads)
+            self.new_crm = self._match_new_crm(todo, reads)
             commits: list[tuple[Link, LinkUpdate]] = []
             creates: list[tuple[Link, _Deferred]] = []
             again: list[str] = []
@@ -346,9 +375,10 @@ class _MailboxBatch:
         the only proof that no earlier attempt created the contact)."""
         links = {k: self.held[k] for k in keys}
         crm = self._read_crm(list(links))
-        with_item = [link for link in links.values() if link.item_id]
-        by_item = dict(zip([link.crm_key for link in with_item],
-                           self.exchange.read_many([link.item_id for link in with_item]), strict=True)
+        with_item = [(link.crm_key, link.item_id or self.matched[link.crm_key]) for link in links.values()
+                     if link.item_id or (link.base is None and link.crm_key in self.matched)]
+        by_item = dict(zip([key for key, _ in with_item],
+                           self.exchange.read_many([item for _, item in with_item]), strict=True)
                        ) if with_item else {}
         missing = [k for k in links if by_item.get(k) is None]
         by_stamp = self._find_stamped(missing) if missing else {}
@@ -474,6 +504,13 @@ class _MailboxBatch:
                 return "skipped-one-way", None
             if not self._pushes(crm):
                 return "skipped-filter", None
+            decided = self.new_crm.get(link.crm_key)
+            if decided is not None and decided[0].action == "review":
+                return "review-held", None
+            if decided is not None and decided[1] is not None:
+                # A second source (issue 8): the same person is in the folder, unlinked: link, merge.
+                _, update = self._merge(replace(link, item_id=decided[1].item_id), fields, crm, decided[1])
+                return "linked-new", update
             return "created-exchange", _Deferred(plan_create_exchange(crm.record, fields, self.policy), crm)
         return self._merge(link, fields, crm, ex)
 
@@ -529,6 +566,209 @@ class _MailboxBatch:
             return True
         account = crm if crm.account_key is None else self.svc.crm.read(crm.account_key)
         return account is not None and self.policy.pushes(account.record)
+
+    # ------------------------------------------------------------------ a second source (issue 8)
+    def _match_policy(self) -> matching.MatchPolicy:
+        return matching.MatchPolicy(region=self.policy.region)
+
+    def _unlinked_crm(self, cands: Iterable[matching.Candidate]) -> list[matching.Candidate]:
+        out = []
+        for cand in cands:
+            link = self.svc.store.find_link(self.mailbox, crm_key=cand.crm_key)
+            if link is None or (link.item_id is None and link.base is None and not link.deleted):
+                out.append(cand)
+        return out
+
+    def _unlinked_exchange(self, cands: Iterable[matching.Candidate]) -> list[matching.Candidate]:
+        return [c for c in cands if self.svc.store.find_link(self.mailbox, item_id=c.exchange_key) is None]
+
+    def _similar_crm(self, records: Iterable[CanonicalContact]) -> dict[str, CrmRecord]:
+        """Active CRM accounts sharing an e-mail address or a last name with ``records`` (one
+        query); {} when the CRM adapter cannot look them up."""
+        find = getattr(self.svc.crm, "find_similar", None)
+        records = list(records)
+        if find is None or not records:
+            return {}
+        emails = {e.strip().lower() for r in records for e in (r.email, r.email2) if e and e.strip()}
+        names = {r.last_name.strip() for r in records if r.last_name and r.last_name.strip()}
+        return dict(find(sorted(emails), sorted(names), limit=_POOL_PER_RECORD * len(records)))
+
+    def _similar_exchange(self, records: Iterable[CanonicalContact]) -> dict[str, ExchangeRecord]:
+        """Contacts of the folder sharing an e-mail address or a last name with ``records``
+        (one query), not private; {} when the Exchange adapter cannot look them up."""
+        find = getattr(self.exchange, "find_similar", None)
+        records = list(records)
+        if find is None or not records:
+            return {}
+        emails = {e.strip() for r in records for e in (r.email, r.email2) if e and e.strip()}
+        names = {r.last_name.strip() for r in records if r.last_name and r.last_name.strip()}
+        found = find(sorted(emails), sorted(names), limit=_POOL_PER_RECORD * len(records))
+        return {x.item_id: x for x in found if not x.private}
+
+    def _review(self, side: str, key: str, record: CanonicalContact, decision: NewRecordDecision,
+                names: Mapping[str, CanonicalContact]) -> None:
+        """Hold a new record in the review queue (idempotent: a replay finds its row)."""
+        log.warning("new_record.review", mailbox=self.mailbox, side=side, key=key, reason=decision.reason,
+                    candidates=len(decision.candidates), hint="crmsync review list | accept | reject")
+        if self.svc.review is None:
+            return
+        from crmsync.service.linking import display_name
+
+        cands = [{"key": c.exchange_key if side == "crm" else c.crm_key,
+                  "name": display_name(names[c.exchange_key if side == "crm" else c.crm_key]),
+                  "score": c.score, "agree": sorted({e.signal for e in c.agree}),
+                  "disagree": sorted({e.signal for e in c.disagree})} for c in decision.candidates]
+        self.svc.review.hold(self.mailbox, side, key, display_name(record), cands, decision.reason, self.svc.clock())
+
+    def _queued(self, side: str, key: str) -> ReviewItem | None:
+        """This record's row in the review queue: open (it still waits), accepted (link it to
+        the chosen candidate), rejected (create it); None when it never waited."""
+        if self.svc.review is None:
+            return None
+        return self.svc.review.for_record(self.mailbox, side, key)
+
+    def _match_new_exchange(self, items: list[ExchangeRecord]) -> dict[str, str | None]:
+        """For contacts new in Outlook: item_id -> the unlinked CRM record to link it to, None
+        when it waits for a person; absent: create a new account (as before issue 8)."""
+        mode = self.policy.on_new_record
+        out: dict[str, str | None] = {}
+        todo = []
+        for item in items:
+            row = self._queued("exchange", item.item_id)
+            if row is not None and row.status == "open":
+                out[item.item_id] = None
+            elif row is not None and row.status == "accepted" and row.chosen:
+                out[item.item_id] = row.chosen          # a person chose (crmsync review accept)
+            elif row is None and mode != "create":
+                todo.append(item)
+        pool = self._similar_crm(item.record for item in todo)
+        if not pool:
+            return out
+        policy = self._match_policy()
+        crm_pool = [matching.CrmRecord(k, r.record) for k, r in pool.items()]
+        claimed: dict[str, list[str]] = {}
+        decisions: dict[str, NewRecordDecision] = {}
+        for item in todo:
+            cands = self._unlinked_crm(candidates_for_exchange(
+                matching.ExchangeRecord(item.item_id, item.record, item.crm_key), crm_pool, policy))
+            decisions[item.item_id] = decision = decide("exchange", cands, mode)
+            if decision.chosen is not None:
+                claimed.setdefault(decision.chosen.crm_key, []).append(item.item_id)
+        names: dict[str, CanonicalContact] = {k: r.record for k, r in pool.items()}
+        by_id = {item.item_id: item for item in todo}
+        for item_id, decision in decisions.items():
+            if decision.chosen is not None:
+                rivals = claimed[decision.chosen.crm_key]
+                if len(rivals) > 1:
+                    decision = replace(decision, action="review", chosen=None,
+                                       reason=f"contested: {decision.chosen.crm_key} is also the best match of "
+                                              f"{len(rivals) - 1} other new contact(s)")
+                elif not self._mutual_crm(decision.chosen, by_id[item_id]):
+                    decision = replace(decision, action="review", chosen=None,
+                                       reason=f"contested: {decision.chosen.crm_key} matches another contact "
+                                              "as well or better")
+            if decision.action == "link" and decision.chosen is not None:
+                out[item_id] = decision.chosen.crm_key
+            elif decision.action == "review":
+                linked = self.svc.store.find_link(self.mailbox, item_id=item_id)
+                if linked is not None:   # linked meanwhile (its CRM record's event, another worker)
+                    out[item_id] = linked.crm_key
+                    continue
+                self._review("exchange", item_id, by_id[item_id].record, decision, names)
+                out[item_id] = None
+        return out
+
+    def _mutual_crm(self, chosen: matching.Candidate, item: ExchangeRecord) -> bool:
+        """The CRM record a new contact would be linked to has no other unlinked contact in the
+        folder that matches it as well (within the margin): then a person decides."""
+        rec = self.svc.crm.read(chosen.crm_key)
+        if rec is None:
+            return False
+        others = self._similar_exchange([rec.record])
+        others.setdefault(item.item_id, item)
+        found = candidates_for_crm(
+            matching.CrmRecord(chosen.crm_key, rec.record),
+            [matching.ExchangeRecord(k, x.record, x.crm_key) for k, x in others.items()
+             if x.crm_key in (None, chosen.crm_key)], self._match_policy())
+        # the new contact itself stays in (it may have been linked to this very record meanwhile)
+        cands = [c for c in found if c.exchange_key == item.item_id]
+        cands += self._unlinked_exchange(c for c in found if c.exchange_key != item.item_id)
+        back = decide("crm", cands, "match-then-create")
+        return back.chosen is not None and back.chosen.exchange_key == item.item_id
+
+    def _match_new_crm(self, keys: list[str], reads: dict) -> dict[str, tuple[NewRecordDecision, ExchangeRecord | None]]:
+        """For CRM records new to this mailbox (never linked, no stamped contact): crm_key ->
+        (decision, the unlinked contact to link it to). Absent: create its contact."""
+        mode = self.policy.on_new_record
+        new: dict[str, CrmRecord] = {}
+        out: dict[str, tuple[NewRecordDecision, ExchangeRecord | None]] = {}
+        for key in keys:
+            link = self.held.get(key)
+            crm, ex = reads[key]
+            if (link is None or ex is not None or not isinstance(crm, CrmRecord) or not crm.active
+                    or link.item_id is not None or link.base is not None or link.deleted or link.private):
+                continue
+            row = self._queued("crm", key)
+            if row is not None and row.status == "open":
+                out[key] = (NewRecordDecision("review", (), reason="waits for a person"), None)
+            elif row is not None and row.status == "accepted" and row.chosen:
+                out[key] = self._accepted(key, row.chosen)
+            elif row is None and mode != "create":
+                new[key] = crm
+        pool = self._similar_exchange(r.record for r in new.values())
+        if not pool:
+            return out
+        policy = self._match_policy()
+        ex_pool = [matching.ExchangeRecord(k, x.record, x.crm_key) for k, x in pool.items()]
+        claimed: dict[str, list[str]] = {}
+        decisions: dict[str, NewRecordDecision] = {}
+        for key, crm in new.items():
+            cands = [c for c in candidates_for_crm(matching.CrmRecord(key, crm.record), ex_pool, policy)
+                     if pool[c.exchange_key].crm_key in (None, key)]
+            decisions[key] = decision = decide("crm", self._unlinked_exchange(cands), mode)
+            if decision.chosen is not None:
+                claimed.setdefault(decision.chosen.exchange_key, []).append(key)
+        names: dict[str, CanonicalContact] = {k: x.record for k, x in pool.items()}
+        for key, decision in decisions.items():
+            chosen = decision.chosen
+            if chosen is not None:
+                if len(claimed[chosen.exchange_key]) > 1:
+                    decision = replace(decision, action="review", chosen=None,
+                                       reason="contested: its best match is also the best match of "
+                                              f"{len(claimed[chosen.exchange_key]) - 1} other new record(s)")
+                elif not self._mutual_exchange(chosen, pool[chosen.exchange_key], key):
+                    decision = replace(decision, action="review", chosen=None,
+                                       reason="contested: its best match matches another CRM record as well or better")
+            if decision.action == "review":
+                self._review("crm", key, new[key].record, decision, names)
+                out[key] = (decision, None)
+            elif decision.action == "link" and decision.chosen is not None:
+                out[key] = (decision, pool[decision.chosen.exchange_key])
+        return out
+
+    def _accepted(self, key: str, item_id: str) -> tuple[NewRecordDecision, ExchangeRecord | None]:
+        """The contact a person linked a new CRM record to, if it can still be linked."""
+        item = self.exchange.read(item_id)
+        if (item is None or item.private or item.crm_key not in (None, key)
+                or self.svc.store.find_link(self.mailbox, item_id=item_id) is not None):
+            log.warning("new_record.accepted_candidate_gone", mailbox=self.mailbox, crm_key=key, item_id=item_id)
+            return NewRecordDecision("review", (), reason=f"the chosen contact {item_id} is gone or linked"), None
+        return NewRecordDecision("link", ()), item
+
+    def _mutual_exchange(self, chosen: matching.Candidate, item: ExchangeRecord, key: str) -> bool:
+        """The contact a new CRM record would be linked to has no other unlinked CRM record
+        that matches it as well (within the margin)."""
+        pool = self._similar_crm([item.record])
+        crm = [matching.CrmRecord(k, r.record) for k, r in pool.items()]
+        if key not in pool:
+            own = self.svc.crm.read(key)
+            if own is None:
+                return False
+            crm.append(matching.CrmRecord(key, own.record))
+        cands = self._unlinked_crm(candidates_for_exchange(
+            matching.ExchangeRecord(item.item_id, item.record, item.crm_key), crm, self._match_policy()))
+        back = decide("exchange", cands, "match-then-create")
+        return back.chosen is not None and back.chosen.crm_key == key
 
     # ------------------------------------------------------------------ the delete brake
     def _crossing(self, link: Link, crm: CrmRecord | None, ex: ExchangeRecord | None) -> str | None:

@@ -113,6 +113,20 @@ class ExchangeSideContract:
         assert set(found) == {f"account:M{i}" for i in range(25)}
         assert found["account:M7"].item_id == made[7].item_id and found["account:M7"].record.first_name == "M7"
 
+    def test_find_similar_finds_contacts_by_email_in_any_case_or_surname(self, side) -> None:
+        """The candidates of a new CRM record (issue 8): one look-up for a whole batch's terms,
+        more terms than one request holds."""
+        ada = side.create("account:S1", {"first_name": "Ada", "last_name": "Lovelace", "email": "Ada@Acme.example"})
+        grace = side.create("account:S2", {"first_name": "Grace", "last_name": "Hopper", "email": "g@old.example",
+                                           "email2": "grace@navy.example"})
+        side.create("account:S3", {"first_name": "Alan", "last_name": "Turing", "email": "alan@b.example"})
+        found = side.find_similar(["ada@acme.example", "GRACE@navy.example"], [])
+        assert sorted(r.item_id for r in found) == sorted([ada.item_id, grace.item_id])
+        assert [r.record.first_name for r in side.find_similar([], ["Hopper"])] == ["Grace"]
+        many = [f"nobody{i}@x.example" for i in range(70)] + ["alan@b.example"]
+        assert [r.record.first_name for r in side.find_similar(many, [f"Nobody{i}" for i in range(30)])] == ["Alan"]
+        assert side.find_similar([], []) == [] and side.find_similar(["none@x.example"], ["None"]) == []
+
     # ------------------------------------------------------------------ update
 
     def test_update_with_the_current_change_key_writes_only_the_changes(self, side) -> None:

@@ -426,3 +426,48 @@ class FakeHeldConflicts:
         for i, r in enumerate(self.rows):
             if r.id in ids and r.status == "resolved":
                 self.rows[i] = replace(r, status="applied")
+
+
+class FakeReviewQueue:
+    """The review queue of new records (crmsync.ports.ReviewQueue), in memory."""
+
+    def __init__(self) -> None:
+        from crmsync.ports import ReviewItem
+
+        self._cls = ReviewItem
+        self.rows: dict[int, ReviewItem] = {}
+        self._ids = itertools.count(1)
+
+    def hold(self, mailbox, side, record_key, name, candidates, reason, now):
+        row = self.for_record(mailbox, side, record_key)
+        if row is None:
+            row = self._cls(id=next(self._ids), mailbox=mailbox, side=side, record_key=record_key, name=name,
+                            candidates=tuple(candidates), reason=reason, status="open", held_at=now)
+        elif row.status == "open":
+            row = replace(row, name=name, candidates=tuple(candidates), reason=reason)
+        self.rows[row.id] = row
+        return row
+
+    def for_record(self, mailbox, side, record_key):
+        return next((r for r in self.rows.values()
+                     if (r.mailbox, r.side, r.record_key) == (mailbox, side, record_key)), None)
+
+    def get(self, item_id):
+        return self.rows.get(item_id)
+
+    def find(self, mailbox=None, statuses=("open",)):
+        return [r for r in self.rows.values() if r.status in statuses and mailbox in (None, r.mailbox)]
+
+    def decide(self, item_id, status, chosen, decided_by, now):
+        row = self.rows.get(item_id)
+        if row is None or row.status != "open":
+            return False
+        self.rows[item_id] = replace(row, status=status, chosen=chosen, decided_by=decided_by)
+        return True
+
+    def counts(self):
+        out: dict[str, int] = {}
+        for r in self.rows.values():
+            if r.status == "open":
+                out[r.mailbox] = out.get(r.mailbox, 0) + 1
+        return out

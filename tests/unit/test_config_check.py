@@ -50,6 +50,7 @@ def test_effective_values_and_their_sources_without_connecting_to_anything(tmp_p
 [sync]
 conflict_policy = "manual"
 max_delete_count = 7
+on_new_record = "review"
 
 [[mailbox]]
 address = "alice@example.com"
@@ -62,6 +63,7 @@ address = "bob@example.com"
 folder = "Shared/CRM"
 conflict_policy = "crm-wins"
 enabled = false
+on_new_record = "create"
 """)
     done = crmsync("--config", str(path), "config", "check")
     assert done.returncode == 0, done.stderr
@@ -81,19 +83,22 @@ enabled = false
     assert table["bob"]["enabled"] == ("false", "mailbox")
     assert table["bob"]["folder"] == ("Shared/CRM", "mailbox")
     assert table["bob"]["direction"] == ("two-way", "default")
+    assert table["alice"]["on_new_record"] == ("review", "[sync]")
+    assert table["bob"]["on_new_record"] == ("create", "mailbox")
 
 
 def test_a_bad_value_exits_non_zero_naming_the_key_and_the_mailbox(tmp_path: Path) -> None:
     path = tmp_path / "crmsync.toml"
     path.write_text('[[mailbox]]\naddress = "alice@example.com"\n'
                     '[[mailbox]]\naddress = "bob@example.com"\ndirection = "sideways"\n'
-                    '[sync]\nmax_delete_percent = 150\n')
+                    '[sync]\nmax_delete_percent = 150\non_new_record = "sometimes"\n')
     done = crmsync("config", "check", "--config", str(path))
     assert done.returncode == 2
     err = " ".join(done.stderr.split())  # the error console wraps long lines
     assert ("config key mailbox[1].direction: must be one of two-way, crm-to-exchange, exchange-to-crm "
             "(got 'sideways') (mailbox bob@example.com)") in err
     assert "config key sync.max_delete_percent: must be <= 100" in err
+    assert "config key sync.on_new_record: must be one of match-then-create, create, review (got 'sometimes')" in err
     assert "configuration valid" not in done.stdout
 
 

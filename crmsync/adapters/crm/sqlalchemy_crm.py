@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import read_tx, write_tx
@@ -140,6 +140,34 @@ class SqlCrm:
                 for row in conn.execute(_contact_select().where(contacts.c.id.in_(chunk_ids))):
                     rec = _contact_record(row._mapping)
                     out[rec.key] = rec
+        return out
+
+    def find_similar(self, emails: Iterable[str], last_names: Iterable[str], limit: int = 200) -> dict[str, CrmRecord]:
+        """Active accounts carrying one of ``emails`` (email or email2) or one of ``last_names``,
+        case-insensitive: the candidates of a contact new in Outlook (an index-friendly query,
+        never a scan in Python), at most ``limit``, by key."""
+        mails = sorted({e.strip().lower() for e in emails if e and e.strip()})
+        names = sorted({n.strip().lower() for n in last_names if n and n.strip()})
+        if not mails and not names:
+            return {}
+        queries = []   # by e-mail first: a cut at ``limit`` drops last-name-only candidates
+        if mails:
+            queries.append(or_(func.lower(accounts.c.email).in_(mails), func.lower(accounts.c.email2).in_(mails)))
+        if names:
+            queries.append(func.lower(accounts.c.last_name).in_(names))
+        out: dict[str, CrmRecord] = {}
+        with read_tx(self.engine) as conn:
+            for where in queries:
+                query = (select(*_ACCOUNT_COLS).where(accounts.c.is_active.is_(True)).where(where)
+                         .order_by(accounts.c.id).limit(limit))
+                for row in conn.execute(query):
+                    if len(out) >= limit:
+                        return out
+                    try:
+                        rec = _account_record(row._mapping)
+                    except BadRecord:
+                        continue   # a bad row is reported when it is synced itself, not as a candidate
+                    out.setdefault(rec.key, rec)
         return out
 
     def all_keys(self, inactive: bool = False) -> list[str]:

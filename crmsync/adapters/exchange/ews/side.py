@@ -70,6 +70,10 @@ class CrmKeyProperty(ExtendedProperty):
 _register_lock = threading.Lock()
 
 
+#: Terms (IsEqualTo) in one FindItem of ``find_similar``.
+_SIMILAR_TERMS = 60
+
+
 def register_crm_key_property() -> None:
     """Register the stamp on exchangelib's Contact, once per process (idempotent)."""
     with _register_lock:
@@ -236,6 +240,25 @@ class EwsExchange:
                     found.setdefault(key, item_id)
         records = self.read_many(list(found.values())) if found else []
         return {key: rec for key, rec in zip(found, records, strict=True) if rec is not None}
+
+    def find_similar(self, emails: Sequence[str], surnames: Sequence[str], limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of this folder carrying one of ``emails`` (any of the three addresses) or
+        one of ``surnames``, case-insensitive: the candidates of new CRM records (FindItem with a
+        flat Or of IsEqualTo per chunk of terms, then GetItem), at most ``limit``, those found by
+        e-mail first."""
+        from exchangelib import Q
+
+        terms = [Q(**{f"email_addresses__EmailAddress{n}": e}) for e in dict.fromkeys(emails) if e for n in (1, 2, 3)]
+        terms += [Q(surname=s) for s in dict.fromkeys(surnames) if s]
+        ids: dict[str, None] = {}
+        for start in range(0, len(terms), _SIMILAR_TERMS):   # a flat Or per FindItem, in chunks
+            query = Q(*terms[start:start + _SIMILAR_TERMS], conn_type=Q.OR)
+            with ews_errors(self.mailbox, "looking up similar contacts"):
+                ids.update(dict.fromkeys(self.folder.filter(query).values_list("id", flat=True)))
+            if len(ids) >= limit:
+                break
+        found = list(ids)[:limit]     # e-mail matches first: a cut drops surname-only ones
+        return [rec for rec in self.read_many(found) if rec is not None] if found else []
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items (where crmsync's

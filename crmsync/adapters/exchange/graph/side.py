@@ -185,6 +185,21 @@ class GraphExchange:
                 out[key] = self._record(values[0])
         return out
 
+    def find_similar(self, emails: Sequence[str], surnames: Sequence[str], limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of the sync folder carrying one of ``emails`` or one of ``surnames`` (one
+        filtered GET): the candidates of a new CRM record, at most ``limit``."""
+        terms = [f"emailAddresses/any(a: a/address eq {_odata_string(e)})" for e in dict.fromkeys(emails) if e]
+        terms += [f"surname eq {_odata_string(s)}" for s in dict.fromkeys(surnames) if s]
+        found: dict[str, dict] = {}
+        for start in range(0, len(terms), 20):   # a bounded $filter per GET
+            for c in self._list(f"{self._folder}/contacts",
+                                {"$filter": " or ".join(terms[start:start + 20]), "$expand": mapping.EXPAND,
+                                 "$top": str(_PAGE)}, "looking up similar contacts"):
+                found.setdefault(c["id"], c)
+            if len(found) >= limit:
+                break
+        return [self._record(c) for c in list(found.values())[:limit]]   # e-mail matches first
+
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """Always None: Graph v1.0 cannot list the contacts in Deleted Items (see the module doc);
         the service then creates the contact again."""

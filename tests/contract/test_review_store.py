@@ -1,0 +1,86 @@
+"""The ReviewQueue port (new records waiting for a person, issue 8) against the SQL adapter on
+SQLite and PostgreSQL and the in-memory fake the unit tests use; and the CRM adapter's look-up of
+candidates for a contact new in Outlook (SqlCrm.find_similar)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+
+from crmsync.adapters.crm.sqlalchemy_crm import SqlCrm
+from crmsync.adapters.state.review import SqlReviewQueue
+from tests.contract.dbhelpers import run_sql
+from tests.unit.fakes import FakeReviewQueue
+
+MB, OTHER = "alice@example.com", "bob@example.com"
+T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+CANDS = [{"key": "item-1", "name": "Ada Lovelace (Acme)", "score": 0.9998, "agree": ["email", "name"],
+          "disagree": []},
+         {"key": "item-2", "name": "Ada Lovelace", "score": 0.99, "agree": ["name"], "disagree": ["email"]}]
+
+
+class ReviewQueueContract:
+    @pytest.fixture
+    def queue(self):
+        raise NotImplementedError
+
+    def test_a_record_is_held_once_and_its_candidates_are_kept(self, queue) -> None:
+        row = queue.hold(MB, "crm", "account:A-1", "Ada Lovelace (Acme)", CANDS, "ambiguous", T0)
+        again = queue.hold(MB, "crm", "account:A-1", "Ada Lovelace (Acme)", CANDS[:1], "ambiguous", T0)
+        assert again.id == row.id and again.candidates == (CANDS[0],)        # refreshed, not doubled
+        queue.hold(MB, "exchange", "item-9", "Grace", [], "on_new_record = review", T0)
+        queue.hold(OTHER, "crm", "account:A-1", "Ada", CANDS, "ambiguous", T0)
+        assert [(r.side, r.record_key) for r in queue.find(MB)] == [("crm", "account:A-1"), ("exchange", "item-9")]
+        assert queue.counts() == {MB: 2, OTHER: 1}
+        assert queue.for_record(MB, "crm", "account:A-1").status == "open"
+        assert queue.for_record(MB, "crm", "account:NOPE") is None and queue.get(10_000) is None
+
+    def test_a_decision_is_made_once_and_a_decided_row_is_not_reopened(self, queue) -> None:
+        row = queue.hold(MB, "crm", "account:A-1", "Ada", CANDS, "ambiguous", T0)
+        assert queue.decide(row.id, "accepted", "item-2", "cli:admin", T0) is True
+        assert queue.decide(row.id, "rejected", None, "cli:other", T0) is False
+        got = queue.get(row.id)
+        assert (got.status, got.chosen, got.decided_by) == ("accepted", "item-2", "cli:admin")
+        held = queue.hold(MB, "crm", "account:A-1", "Ada", [], "again", T0)   # a replayed event
+        assert (held.id, held.status, held.candidates) == (row.id, "accepted", tuple(CANDS))
+        assert queue.find(MB) == [] and queue.counts() == {}
+        assert [r.id for r in queue.find(MB, ("accepted",))] == [row.id]
+
+
+class TestSqlReviewQueue(ReviewQueueContract):
+    @pytest.fixture
+    def queue(self, state_engine: Engine):
+        return SqlReviewQueue(state_engine)
+
+    def test_an_unknown_decision_is_refused(self, queue) -> None:
+        row = queue.hold(MB, "crm", "account:A-1", "Ada", CANDS, "ambiguous", T0)
+        with pytest.raises(ValueError, match="accepted or rejected"):
+            queue.decide(row.id, "maybe", None, "cli:admin", T0)
+
+
+class TestFakeReviewQueue(ReviewQueueContract):
+    @pytest.fixture
+    def queue(self):
+        return FakeReviewQueue()
+
+
+def test_crm_candidates_are_found_by_email_in_any_case_or_last_name(crm_engine: Engine, crm_dbapi) -> None:
+    run_sql(
+        crm_dbapi,
+        "INSERT INTO accounts (account_no, first_name, last_name, email) VALUES "
+        "('A-1', 'Ada', 'Lovelace', 'ada@acme.example'), ('A-2', 'Grace', 'Hopper', 'grace@navy.example'), "
+        "('A-3', 'Alan', 'Turing', 'alan@bletchley.example')",
+        "INSERT INTO accounts (account_no, first_name, last_name, email2) VALUES "
+        "('A-4', 'Edsger', 'Dijkstra', 'ewd@tue.example')",
+        "INSERT INTO accounts (account_no, first_name, last_name, email, is_active) VALUES "
+        "('A-5', 'Ada', 'Lovelace', 'ada@old.example', false)",
+    )
+    crm = SqlCrm(crm_engine)
+    assert set(crm.find_similar(["ADA@Acme.Example"], [])) == {"account:A-1"}
+    assert set(crm.find_similar([], ["hopper"])) == {"account:A-2"}
+    assert set(crm.find_similar(["EWD@tue.example"], ["Turing"])) == {"account:A-3", "account:A-4"}
+    assert crm.find_similar(["ada@old.example"], []) == {}          # inactive accounts are no candidates
+    assert crm.find_similar([], []) == {}
+    assert crm.find_similar(["nobody@x.example"], ["Nobody"]) == {}
