@@ -81,7 +81,11 @@ class ContainerBackend:
         for row in self._queue().pending():
             conflicts[row.mailbox] = conflicts.get(row.mailbox, 0) + 1
         rows = []
-        for row in self.c.store.status_summary():
+        summary = {row["mailbox"]: row for row in self.c.store.status_summary()}
+        for mb in self.mailboxes():   # a configured mailbox nothing happened in yet has a row too
+            summary.setdefault(mb, {"mailbox": mb, "links": 0, "pending": 0, "published": 0, "applied": 0,
+                                    "dead": 0, "last_synced_at": None})
+        for row in sorted(summary.values(), key=lambda r: r["mailbox"]):
             extra = trouble.get(row["mailbox"], {})
             sides = lag.get(row["mailbox"], {})
             rows.append({**row, "last_sync": f"{row['last_synced_at']:%Y-%m-%d %H:%M:%S}" if row["last_synced_at"] else None,
