@@ -20,10 +20,9 @@ import httpx
 import pytest
 from exchangelib import Contact
 from exchangelib.indexed_properties import EmailAddress
+from playwright import sync_api as playwright_api
 
 from tests.support.pipeline import FOLDER, MAILBOX, Pipeline, wait_until
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' brings playwright")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,6 +65,9 @@ def stack(tmp_path_factory, redis_server):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does; never `playwright install`)",
+                    pytrace=False)
     with playwright_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
