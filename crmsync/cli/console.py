@@ -33,8 +33,44 @@ def _seconds(value: float) -> str:
 class ContainerBackend:
     """The console's reads and actions on a container (``crmsync.console.app.Backend``)."""
 
+    #: doctor's checks probe Exchange and the workers (seconds); the overview shows the last
+    #: result and refreshes it in the background once it is older than this
+    CHECKS_TTL_S = 30.0
+
     def __init__(self, container) -> None:
+        import threading
+
         self.c = container
+        self._checks: tuple[float, str, list[dict[str, str]]] | None = None
+        self._checks_lock = threading.Lock()
+        self._refreshing = False
+
+    def _refresh_checks(self) -> None:
+        import time
+
+        from crmsync.cli.doctor import check_rows, deployment_checks
+
+        try:
+            rows = check_rows(deployment_checks(self.c))
+            with self._checks_lock:
+                self._checks = (time.monotonic(), f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}", rows)
+        finally:
+            self._refreshing = False
+
+    def doctor_checks(self) -> tuple[str, list[dict[str, str]]]:
+        """(when checked, doctor's check rows): the first call waits for them, later ones answer
+        from the last result and start a refresh in the background when it is stale."""
+        import threading
+        import time
+
+        if self._checks is None:
+            self._refresh_checks()
+        assert self._checks is not None
+        at, when, rows = self._checks
+        if time.monotonic() - at > self.CHECKS_TTL_S and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh_checks, name="console-doctor", daemon=True).start()
+        return when, rows
 
     # -- shared wiring of the CLI
     def _linking(self):
@@ -68,7 +104,6 @@ class ContainerBackend:
     def overview(self) -> dict[str, Any]:
         from crmsync.adapters.broker import queue_depths
         from crmsync.adapters.state.status import attention, current_lag
-        from crmsync.cli.doctor import check_rows, deployment_checks
         from crmsync.cli.linking import first_sync_waiting
 
         now = datetime.now(UTC)
@@ -93,6 +128,7 @@ class ContainerBackend:
                          "lag_to_crm": _seconds(sides.get("exchange->crm", 0.0)),
                          "retrying": extra.get("retrying", 0) + extra.get("failed", 0),
                          "held_deletes": held.get(row["mailbox"], 0), "conflicts": conflicts.get(row["mailbox"], 0)})
+        checks_at, checks = self.doctor_checks()
         depths, why = queue_depths(self.c.settings)
         queues = ("broker queues: " + ", ".join(f"{name} {count}" for name, count in depths.items())
                   + " message(s) waiting" if depths else f"broker queues: unknown ({why})")
@@ -100,7 +136,7 @@ class ContainerBackend:
                        for mb, row in sorted(self.c.mailbox_health.unavailable().items())]
         return {"now": f"{now:%Y-%m-%d %H:%M:%S}", "rows": rows, "queues": queues,
                 "waiting": first_sync_waiting(self.c), "unavailable": unavailable,
-                "checks": check_rows(deployment_checks(self.c))}
+                "checks_at": checks_at, "checks": checks}
 
     # -- linking
     def suggestions(self, mailbox: str, text: str) -> list[dict[str, Any]]:
