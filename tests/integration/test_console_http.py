@@ -150,3 +150,37 @@ def test_replay_of_a_dead_letter_is_done_and_logged_with_the_user(stack):
         assert conn.execute(select(events.c.status, events.c.attempts).where(events.c.id == eid)).one() == ("published", 0)
     assert any(e["event"] == "console.action" and e["user"] == "ada" and e["action"] == "events.replay" for e in logs)
     assert "replayed 1 of 1 event(s)" in c.get(f"/events/{eid}").text
+
+
+def serve(stack, tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Run `crmsync console ARGS` on a free port until it answers /login; (port, what it printed)."""
+    import socket
+
+    import httpx
+
+    from tests.support.pipeline import wait_until
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"console-{port}.log"
+    env = {k: v for k, v in os.environ.items() if k != "CRMSYNC_CONFIG"}
+    with out.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "crmsync", "--config", str(stack["config"]), "console",
+                                 "--port", str(port), *args], stdout=log, stderr=log, env={**env, "COLUMNS": "300"})
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200, 60,
+                   what="the console to answer")
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 303
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    return port, out.read_text()
+
+
+def test_loopback_by_default_and_a_loud_warning_elsewhere_without_tls(stack, tmp_path):
+    _, quiet = serve(stack, tmp_path)
+    assert "WARNING" not in quiet
+    port, loud = serve(stack, tmp_path, "--host", "0.0.0.0")
+    assert f"WARNING: the console listens on 0.0.0.0:{port} WITHOUT TLS" in " ".join(loud.split())
+    assert PASSWORD not in loud
