@@ -156,6 +156,24 @@ def test_link_an_account_to_its_outlook_contact_by_searching_then_the_sync_merge
     assert mine == [{"n": 1}]
 
 
+def test_a_private_contact_is_never_shown(stack, page):
+    p = stack
+    tag = uuid.uuid4().hex[:6]
+    account_, folder = p.outlook()
+    for last, sensitivity in (("Open", "Normal"), ("Hidden", "Private")):
+        Contact(account=account_, folder=folder, given_name=f"Secret{tag}", surname=last,
+                display_name=f"Secret{tag} {last}", sensitivity=sensitivity, job_title=f"{last} job {tag}").save()
+    wait_until(lambda: p.crm.query("SELECT count(*) AS n FROM accounts WHERE first_name = :f", f=f"Secret{tag}")[0]["n"] == 1,
+               60, what="the open contact in the CRM")
+    p.settle()
+    page.goto(p.console_url + "/link?" + f"folder=Secret{tag}&account=Secret{tag}")
+    shown = page.locator("main").inner_text()
+    assert f"Secret{tag} Open" in shown
+    assert "Hidden" not in shown and f"Hidden job {tag}" not in shown
+    page.goto(p.console_url + "/events")
+    assert "Hidden" not in page.locator("main").inner_text()
+
+
 def test_resolve_a_conflict_by_typing_a_value(stack, page):
     p = stack
     email = f"hedy.{uuid.uuid4().hex[:6]}@manual.example"
