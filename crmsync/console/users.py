@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from functools import cache
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -14,8 +15,12 @@ from crmsync.errors import CrmsyncError
 
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _hasher = PasswordHasher()
-# a hash to verify against when the user is unknown: the answer takes as long as for a known one
-_DUMMY = _hasher.hash(secrets.token_hex(16))
+
+
+@cache
+def _dummy() -> str:
+    """A hash to verify against when the user is unknown: the answer takes as long as for a known one."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 def check_name(name: str) -> str:
@@ -64,7 +69,7 @@ def verify(path: str | Path, name: str, password: str) -> bool:
     changed counts at once)."""
     hashed = read_users(path).get(name)
     try:
-        return _hasher.verify(hashed or _DUMMY, password) and hashed is not None
+        return _hasher.verify(hashed or _dummy(), password) and hashed is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

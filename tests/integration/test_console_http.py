@@ -184,3 +184,15 @@ def test_loopback_by_default_and_a_loud_warning_elsewhere_without_tls(stack, tmp
     port, loud = serve(stack, tmp_path, "--host", "0.0.0.0")
     assert f"WARNING: the console listens on 0.0.0.0:{port} WITHOUT TLS" in " ".join(loud.split())
     assert PASSWORD not in loud
+
+
+def test_the_session_cookie_is_secure_when_served_over_tls(stack):
+    from crmsync.cli.console import build_app
+
+    container = container_for(load_settings(str(stack["config"])))
+    try:
+        c = TestClient(build_app(container, https=True), base_url="https://127.0.0.1", follow_redirects=False)
+        assert "secure" in c.get("/login").headers["set-cookie"].lower()
+        assert "secure" not in client(stack).get("/login").headers["set-cookie"].lower()
+    finally:
+        container.dispose()
