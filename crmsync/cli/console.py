@@ -169,6 +169,25 @@ class ContainerBackend:
                  "phone": h.item.record.phone_mobile or h.item.record.phone_business or "",
                  "matched": ", ".join(h.matched), "linked_to": h.linked_to} for h in hits[:200]]
 
+    def contact_suggestions(self, mailbox: str, text: str) -> list[dict[str, Any]]:
+        from crmsync.cli.linking import _evidence
+        from crmsync.service.linking import LinkError, display_name
+
+        try:
+            found = self._linking().suggest_for_contacts(mailbox, text)
+        except LinkError:
+            return []
+        rows: list[dict[str, Any]] = []
+        for item_id, item, cands in found[:50]:
+            base = {"item_id": item_id, "outlook_name": display_name(item.record)}
+            if not cands:
+                rows.append({**base, "crm_key": None, "crm_name": "", "score": "", "agree": "", "disagree": ""})
+            for cand, rec in cands[:5]:
+                rows.append({**base, "crm_key": cand.crm_key, "crm_name": display_name(rec.record),
+                             "score": f"{cand.score:.2f}", "agree": _evidence(cand, True),
+                             "disagree": _evidence(cand, False)})
+        return rows
+
     def links(self, mailbox: str, after_id: int, limit: int, text: str) -> list[dict[str, Any]]:
         from crmsync.adapters.state.links_query import links_page
 

@@ -360,6 +360,24 @@ class LinkingService:
         return [(k, picked[k], tuple((c, snap.exchange[c.exchange_key]) for c in sorted(per[k], key=lambda c: -c.score)))
                 for k in order]
 
+    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None
+                             ) -> list[tuple[str, ExchangeRecord, tuple[tuple[Candidate, CrmRecord], ...]]]:
+        """The same from the Outlook side: the unlinked contacts whose name, company, e-mail or
+        phone match ``text`` (private ones never), each with its candidate CRM records, best first."""
+        if not text.strip():
+            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
+        snap = self.snapshot(mailbox, progress)
+        picked = {i: r for i, r in snap.exchange.items() if matching.search_fields(text, r.record, self.policy.region)}
+        found = matching.find_candidates(
+            [matching.CrmRecord(k, r.record) for k, r in snap.crm.items()],
+            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in picked.items()], self.policy)
+        per: dict[str, list[Candidate]] = {i: [] for i in picked}
+        for cand in found.candidates:
+            per[cand.exchange_key].append(cand)
+        order = sorted(picked, key=lambda i: (display_name(picked[i].record).casefold(), i))
+        return [(i, picked[i], tuple((c, snap.crm[c.crm_key]) for c in sorted(per[i], key=lambda c: -c.score)))
+                for i in order]
+
     # ------------------------------------------------------------------ search
     def search(self, mailbox: str, text: str, progress: Progress | None = None) -> list[SearchHit]:
         """The contacts of the mailbox's sync folder whose name, company, e-mail or phone match

@@ -92,6 +92,15 @@ def page(stack, browser):
     context.close()
 
 
+@pytest.fixture(autouse=True)
+def running_stack(stack):
+    """Each test starts with the producer and the worker running, whatever a failed test left."""
+    for name, start in (("producer", stack.start_producer), ("worker", stack.start_worker)):
+        proc = stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            start()
+
+
 def insert_account(p: Pipeline, **values) -> str:
     values.setdefault("account_no", f"P-{uuid.uuid4().hex[:8]}")
     values.setdefault("is_active", True)
@@ -136,7 +145,8 @@ def test_link_an_account_to_its_outlook_contact_by_searching_then_the_sync_merge
     page.get_by_label("Outlook folder").fill(f"Pauling{tag}")
     page.get_by_role("button", name="Search").click()
     page.get_by_role("link", name=f"pick account:{no} to link by hand").first.click()
-    hit = page.get_by_role("row").filter(has_text=f"Linus Pauling{tag}").filter(has=page.get_by_role("button", name="Link"))
+    hit = page.get_by_role("table", name=f"Outlook contacts matching “Pauling{tag}”", exact=True).get_by_role("row").filter(
+        has_text=f"Linus Pauling{tag}")
     assert hit.get_by_label("CRM key").input_value() == f"account:{no}"
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "console-link.png"), full_page=True)
@@ -151,6 +161,16 @@ def test_link_an_account_to_its_outlook_contact_by_searching_then_the_sync_merge
     suggestion = page.get_by_role("table", name="CRM records matching").get_by_role("row").filter(has_text=f"account:{no}")
     assert "email" in suggestion.inner_text() and "1.00" in suggestion.inner_text()
     suggestion.get_by_role("button", name=f"link account:{no} to Linus Pauling{tag}").click()
+    assert "the next sync merges them" in flash(page)
+    # and once more from the Outlook side: the unlinked contact's suggested CRM record
+    page.get_by_role("button", name=f"unlink account:{no}").click()
+    assert f"removed the link of account:{no}" in flash(page)
+    page.get_by_label("Outlook folder").fill(f"Pauling{tag}")
+    page.get_by_role("button", name="Search").click()
+    from_contact = page.get_by_role("table", name="Unlinked Outlook contacts matching").get_by_role("row").filter(
+        has_text=f"account:{no}")
+    assert "email" in from_contact.inner_text()
+    from_contact.get_by_role("button", name=f"to account:{no}").click()
     assert "the next sync merges them" in flash(page)
     link = p.state("SELECT item_id, base_json FROM links WHERE crm_key = :k", k=f"account:{no}")
     assert len(link) == 1 and link[0]["item_id"] and link[0]["base_json"] is None
