@@ -82,6 +82,7 @@ _SECRET_KEYS = {
     "crm": {"password": "password_env"},
     "state": {"password": "password_env"},
     "broker": {"password": "password_env"},
+    "console": {"secret_key": "secret_key_env"},
 }
 _KEY_MARK = "crmsync_key"  # PydanticCustomError type for cross-field checks naming their key
 
@@ -516,6 +517,30 @@ class LogSettings(_Section):
         return self.json_
 
 
+class ConsoleSettings(_Section):
+    """The web console (``crmsync console``)."""
+
+    #: The users file ``crmsync console add-user`` writes (one ``name:argon2-hash`` a line).
+    #: A relative path is relative to the working directory.
+    users_file: str = Field(default="crmsync-console-users", min_length=1)
+    #: Environment variable holding the key that signs session cookies; unset: a random key is
+    #: generated once into ``<users_file>.secret`` (mode 0600) next to the users file.
+    secret_key_env: str | None = None
+
+    @field_validator("secret_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise PydanticCustomError("env_name", "is not an environment variable name")
+        return value
+
+    def secret_key(self) -> str | None:
+        """The session key read now from ``secret_key_env`` (None when no variable is named)."""
+        if not self.secret_key_env:
+            return None
+        return _read_secret(self.secret_key_env, "console.secret_key_env", self._env)
+
+
 class Settings(BaseModel):
     """All of crmsync's settings. Build it with :func:`load_settings`."""
 
@@ -530,6 +555,7 @@ class Settings(BaseModel):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     _config_path: str | None = PrivateAttr(default=None)
 
@@ -658,6 +684,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "worker": WorkerSettings,
     "metrics": MetricsSettings,
     "log": LogSettings,
+    "console": ConsoleSettings,
 }
 
 
@@ -788,7 +815,7 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
 def _bind_env(settings: Settings, env: Mapping[str, str], path: str | None) -> None:
     """Secrets are read at call time from the same environment the settings were loaded from."""
     object.__setattr__(settings, "__pydantic_private__", {"_config_path": path})
-    for section in (settings.crm, settings.state, settings.broker, settings.exchange):
+    for section in (settings.crm, settings.state, settings.broker, settings.exchange, settings.console):
         object.__setattr__(section, "__pydantic_private__", {**(section.__pydantic_private__ or {}), "_env": env})
 
 

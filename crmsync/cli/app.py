@@ -274,6 +274,10 @@ from crmsync.cli import config_check as _config_check  # noqa: E402 - `crmsync c
 
 _config_check.register(app)
 
+from crmsync.cli import console as _console  # noqa: E402 - `crmsync console`
+
+_console.register(app)
+
 from crmsync.cli.doctor import doctor as _doctor  # noqa: E402 - registered after the app exists
 from crmsync.cli.flower import flower as _flower  # noqa: E402
 from crmsync.cli.maintenance import beat as _beat  # noqa: E402

@@ -93,6 +93,8 @@ def check(
         cli.state.config = config
     loaded = cli.settings()  # ConfigError: one line per problem, exit 2 (crmsync.cli.app.main)
     mailboxes = loaded.require_mailboxes()
+    if loaded.console.secret_key_env:
+        loaded.console.secret_key()   # ConfigError naming console.secret_key_env when the variable is unset
     policies = {m.address: effective_policy(loaded, m.address) for m in mailboxes}
     if fmt == "json":
         cli.console.print_json(json.dumps({address: {key: _plain(value) for key, value, _ in rows}
@@ -101,6 +103,11 @@ def check(
     source = loaded.config_path or "defaults and CRMSYNC_* environment variables"
     cli.console.print(f"configuration valid ({source}); {len(mailboxes)} mailbox(es); nothing was contacted",
                       markup=False, highlight=False)
+    from pathlib import Path
+
+    users = Path(loaded.console.users_file)
+    state = "present" if users.exists() else "absent: add users with `crmsync console add-user NAME`"
+    cli.console.print(f"console users file: {users} ({state})", markup=False, highlight=False)
     for address, rows in policies.items():
         table = Table(title=f"mailbox {address}", title_justify="left")
         table.add_column("option")

@@ -39,6 +39,31 @@ def _config_check():
     return loaded, Check("config", "OK", f"valid ({source}); {len(loaded.mailboxes)} mailbox(es)")
 
 
+def deployment_checks(container) -> list:
+    """The doctor's checks of a loaded configuration's deployment (also the console's overview)."""
+    from crmsync.config import mask_url
+    from crmsync.service.doctor import run_checks
+    from schemas.events import queue_names
+
+    loaded = container.settings
+    return run_checks(
+        container.doctor_probes(),
+        crm_where=mask_url(loaded.crm.url), state_where=mask_url(loaded.state.url),
+        broker_where=mask_url(loaded.broker.url),
+        mailboxes=[(m.address, m.folder) for m in loaded.mailboxes],
+        queues=queue_names(loaded.worker.queue_prefix),
+        graph={m.address for m in loaded.mailboxes if container.api(m.address) == "graph"})
+
+
+def check_rows(checks) -> list[dict[str, str]]:
+    """The checks as rows, every text redacted (no password, token or URL password)."""
+    from crmsync.config import mask_url
+    from crmsync.logging_setup import redact_text
+
+    return [{"check": c.name, "status": c.status, "detail": redact_text(mask_url(c.detail)),
+             "fix": redact_text(c.fix)} for c in checks]
+
+
 def doctor(
     output: Format = typer.Option(Format.table, "--format", help="table for people, json for scripts"),
 ) -> None:
@@ -46,10 +71,7 @@ def doctor(
     (migration level), Redis (eviction policy, persistence), Exchange (endpoint, TLS,
     credentials, each mailbox's folder) and the Celery workers. Prints OK / WARN / FAIL with the
     fix for each problem; exits 1 when anything FAILs (WARN alone exits 0)."""
-    from crmsync.config import mask_url
-    from crmsync.logging_setup import redact_text
-    from crmsync.service.doctor import failed, run_checks
-    from schemas.events import queue_names
+    from crmsync.service.doctor import failed
 
     loaded, config_check = _config_check()
     checks = [config_check]
@@ -57,16 +79,9 @@ def doctor(
         from crmsync.bootstrap import container_for
 
         container = container_for(loaded)
-        checks += run_checks(
-            container.doctor_probes(),
-            crm_where=mask_url(loaded.crm.url), state_where=mask_url(loaded.state.url),
-            broker_where=mask_url(loaded.broker.url),
-            mailboxes=[(m.address, m.folder) for m in loaded.mailboxes],
-            queues=queue_names(loaded.worker.queue_prefix),
-            graph={m.address for m in loaded.mailboxes if container.api(m.address) == "graph"})
+        checks += deployment_checks(container)
         container.dispose()
-    rows = [{"check": c.name, "status": c.status, "detail": redact_text(mask_url(c.detail)),
-             "fix": redact_text(c.fix)} for c in checks]
+    rows = check_rows(checks)
     if output is Format.json:
         typer.echo(json.dumps(rows, indent=2))
     else:

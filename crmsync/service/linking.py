@@ -341,6 +341,43 @@ class LinkingService:
                 linked.append(cand)
         return AutoLinkResult(tuple(linked), tuple(needs), tuple(failed), dry_run)
 
+    # ------------------------------------------------------------------ suggestions for one record
+    def suggest_for(self, mailbox: str, text: str, progress: Progress | None = None
+                    ) -> list[tuple[str, CrmRecord, tuple[tuple[Candidate, ExchangeRecord], ...]]]:
+        """The unlinked CRM records whose name, company, e-mail or phone match ``text``, each with
+        its candidate Outlook contacts (unlinked, private ones never) and their records, best first."""
+        if not text.strip():
+            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
+        snap = self.snapshot(mailbox, progress)
+        picked = {k: r for k, r in snap.crm.items() if matching.search_fields(text, r.record, self.policy.region)}
+        found = matching.find_candidates(
+            [matching.CrmRecord(k, r.record) for k, r in picked.items()],
+            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in snap.exchange.items()], self.policy)
+        per: dict[str, list[Candidate]] = {k: [] for k in picked}
+        for cand in found.candidates:
+            per[cand.crm_key].append(cand)
+        order = sorted(picked, key=lambda k: (display_name(picked[k].record).casefold(), k))
+        return [(k, picked[k], tuple((c, snap.exchange[c.exchange_key]) for c in sorted(per[k], key=lambda c: -c.score)))
+                for k in order]
+
+    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None
+                             ) -> list[tuple[str, ExchangeRecord, tuple[tuple[Candidate, CrmRecord], ...]]]:
+        """The same from the Outlook side: the unlinked contacts whose name, company, e-mail or
+        phone match ``text`` (private ones never), each with its candidate CRM records, best first."""
+        if not text.strip():
+            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
+        snap = self.snapshot(mailbox, progress)
+        picked = {i: r for i, r in snap.exchange.items() if matching.search_fields(text, r.record, self.policy.region)}
+        found = matching.find_candidates(
+            [matching.CrmRecord(k, r.record) for k, r in snap.crm.items()],
+            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in picked.items()], self.policy)
+        per: dict[str, list[Candidate]] = {i: [] for i in picked}
+        for cand in found.candidates:
+            per[cand.exchange_key].append(cand)
+        order = sorted(picked, key=lambda i: (display_name(picked[i].record).casefold(), i))
+        return [(i, picked[i], tuple((c, snap.crm[c.crm_key]) for c in sorted(per[i], key=lambda c: -c.score)))
+                for i in order]
+
     # ------------------------------------------------------------------ search
     def search(self, mailbox: str, text: str, progress: Progress | None = None) -> list[SearchHit]:
         """The contacts of the mailbox's sync folder whose name, company, e-mail or phone match

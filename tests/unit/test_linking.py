@@ -426,3 +426,26 @@ def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world)
     # a second rebuild finds everything linked already and links nothing twice
     again = svc.rebuild(MB)
     assert again.linked == () and len(again.left) == 6
+
+
+def test_suggestions_for_a_searched_crm_record_or_outlook_contact_skip_linked_and_private_ones(world):
+    svc, crm, ex, _ = world
+    ada, grace, margaret = same_people(crm, ex)
+    ex.put(private=True, first_name="Grace", last_name="Hopper", email="grace@navy.example")
+
+    def for_records(text):
+        return [(k, [c.exchange_key for c, _ in cands]) for k, _, cands in svc.suggest_for(MB, text)]
+
+    def for_contacts(text):
+        return [(i, [c.crm_key for c, _ in cands]) for i, _, cands in svc.suggest_for_contacts(MB, text)]
+
+    assert for_records("grace") == [("account:A-2", [grace])]           # the private Grace is no candidate
+    assert for_records("torvalds") == [("account:A-3", [])]             # a record without a counterpart
+    assert for_contacts("grace") == [(grace, ["account:A-2"])]          # the private Grace is not listed
+    assert for_contacts("mit") == [(margaret, [])]
+    svc.link(MB, "account:A-2", grace)
+    assert for_records("grace") == [] and for_contacts("grace") == []   # linked: nothing to suggest
+    with pytest.raises(LinkError, match="give a name"):
+        svc.suggest_for(MB, " ")
+    with pytest.raises(LinkError, match="give a name"):
+        svc.suggest_for_contacts(MB, "")

@@ -58,6 +58,8 @@ class EventQuery:
     record: str | None = None
     ids: tuple[int, ...] = ()
     limit: int | None = 100
+    #: only events with a smaller id (keyset pagination, newest first)
+    before_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -79,6 +81,8 @@ def _where(q: EventQuery) -> list[Any]:
                         _linked.c.crm_key == q.record))
     if q.ids:
         cond.append(events.c.id.in_(q.ids))
+    if q.before_id is not None:
+        cond.append(events.c.id < q.before_id)
     return cond
 
 

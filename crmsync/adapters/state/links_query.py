@@ -27,3 +27,20 @@ class SqlLinkEditor:
                 links.c.base_json.is_(None), links.c.synced_at.is_(None),
                 or_(links.c.lease_token.is_(None), links.c.lease_until.is_(None), links.c.lease_until <= now)))
             return got.rowcount == 1
+
+
+def links_page(engine: Engine, mailbox: str, after_id: int = 0, limit: int = 50,
+               key_prefix: str = "") -> list[dict[str, object]]:
+    """One page of a mailbox's links, by id (keyset pagination: fast at any depth), for the
+    console: id, crm_key, item_id, whether synced, private, deleted, synced_at."""
+    from sqlalchemy import select
+
+    from crmsync.adapters.database import read_tx
+
+    stmt = (select(links.c.id, links.c.crm_key, links.c.item_id, links.c.base_json.is_not(None).label("synced"),
+                   links.c.private, links.c.deleted, links.c.synced_at)
+            .where(links.c.mailbox == mailbox, links.c.id > after_id).order_by(links.c.id).limit(limit))
+    if key_prefix:
+        stmt = stmt.where(links.c.crm_key >= key_prefix, links.c.crm_key < key_prefix + "\uffff")
+    with read_tx(engine) as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt)]

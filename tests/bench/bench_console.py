@@ -1,0 +1,105 @@
+"""Benchmark: the console's pages with 50,000 links against the same pages on an empty state
+database, in the same run.
+
+Two SQLite deployments made by crmsync's own migrations: one empty, one seeded in bulk with N links
+(synced), N applied events with their field diffs, 200 dead letters and 100 held deletes. Each
+page is requested through the real app (Starlette's test client, logged in) after one warm-up
+(doctor's checks are cached by the overview, see README "The console"); prints the median and the
+worst of R requests per page and the ratio seeded / empty. Not a test: no timed assertions.
+
+    python tests/bench/bench_console.py               # N = 50000, R = 20
+    python tests/bench/bench_console.py --n 10000 --repeat 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from crmsync.bootstrap import container_for  # noqa: E402
+from crmsync.config import load_settings  # noqa: E402
+from crmsync.console.users import add_user  # noqa: E402
+from schemas.state_tables import event_changes, events, held_deletes, links  # noqa: E402
+from tests.support.deployment import sqlite_deployment  # noqa: E402
+
+MAILBOX = "alice@example.com"
+PAGES = ("/", "/link", "/link?links=account:A-049", "/events", "/events?status=dead", "/events?record=account:A-00042",
+         "/deletes", "/conflicts", "/history?record=account:A-00042")
+
+
+def seed(state, n: int) -> None:
+    now = datetime.now(UTC)
+    with state.begin() as conn:
+        conn.execute(links.insert(), [{"mailbox": MAILBOX, "crm_key": f"account:A-{i:05d}", "item_id": f"item-{i}",
+                                       "base_json": "{}", "synced_at": now, "created_at": now}
+                                      for i in range(n)])
+        conn.execute(events.insert(), [{"source": "crm", "mailbox": MAILBOX, "op": "upsert",
+                                        "crm_key": f"account:A-{i:05d}", "dedup_key": f"d-{i}", "status": "applied",
+                                        "attempts": 1, "created_at": now, "applied_at": now, "outcome": "updated"}
+                                       for i in range(n)])
+        conn.execute(events.insert(), [{"source": "exchange", "mailbox": MAILBOX, "op": "upsert", "item_id": f"item-{i}",
+                                        "dedup_key": f"dead-{i}", "status": "dead", "attempts": 8, "created_at": now,
+                                        "last_error": "BadRecord: email is not an email address"} for i in range(200)])
+        conn.execute(event_changes.insert(), [{"event_id": i + 1, "mailbox": MAILBOX, "crm_key": f"account:A-{i:05d}",
+                                               "item_id": f"item-{i}", "action": "updated", "writes": "[]", "at": now}
+                                              for i in range(n)])
+        conn.execute(held_deletes.insert(), [{"mailbox": MAILBOX, "crm_key": f"account:A-{i:05d}", "side": "exchange",
+                                              "status": "held", "noted_at": now} for i in range(100)])
+
+
+def measure(tmp: Path, n: int, repeat: int) -> dict[str, list[float]]:
+    from crmsync.cli.console import build_app
+
+    with sqlite_deployment(tmp, "redis://127.0.0.1:1/0", (MAILBOX,)) as (config, state):
+        config.write_text(config.read_text() + f'[console]\nusers_file = "{tmp / "users"}"\n')
+        add_user(tmp / "users", "bench", "bench-password")
+        if n:
+            t0 = time.perf_counter()
+            seed(state, n)
+            print(f"seeded {n} links, {n} events and diffs, 200 dead, 100 held deletes in {time.perf_counter() - t0:.1f} s")
+        container = container_for(load_settings(str(config)))
+        client = TestClient(build_app(container), base_url="http://127.0.0.1", follow_redirects=False)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)[1]
+        assert client.post("/login", data={"csrf": token, "username": "bench", "password": "bench-password"}).status_code == 303
+        times: dict[str, list[float]] = {}
+        for page in PAGES:
+            assert client.get(page).status_code == 200, page   # warm-up (the overview runs doctor's checks once)
+            times[page] = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                r = client.get(page)
+                times[page].append(time.perf_counter() - t0)
+                assert r.status_code == 200
+        container.dispose()
+        return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as empty_dir, tempfile.TemporaryDirectory() as full_dir:
+        empty = measure(Path(empty_dir), 0, args.repeat)
+        full = measure(Path(full_dir), args.n, args.repeat)
+    print(f"\n| page | empty: median ms | {args.n} links: median ms | worst ms | ratio |")
+    print("|---|---|---|---|---|")
+    for page in PAGES:
+        e, f = statistics.median(empty[page]) * 1000, statistics.median(full[page]) * 1000
+        print(f"| `{page}` | {e:.1f} | {f:.1f} | {max(full[page]) * 1000:.1f} | {f / e:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
