@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.events import APPLY_EVENTS_TASK, QUEUE_PREFIX, TO_EXCHANGE, queue_name
+from kombu import Exchange, Queue
+
+from schemas.events import APPLY_EVENTS_TASK, QUEUE_PREFIX, TO_EXCHANGE, queue_name, queue_names
 
 #: Well above the longest retry countdown (sync.retry_backoff_max_s) plus a task's run.
 VISIBILITY_TIMEOUT_S = 3600
@@ -39,6 +41,11 @@ def celery_settings(broker_url: str, queue_prefix: str = QUEUE_PREFIX) -> dict[s
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": queue,
+        # Every queue declared (each exactly as Celery would make it for ``-Q``: a direct
+        # exchange of its own name), so Flower's queue-length API and Broker page list all of
+        # them, not only the default one, while no worker tells it which queues are consumed.
+        "task_queues": tuple(Queue(name, Exchange(name, type="direct"), routing_key=name)
+                             for name in queue_names(queue_prefix)),
         "task_routes": {APPLY_EVENTS_TASK: {"queue": queue},
                         REDRIVE_TASK: {"queue": maintenance},
                         DRIFT_CHECK_TASK: {"queue": maintenance}},

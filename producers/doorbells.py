@@ -277,9 +277,13 @@ class CallbackDoorbell(_ThreadedBell):
     """
 
     def __init__(self, check: Callable[[float], bool], name: str, timeout_s: float = 30.0,
-                 error_backoff_s: float = 1.0, error_backoff_max_s: float = 30.0) -> None:
+                 error_backoff_s: float = 1.0, error_backoff_max_s: float = 30.0,
+                 wake: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.check = check
+        #: Ends a ``check`` that is waiting (e.g. the feed's ``wake``), so ``stop`` — a SIGTERM —
+        #: does not wait out the rest of its ``timeout_s``.
+        self.wake = wake
         self.name = name
         self.source = name
         self.timeout_s = timeout_s
@@ -294,6 +298,15 @@ class CallbackDoorbell(_ThreadedBell):
 
     def _join_timeout(self) -> float:
         return self.timeout_s + 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.wake is not None:
+            try:
+                self.wake()
+            except Exception as exc:  # noqa: BLE001 - the join below still bounds the wait
+                log.debug("doorbell.wake_failed", doorbell=self.name, error=type(exc).__name__)
+        super().stop()
 
     def _run(self) -> None:
         delay = self.error_backoff_s

@@ -65,7 +65,8 @@ def build_loop(settings: Any, *, changelog: ChangelogPort, crm: CrmKeysPort, sto
             return callable(getattr(feed, "wait_for_change", None)) and sync.notifications != "poll"
 
         bells: list[_Bell] = [crm_doorbell(crm_url or settings.crm.dsn())]
-        bells += [CallbackDoorbell(feed.wait_for_change, name=exchange_source(mb))
+        bells += [CallbackDoorbell(feed.wait_for_change, name=exchange_source(mb),
+                                   wake=getattr(feed, "wake", None))
                   for mb, feed in feeds.items() if mb in mailboxes and rings(feed)]
         if any(not rings(feed) for mb, feed in feeds.items() if mb in mailboxes):
             bells.append(NullDoorbell())   # a feed without a doorbell: never poll rarely

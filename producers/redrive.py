@@ -33,7 +33,8 @@ def redrive(store: EventStore, publisher: Publisher, older_than_s: float, now: d
             break
         sent = publisher.publish(store, [event.id for event in events])
         total += sent
-        log.info("producer.redrive", found=len(events), sent=sent, older_than_s=older_than_s,
+        # beat's maintenance worker runs this (never the producer): its one line per batch
+        log.info("maintenance.redrive_batch", found=len(events), sent=sent, older_than_s=older_than_s,
                  broker_restarted=lost_before is not None)
         # Sent events get a new published_at and drop out of the next query; stop when the
         # backlog is drained or the broker refuses (the next re-drive tries again).

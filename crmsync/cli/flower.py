@@ -61,4 +61,8 @@ def flower(
     else:
         os.environ.pop("FLOWER_BASIC_AUTH", None)
     app = create_app(loaded)
+    # Flower's inspector sends its ~10 inspect commands at once from a thread pool, each holding
+    # a pooled broker connection: with crmsync's small pool (4, for the workers) the rest wait
+    # on the pool, and at SIGTERM Flower hung on those threads (killed after 20 s in the tests).
+    app.conf.broker_pool_limit = None
     app.start(argv=["flower", f"--port={port}", f"--address={address}"])

@@ -49,6 +49,13 @@ class LazyFeed(LazyPollFeed):
         """The feed's doorbell: without this the producer saw Exchange edits only at its poll."""
         return self._opened().wait_for_change(timeout_s)
 
+    def wake(self) -> None:
+        """End a ``wait_for_change`` under way (the producer is stopping); nothing if not opened."""
+        with self._lock:
+            feed = self._feed
+        if feed is not None:
+            feed.wake()
+
 
 def build_producer_loop(container: Container):
     from crmsync.cli.linking import first_sync_gate

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.support.emulator_proc import free_port
 
@@ -119,7 +121,9 @@ class RedisServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        client = self.client()
+        # No retries: the server closes the connection as it shuts down, and redis-py's default
+        # retries (with back-off) would reconnect to a port that is gone for ~4 s per server.
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
         with contextlib.suppress(redis.RedisError):
             client.shutdown(nosave=True)
         client.close()

@@ -4,6 +4,7 @@ error it recovered from, and keeps trying through failures."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -71,6 +72,19 @@ def test_a_callback_doorbell_is_armed_once_its_check_works_again():
         assert bell.armed()                  # working again after the error
     finally:
         bell.stop()
+
+
+def test_stop_wakes_a_check_that_is_waiting_and_returns_at_once():
+    """A SIGTERM must not wait out the subscription's long wait (30 s by default: longer than
+    `docker stop` waits before SIGKILL): ``stop`` wakes the check through ``wake``."""
+    check = _Check()
+    bell = CallbackDoorbell(check, name="test", timeout_s=30, wake=check._never.set)
+    bell.start()
+    assert check.drained.wait(5), "the doorbell never called its check"
+    started = time.monotonic()
+    bell.stop()
+    assert time.monotonic() - started < 2
+    assert check.calls == 1                  # stopped: not called again after the wake
 
 
 def test_the_loop_polls_at_the_fallback_interval_while_a_doorbell_is_not_armed():

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import structlog.testing
 
 from crmsync.adapters.exchange.ews.feed import SyncStateExpired
 from crmsync.ports import Event, NewEvent
@@ -498,6 +499,17 @@ def test_redrive_republishes_only_events_not_applied_in_time(store, clock):
     assert redrive(store, publisher, 60, clock.now + timedelta(seconds=30)) == 0
     assert redrive(store, publisher, 60, clock.now + timedelta(seconds=61)) == 2
     assert publisher.sent == [1, 2]
+
+
+def test_redrive_logs_its_batches_as_maintenance_not_as_the_producer(store, clock):
+    """beat's maintenance worker runs the re-drive; its lines must not say it is the producer's."""
+    store.add_events([NewEvent("crm", "alice@example.com", "upsert", f"k{i}", crm_key=f"account:{i}")
+                      for i in range(2)])
+    with structlog.testing.capture_logs() as logs:
+        assert redrive(store, FakePublisher(), 60, clock.now + timedelta(seconds=61)) == 2
+    [batch] = [entry for entry in logs if "redrive" in entry["event"]]
+    assert batch["event"] == "maintenance.redrive_batch"
+    assert (batch["found"], batch["sent"], batch["broker_restarted"]) == (2, 2, False)
 
 
 def test_redrive_drains_a_backlog_larger_than_its_limit_in_one_call(store, clock):

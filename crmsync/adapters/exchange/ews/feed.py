@@ -75,6 +75,7 @@ class ExchangeFeed:
         self._watermark: str | None = None
         self._stream: _StreamingDoorbell | None = None
         self._stream_minutes = stream_minutes
+        self._woken = threading.Event()
 
     def changes(self, sync_state: str | None, max_changes: int = 500) -> tuple[list[ExchangeChange], str, bool]:
         """(changes, new sync state, more) for one page after ``sync_state`` (None: from the start).
@@ -164,7 +165,18 @@ class ExchangeFeed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                time.sleep(min(poll_s, left))
+                if self._woken.wait(min(poll_s, left)):
+                    self._woken.clear()
+                    return False
+
+    def wake(self) -> None:
+        """End a ``wait_for_change`` under way now (the producer is stopping: a SIGTERM must not
+        wait out the subscription's long wait). A pull wait returns False; a streaming one
+        returns True (one harmless extra read)."""
+        self._woken.set()
+        stream = self._stream
+        if stream is not None:
+            stream.wake()
 
     def close(self) -> None:
         """Drop the doorbell's subscription (best effort)."""
@@ -208,6 +220,10 @@ class _StreamingDoorbell:
             protocol.max_connections = protocol.max_connections + 1
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"ews-stream-{self.mailbox}")
         self._thread.start()
+
+    def wake(self) -> None:
+        """End a ``wait`` under way (see ExchangeFeed.wake)."""
+        self._rang.set()
 
     def wait(self, timeout_s: float) -> bool:
         if self._rang.wait(max(0.0, timeout_s)):
