@@ -2,8 +2,8 @@
 
 The console app (``crmsync.console``) knows only the :class:`~crmsync.console.app.Backend` it is
 given; this module builds it on the container from the same services and adapters the CLI
-commands use (``link``, ``conflicts``, ``deletes``, ``events``, ``history``, ``status``,
-``doctor``), so a rule lives in one place.
+commands use (``link``, ``review``, ``conflicts``, ``deletes``, ``events``, ``history``,
+``status``, ``doctor``), so a rule lives in one place.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from crmsync.errors import CrmsyncError
 log = structlog.get_logger("crmsync.console")
 
 console_app = typer.Typer(
-    help="The web console: overview, linking, conflicts, held deletes, dead letters, history. "
+    help="The web console: overview, linking, review, conflicts, held deletes, dead letters, history. "
          "`crmsync console` serves it (login required; add users with `crmsync console add-user NAME`).",
     invoke_without_command=True,
 )
@@ -115,6 +115,7 @@ class ContainerBackend:
         conflicts: dict[str, int] = {}
         for row in self._queue().pending():
             conflicts[row.mailbox] = conflicts.get(row.mailbox, 0) + 1
+        reviews = self.review_counts()
         rows = []
         summary = {row["mailbox"]: row for row in self.c.store.status_summary()}
         for mb in self.mailboxes():   # a configured mailbox nothing happened in yet has a row too
@@ -127,7 +128,8 @@ class ContainerBackend:
                          "lag_to_exchange": _seconds(sides.get("crm->exchange", 0.0)),
                          "lag_to_crm": _seconds(sides.get("exchange->crm", 0.0)),
                          "retrying": extra.get("retrying", 0) + extra.get("failed", 0),
-                         "held_deletes": held.get(row["mailbox"], 0), "conflicts": conflicts.get(row["mailbox"], 0)})
+                         "held_deletes": held.get(row["mailbox"], 0), "conflicts": conflicts.get(row["mailbox"], 0),
+                         "review": reviews.get(row["mailbox"], 0)})
         checks_at, checks = self.doctor_checks()
         depths, why = queue_depths(self.c.settings)
         queues = ("broker queues: " + ", ".join(f"{name} {count}" for name, count in depths.items())
@@ -207,6 +209,33 @@ class ContainerBackend:
     def unlink(self, mailbox: str, key_or_item: str) -> str:
         gone = self._linking().unlink(mailbox, key_or_item)
         return f"removed the link of {gone.crm_key} in {mailbox}"
+
+    # -- the review queue of new records (``crmsync.service.review``, as `crmsync review`)
+    def review_counts(self) -> dict[str, int]:
+        from crmsync.service import review
+
+        return review.counts(self.c.review_queue, self.c.store)
+
+    def review_items(self, mailbox: str | None) -> list[Any]:
+        from crmsync.service import review
+
+        return review.list_items(self.c.review_queue, mailbox, self.c.store)
+
+    def review_accept(self, item_id: int, candidate: str | None, by: str) -> str:
+        from crmsync.service import review
+
+        row, events = review.accept(self.c.review_queue, self.c.store, item_id, candidate, by, lambda: datetime.now(UTC))
+        left = self._carry_out(events)
+        return (f"review item {row.id}: {row.record_key} linked to {row.chosen}; "
+                + ("left to the workers (retried by the re-drive)" if left else "the sync merges them"))
+
+    def review_reject(self, item_id: int, by: str) -> str:
+        from crmsync.service import review
+
+        row, events = review.reject(self.c.review_queue, self.c.store, item_id, by, lambda: datetime.now(UTC))
+        left = self._carry_out(events)
+        return (f"review item {row.id}: {row.record_key} rejected, created on the other side"
+                + ("; left to the workers (retried by the re-drive)" if left else ""))
 
     # -- conflicts and deletes
     def conflicts(self, mailbox: str | None) -> list[Any]:

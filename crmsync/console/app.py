@@ -44,6 +44,9 @@ class Backend(Protocol):
     def links(self, mailbox: str, after_id: int, limit: int, text: str) -> list[dict[str, Any]]: ...
     def link(self, mailbox: str, crm_key: str, item_id: str) -> str: ...
     def unlink(self, mailbox: str, key_or_item: str) -> str: ...
+    def review_items(self, mailbox: str | None) -> list[Any]: ...
+    def review_accept(self, item_id: int, candidate: str | None, by: str) -> str: ...
+    def review_reject(self, item_id: int, by: str) -> str: ...
     def conflicts(self, mailbox: str | None) -> list[Any]: ...
     def resolve(self, conflict_id: int, take: str | None, value: str | None, by: str) -> str: ...
     def held_deletes(self, mailbox: str | None) -> list[Any]: ...
@@ -183,6 +186,31 @@ def create_app(backend: Backend, *, users_file: str, secret_key: str, https: boo
                          "/link?" + urlencode({"mailbox": mailbox}), mailbox=mailbox, key=key)
 
     @page
+    async def review_page(request: Request, user: str, form: Any) -> Response:
+        mailbox = _mailbox(request)
+        start = request.query_params.get("start", "0")
+        start_at = int(start) if start.isdigit() else 0
+        rows = await run_in_threadpool(backend.review_items, mailbox)
+        more = urlencode({"mailbox": mailbox or "", "start": start_at + PAGE}) if len(rows) > start_at + PAGE else None
+        back = urlencode({"mailbox": mailbox or "", "start": max(start_at - PAGE, 0)}) if start_at else None
+        return render(request, "review.html", mailbox=mailbox, rows=rows[start_at:start_at + PAGE], total=len(rows),
+                      start=start_at, more=more, back=back, page=PAGE)
+
+    @page
+    async def review_accept(request: Request, user: str, form: dict[str, Any]) -> Response:
+        rid = int(request.path_params["rid"])
+        candidate = str(form.get("candidate") or "").strip() or None
+        return await act(request, user, "review.accept",
+                         lambda: backend.review_accept(rid, candidate, f"console:{user}"),
+                         "/review", review_item=rid, candidate=candidate)
+
+    @page
+    async def review_reject(request: Request, user: str, form: dict[str, Any]) -> Response:
+        rid = int(request.path_params["rid"])
+        return await act(request, user, "review.reject", lambda: backend.review_reject(rid, f"console:{user}"),
+                         "/review", review_item=rid)
+
+    @page
     async def conflicts_page(request: Request, user: str, form: Any) -> Response:
         mailbox = _mailbox(request)
         rows = await run_in_threadpool(backend.conflicts, mailbox)
@@ -267,6 +295,9 @@ def create_app(backend: Backend, *, users_file: str, secret_key: str, https: boo
         Route("/link", link_page),
         Route("/link/add", link_add, methods=["POST"]),
         Route("/link/remove", link_remove, methods=["POST"]),
+        Route("/review", review_page),
+        Route("/review/{rid:int}/accept", review_accept, methods=["POST"]),
+        Route("/review/{rid:int}/reject", review_reject, methods=["POST"]),
         Route("/conflicts", conflicts_page),
         Route("/conflicts/{cid:int}/resolve", conflict_resolve, methods=["POST"]),
         Route("/deletes", deletes_page),
@@ -282,5 +313,6 @@ def create_app(backend: Backend, *, users_file: str, secret_key: str, https: boo
 
 
 #: the paths a test must find refused without a session (GET pages and POST actions)
-PAGES = ("/", "/link", "/conflicts", "/deletes", "/events", "/events/1", "/history")
-ACTIONS = ("/logout", "/link/add", "/link/remove", "/conflicts/1/resolve", "/deletes/decide", "/events/replay")
+PAGES = ("/", "/link", "/review", "/conflicts", "/deletes", "/events", "/events/1", "/history")
+ACTIONS = ("/logout", "/link/add", "/link/remove", "/review/1/accept", "/review/1/reject", "/conflicts/1/resolve",
+           "/deletes/decide", "/events/replay")

@@ -295,6 +295,83 @@ def test_replay_a_dead_letter_after_fixing_its_data(stack, page):
     assert account(p, no)["job_title"] == title
 
 
+def restart_with(p: Pipeline, text: str) -> None:
+    """The producer and the worker restarted on this configuration (the console keeps running)."""
+    p.settle(timeout=120)
+    p.stop("producer")
+    p.stop("worker")
+    p.config_path.write_text(text)
+    p.start_worker()
+    p.start_producer()
+
+
+def test_accept_one_review_item_and_reject_another(stack, page):
+    p = stack
+    original = p.config_path.read_text()
+    restart_with(p, original.replace(POLICY, POLICY + 'on_new_record = "review"\n', 1))
+    try:
+        tag = uuid.uuid4().hex[:6]
+        people = {who: (f"{who}.{tag}@review.example", f"{who.title()}{tag}") for who in ("grace", "ada")}
+        p.stop("producer")      # both sides get each person before crmsync sees either (a second source)
+        numbers = {who: insert_account(p, company_name=f"Review {tag}", first_name=who.title(), last_name=last,
+                                       email=email) for who, (email, last) in people.items()}
+        account_, folder = p.outlook()
+        for who, (email, last) in people.items():
+            Contact(account=account_, folder=folder, given_name=who.title(), surname=last, display_name=f"{who.title()} {last}",
+                    company_name=f"Review {tag}", email_addresses=[EmailAddress(email=email, label="EmailAddress1")]).save()
+        before_contacts = len(p.contacts())
+        p.start_producer()
+
+        def waiting() -> list[dict]:
+            return [w for w in json.loads(p.cli("review", "list", "--format", "json").stdout or "[]")
+                    if tag in w["name"]]
+        wait_until(lambda: len(waiting()) == 4, 180, what="the 4 new records to wait in the review queue")
+        p.settle(timeout=120)
+        assert len(p.contacts()) == before_contacts                        # held: nothing created meanwhile
+        items = {(w["new_on"], w["name"].split()[0].lower()): w for w in waiting()}
+
+        page.goto(p.console_url + "/")
+        row = page.get_by_role("table", name="Mailboxes").get_by_role("row").filter(has_text=MAILBOX)
+        assert int(row.get_by_role("cell").all_inner_texts()[11]) >= 4
+        row.get_by_role("cell").nth(11).get_by_role("link").click()
+        assert "/review" in page.url
+
+        grace = items[("crm", "grace")]
+        accept = page.get_by_role("button", name=f"accept review item {grace['id']}: link to {grace['candidates'][0]['key']}")
+        shown = page.get_by_role("row").filter(has=accept).inner_text()          # the new record beside its candidate
+        assert f"account:{numbers['grace']}" in shown and "email" in shown and grace["candidates"][0]["key"] in shown
+        accept.click()
+        assert f"review item {grace['id']}: account:{numbers['grace']} linked to" in flash(page)
+        for who in ("ada",):
+            for side in ("crm", "exchange"):
+                item = items[(side, who)]
+                page.get_by_role("button", name=f"reject review item {item['id']}: create").click()
+                assert f"review item {item['id']}: " in flash(page) and "rejected" in flash(page)
+        assert not waiting() and tag not in page.locator("main table").inner_text()   # all four decided
+
+        grace_email, ada_email = people["grace"][0], people["ada"][0]
+        wait_until(lambda: (p.state("SELECT base_json FROM links WHERE crm_key = :k", k=f"account:{numbers['grace']}")
+                            or [{}])[0].get("base_json"), 120, what="the accepted pair to be merged")
+        wait_until(lambda: len(contacts_by_email(p, ada_email)) == 2, 120, what="the rejected account created in Outlook")
+        wait_until(lambda: p.crm.query("SELECT count(*) AS n FROM accounts WHERE lower(email) = :e", e=ada_email)[0]["n"] == 2,
+                   120, what="the rejected contact created in the CRM")
+        p.settle(timeout=120)
+        assert not waiting()
+        # accepted: linked and merged, one contact and one account; rejected: created on both sides
+        assert len(contacts_by_email(p, grace_email)) == 1
+        assert p.crm.query("SELECT count(*) AS n FROM accounts WHERE lower(email) = :e", e=grace_email)[0]["n"] == 1
+        assert p.state("SELECT item_id FROM links WHERE crm_key = :k", k=f"account:{numbers['grace']}")[0]["item_id"] == \
+            grace["candidates"][0]["key"]
+        assert len(contacts_by_email(p, ada_email)) == 2
+        assert p.crm.query("SELECT count(*) AS n FROM accounts WHERE lower(email) = :e", e=ada_email)[0]["n"] == 2
+        assert len(p.contacts()) == before_contacts + 1
+        decided = p.state("SELECT status, decided_by FROM review_items WHERE id IN (:a, :b, :c)", a=grace["id"],
+                          b=items[("crm", "ada")]["id"], c=items[("exchange", "ada")]["id"])
+        assert sorted((r["status"], r["decided_by"]) for r in decided) == [
+            ("accepted", f"console:{USER}"), ("rejected", f"console:{USER}"), ("rejected", f"console:{USER}")]
+    finally:
+        restart_with(p, original)
+
 def test_the_overview_shows_each_mailbox_and_the_deployment_as_doctor_sees_it(stack, page):
     p = stack
     p.settle()
@@ -303,7 +380,7 @@ def test_the_overview_shows_each_mailbox_and_the_deployment_as_doctor_sees_it(st
     row = page.get_by_role("table", name="Mailboxes").get_by_role("row").filter(has_text=MAILBOX)
     cells = row.get_by_role("cell").all_inner_texts()
     assert cells[0] == MAILBOX and int(cells[1]) == links > 0
-    assert cells[8:11] == ["0", "0", "0"]          # dead, held deletes, open conflicts: all dealt with above
+    assert cells[8:12] == ["0", "0", "0", "0"]     # dead, held deletes, open conflicts, review: all dealt with above
     checks = page.get_by_role("table", name="Redis, workers, Exchange and databases").inner_text()
     assert "celery.workers\tOK" in checks and "redis\tOK" in checks and f"mailbox {MAILBOX}\tOK" in checks
     DOCS.mkdir(exist_ok=True)

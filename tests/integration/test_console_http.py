@@ -127,7 +127,7 @@ def test_session_cookie_is_httponly_and_samesite(stack):
 
 def test_pages_answer_when_logged_in(stack):
     c, _ = logged_in(stack)
-    for path in ("/", "/link", "/conflicts", "/deletes", "/events", "/history?record=account:A-1"):
+    for path in ("/", "/link", "/review", "/conflicts", "/deletes", "/events", "/history?record=account:A-1"):
         r = c.get(path)
         assert r.status_code == 200, (path, r.text[:300])
         assert 'name="csrf"' in r.text
@@ -196,3 +196,37 @@ def test_the_session_cookie_is_secure_when_served_over_tls(stack):
         assert "secure" not in client(stack).get("/login").headers["set-cookie"].lower()
     finally:
         container.dispose()
+
+
+def test_review_page_lists_waiting_records_and_a_refused_decision_is_logged_with_the_user(stack):
+    """The page shows the new record and its candidates side by side; a decision the service
+    refuses (an item decided already, or none such) comes back as its message and is logged."""
+    container = container_for(load_settings(str(stack["config"])))
+    try:
+        queue, now = container.review_queue, datetime.now(UTC)
+        tag = uuid.uuid4().hex[:6]
+        waiting = queue.hold(MAILBOX, "crm", f"account:R-{tag}", f"Rosalind Franklin{tag}",
+                             [{"key": f"item-{tag}-1", "name": f"Rosalind Franklin{tag}", "score": 0.93,
+                               "agree": ["email", "name"], "disagree": ["phone"]},
+                              {"key": f"item-{tag}-2", "name": f"R. Franklin{tag}", "score": 0.91, "agree": ["name"],
+                               "disagree": ["email"]}], "ambiguous: test", now)
+        decided = queue.hold(MAILBOX, "exchange", f"item-{tag}-9", f"Decided{tag}", [], "test", now)
+        assert queue.decide(decided.id, "rejected", None, "cli:someone", now)
+    finally:
+        container.dispose()
+    c, token = logged_in(stack)
+    page = c.get("/review").text
+    assert f"Rosalind Franklin{tag}" in page and f"account:R-{tag}" in page
+    assert f"item-{tag}-1" in page and f"item-{tag}-2" in page and "0.93" in page and "phone" in page
+    assert f'action="/review/{waiting.id}/accept"' in page and f'action="/review/{waiting.id}/reject"' in page
+    assert f"Decided{tag}" not in page                                   # only open items
+    with capture_logs() as logs:
+        r = c.post(f"/review/{decided.id}/reject", data={"csrf": token})
+        assert r.status_code == 303 and r.headers["location"] == "/review"
+        assert f"review item {decided.id}: already rejected by cli:someone" in c.get("/review").text
+        r = c.post("/review/987654/accept", data={"csrf": token, "candidate": "x"})
+        assert r.status_code == 303
+        assert "review item 987654: no such item" in c.get("/review").text
+    refused = [e for e in logs if e["event"] == "console.action_refused"]
+    assert [(e["user"], e["action"], e["review_item"]) for e in refused] == [("ada", "review.reject", decided.id),
+                                                                           ("ada", "review.accept", 987654)]
