@@ -115,17 +115,28 @@ class StateCollector:
 
     ``summary`` returns ``status_summary()`` rows of the state store; ``queue`` returns
     ``(queue name, depth)`` pairs (a single pair is accepted too; depth None: unknown).
+    ``waiting`` (optional) returns what waits for a person per mailbox: ``{mailbox: {"held_deletes":
+    n, "open_conflicts": n, "review_items": n}}`` (``crmsync.cli.policy.waiting_counts``).
     Failures to read are reported as ``crmsync_up 0``.
     """
 
+    #: key of a ``waiting`` row -> (metric name, help)
+    WAITING = {"held_deletes": ("crmsync_held_deletes", "Deletes held by the delete brake or the empty-folder "
+                                                        "guard, waiting for a person, per mailbox"),
+               "open_conflicts": ("crmsync_open_conflicts", "Conflicting fields held for a person to resolve, "
+                                                            "per mailbox"),
+               "review_items": ("crmsync_review_items", "New records waiting in the review queue, per mailbox")}
+
     def __init__(self, summary: Callable[[], list[dict[str, Any]]],
                  queue: Callable[[], Any],
-                 lag: Callable[[], Mapping[str, Mapping[str, float]]] | None = None) -> None:
+                 lag: Callable[[], Mapping[str, Mapping[str, float]]] | None = None,
+                 waiting: Callable[[], Mapping[str, Mapping[str, int]]] | None = None) -> None:
         self._summary = summary
         self._queue = queue
         #: mailbox -> side ("crm->exchange" | "exchange->crm") -> seconds the oldest unapplied
         #: event has waited (``crmsync.adapters.state.status.current_lag``).
         self._lag = lag
+        self._waiting = waiting
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         from prometheus_client.core import GaugeMetricFamily
@@ -160,6 +171,16 @@ class StateCollector:
             except Exception:  # noqa: BLE001 - a scrape must still answer (crmsync_state_up says why)
                 pass
             yield lag
+        if self._waiting is not None:
+            families = {key: GaugeMetricFamily(name, text, labels=["mailbox"])
+                        for key, (name, text) in self.WAITING.items()}
+            try:
+                for mailbox, counts in sorted(self._waiting().items()):
+                    for key, family in families.items():
+                        family.add_metric([mailbox], counts.get(key, 0))
+            except Exception:  # noqa: BLE001 - a scrape must still answer
+                pass
+            yield from families.values()
         depth = GaugeMetricFamily("crmsync_queue_depth", "Messages waiting in the broker queue", labels=["queue"])
         try:
             pairs = self._queue()

@@ -33,6 +33,38 @@ TASK_BATCH = 100
 MARK_EVERY = 500
 
 
+#: Longest ``kwargsrepr`` (what Flower shows as a task's arguments) a message carries.
+REPR_MAX = 400
+
+
+def _capped(items: list[str], room: int) -> str:
+    """``[a, b, ...]`` within ``room`` characters, ending in ``+N more`` when cut."""
+    shown: list[str] = []
+    for n, item in enumerate(items):
+        rest = len(items) - n - 1
+        tail = f", +{rest} more" if rest else ""
+        if len(", ".join([*shown, item])) + len(tail) + 2 > room and shown:
+            return "[" + ", ".join(shown) + f", +{len(items) - n} more]"
+        shown.append(item)
+    return "[" + ", ".join(shown) + "]"
+
+
+def task_repr(event_ids: Sequence[int], rows: Mapping[int, Any], limit: int = REPR_MAX) -> str:
+    """What Flower shows for an apply task: ``mailbox=a@x events=[12, 13] records=[account:A-1,
+    ...]``, at most ``limit`` characters. Only the mailbox, event ids and CRM keys (the CRM's
+    own identifiers): never a name, an address of a contact or an Exchange item id, so nothing of a
+    private contact appears (its event has no CRM key)."""
+    found = [rows[i] for i in event_ids if i in rows]
+    mailboxes = sorted({str(r.mailbox) for r in found if getattr(r, "mailbox", None)})
+    keys = list(dict.fromkeys(str(r.crm_key) for r in found if getattr(r, "crm_key", None)))
+    head = (f"mailbox={mailboxes[0]} " if len(mailboxes) == 1
+            else f"mailboxes={_capped(mailboxes, limit // 4)} " if mailboxes else "")
+    text = head + f"events={_capped([str(i) for i in event_ids], max(40, (limit - len(head)) // 2))}"
+    if keys:
+        text += f" records={_capped(keys, max(40, limit - len(text) - 9))}"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def redact(text: str, url: str) -> str:
     """``text`` with the broker URL's password masked (error texts may echo the URL)."""
     try:
@@ -146,7 +178,8 @@ class CeleryPublisher:
                 for queue, chunk in self._chunks(ids, rows):
                     app.send_task(APPLY_EVENTS_TASK,
                                   kwargs=EventBatchMessage(event_ids=chunk).model_dump(),
-                                  queue=queue, producer=producer, add_to_parent=False)
+                                  queue=queue, producer=producer, add_to_parent=False,
+                                  kwargsrepr=task_repr(chunk, rows))
                     unmarked.extend(chunk)
                     sent += len(chunk)
                     crash_point("after_publish")   # reliability tests: sent, not yet marked

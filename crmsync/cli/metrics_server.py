@@ -31,12 +31,14 @@ def start(container: Container, port: int, address: str) -> int:
 
     from crmsync.adapters.broker import queue_depths
     from crmsync.adapters.state.status import current_lag
+    from crmsync.cli.policy import waiting_counts
     from crmsync.metrics import StateCollector, serve
 
     settings = container.settings
     collector = StateCollector(container.store.status_summary,
                                lambda: list(queue_depths(settings)[0].items()),
-                               lambda: current_lag(container.state_engine, datetime.now(UTC)))
+                               lambda: current_lag(container.state_engine, datetime.now(UTC)),
+                               lambda: waiting_counts(container))
     return serve(port, address, [collector])
 
 
@@ -58,8 +60,8 @@ def metrics_server(
 ) -> None:
     """Serve the Prometheus endpoint /metrics on its own (when the producer does not, or on a
     worker host): the counters of every crmsync process sharing the [metrics] multiproc_dir
-    (PROMETHEUS_MULTIPROC_DIR), the queue depth, events per status and the last successful
-    sync per mailbox. Runs until Ctrl-C / SIGTERM."""
+    (PROMETHEUS_MULTIPROC_DIR), the queue depth, events per status, the last successful
+    sync, held deletes, open conflicts and review items per mailbox. Runs until Ctrl-C / SIGTERM."""
     from crmsync.cli.app import console, ready_container
 
     container = ready_container()

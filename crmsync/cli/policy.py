@@ -28,6 +28,23 @@ def _review(c) -> DeleteReview:
     return DeleteReview(held=c.held_deletes, store=c.store, clock=lambda: datetime.now(UTC))
 
 
+def waiting_counts(c) -> dict[str, dict[str, int]]:
+    """What waits for a person, per mailbox (every configured one, zeros included): held
+    deletes, open (held) conflicts and review items; the numbers `crmsync status` lists and
+    the metrics endpoint serves (crmsync_held_deletes, crmsync_open_conflicts, crmsync_review_items)."""
+    from crmsync.service import review
+
+    zero = {"held_deletes": 0, "open_conflicts": 0, "review_items": 0}
+    out = {m.address: dict(zero) for m in c.settings.mailboxes}
+    for row in _review(c).pending():
+        out.setdefault(row.mailbox, dict(zero))["held_deletes"] += 1
+    for conflict in _queue(c).pending():
+        out.setdefault(conflict.mailbox, dict(zero))["open_conflicts"] += 1
+    for mailbox, n in review.counts(c.review_queue, c.store).items():
+        out.setdefault(mailbox, dict(zero))["review_items"] = n
+    return out
+
+
 def held_problems(c) -> list[str]:
     """Lines for `crmsync status --check`: held deletes and held conflicts need a person."""
     per: dict[tuple[str, str], int] = {}

@@ -125,3 +125,49 @@ def test_dead_letters_count(pipeline):
         assert total(after, "crmsync_events", mailbox=MAILBOX, status="dead") >= 1
     finally:
         pipeline.crm.execute("DELETE FROM accounts WHERE account_no = ''")
+
+
+def test_what_waits_for_a_person_shows_per_mailbox(pipeline):
+    """Held deletes, open conflicts and review items are gauges read from the state database at
+    scrape time (the same numbers `crmsync status --check` lists): recorded through the state
+    adapters the sync uses, they show on both endpoints; decided, they go back to 0."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from crmsync.adapters.state.held import SqlHeldConflicts, SqlHeldDeletes
+    from crmsync.adapters.state.review import SqlReviewQueue
+
+    for port in (pipeline.producer_port, pipeline.server_port):
+        s = wait_until(lambda port=port: scrape(port), 30, what="/metrics")
+        assert total(s, "crmsync_held_deletes", mailbox=MAILBOX) == 0
+        assert total(s, "crmsync_open_conflicts", mailbox=MAILBOX) == 0
+    engine = sa.create_engine(pipeline.crm.state_url)
+    now = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:6].upper()
+    held = SqlHeldDeletes(engine).note(MAILBOX, [(f"account:H1-{tag}", "crm"), (f"account:H2-{tag}", "exchange")],
+                                       "held", now, reason="brake")
+    conflicts = SqlHeldConflicts(engine)
+    conflicts.hold(MAILBOX, f"account:C-{tag}", [("job_title", "Admiral", "Rear Admiral", "Captain")], now)
+    review = SqlReviewQueue(engine)
+    review.hold(MAILBOX, "crm", f"account:R-{tag}", "Review Ltd", [], "ambiguous", now)
+    try:
+        for port in (pipeline.producer_port, pipeline.server_port):
+            s = wait_until(lambda port=port: (s := scrape(port))
+                           and total(s, "crmsync_held_deletes", mailbox=MAILBOX) == 2 and s, 30,
+                           what="2 held deletes on /metrics")
+            assert total(s, "crmsync_open_conflicts", mailbox=MAILBOX) == 1
+            assert total(s, "crmsync_review_items", mailbox=MAILBOX) == 1
+        check = pipeline.cli("status", "--check", check=False)
+        assert "2 delete(s) held by the delete brake" in check.stdout
+        assert "1 conflict(s) wait for a person" in check.stdout
+    finally:
+        SqlHeldDeletes(engine).set_status(held, "discarded", now)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM held_conflicts WHERE crm_key = :k"), {"k": f"account:C-{tag}"})
+            conn.execute(sa.text("DELETE FROM review_items WHERE record_key = :k"), {"k": f"account:R-{tag}"})
+        engine.dispose()
+    s = scrape(pipeline.server_port)
+    assert total(s, "crmsync_held_deletes", mailbox=MAILBOX) == 0
+    assert total(s, "crmsync_open_conflicts", mailbox=MAILBOX) == 0
+    assert total(s, "crmsync_review_items", mailbox=MAILBOX) == 0

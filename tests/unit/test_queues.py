@@ -75,3 +75,51 @@ def test_metrics_show_depth_per_queue():
     registry.register(StateCollector(lambda: [], lambda: [("crmsync.to_crm", 3), ("crmsync.to_exchange", 0)]))
     assert registry.get_sample_value("crmsync_queue_depth", {"queue": "crmsync.to_crm"}) == 3
     assert registry.get_sample_value("crmsync_queue_depth", {"queue": "crmsync.to_exchange"}) == 0
+
+
+def test_metrics_show_what_waits_for_a_person_per_mailbox():
+    """Held deletes, open conflicts and review items per mailbox, read at scrape time; a mailbox
+    with nothing waiting shows 0 (so an alert can compare), and a failing read leaves the rest."""
+    from prometheus_client.core import CollectorRegistry
+
+    from crmsync.metrics import StateCollector
+
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: [], lambda: [], waiting=lambda: {
+        "a@x": {"held_deletes": 3, "open_conflicts": 2, "review_items": 1},
+        "b@x": {"held_deletes": 0, "open_conflicts": 0, "review_items": 0}}))
+    assert registry.get_sample_value("crmsync_held_deletes", {"mailbox": "a@x"}) == 3
+    assert registry.get_sample_value("crmsync_open_conflicts", {"mailbox": "a@x"}) == 2
+    assert registry.get_sample_value("crmsync_review_items", {"mailbox": "a@x"}) == 1
+    assert registry.get_sample_value("crmsync_held_deletes", {"mailbox": "b@x"}) == 0
+
+    def broken():
+        raise RuntimeError("state database down")
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: [], lambda: [("q", 4)], waiting=broken))
+    assert registry.get_sample_value("crmsync_queue_depth", {"queue": "q"}) == 4
+    assert registry.get_sample_value("crmsync_held_deletes", {"mailbox": "a@x"}) is None
+
+
+def test_a_task_message_reads_well_in_flower_and_carries_nothing_private():
+    """The apply task's kwargsrepr: mailbox, event ids and CRM keys; capped in length; a contact's
+    name, e-mail or Exchange item id never appears."""
+    from producers.publisher import REPR_MAX, task_repr
+
+    def row(i, crm_key, mailbox="a@x"):
+        return SimpleNamespace(source="crm", mailbox=mailbox, crm_key=crm_key, item_id=f"AAMkSecretItem{i}",
+                               name="Jane Private", email="jane@private.example")
+
+    rows = {12: row(12, "account:ACC-1"), 13: row(13, "contact:7"), 14: row(14, None)}   # 14: a private contact
+    assert task_repr([12, 13, 14], rows) == "mailbox=a@x events=[12, 13, 14] records=[account:ACC-1, contact:7]"
+    assert task_repr([99], {}) == "events=[99]"                                      # row not found
+    two = {1: row(1, "account:A", "a@x"), 2: row(2, "account:B", "b@x")}
+    assert task_repr([1, 2], two) == "mailboxes=[a@x, b@x] events=[1, 2] records=[account:A, account:B]"
+
+    many = {i: row(i, f"account:ACC-{i:05d}") for i in range(1000, 1100)}
+    text = task_repr(list(many), many)
+    assert len(text) <= REPR_MAX
+    assert text.startswith("mailbox=a@x events=[1000, 1001, ")
+    assert "more]" in text and "records=[account:ACC-01000, " in text
+    for secret in ("AAMkSecretItem", "Jane", "private.example"):
+        assert secret not in text
