@@ -148,6 +148,11 @@ def check_sql_update_is_published(loop, store, redis_db, queue, write_sql) -> No
     assert queued_event_ids(redis_db, queue) == list(range(1, 6))
     assert loop.run_once() == 0                               # nothing new, nothing re-sent
     assert len(queued_event_ids(redis_db, queue)) == 5
+    # what Flower shows of each message: mailbox, event ids, CRM keys (nothing of the contacts)
+    shown = [json.loads(raw)["headers"]["kwargsrepr"] for raw in redis_db.lrange(queue, 0, -1)]
+    assert f"mailbox={MAILBOX} events=[4, 5] records=[account:A-1, {events[1].crm_key}]" in shown
+    assert all(text.startswith(f"mailbox={MAILBOX} events=[") for text in shown)
+    assert not any(secret in text for text in shown for secret in ("Lovelace", "ada@acme", "Babbage"))
 
 
 def test_a_plain_sql_update_in_a_sqlite_crm_becomes_a_published_celery_message(
