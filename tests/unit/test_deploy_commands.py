@@ -184,7 +184,7 @@ def test_grafana_dashboard_uses_only_real_metric_names():
 
     registry = CollectorRegistry()
     families = []
-    for collector in (metrics.StateCollector(lambda: [], lambda: ("q", 0)),):
+    for collector in (metrics.StateCollector(lambda: [], lambda: ("q", 0), waiting=lambda: {"m": {}}),):
         registry.register(collector)
     families += list(registry.collect())
     m = metrics.metrics()
