@@ -71,7 +71,7 @@ class Container:
         """The exchangelib account and sync folder of one mailbox, opened once per process."""
         with self._lock:
             if address not in self._accounts:
-                from crmsync.adapters.exchange.ews.connect import connect, open_folder
+                from crmsync.adapters.exchange.ews.connect import connect, connect_owner, open_folder
 
                 mbox = self.settings.effective(address)
                 if mbox.only_categories:   # before any contact crosses the wire
@@ -79,9 +79,13 @@ class Container:
 
                     hide_unstamped_items()
                 # the mailbox's own access / username / password_env, else [exchange]'s
-                account = connect(self.settings.exchange_for(address), mbox.address)
+                settings = self.settings.exchange_for(address)
+                # another mailbox's folder: its owner's account, by this mailbox's login (delegate)
+                account = (connect_owner(settings, mbox.folder_owner) if mbox.folder_owner
+                           else connect(settings, mbox.address))
                 try:
-                    folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
+                    folder = open_folder(account, mbox.folder_path, create=bool(mbox.create_folder),
+                                         public=mbox.public_folder, label=mbox.address)
                 except BadRecord as exc:
                     # Not a record's fault: the events must be retried, not dead-lettered.
                     raise ConfigError(str(exc)) from None
