@@ -262,7 +262,7 @@ class DoctorAdapters:
 
         settings = self.container.settings
         exchange = settings.exchange_for(address)
-        facts = probe_mailbox(exchange, address, folder)
+        facts = probe_mailbox(exchange, address, folder, owner=settings.mailbox(address).folder_owner)
         return {**facts, **self.credential_keys(address), "access": exchange.access, "username": exchange.username}
 
     def graph_mailbox(self, address: str, folder: str) -> dict:

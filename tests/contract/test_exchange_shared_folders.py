@@ -147,3 +147,18 @@ def test_a_server_without_public_folders_is_an_unavailable_mailbox(tmp_path):
             open_folder(account, "Company/Contacts", public=True, label=ALICE)
     finally:
         emu.stop()
+
+
+def test_the_doctors_probe_finds_a_public_and_a_delegate_folder_without_creating_them(emulator_proc, bob_account,
+                                                                                      alice_as_bob):
+    from crmsync.adapters.exchange.ews.probe import probe_mailbox
+
+    open_folder(bob_account, "Company/Probed", public=True, label=BOB)
+    open_folder(alice_as_bob, "Team/Probed", label=BOB)
+    settings = _settings(emulator_proc, BOB, BOB_PW)
+    assert probe_mailbox(settings, BOB, "public:Company/Probed") == {"kind": "ok"}
+    assert probe_mailbox(settings, BOB, "Team/Probed", owner=ALICE) == {"kind": "ok"}
+    missing = probe_mailbox(settings, BOB, "public:Company/Unprobed")
+    assert missing["kind"] == "folder" and "'Company/Unprobed'" in missing["detail"]
+    assert probe_mailbox(settings, BOB, "Team/Unprobed", owner=ALICE)["kind"] == "folder"
+    assert ews_connect.find_folder(alice_as_bob, "Team/Unprobed") is None
