@@ -50,3 +50,38 @@ client_id = "c"
 address = "bob@example.com"
 """ + extra
     assert expected in problem(tmp_path, text)
+
+
+def test_the_container_opens_each_folder_where_its_mailbox_says(tmp_path, monkeypatch):
+    from crmsync.adapters.exchange.ews import connect as ews
+    from crmsync.bootstrap import Container
+
+    opened: dict[str, tuple] = {}
+    monkeypatch.setattr(ews, "connect", lambda settings, address: ("own", address, settings.access))
+    monkeypatch.setattr(ews, "connect_owner", lambda settings, owner: ("delegate", owner, settings.username))
+
+    def open_folder(account, path, create=True, *, public=False, label=None):
+        opened[label] = (account, path, public, create)
+        return object()
+    monkeypatch.setattr(ews, "open_folder", open_folder)
+    s = load(tmp_path, BASE + """
+[[mailbox]]
+address = "alice@example.com"
+folder = "public:Company/Contacts"
+[[mailbox]]
+address = "bob@example.com"
+folder = "Team"
+folder_owner = "boss@example.com"
+username = "bob@example.com"
+create_folder = false
+[[mailbox]]
+address = "carol@example.com"
+""", env={"SVC_PW": "x"})
+    c = Container(s)
+    for address in ("alice@example.com", "bob@example.com", "carol@example.com"):
+        c.exchange_account(address)
+    assert opened == {
+        "alice@example.com": (("own", "alice@example.com", "impersonation"), "Company/Contacts", True, True),
+        "bob@example.com": (("delegate", "boss@example.com", "bob@example.com"), "Team", False, False),
+        "carol@example.com": (("own", "carol@example.com", "impersonation"), "CRM Accounts", False, True),
+    }
