@@ -5,7 +5,7 @@ himself and is dave's delegate), and carol names a folder of dave's that does no
 (create_folder = false): she is reported with the mailbox and the path, the others converge.
 Edits made in the shared folders by other users (erin in the public folder, dave in his own
 folder) reach the CRM and the other folder once. One stack (emulator, Redis, producer, Celery
-worker) for the module; the tests run in order.
+worker) per CRM backend for the module; the tests run in order.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ password_env = "CRMSYNC_TEST_CAROL_PASSWORD"
 """
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, redis_server):
-    p = Pipeline(tmp_path_factory.mktemp("e2e-shared-folders"), "sqlite",
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def pipeline(request, tmp_path_factory, redis_server):
+    p = Pipeline(tmp_path_factory.mktemp(f"e2e-shared-folders-{request.param}"), request.param,
                  broker_url=redis_server.url(redis_server.new_database()), extra_users=PASSWORDS,
                  emulator_args=("--public-folders", "--delegate", f"{DAVE}:{BOB}", "--delegate", f"{DAVE}:{CAROL}"))
     try:
