@@ -135,7 +135,8 @@ class Container:
                     account, folder,
                     private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
                     categories=self.settings.effective(address).categories or (),
-                    only_categories=self.settings.effective(address).only_categories or ())
+                    only_categories=self.settings.effective(address).only_categories or (),
+                    mailbox=self.mailbox_settings(address).address)
             return self._sides[address]
 
     def _graph_side(self, address: str):
@@ -159,7 +160,8 @@ class Container:
         from crmsync.adapters.exchange.ews.feed import ExchangeFeed
 
         account, folder = self.exchange_account(address)
-        return ExchangeFeed(account, folder, notifications=self.settings.sync.notifications)
+        return ExchangeFeed(account, folder, notifications=self.settings.sync.notifications,
+                            mailbox=self.mailbox_settings(address).address)
 
     # services ----------------------------------------------------------------------------
     @cached_property

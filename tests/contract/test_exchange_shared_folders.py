@@ -162,3 +162,24 @@ def test_the_doctors_probe_finds_a_public_and_a_delegate_folder_without_creating
     assert missing["kind"] == "folder" and "'Company/Unprobed'" in missing["detail"]
     assert probe_mailbox(settings, BOB, "Team/Unprobed", owner=ALICE)["kind"] == "folder"
     assert ews_connect.find_folder(alice_as_bob, "Team/Unprobed") is None
+
+
+def test_a_delegate_right_withdrawn_later_makes_the_syncing_mailbox_unavailable_not_the_owner(tmp_path):
+    """The worker and the producer record MailboxUnavailable.mailbox for status: it must be the
+    [[mailbox]] that syncs the folder (bob), never the folder's owner (alice)."""
+    emu = start_emulator(tmp_path / "withdrawn", {ALICE: ALICE_PW, BOB: BOB_PW},
+                         extra_args=["--delegate", f"{ALICE}:{BOB}"])
+    try:
+        on_alice = ews_connect.connect_owner(_settings(emu, BOB, BOB_PW), ALICE)
+        folder = open_folder(on_alice, "Team", label=BOB)
+        side = EwsExchange(on_alice, folder, mailbox=BOB)
+        feed = ExchangeFeed(on_alice, folder, mailbox=BOB)
+        created = side.create("account:W-1", {"first_name": "Wanda"})
+        emu.extra_args[:] = []                     # alice withdraws bob's delegate access
+        emu.restart()
+        for call in (lambda: side.read(created.item_id), lambda: feed.changes(None)):
+            with pytest.raises(MailboxUnavailable) as info:
+                call()
+            assert info.value.mailbox == BOB and f"mailbox {BOB}" in str(info.value)
+    finally:
+        emu.stop()
