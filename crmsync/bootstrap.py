@@ -71,7 +71,7 @@ class Container:
         """The exchangelib account and sync folder of one mailbox, opened once per process."""
         with self._lock:
             if address not in self._accounts:
-                from crmsync.adapters.exchange.ews.connect import connect, open_folder
+                from crmsync.adapters.exchange.ews.connect import connect, connect_owner, open_folder
 
                 mbox = self.settings.effective(address)
                 if mbox.only_categories:   # before any contact crosses the wire
@@ -79,9 +79,13 @@ class Container:
 
                     hide_unstamped_items()
                 # the mailbox's own access / username / password_env, else [exchange]'s
-                account = connect(self.settings.exchange_for(address), mbox.address)
+                settings = self.settings.exchange_for(address)
+                # another mailbox's folder: its owner's account, by this mailbox's login (delegate)
+                account = (connect_owner(settings, mbox.folder_owner) if mbox.folder_owner
+                           else connect(settings, mbox.address))
                 try:
-                    folder = open_folder(account, mbox.folder, create=bool(mbox.create_folder))
+                    folder = open_folder(account, mbox.folder_path, create=bool(mbox.create_folder),
+                                         public=mbox.public_folder, label=mbox.address)
                 except BadRecord as exc:
                     # Not a record's fault: the events must be retried, not dead-lettered.
                     raise ConfigError(str(exc)) from None
@@ -131,7 +135,8 @@ class Container:
                     account, folder,
                     private_sensitivities=frozenset(self.settings.effective(address).private_sensitivities or ()),
                     categories=self.settings.effective(address).categories or (),
-                    only_categories=self.settings.effective(address).only_categories or ())
+                    only_categories=self.settings.effective(address).only_categories or (),
+                    mailbox=self.mailbox_settings(address).address)
             return self._sides[address]
 
     def _graph_side(self, address: str):
@@ -155,7 +160,8 @@ class Container:
         from crmsync.adapters.exchange.ews.feed import ExchangeFeed
 
         account, folder = self.exchange_account(address)
-        return ExchangeFeed(account, folder, notifications=self.settings.sync.notifications)
+        return ExchangeFeed(account, folder, notifications=self.settings.sync.notifications,
+                            mailbox=self.mailbox_settings(address).address)
 
     # services ----------------------------------------------------------------------------
     @cached_property
@@ -258,7 +264,7 @@ class DoctorAdapters:
 
         settings = self.container.settings
         exchange = settings.exchange_for(address)
-        facts = probe_mailbox(exchange, address, folder)
+        facts = probe_mailbox(exchange, address, folder, owner=settings.mailbox(address).folder_owner)
         return {**facts, **self.credential_keys(address), "access": exchange.access, "username": exchange.username}
 
     def graph_mailbox(self, address: str, folder: str) -> dict:

@@ -87,6 +87,10 @@ _SECRET_KEYS = {
 _KEY_MARK = "crmsync_key"  # PydanticCustomError type for cross-field checks naming their key
 
 
+#: ``folder = "public:Company/Contacts"``: the sync folder is a public folder.
+PUBLIC_PREFIX = "public:"
+
+
 def _key_error(key: str, message: str) -> PydanticCustomError:
     """A validation error about one key of the section being validated (cross-field checks)."""
     return PydanticCustomError(_KEY_MARK, "{key}: {message}", {"key": key, "message": message})
@@ -337,7 +341,12 @@ class MailboxSettings(_Section):
     policy; a policy key left out here takes its default from ``[sync]``."""
 
     address: str
+    #: A path under this mailbox's Contacts ("CRM Accounts", "CRM/Accounts"), under
+    #: ``folder_owner``'s Contacts when that is set, or "public:Company/Contacts": a public folder.
     folder: str = DEFAULT_FOLDER
+    #: Another mailbox whose Contacts hold ``folder``; the identity that logs in for this mailbox
+    #: needs delegate access to it. Links, state and events stay this mailbox's.
+    folder_owner: str | None = None
     secondary_contacts: bool = True
     #: "approve": a non-empty folder never synced waits for `crmsync sync --approve-plan`;
     #: "auto": its first sync starts at once (duplicates are then [sync] first_sync's business).
@@ -386,10 +395,46 @@ class MailboxSettings(_Section):
     @field_validator("folder")
     @classmethod
     def _folder(cls, value: str) -> str:
-        parts = [p.strip() for p in value.strip().strip("/").split("/")]
+        public = value.strip().lower().startswith(PUBLIC_PREFIX)
+        path = value.strip()[len(PUBLIC_PREFIX):] if public else value
+        parts = [p.strip() for p in path.strip().strip("/").split("/")]
         if not all(parts):
-            raise PydanticCustomError("folder", "must be a folder path such as 'CRM Accounts' or 'CRM/Accounts'")
-        return "/".join(parts)
+            raise PydanticCustomError("folder", "must be a folder path such as 'CRM Accounts' or 'CRM/Accounts' "
+                                      "(under Contacts), or 'public:Company/Contacts' (a public folder)")
+        return (PUBLIC_PREFIX if public else "") + "/".join(parts)
+
+    @field_validator("folder_owner")
+    @classmethod
+    def _folder_owner(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @model_validator(mode="after")
+    def _folder_place(self) -> MailboxSettings:
+        if self.folder_owner is not None and self.public_folder:
+            raise _key_error("folder_owner", f"{self.address}: a public folder has no owner; set either "
+                             "folder = 'public:...' or folder_owner, not both")
+        if self.folder_owner is not None and self.folder_owner.lower() == self.address.lower():
+            raise _key_error("folder_owner", f"{self.address}: is this mailbox itself; leave folder_owner out")
+        return self
+
+    @property
+    def public_folder(self) -> bool:
+        """``folder = "public:A/B"``: the sync folder is the public folder A/B."""
+        return self.folder.startswith(PUBLIC_PREFIX)
+
+    @property
+    def folder_path(self) -> str:
+        """The folder's path without the ``public:`` mark ("A/B")."""
+        return self.folder[len(PUBLIC_PREFIX):] if self.public_folder else self.folder
+
+    @property
+    def folder_place(self) -> str:
+        """Where the folder is, for people: "Contacts/A", "public folders/A", "boss@x's Contacts/A"."""
+        if self.public_folder:
+            return f"public folders/{self.folder_path}"
+        if self.folder_owner:
+            return f"{self.folder_owner}'s Contacts/{self.folder_path}"
+        return f"Contacts/{self.folder_path}"
 
 
 class SyncSettings(_Section):
@@ -600,6 +645,20 @@ class Settings(BaseModel):
             if missing or not ews:
                 raise _key_error("exchange.username", f"is required when exchange.auth is {exchange.auth!r}"
                                  + (f" (or a username in [[mailbox]] {', '.join(missing)})" if ews else ""))
+        return self
+
+    @model_validator(mode="after")
+    def _folder_place_needs_ews(self) -> Settings:
+        """Public folders do not exist in Microsoft Graph; another mailbox's folder is EWS only too."""
+        for mbox in self.mailboxes:
+            if (mbox.api or self.exchange.api) != "graph":
+                continue
+            if mbox.public_folder:
+                raise _key_error("mailbox", f"{mbox.address}: folder {mbox.folder!r} is a public folder, and Microsoft "
+                                 "Graph has no public folders; use api = 'ews' for this mailbox")
+            if mbox.folder_owner:
+                raise _key_error("mailbox", f"{mbox.address}: folder_owner needs api = 'ews' (over Graph, list "
+                                 f"{mbox.folder_owner} as a [[mailbox]] of its own: the app acts for every mailbox)")
         return self
 
     @model_validator(mode="after")

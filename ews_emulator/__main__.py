@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
                         "ErrorImpersonateUserDenied (repeatable)")
     p.add_argument("--delegate", action="append", default=[], metavar="OWNER:DELEGATE",
                    help="grant DELEGATE access to OWNER's mailbox (repeatable)")
+    p.add_argument("--public-folders", action="store_true",
+                   help="give the server a public folder tree (distinguished id publicfoldersroot) that every "
+                        "mailbox may use; without it the root answers ErrorNoPublicFolderReplicaAvailable")
     p.add_argument("--no-auth", action="store_true", help="accept unauthenticated requests")
     p.add_argument("--mailbox", action="append", default=[], metavar="ADDRESS",
                    help="create a mailbox without credentials (for --no-auth; repeatable)")
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emu = build_app(args.data, host=args.host, port=args.port, users=args.user,
                         impersonators=args.impersonator, delegates=args.delegate, no_auth=args.no_auth,
+                        public_folders=args.public_folders,
                         mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         graph_apps=args.graph_app, graph_app_scopes=args.graph_app_scope,
                         graph_token_lifetime=args.graph_token_lifetime,

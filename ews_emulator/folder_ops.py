@@ -142,10 +142,12 @@ def delete_folder(ctx: Context, req: etree._Element) -> etree._Element:
             if folder["distinguished"]:
                 raise EwsError("ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted.")
             with ctx.store.write() as tx:
+                trash = None
                 if delete_type == "MoveToDeletedItems":
                     trash = ctx.store.distinguished_folder(folder["mailbox"], "deleteditems")
+                if delete_type == "MoveToDeletedItems" and trash is not None:
                     tx.update_folder(folder, parent_id=trash["id"])
-                else:
+                else:   # HardDelete, SoftDelete, or a public folder (no Deleted Items)
                     tx.delete_folder(folder)
         except EwsError as e:
             error_message(messages, "DeleteFolder", e)

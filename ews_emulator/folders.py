@@ -13,6 +13,7 @@ from lxml import etree
 
 from .contact_xml import localname
 from .registry import Context, EwsError, t
+from .store import PUBLIC
 
 
 def known_mailboxes(ctx: Context) -> set[str]:
@@ -30,10 +31,14 @@ def check_mailbox_access(ctx: Context, mailbox: str) -> str:
     With --no-auth every mailbox is open. Unknown mailbox -> ErrorNonExistentMailbox; no right ->
     ErrorAccessDenied (what Exchange answers for a mailbox without folder permissions)."""
     mailbox = mailbox.strip().lower()
+    cfg = getattr(ctx.app, "config", None)
+    if mailbox == PUBLIC:   # the public folder tree: open to every caller, if the server has one
+        if cfg is None or not cfg.public_folders:
+            raise EwsError("ErrorNoPublicFolderReplicaAvailable", "There are no public folder replicas available.")
+        return mailbox
     if mailbox not in known_mailboxes(ctx):
         raise EwsError("ErrorNonExistentMailbox",
                        f"The SMTP address has no mailbox associated with it: {mailbox}")
-    cfg = getattr(ctx.app, "config", None)
     if ctx.mailbox is None or (cfg is not None and cfg.no_auth):
         return mailbox
     actor = ctx.mailbox.lower()
@@ -74,11 +79,16 @@ def resolve_folder(ctx: Context, elem: etree._Element) -> dict:
         check_mailbox_access(ctx, folder["mailbox"])
         return folder
     if (elem.get("Id") or "").lower() == "publicfoldersroot":
-        # The emulator's mailboxes have no public folders. Exchange Online without public folders
+        # Without --public-folders the server has none: Exchange Online without public folders
         # answers ErrorNoPublicFolderReplicaAvailable here (exchangelib's live suite expects it on
         # its test account, test_folder.py test_public_folders_root, and counts it among the
         # "missing folder" errors, so account.public_folders_root raises ErrorFolderNotFound).
-        raise EwsError("ErrorNoPublicFolderReplicaAvailable", "There are no public folder replicas available.")
+        # With it, the tree is shared by every mailbox (a <t:Mailbox> in the id is ignored).
+        check_mailbox_access(ctx, PUBLIC)
+        folder = ctx.store.distinguished_folder(PUBLIC, "publicfoldersroot")
+        if folder is None:
+            raise EwsError("ErrorNoPublicFolderReplicaAvailable", "There are no public folder replicas available.")
+        return folder
     mailbox_elem = elem.find(t("Mailbox"))
     address = mailbox_elem.findtext(t("EmailAddress")) if mailbox_elem is not None else None
     mailbox = check_mailbox_access(ctx, address) if address else default_mailbox(ctx)

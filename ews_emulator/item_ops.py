@@ -372,7 +372,8 @@ def delete_item(ctx: Context, req: etree._Element) -> etree._Element:
                     tx.delete_item(item)
                 else:
                     trash = ctx.store.distinguished_folder(item["mailbox"], "deleteditems")
-                    if delete_type == "SoftDelete" or item["folder_id"] == trash["id"]:
+                    # a public folder has no Deleted Items: its items go to its dumpster
+                    if trash is None or delete_type == "SoftDelete" or item["folder_id"] == trash["id"]:
                         trash = ctx.store.distinguished_folder(item["mailbox"], "recoverableitemsdeletions")
                     tx.move_item(item, trash["id"])
                 results.append(None)

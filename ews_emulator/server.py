@@ -59,6 +59,8 @@ class EmulatorConfig:
     no_auth: bool = False
     extra_mailboxes: set[str] = field(default_factory=set)
     realm: str = "ews-emulator"
+    #: --public-folders: the server has a public folder tree every mailbox can use.
+    public_folders: bool = False
     graph: GraphApps = field(default_factory=GraphApps)     # Graph app registrations and limits
 
     @property
@@ -125,6 +127,8 @@ class Emulator:
         self.store = Store(str(Path(data_dir) / "mailboxes.sqlite3"))
         for mailbox in sorted(config.mailboxes):
             self.store.ensure_mailbox(mailbox)
+        if config.public_folders:
+            self.store.ensure_public_folders()
         self.state: dict[str, Any] = {}
         self.faults: list[Fault] = []
         self.stats: Counter[str] = Counter()

@@ -87,6 +87,19 @@ DEFAULT_TREE: list[tuple[str, str, str | None, str | None]] = [
 ]
 
 
+#: The store's name for the public folder tree (``--public-folders``): not an address, so no
+#: mailbox can be called that. Its folders and items are reachable by every mailbox.
+PUBLIC = "(public folders)"
+
+#: Public folder tree: the root, and the hidden dumpster that soft-deleted items of public
+#: folders go to (Exchange keeps them in the public folder's own dumpster, not in anyone's
+#: Deleted Items).
+PUBLIC_TREE: list[tuple[str, str, str | None, str | None]] = [
+    ("publicfoldersroot", "IPM_SUBTREE", None, None),
+    ("recoverableitemsdeletions", "Deletions", None, None),
+]
+
+
 def now_iso() -> str:
     """UTC now as Exchange writes it (second precision, Z suffix)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -192,8 +205,16 @@ class Store:
                                           journal=False)
                 ids[dist] = folder["id"]
 
+    def ensure_public_folders(self) -> None:
+        """Create the (empty) public folder tree unless it exists (idempotent)."""
+        if self.distinguished_folder(PUBLIC, "publicfoldersroot") is not None:
+            return
+        with self.write() as tx:
+            for dist, name, cls, _parent in PUBLIC_TREE:
+                tx.insert_folder(PUBLIC, None, name, cls, dist, journal=False)
+
     def mailboxes(self) -> list[str]:
-        return [r[0] for r in self.execute("SELECT DISTINCT mailbox FROM folders")]
+        return [r[0] for r in self.execute("SELECT DISTINCT mailbox FROM folders WHERE mailbox != ?", (PUBLIC,))]
 
     # -- folders ----------------------------------------------------------------------------
     def get_folder(self, folder_id: str) -> dict | None:

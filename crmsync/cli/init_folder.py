@@ -54,6 +54,10 @@ def init_folder(
         raise ConfigError(f"mailbox {address} syncs folder {mbox.folder!r} (its [[mailbox]] folder in the config file), "
                           f"not {folder!r}: set folder = \"{folder}\" for this mailbox first, so the sync uses the "
                           "folder init-folder fills; nothing was written")
+    if mbox.public_folder or mbox.folder_owner:
+        raise ConfigError(f"mailbox {address}: init-folder fills a new folder under the mailbox's own Contacts; this "
+                          f"mailbox syncs {mbox.folder_place} (a shared folder: link its contacts with `crmsync link "
+                          "suggest` / `crmsync link auto`); nothing was written")
     if c.api(address) != "ews":
         raise ConfigError(f"mailbox {address}: init-folder works over EWS only (this mailbox uses api = "
                           f"{c.api(address)!r}); nothing was written")

@@ -340,6 +340,20 @@ def test_init_folder_refuses_a_folder_with_contacts_and_writes_nothing(tmp_path,
     assert d.dump() == before
 
 
+@pytest.mark.parametrize(("folder", "extra", "place"), [
+    ("public:Company/CRM", "", "public folders/Company/CRM"),
+    ("Team", 'folder_owner = "boss@example.com"', "boss@example.com's Contacts/Team"),
+])
+def test_init_folder_refuses_a_shared_folder_before_connecting(tmp_path, emulator, folder, extra, place):
+    d = Deployment(tmp_path, emulator.endpoint, folder, mailbox_extra=extra)
+    emulator.reset_stats()
+    refused = d.cli("init-folder", "--mailbox", MB, "--folder", folder, check=False)
+    assert refused.returncode == 2
+    assert f"init-folder fills a new folder under the mailbox's own Contacts; this mailbox syncs {place}" in \
+        " ".join(refused.stderr.split())
+    assert emulator.stats() == {}                     # refused before any request
+
+
 def test_init_folder_pushes_every_account_into_a_new_folder_and_the_next_sync_writes_nothing(tmp_path, emulator):
     d = Deployment(tmp_path, emulator.endpoint, "CRM Source")
     seed_scenario(d)                                         # 50 accounts; 40 contacts in another folder

@@ -112,7 +112,7 @@ def test_the_container_gives_each_mailbox_its_own_filters(tmp_path, monkeypatch)
 
     monkeypatch.setattr(logging_setup, "_HIDE_UNSTAMPED", [False])
     monkeypatch.setattr(ews, "connect", lambda exchange, address: SimpleNamespace(primary_smtp_address=address))
-    monkeypatch.setattr(ews, "open_folder", lambda account, path, create=True: object())
+    monkeypatch.setattr(ews, "open_folder", lambda account, path, create=True, **_: object())
     s = load_settings(write(tmp_path, '[sync]\nonly_categories = ["CRM"]\n[[mailbox]]\naddress = "a@example.com"\n'
                                       '[[mailbox]]\naddress = "b@example.com"\nprivate_sensitivities = '
                                       '["Private", "Personal"]\nonly_categories = []\n'), env={})

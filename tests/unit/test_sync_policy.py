@@ -264,7 +264,7 @@ def test_create_folder_false_reaches_the_folder_opener(tmp_path, monkeypatch):
 
     seen: dict[str, bool] = {}
 
-    def open_folder(account, path, create=True):
+    def open_folder(account, path, create=True, **_):
         seen[path] = create
         raise ConfigError(f"mailbox a@example.com: folder {path!r} does not exist under Contacts")
     monkeypatch.setattr(ews, "connect", lambda exchange, address: object())

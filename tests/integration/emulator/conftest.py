@@ -50,6 +50,8 @@ def _emulator(data_dir: Path, **overrides) -> RunningEmulator:
             extra += [flag, str(kw[key])]
     if kw.get("no_auth"):
         extra.append("--no-auth")
+    if kw.get("public_folders"):
+        extra.append("--public-folders")
     if kw.get("tls_cert"):
         extra += ["--tls-cert", kw["tls_cert"], "--tls-key", kw["tls_key"]]
     users = dict(spec.split(":", 1) for spec in kw.get("users", ()))
@@ -68,7 +70,7 @@ def default_kwargs(**overrides) -> dict:
 def start_emulator(tmp_path: Path):
     """Factory: start_emulator(users=[...], no_auth=True, mailboxes=[...], tls_cert=..., tls_key=...,
     host=..., graph_apps=[...], graph_app_scopes=[...], graph_token_lifetime=S,
-    graph_mailbox_concurrency=N) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
+    graph_mailbox_concurrency=N, public_folders=True) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
     All are stopped at teardown."""
     started: list[RunningEmulator] = []
 

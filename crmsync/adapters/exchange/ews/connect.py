@@ -37,7 +37,7 @@ from exchangelib import (
     Identity,
     OAuth2Credentials,
 )
-from exchangelib.errors import ErrorFolderExists, ErrorFolderNotFound
+from exchangelib.errors import ErrorFolderExists, ErrorFolderNotFound, ErrorNoPublicFolderReplicaAvailable
 from exchangelib.folders import Contacts, Folder
 from exchangelib.protocol import BaseProtocol
 from exchangelib.transport import NOAUTH
@@ -132,26 +132,33 @@ def _split(path: str) -> list[str]:
     return parts
 
 
-def open_folder(account: Account, path: str, create: bool = True) -> Folder:
-    """The contacts folder at ``path`` ("CRM Accounts", "A/B") under the mailbox's Contacts.
+def open_folder(account: Account, path: str, create: bool = True, *, public: bool = False,
+                label: str | None = None) -> Folder:
+    """The contacts folder at ``path`` ("CRM Accounts", "A/B") under the mailbox's Contacts, or
+    under the public folders root when ``public`` (the account is then the [[mailbox]]'s own; for
+    another mailbox's folder it is an Account on that owner, opened with DELEGATE access).
 
     Missing parts are created when ``create`` is true; otherwise MailboxUnavailable (a ConfigError,
     reported and retried later like a denied mailbox) says which part is missing and how to fix
-    it. Folder names match case-insensitively, as on Exchange.
+    it, naming the mailbox ``label`` (default: the account's) and the path. Folder names match
+    case-insensitively, as on Exchange. Under Contacts every part must be a contacts folder; in
+    the public tree only the last (a public hierarchy's upper levels are usually mail folders).
     """
-    mailbox = account.primary_smtp_address
+    mailbox = label or account.primary_smtp_address
+    owner = account.primary_smtp_address
     parts = _split(path)
+    top = "the public folders" if public else ("Contacts" if owner == mailbox else f"{owner}'s Contacts")
     with ews_errors(mailbox, f"opening folder {path!r}"):
-        folder = account.contacts
+        folder = _public_root(account, mailbox, path) if public else account.contacts
         walked: list[str] = []
-        for name in parts:
+        for i, name in enumerate(parts):
             try:
                 child = folder // name
             except ErrorFolderNotFound:
                 child = None
             if child is None:
                 if not create:
-                    where = "Contacts" + "".join(f"/{w}" for w in walked)
+                    where = top + "".join(f"/{w}" for w in walked)
                     raise MailboxUnavailable(
                         f"mailbox {mailbox}: folder {name!r} does not exist under {where} (path {path!r}). "
                         "Create it in Outlook, or set create_folder = true for this mailbox.", mailbox
@@ -161,15 +168,36 @@ def open_folder(account: Account, path: str, create: bool = True) -> Folder:
                 except ErrorFolderExists:
                     pass  # another crmsync process created it a moment ago: use that one
                 account.root.clear_cache()   # exchangelib caches the folder tree
+                if public:
+                    account.public_folders_root.clear_cache()
                 child = folder // name  # typed by its container class: a Contacts folder
-            if not isinstance(child, Contacts) and getattr(child, "folder_class", None) != "IPF.Contact":
+            last = i == len(parts) - 1
+            if (last or not public) and not isinstance(child, Contacts) \
+                    and getattr(child, "folder_class", None) != "IPF.Contact":
                 raise ConfigError(
-                    f"mailbox {mailbox}: folder {'/'.join([*walked, name])!r} under Contacts is not a contacts folder "
+                    f"mailbox {mailbox}: folder {'/'.join([*walked, name])!r} under {top} is not a contacts folder "
                     f"(class {getattr(child, 'folder_class', None)!r}); pick another folder name"
                 )
             walked.append(name)
             folder = child
     return folder
+
+
+def _public_root(account: Account, mailbox: str, path: str) -> Folder:
+    """The public folders root; MailboxUnavailable when the server has none."""
+    try:
+        return account.public_folders_root
+    except (ErrorFolderNotFound, ErrorNoPublicFolderReplicaAvailable):
+        raise MailboxUnavailable(
+            f"mailbox {mailbox}: the Exchange server has no public folders (folder 'public:{path}'); "
+            "pick a folder under Contacts, or have the administrator create the public folder", mailbox
+        ) from None
+
+
+def connect_owner(settings: ExchangeSettings, owner: str, *, max_connections: int | None = None) -> Account:
+    """An Account on ``owner``'s mailbox (a [[mailbox]]'s ``folder_owner``) with the identity
+    ``settings`` log in as, by DELEGATE access: that identity needs delegate rights on the owner."""
+    return connect(settings.model_copy(update={"access": "delegate"}), owner, max_connections=max_connections)
 
 
 def find_folder(account: Account, path: str) -> Folder | None:

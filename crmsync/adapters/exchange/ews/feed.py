@@ -64,12 +64,14 @@ class ExchangeFeed:
     """Changes of one folder since a sync state, and an optional doorbell."""
 
     def __init__(self, account: Account, folder, notifications: Notifications = "pull", *,
-                 stream_minutes: int = STREAM_CONNECTION_MINUTES) -> None:
+                 stream_minutes: int = STREAM_CONNECTION_MINUTES, mailbox: str | None = None) -> None:
         if notifications not in ("streaming", "pull", "poll"):
             raise ValueError(f"notifications {notifications!r}: expected 'streaming', 'pull' or 'poll'")
         self.account = account
         self.folder = folder
-        self.mailbox: str = account.primary_smtp_address
+        #: The [[mailbox]] this feed serves (errors name it); the account's own address unless
+        #: the folder is another mailbox's (``folder_owner``: the account is then the owner's).
+        self.mailbox: str = mailbox or account.primary_smtp_address
         self.notifications = notifications
         self._subscription: str | None = None
         self._watermark: str | None = None

@@ -11,9 +11,9 @@ from typing import Any
 import requests
 from exchangelib import errors as ex
 
-from crmsync.adapters.exchange.ews.connect import connect, open_folder
+from crmsync.adapters.exchange.ews.connect import connect, connect_owner, open_folder
 from crmsync.adapters.exchange.ews.faults import scrub
-from crmsync.config import ExchangeSettings
+from crmsync.config import PUBLIC_PREFIX, ExchangeSettings
 from crmsync.errors import ConfigError
 
 
@@ -53,8 +53,12 @@ def _classify(exc: BaseException) -> str:
     return "error"
 
 
-def probe_mailbox(settings: ExchangeSettings, address: str, folder: str) -> dict[str, Any]:
-    """Sign in for ``address``, find ``folder`` under Contacts (without creating it), read one item."""
+def probe_mailbox(settings: ExchangeSettings, address: str, folder: str, *, owner: str | None = None) -> dict[str, Any]:
+    """Sign in for ``address``, find ``folder`` (without creating it) under Contacts, under
+    ``owner``'s Contacts (a [[mailbox]]'s folder_owner), or in the public folders
+    ("public:A/B"), and read one item."""
+    public = folder.startswith(PUBLIC_PREFIX)
+    path = folder[len(PUBLIC_PREFIX):] if public else folder
     try:
         secrets = (settings.password(),)
     except ConfigError as exc:
@@ -65,7 +69,8 @@ def probe_mailbox(settings: ExchangeSettings, address: str, folder: str) -> dict
     except Exception as exc:  # noqa: BLE001 - classified and reported
         return {"kind": _classify(exc), "detail": f"mailbox {address}: {_text(exc, secrets)}"}
     try:
-        found = open_folder(account, folder, create=False)
+        target = connect_owner(settings, owner) if owner else account
+        found = open_folder(target, path, create=False, public=public, label=address)
     except ConfigError as exc:
         return {"kind": "folder", "detail": scrub(str(exc), secrets)}
     except Exception as exc:  # noqa: BLE001

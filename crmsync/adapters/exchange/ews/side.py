@@ -121,11 +121,13 @@ class EwsExchange:
 
     def __init__(self, account: Account, folder, *, private_sensitivities: Iterable[str] = DEFAULT_PRIVATE,
                  chunk_size: int = _CHUNK, categories: Iterable[str] = (),
-                 only_categories: Iterable[str] = ()) -> None:
+                 only_categories: Iterable[str] = (), mailbox: str | None = None) -> None:
         register_crm_key_property()
         self.account = account
         self.folder = folder
-        self.mailbox: str = account.primary_smtp_address
+        #: The [[mailbox]] served (errors and MailboxUnavailable name it): the account's own
+        #: address unless the folder is another mailbox's (``folder_owner``).
+        self.mailbox: str = mailbox or account.primary_smtp_address
         self.private_sensitivities = frozenset(private_sensitivities)
         #: Exchange -> CRM: when set, an unstamped contact carrying none of these reads as private.
         self.only_categories = frozenset(only_categories)
