@@ -36,8 +36,8 @@ from starlette.testclient import TestClient  # noqa: E402
 from crmsync.bootstrap import container_for  # noqa: E402
 from crmsync.config import load_settings  # noqa: E402
 from crmsync.console.users import add_user  # noqa: E402
-from schemas.state_tables import event_changes, events, held_deletes, links  # noqa: E402
 from schemas.crm_tables import accounts  # noqa: E402
+from schemas.state_tables import event_changes, events, held_deletes, links  # noqa: E402
 from tests.support.deployment import sqlite_deployment  # noqa: E402
 from tests.support.emulator_proc import running_emulator  # noqa: E402
 
