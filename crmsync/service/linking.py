@@ -392,14 +392,17 @@ class LinkingService:
         return [(k, picked[k], tuple((c, items[c.exchange_key]) for c in sorted(per[k], key=lambda c: -c.score)))
                 for k in order]
 
-    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None
+    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None,
+                             hits: Sequence[SearchHit] | None = None
                              ) -> list[tuple[str, ExchangeRecord, tuple[tuple[Candidate, CrmRecord], ...]]]:
         """The same from the Outlook side: the unlinked contacts whose name, company, e-mail or
-        phone match ``text`` (private ones never; the folder's bounded search), each with its
-        candidate CRM records (one look-up by e-mail and last name, ``find_similar``), best first."""
+        phone match ``text`` (private ones never; the folder's bounded search, or ``hits``, what
+        :meth:`search` answered for ``text`` just before), each with its candidate CRM records
+        (one look-up by e-mail and last name, ``find_similar``), best first."""
         terms = self._terms(text)
-        side = self.exchange_for(mailbox)
-        picked = {i: r for i, r in self._unlinked_items(mailbox, side.search(terms, self.SEARCH_LIMIT)).items()
+        found = ([h.item for h in hits] if hits is not None
+                 else self.exchange_for(mailbox).search(terms, self.SEARCH_LIMIT))
+        picked = {i: r for i, r in self._unlinked_items(mailbox, found).items()
                   if matching.search_fields(text, r.record, self.policy.region)}
         emails = sorted({e for r in picked.values() for e in (r.record.email, r.record.email2) if e})
         surnames = sorted({r.record.last_name for r in picked.values() if r.record.last_name})

@@ -481,3 +481,7 @@ def test_searches_and_suggestions_never_read_a_whole_side(search_world):
     assert [(i, [c.crm_key for c, _ in cands]) for i, _, cands in svc.suggest_for_contacts(MB, "lovelace")] == [
         (ada, ["account:A-1"])]
     assert crm.searches == 1 and ex.searches == 2
+    hits = svc.search(MB, "lovelace")     # the console: one search of the folder serves the suggestions too
+    assert [(i, [c.crm_key for c, _ in cands]) for i, _, cands in svc.suggest_for_contacts(MB, "lovelace", hits=hits)] == [
+        (ada, ["account:A-1"])]
+    assert ex.searches == 3
