@@ -289,7 +289,9 @@ class EwsExchange:
                 parts.append(Q(**{f"phone_numbers__{label}__contains": terms.digits[-4:]}))
         query = Q(*parts, conn_type=Q.OR)
         with ews_errors(self.mailbox, "searching the folder"):
-            ids = list(self.folder.filter(query).values_list("id", flat=True)[:limit])
+            found = self.folder.filter(query).values_list("id", flat=True)
+            found.page_size = limit     # one FindItem: each page would scan the folder again
+            ids = list(found[:limit])
         return [rec for rec in self.read_many(ids) if rec is not None] if ids else []
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
