@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from schemas.canonical import CanonicalContact
+
+if TYPE_CHECKING:
+    from crmsync.core.matching import SearchTerms
 
 Changes = Mapping[str, "str | None"]
 
@@ -76,6 +79,15 @@ class ExchangeSide(Protocol):
         """``read`` for a batch, in the order of ``item_ids``."""
 
     def find_many_by_crm_key(self, crm_keys: list[str]) -> dict[str, ExchangeRecord]: ...
+
+    def find_similar(self, emails: list[str], surnames: list[str], limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts carrying one of ``emails`` or one of ``surnames`` (case-insensitive), at most
+        ``limit``: a bounded look-up of candidates, never a read of the whole folder."""
+
+    def search(self, terms: SearchTerms, limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts a person's search may mean (name, company, e-mail, phone; a superset of
+        ``matching.search_fields``), at most ``limit``, found by the server (never a read of the
+        whole folder); private ones come back marked private, with an empty record."""
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items, if any."""

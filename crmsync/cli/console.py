@@ -160,35 +160,31 @@ class ContainerBackend:
                              "disagree": _evidence(cand, False)})
         return rows
 
-    def search_folder(self, mailbox: str, text: str) -> list[dict[str, Any]]:
-        from crmsync.service.linking import LinkError, display_name
-
-        try:
-            hits = self._linking().search(mailbox, text)
-        except LinkError:
-            return []
-        return [{"item_id": h.item.item_id, "name": display_name(h.item.record), "email": h.item.record.email or "",
-                 "phone": h.item.record.phone_mobile or h.item.record.phone_business or "",
-                 "matched": ", ".join(h.matched), "linked_to": h.linked_to} for h in hits[:200]]
-
-    def contact_suggestions(self, mailbox: str, text: str) -> list[dict[str, Any]]:
+    def search_folder(self, mailbox: str, text: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the folder's contacts matching ``text``, the CRM records suggested for the unlinked
+        ones among them): one search of the folder serves both (issue 12)."""
         from crmsync.cli.linking import _evidence
         from crmsync.service.linking import LinkError, display_name
 
+        service = self._linking()
         try:
-            found = self._linking().suggest_for_contacts(mailbox, text)
+            hits = service.search(mailbox, text)
+            found = service.suggest_for_contacts(mailbox, text, hits=hits) if any(not h.linked_to for h in hits) else []
         except LinkError:
-            return []
-        rows: list[dict[str, Any]] = []
+            return [], []
+        rows = [{"item_id": h.item.item_id, "name": display_name(h.item.record), "email": h.item.record.email or "",
+                 "phone": h.item.record.phone_mobile or h.item.record.phone_business or "",
+                 "matched": ", ".join(h.matched), "linked_to": h.linked_to} for h in hits[:200]]
+        unlinked: list[dict[str, Any]] = []
         for item_id, item, cands in found[:50]:
             base = {"item_id": item_id, "outlook_name": display_name(item.record)}
             if not cands:
-                rows.append({**base, "crm_key": None, "crm_name": "", "score": "", "agree": "", "disagree": ""})
+                unlinked.append({**base, "crm_key": None, "crm_name": "", "score": "", "agree": "", "disagree": ""})
             for cand, rec in cands[:5]:
-                rows.append({**base, "crm_key": cand.crm_key, "crm_name": display_name(rec.record),
-                             "score": f"{cand.score:.2f}", "agree": _evidence(cand, True),
-                             "disagree": _evidence(cand, False)})
-        return rows
+                unlinked.append({**base, "crm_key": cand.crm_key, "crm_name": display_name(rec.record),
+                                 "score": f"{cand.score:.2f}", "agree": _evidence(cand, True),
+                                 "disagree": _evidence(cand, False)})
+        return rows, unlinked
 
     def links(self, mailbox: str, after_id: int, limit: int, text: str) -> list[dict[str, Any]]:
         from crmsync.adapters.state.links_query import links_page

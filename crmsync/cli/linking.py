@@ -197,7 +197,8 @@ def search(
 ) -> None:
     """Find an Outlook contact by name, company, e-mail or phone.
 
-    Searches the mailbox's sync folder (phones in any format: "415 555-1020" finds "+1 (415) 555 1020"), to link it by hand with `crmsync
+    Asks the sync folder's own search, at most 200 contacts (phones in any format: "415 555-1020" finds
+    "+1 (415) 555 1020"; see the README for what Graph finds), to link it by hand with `crmsync
     link add CRM_KEY ITEM_ID`. Shows whether each contact is linked already. Reads only."""
     _check_format(fmt)
     from crmsync.service.linking import display_name

@@ -776,3 +776,32 @@ def search_fields(query: str, contact: CanonicalContact, region: str = "US") -> 
         if any((wanted is not None and norm.phone(v) == wanted) or digits in _DIGITS.sub("", v) for v in values):
             found.append("phone")
     return tuple(found)
+
+
+@dataclass(frozen=True)
+class SearchTerms:
+    """A person's search ``query`` as the bounded look-ups of both sides ask for it (a SQL query,
+    an EWS restriction, a Graph ``$filter``): a superset of what :func:`search_fields` accepts,
+    which then decides. ``words``: the query's words as typed, lowercased (each begins a word of
+    the name or of the company); ``text``: the whole query, trimmed and lowercased (an e-mail
+    address contains it); ``digits``: the query's digits when it is a phone number (7 or more,
+    as for :func:`search_fields`), else ""."""
+
+    words: tuple[str, ...]
+    text: str
+    digits: str
+
+    @property
+    def phone_tail(self) -> str:
+        """The last 7 digits of a phone query: every number :func:`search_fields` accepts as the
+        query's (same digits, or the same number written nationally) contains them."""
+        return self.digits[-7:]
+
+
+def search_terms(query: str) -> SearchTerms:
+    """The look-up terms of a person's search ``query`` (see :class:`SearchTerms`)."""
+    text = query.strip().casefold()
+    digits = _DIGITS.sub("", query)
+    if not (len(digits) >= 7 and len(digits) * 2 >= len(query.replace(" ", ""))):
+        digits = ""
+    return SearchTerms(tuple(w for w in text.split() if w), text, digits)

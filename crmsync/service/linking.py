@@ -47,11 +47,17 @@ class LinkError(CrmsyncError):
 # ----------------------------------------------------------------------------- ports used here
 
 class CrmDirectory(Protocol):
-    """The CRM as this service reads it: every key, then the records in batches."""
+    """The CRM as this service reads it: every key, then the records in batches; and the
+    bounded look-ups of the Link page (a person's search, the candidates of a contact)."""
 
     def all_keys(self) -> list[str]: ...
 
     def read_many(self, keys: list[str]) -> dict[str, CrmRecord]: ...
+
+    def search(self, terms: matching.SearchTerms, limit: int = 200,
+               with_contacts: bool = True) -> dict[str, CrmRecord]: ...
+
+    def find_similar(self, emails: list[str], last_names: list[str], limit: int = 200) -> dict[str, CrmRecord]: ...
 
 
 class FolderChange(Protocol):
@@ -342,62 +348,94 @@ class LinkingService:
         return AutoLinkResult(tuple(linked), tuple(needs), tuple(failed), dry_run)
 
     # ------------------------------------------------------------------ suggestions for one record
+    #: The Link page's and `crmsync link search`'s look-ups are bounded: at most this many records
+    #: are asked of either side per search (and per candidate look-up), whatever the sizes of the
+    #: CRM and the folder.
+    SEARCH_LIMIT = 200
+
+    def _terms(self, text: str) -> matching.SearchTerms:
+        if not text.strip():
+            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
+        return matching.search_terms(text)
+
+    def _unlinked_records(self, mailbox: str, found: dict[str, CrmRecord]) -> dict[str, CrmRecord]:
+        return {k: r for k, r in found.items() if r.active and self.store.find_link(mailbox, crm_key=k) is None
+                and (self.with_contacts(mailbox) or not k.startswith("contact:"))}
+
+    def _unlinked_items(self, mailbox: str, found: Iterable[ExchangeRecord]) -> dict[str, ExchangeRecord]:
+        return {r.item_id: r for r in found
+                if not r.private and self.store.find_link(mailbox, item_id=r.item_id) is None}
+
     def suggest_for(self, mailbox: str, text: str, progress: Progress | None = None
                     ) -> list[tuple[str, CrmRecord, tuple[tuple[Candidate, ExchangeRecord], ...]]]:
         """The unlinked CRM records whose name, company, e-mail or phone match ``text``, each with
-        its candidate Outlook contacts (unlinked, private ones never) and their records, best first."""
-        if not text.strip():
-            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
-        snap = self.snapshot(mailbox, progress)
-        picked = {k: r for k, r in snap.crm.items() if matching.search_fields(text, r.record, self.policy.region)}
-        found = matching.find_candidates(
+        its candidate Outlook contacts (unlinked, private ones never) and their records, best first.
+        Bounded: the records come from the CRM's search (``SEARCH_LIMIT``), their candidates from
+        one look-up of the folder by their e-mail addresses and last names (``find_similar``),
+        scored by the matcher; neither side is read whole."""
+        terms = self._terms(text)
+        found = self.crm.search(terms, self.SEARCH_LIMIT, self.with_contacts(mailbox))
+        picked = {k: r for k, r in self._unlinked_records(mailbox, found).items()
+                  if matching.search_fields(text, r.record, self.policy.region)}
+        emails = sorted({e for r in picked.values() for e in (r.record.email, r.record.email2) if e})
+        surnames = sorted({r.record.last_name for r in picked.values() if r.record.last_name})
+        side = self.exchange_for(mailbox)
+        items = self._unlinked_items(mailbox, side.find_similar(emails, surnames, self.SEARCH_LIMIT)
+                                     if picked else [])
+        cands = matching.find_candidates(
             [matching.CrmRecord(k, r.record) for k, r in picked.items()],
-            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in snap.exchange.items()], self.policy)
+            [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in items.items()], self.policy)
         per: dict[str, list[Candidate]] = {k: [] for k in picked}
-        for cand in found.candidates:
+        for cand in cands.candidates:
             per[cand.crm_key].append(cand)
         order = sorted(picked, key=lambda k: (display_name(picked[k].record).casefold(), k))
-        return [(k, picked[k], tuple((c, snap.exchange[c.exchange_key]) for c in sorted(per[k], key=lambda c: -c.score)))
+        return [(k, picked[k], tuple((c, items[c.exchange_key]) for c in sorted(per[k], key=lambda c: -c.score)))
                 for k in order]
 
-    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None
+    def suggest_for_contacts(self, mailbox: str, text: str, progress: Progress | None = None,
+                             hits: Sequence[SearchHit] | None = None
                              ) -> list[tuple[str, ExchangeRecord, tuple[tuple[Candidate, CrmRecord], ...]]]:
         """The same from the Outlook side: the unlinked contacts whose name, company, e-mail or
-        phone match ``text`` (private ones never), each with its candidate CRM records, best first."""
-        if not text.strip():
-            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
-        snap = self.snapshot(mailbox, progress)
-        picked = {i: r for i, r in snap.exchange.items() if matching.search_fields(text, r.record, self.policy.region)}
+        phone match ``text`` (private ones never; the folder's bounded search, or ``hits``, what
+        :meth:`search` answered for ``text`` just before), each with its candidate CRM records
+        (one look-up by e-mail and last name, ``find_similar``), best first."""
+        terms = self._terms(text)
+        found = ([h.item for h in hits] if hits is not None
+                 else self.exchange_for(mailbox).search(terms, self.SEARCH_LIMIT))
+        picked = {i: r for i, r in self._unlinked_items(mailbox, found).items()
+                  if matching.search_fields(text, r.record, self.policy.region)}
+        emails = sorted({e for r in picked.values() for e in (r.record.email, r.record.email2) if e})
+        surnames = sorted({r.record.last_name for r in picked.values() if r.record.last_name})
+        records = self._unlinked_records(mailbox, self.crm.find_similar(emails, surnames, self.SEARCH_LIMIT)
+                                         if picked else {})
         found = matching.find_candidates(
-            [matching.CrmRecord(k, r.record) for k, r in snap.crm.items()],
+            [matching.CrmRecord(k, r.record) for k, r in records.items()],
             [matching.ExchangeRecord(i, r.record, r.crm_key) for i, r in picked.items()], self.policy)
         per: dict[str, list[Candidate]] = {i: [] for i in picked}
         for cand in found.candidates:
             per[cand.exchange_key].append(cand)
         order = sorted(picked, key=lambda i: (display_name(picked[i].record).casefold(), i))
-        return [(i, picked[i], tuple((c, snap.crm[c.crm_key]) for c in sorted(per[i], key=lambda c: -c.score)))
+        return [(i, picked[i], tuple((c, records[c.crm_key]) for c in sorted(per[i], key=lambda c: -c.score)))
                 for i in order]
 
     # ------------------------------------------------------------------ search
     def search(self, mailbox: str, text: str, progress: Progress | None = None) -> list[SearchHit]:
         """The contacts of the mailbox's sync folder whose name, company, e-mail or phone match
-        ``text`` (``matching.search_fields``), linked or not; private contacts are never shown."""
-        if not text.strip():
-            raise LinkError("search: give a name, company, e-mail address or phone number to look for")
-        by_item = {link.item_id: link.crm_key for link in self.store.links_for_mailbox(mailbox)
-                   if link.item_id and not link.deleted and not link.private}
-        item_ids = self._list_folder(mailbox)
-        side = self.exchange_for(mailbox)
+        ``text`` (``matching.search_fields``), linked or not; private contacts are never shown.
+        Bounded: the folder's own search (``ExchangeSide.search``, at most ``SEARCH_LIMIT``
+        contacts) finds them, the matcher's rule decides; the folder is never read whole."""
+        terms = self._terms(text)
         hits: list[SearchHit] = []
-        for start in range(0, len(item_ids), READ_CHUNK):
-            for rec in side.read_many(item_ids[start:start + READ_CHUNK]):
-                if rec is None or rec.private:
-                    continue
-                found = matching.search_fields(text, rec.record, self.policy.region)
-                if found:
-                    hits.append(SearchHit(rec, found, by_item.get(rec.item_id)))
-            if progress:
-                progress("searching the Exchange folder", min(start + READ_CHUNK, len(item_ids)), len(item_ids))
+        for rec in self.exchange_for(mailbox).search(terms, self.SEARCH_LIMIT):
+            if rec.private:
+                continue
+            found = matching.search_fields(text, rec.record, self.policy.region)
+            if found:
+                link = self.store.find_link(mailbox, item_id=rec.item_id)
+                linked = link.crm_key if link is not None and not link.deleted and not link.private else None
+                hits.append(SearchHit(rec, found, linked))
+        if progress:
+            progress("searching the Exchange folder", len(hits), len(hits))
         return sorted(hits, key=lambda h: (display_name(h.item.record).casefold(), h.item.item_id))
 
     # ------------------------------------------------------------------ rebuild

@@ -127,6 +127,32 @@ class ExchangeSideContract:
         assert [r.record.first_name for r in side.find_similar(many, [f"Nobody{i}" for i in range(30)])] == ["Alan"]
         assert side.find_similar([], []) == [] and side.find_similar(["none@x.example"], ["None"]) == []
 
+    def test_search_finds_contacts_by_name_company_email_or_phone_within_a_limit(self, side, user) -> None:
+        """The Link page's folder search (issue 12): found by the server, bounded by ``limit``;
+        a private contact that matches comes back private and empty."""
+        from crmsync.core.matching import search_terms
+
+        ada = side.create("account:Q1", {"first_name": "Ada", "last_name": "Lovelace", "company_name": "Acme Works",
+                                         "email": "Ada.L@Acme.example", "phone_mobile": "+1 415 555 0101"})
+        grace = side.create("account:Q2", {"first_name": "Grace", "last_name": "Hopper", "company_name": "Navy",
+                                           "email": "grace@navy.example"})
+        side.create("account:Q3", {"first_name": "Alan", "last_name": "Turing", "email": "alan@b.example"})
+        secret = user.add("Ada", private=True)
+
+        def found(text: str, limit: int = 200) -> set[str]:
+            return {r.item_id for r in side.search(search_terms(text), limit) if not r.private}
+
+        assert found("ada") == {ada.item_id}
+        assert found("LOVELACE ada") == {ada.item_id}
+        assert found("acme") == {ada.item_id}
+        assert found("grace@NAVY") == {grace.item_id}
+        assert found("+1 415 555 0101") == {ada.item_id}
+        assert found("nobody") == set()
+        private = [r for r in side.search(search_terms("ada")) if r.item_id == secret]
+        assert all(r.private and r.record == CanonicalContact() for r in private)
+        many = [side.create(f"account:QL{i}", {"first_name": f"Linus{i}", "last_name": "Limit"}) for i in range(5)]
+        assert len(many) == 5 and len(found("limit", limit=3)) == 3
+
     # ------------------------------------------------------------------ update
 
     def test_update_with_the_current_change_key_writes_only_the_changes(self, side) -> None:

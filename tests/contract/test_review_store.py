@@ -84,3 +84,41 @@ def test_crm_candidates_are_found_by_email_in_any_case_or_last_name(crm_engine: 
     assert crm.find_similar(["ada@old.example"], []) == {}          # inactive accounts are no candidates
     assert crm.find_similar([], []) == {}
     assert crm.find_similar(["nobody@x.example"], ["Nobody"]) == {}
+
+
+def test_the_crm_search_finds_records_by_name_company_email_or_phone_within_a_limit(crm_engine: Engine,
+                                                                                    crm_dbapi) -> None:
+    """The Link page's CRM search (issue 12): one SQL query per table with a LIMIT; inactive
+    accounts are never found, secondary contacts only when asked for; LIKE's wildcards in the
+    query are plain characters."""
+    from crmsync.core.matching import search_terms
+
+    run_sql(
+        crm_dbapi,
+        "INSERT INTO accounts (account_no, first_name, last_name, company_name, email, phone_mobile) VALUES "
+        "('A-1', 'Ada', 'Lovelace', 'Acme Works', 'Ada.L@Acme.example', '+1 (415) 555-0101'), "
+        "('A-2', 'Grace', 'Hopper', 'Navy', 'grace@navy.example', NULL), "
+        "('A-3', 'Alan', 'Turing', '100% Bletchley_Park', 'alan@b.example', NULL)",
+        "INSERT INTO accounts (account_no, first_name, last_name, email, is_active) VALUES "
+        "('A-5', 'Ada', 'Lovelace', 'ada@old.example', false)",
+        "INSERT INTO contacts (account_id, first_name, last_name, email, phone_business) "
+        "SELECT id, 'Adam', 'Smith', 'adam@acme.example', '044 123 45 67' FROM accounts WHERE account_no = 'A-1'",
+        "INSERT INTO accounts (account_no, first_name, last_name) VALUES "
+        + ", ".join(f"('L-{i}', 'Linus{i}', 'Limit')" for i in range(5)),
+    )
+    crm = SqlCrm(crm_engine)
+
+    def found(text: str, limit: int = 200, with_contacts: bool = True) -> set[str]:
+        return set(crm.search(search_terms(text), limit, with_contacts))
+
+    contact = next(k for k in found("smith") if k.startswith("contact:"))
+    assert found("ADA") == {"account:A-1", contact}
+    assert found("ada", with_contacts=False) == {"account:A-1"}
+    assert found("lovelace ada") == {"account:A-1"}
+    assert found("acme works") == {"account:A-1"}
+    assert found("GRACE@navy") == {"account:A-2"}
+    assert found("415 555 0101") == {"account:A-1"}
+    assert found("+41 44 123 45 67") == {contact}                  # the national number, written internationally
+    assert found("100%") == {"account:A-3"} and found("_") == {"account:A-3"}   # not "any character"
+    assert found("nobody") == set()
+    assert len(found("limit", limit=3)) == 3 and len(found("limit")) == 5

@@ -15,6 +15,23 @@ from schemas.canonical import CanonicalContact, parse_crm_key
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
+def _roughly(terms, record: CanonicalContact) -> bool:
+    """A coarse superset of ``matching.search_fields`` (what a server's search returns): some
+    word of the query in the name or company, its text in an e-mail, its digits' tail in a phone."""
+    digits = lambda v: "".join(ch for ch in v or "" if ch.isdigit())  # noqa: E731
+    text = " ".join(v or "" for v in (record.first_name, record.last_name, record.company_name)).casefold()
+    return (any(w in text for w in terms.words)
+            or any(terms.text in (e or "").casefold() for e in (record.email, record.email2))
+            or bool(terms.digits and any(terms.phone_tail in digits(p) for p in (
+                record.phone_business, record.phone_mobile, record.phone_home, record.fax))))
+
+
+def _similar(record: CanonicalContact, emails, names) -> bool:
+    mails = {e.casefold() for e in emails}
+    return (any((e or "").casefold() in mails for e in (record.email, record.email2) if e)
+            or (record.last_name or "").casefold() in {n.casefold() for n in names})
+
+
 class FakeCrm:
     def __init__(self) -> None:
         self.rows: dict[str, dict] = {}
@@ -192,6 +209,32 @@ class FakeExchange:
         if not hard:
             self.trash[item_id] = gone
         self.writes += 1
+
+
+class SearchCrm(FakeCrm):
+    """FakeCrm with the bounded look-ups of the Link page (kept out of FakeCrm: the apply
+    service's review of new records turns on when a side has ``find_similar``)."""
+
+    def search(self, terms, limit=200, with_contacts=True):
+        self.searches = getattr(self, "searches", 0) + 1
+        keys = [k for k, row in self.rows.items() if row["active"] and (with_contacts or k.startswith("account:"))]
+        return {k: r for k in keys if _roughly(terms, (r := self.read(k)).record)}
+
+    def find_similar(self, emails, last_names, limit=200):
+        return {k: r for k, row in self.rows.items() if k.startswith("account:") and row["active"]
+                and _similar((r := self.read(k)).record, emails, last_names)}
+
+
+class SearchExchange(FakeExchange):
+    """FakeExchange with the folder's bounded look-ups (see SearchCrm)."""
+
+    def search(self, terms, limit=200):
+        """Private contacts match on their hidden fields, as on a server, and come back empty."""
+        self.searches = getattr(self, "searches", 0) + 1
+        return [self._rec(i) for i, it in self.items.items() if _roughly(terms, it["record"])][:limit]
+
+    def find_similar(self, emails, surnames, limit=200):
+        return [self._rec(i) for i, it in self.items.items() if _similar(it["record"], emails, surnames)][:limit]
 
 
 class FakeStore:

@@ -10,7 +10,7 @@ import pytest
 from crmsync.core.reconcile import Policy
 from crmsync.service.apply import SyncServices, apply_events
 from crmsync.service.linking import LinkError, LinkingService
-from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore
+from tests.unit.fakes import NOW, FakeCrm, FakeExchange, FakeStore, SearchCrm, SearchExchange
 from tests.unit.test_producer_loop import (
     Change,
     Clock,
@@ -28,6 +28,15 @@ MB = FakeExchange.mailbox
 @pytest.fixture
 def world():
     crm, ex, store = FakeCrm(), FakeExchange(), FakeStore()
+    svc = LinkingService(store=store, crm=crm, exchange_for=lambda mb: ex, folder_for=lambda mb: ex,
+                         editor=store, clock=lambda: NOW)
+    return svc, crm, ex, store
+
+
+@pytest.fixture
+def search_world():
+    """``world`` with sides that answer the Link page's bounded look-ups (search, find_similar)."""
+    crm, ex, store = SearchCrm(), SearchExchange(), FakeStore()
     svc = LinkingService(store=store, crm=crm, exchange_for=lambda mb: ex, folder_for=lambda mb: ex,
                          editor=store, clock=lambda: NOW)
     return svc, crm, ex, store
@@ -374,8 +383,8 @@ def test_a_failing_gate_holds_the_mailbox_and_is_asked_again():
 
 # ----------------------------------------------------------------------------- search and rebuild
 
-def test_search_finds_a_contact_by_name_company_email_or_phone_and_shows_its_link(world):
-    svc, crm, ex, _ = world
+def test_search_finds_a_contact_by_name_company_email_or_phone_and_shows_its_link(search_world):
+    svc, crm, ex, _ = search_world
     ada, grace, margaret = same_people(crm, ex)
     ex.put(private=True, first_name="Ada", last_name="Secret")
     svc.link(MB, "account:A-1", ada)
@@ -428,8 +437,8 @@ def test_rebuild_links_stamped_and_exact_email_pairs_and_reports_the_rest(world)
     assert again.linked == () and len(again.left) == 6
 
 
-def test_suggestions_for_a_searched_crm_record_or_outlook_contact_skip_linked_and_private_ones(world):
-    svc, crm, ex, _ = world
+def test_suggestions_for_a_searched_crm_record_or_outlook_contact_skip_linked_and_private_ones(search_world):
+    svc, crm, ex, _ = search_world
     ada, grace, margaret = same_people(crm, ex)
     ex.put(private=True, first_name="Grace", last_name="Hopper", email="grace@navy.example")
 
@@ -449,3 +458,30 @@ def test_suggestions_for_a_searched_crm_record_or_outlook_contact_skip_linked_an
         svc.suggest_for(MB, " ")
     with pytest.raises(LinkError, match="give a name"):
         svc.suggest_for_contacts(MB, "")
+
+
+def test_searches_and_suggestions_never_read_a_whole_side(search_world):
+    """The Link page's look-ups are bounded (issue 12): the folder is never listed nor read in
+    batches, the CRM's keys never listed; the sides' own searches answer, the matcher decides
+    (a coarse hit of the side's search that ``search_fields`` refuses is not shown)."""
+    svc, crm, ex, _ = search_world
+    ada, grace, margaret = same_people(crm, ex)
+    crm.put("account:A-9", first_name="Adam", last_name="Adalbert", company_name="Nadal")   # "ada" inside words
+    ex.put(first_name="Nadalie", last_name="Zadar")
+
+    def refuse(*_args, **_kw):
+        raise AssertionError("a whole side was read")
+
+    ex.changes = refuse
+    ex.read_many = refuse
+    crm.all_keys = refuse
+    assert [h.item.item_id for h in svc.search(MB, "ada")] == [ada]
+    assert [(k, [c.exchange_key for c, _ in cands]) for k, _, cands in svc.suggest_for(MB, "grace")] == [
+        ("account:A-2", [grace])]
+    assert [(i, [c.crm_key for c, _ in cands]) for i, _, cands in svc.suggest_for_contacts(MB, "lovelace")] == [
+        (ada, ["account:A-1"])]
+    assert crm.searches == 1 and ex.searches == 2
+    hits = svc.search(MB, "lovelace")     # the console: one search of the folder serves the suggestions too
+    assert [(i, [c.crm_key for c, _ in cands]) for i, _, cands in svc.suggest_for_contacts(MB, "lovelace", hits=hits)] == [
+        (ada, ["account:A-1"])]
+    assert ex.searches == 3

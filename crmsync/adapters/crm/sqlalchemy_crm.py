@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import read_tx, write_tx
@@ -29,6 +29,7 @@ from crmsync.core.crm_mapping import (
     canonical_to_contact_columns,
     contact_to_canonical,
 )
+from crmsync.core.matching import SearchTerms
 from crmsync.errors import BadRecord, Stale
 from crmsync.ports import Changes, CrmRecord
 from schemas.canonical import account_no_problem, crm_key, parse_crm_key
@@ -100,6 +101,35 @@ def _contact_record(row: Mapping[str, Any]) -> CrmRecord:
     )
 
 
+_PHONE_PUNCT = (" ", "-", "(", ")", ".", "/", "+")
+
+
+def _digits_of(column: Any) -> Any:
+    """The column with the usual phone punctuation removed (SQLite and PostgreSQL alike)."""
+    for ch in _PHONE_PUNCT:
+        column = func.replace(column, ch, "")
+    return column
+
+
+def _search_where(table: Any, terms: SearchTerms) -> Any:
+    """The WHERE of ``SqlCrm.search`` on ``accounts`` or ``contacts`` (a contact's company is its
+    account's: a contact is found by its own name, e-mail or phone)."""
+    cols = table.c
+    parts = []
+    if terms.words:
+        names = [cols.first_name, cols.last_name]
+        parts.append(and_(*(or_(*(c.icontains(w, autoescape=True) for c in names)) for w in terms.words)))
+        if "company_name" in cols:
+            parts.append(and_(*(cols.company_name.icontains(w, autoescape=True) for w in terms.words)))
+    mails = [c for c in (cols.get("email"), cols.get("email2")) if c is not None]
+    parts.extend(c.icontains(terms.text, autoescape=True) for c in mails)
+    if terms.digits:
+        phones = [c for c in (cols.get(f) for f in ("phone_business", "phone_mobile", "phone_home", "fax"))
+                  if c is not None]
+        parts.extend(_digits_of(c).contains(terms.phone_tail, autoescape=True) for c in phones)
+    return or_(*parts) if parts else None
+
+
 def _contact_id(key: str, ident: str) -> int:
     try:
         return int(ident)
@@ -168,6 +198,32 @@ class SqlCrm:
                     except BadRecord:
                         continue   # a bad row is reported when it is synced itself, not as a candidate
                     out.setdefault(rec.key, rec)
+        return out
+
+    def search(self, terms: SearchTerms, limit: int = 200, with_contacts: bool = True) -> dict[str, CrmRecord]:
+        """Active accounts (then, ``with_contacts``, secondary contacts) whose name or company
+        holds every word of ``terms``, whose e-mail holds its text, or whose phone holds the
+        last digits of its number, case-insensitive: at most ``limit``, by key, in one SQL query
+        per table with a LIMIT (the Link page's search; ``matching.search_fields`` then decides)."""
+        out: dict[str, CrmRecord] = {}
+        if not terms.text:
+            return out
+        tables: list[tuple[Any, Select[Any], Any]] = [
+            (accounts, select(*_ACCOUNT_COLS).where(accounts.c.is_active.is_(True)), _account_record)]
+        if with_contacts:
+            tables.append((contacts, _contact_select(), _contact_record))
+        for table, base, build in tables:
+            where = _search_where(table, terms)
+            left = limit - len(out)
+            if where is None or left <= 0:
+                continue
+            with read_tx(self.engine) as conn:
+                for row in conn.execute(base.where(where).order_by(table.c.id).limit(left)):
+                    try:
+                        rec = build(row._mapping)
+                    except BadRecord:
+                        continue   # reported when it is synced itself, not in a search
+                    out[rec.key] = rec
         return out
 
     def all_keys(self, inactive: bool = False) -> list[str]:

@@ -45,7 +45,15 @@ from exchangelib.items import HARD_DELETE, MOVE_TO_DELETED_ITEMS, NEVER_OVERWRIT
 
 from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.ews.faults import ews_errors, translate
-from crmsync.adapters.exchange.ews.mapping import CONTACT_READ_FIELDS, apply_changes, contact_kwargs, to_canonical
+from crmsync.adapters.exchange.ews.mapping import (
+    CONTACT_READ_FIELDS,
+    EMAIL_LABELS,
+    PHONE_LABELS,
+    apply_changes,
+    contact_kwargs,
+    to_canonical,
+)
+from crmsync.core.matching import SearchTerms
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact
@@ -261,6 +269,32 @@ class EwsExchange:
                 break
         found = list(ids)[:limit]     # e-mail matches first: a cut drops surname-only ones
         return [rec for rec in self.read_many(found) if rec is not None] if found else []
+
+    def search(self, terms: SearchTerms, limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of this folder whose first or last name holds every word of ``terms`` (or
+        whose company holds them), whose e-mail holds its text, or whose phone holds the query as
+        typed or the last four digits of its number, case-insensitive: one FindItem with a
+        Contains restriction (IgnoreCase), at most ``limit`` items, then GetItem. Private contacts
+        come back as such (empty); ``matching.search_fields`` decides on the rest."""
+        from exchangelib import Q
+
+        if not terms.text:
+            return []
+        parts: list[Q] = []
+        if terms.words:
+            parts.append(Q(*[Q(given_name__icontains=w) | Q(surname__icontains=w) for w in terms.words]))
+            parts.append(Q(*[Q(company_name__icontains=w) for w in terms.words]))
+        parts += [Q(**{f"email_addresses__{label}__icontains": terms.text}) for label in EMAIL_LABELS.values()]
+        if terms.digits:
+            for label in PHONE_LABELS.values():
+                parts.append(Q(**{f"phone_numbers__{label}__icontains": terms.text}))
+                parts.append(Q(**{f"phone_numbers__{label}__contains": terms.digits[-4:]}))
+        query = Q(*parts, conn_type=Q.OR)
+        with ews_errors(self.mailbox, "searching the folder"):
+            found = self.folder.filter(query).values_list("id", flat=True)
+            found.page_size = limit     # one FindItem: each page would scan the folder again
+            ids = list(found[:limit])
+        return [rec for rec in self.read_many(ids) if rec is not None] if ids else []
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items (where crmsync's

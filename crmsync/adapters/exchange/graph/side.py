@@ -40,6 +40,7 @@ from crmsync.adapters.exchange.contact_rules import kept_out
 from crmsync.adapters.exchange.graph import mapping
 from crmsync.adapters.exchange.graph.client import GraphClient, error_code, translate
 from crmsync.adapters.exchange.graph.connect import user_path
+from crmsync.core.matching import SearchTerms
 from crmsync.errors import BadRecord, ConfigError, CrmsyncError, Stale, Transient
 from crmsync.ports import Changes, ExchangeRecord
 from schemas.canonical import CanonicalContact
@@ -199,6 +200,36 @@ class GraphExchange:
             if len(found) >= limit:
                 break
         return [self._record(c) for c in list(found.values())[:limit]]   # e-mail matches first
+
+    def search(self, terms: SearchTerms, limit: int = 200) -> list[ExchangeRecord]:
+        """Contacts of the sync folder whose first or last name begins with every word of
+        ``terms``, whose company begins with its first word, whose e-mail address begins with its
+        text, or whose phone begins with the query as typed (``$filter`` startswith, which Graph
+        compares case-insensitively): one filtered GET, pages followed only up to ``limit``.
+        Private contacts come back as such (empty); ``matching.search_fields`` decides on the rest."""
+        if not terms.text:
+            return []
+        parts: list[str] = []
+        if terms.words:
+            parts.append(" and ".join(f"(startswith(givenName,{_odata_string(w)}) or "
+                                      f"startswith(surname,{_odata_string(w)}))" for w in terms.words))
+            parts.append(f"startswith(companyName,{_odata_string(terms.words[0])})")
+        parts.append(f"emailAddresses/any(a: startswith(a/address,{_odata_string(terms.text)}))")
+        if terms.digits:
+            parts.append(f"startswith(mobilePhone,{_odata_string(terms.text)})")
+            parts += [f"{prop}/any(p: startswith(p,{_odata_string(terms.text)}))"
+                      for prop in mapping.PHONE_LISTS.values()]
+        params: dict[str, str] | None = {"$filter": " or ".join(f"({p})" for p in parts),
+                                         "$expand": mapping.EXPAND, "$top": str(min(limit, _PAGE))}
+        found: dict[str, dict] = {}
+        url: str | None = f"{self._folder}/contacts"
+        while url and len(found) < limit:
+            body = self.client.request("GET", url, where=self._where("searching the folder"), mailbox=self.mailbox,
+                                       params=params).json()
+            for c in body.get("value", []):
+                found.setdefault(c["id"], c)
+            url, params = body.get("@odata.nextLink"), None
+        return [self._record(c) for c in list(found.values())[:limit]]
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """Always None: Graph v1.0 cannot list the contacts in Deleted Items (see the module doc);
