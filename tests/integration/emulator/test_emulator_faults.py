@@ -117,7 +117,7 @@ def test_stats_count_requests_per_operation_and_reset(emulator):
     assert stats["CreateItem"] == 1
     assert stats["FindItem"] >= 1
     admin_call(emulator, "POST", "stats/reset")
-    assert admin_call(emulator, "GET", "stats") == {"requests": {}, "graph_batch_parts": 0}
+    assert admin_call(emulator, "GET", "stats") == {"requests": {}, "graph_batch_parts": 0, "graph_over_concurrency": 0}
 
 
 def test_bad_fault_kind_is_refused(emulator):
