@@ -103,7 +103,9 @@ class Container:
                 from crmsync.adapters.exchange.graph.connect import connect
 
                 # the mailbox limit is shared by every process through the broker's Redis
-                self._graph = connect(self.settings.exchange, shared_limit_url=self.settings.broker.dsn())
+                self._graph = connect(self.settings.exchange, shared_limit_url=self.settings.broker.dsn(),
+                                      shared_limit_master=self.settings.broker.sentinel_master,
+                                      shared_limit_sentinel_password=self.settings.broker.sentinel_password())
             return self._graph
 
     def graph_folder(self, address: str) -> str:
@@ -252,7 +254,8 @@ class DoctorAdapters:
     def redis(self) -> dict:
         from crmsync.adapters.diagnostics import probe_redis
 
-        return probe_redis(self.container.settings.broker.dsn())
+        broker = self.container.settings.broker
+        return probe_redis(broker.dsn(), master=broker.sentinel_master, sentinel_password=broker.sentinel_password())
 
     def exchange_endpoint(self) -> dict:
         from crmsync.adapters.exchange.ews.probe import probe_endpoint

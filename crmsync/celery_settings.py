@@ -21,9 +21,26 @@ REDRIVE_TASK = "crmsync.redrive"
 DRIFT_CHECK_TASK = "crmsync.drift_check"
 
 
-def celery_settings(broker_url: str, queue_prefix: str = QUEUE_PREFIX) -> dict[str, Any]:
+def _transport_options(broker_url: str, master_name: str | None, sentinel_password: str | None) -> dict[str, Any]:
+    """Redis: unacked messages come back after the visibility timeout; Sentinel (kombu's
+    sentinel:// transport) also needs the master's name and, if the sentinels require one, their
+    password. Other transports take no such option (kombu's SQLAlchemy transport hands its
+    options to create_engine)."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if broker_url.startswith("sentinel://"):
+        options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT_S, "master_name": master_name}
+        if sentinel_password:
+            options["sentinel_kwargs"] = {"password": sentinel_password}
+        return options
+    return {}
+
+
+def celery_settings(broker_url: str, queue_prefix: str = QUEUE_PREFIX, *, master_name: str | None = None,
+                    sentinel_password: str | None = None) -> dict[str, Any]:
     """Events are published to the queue of their target side (producers.publisher); an apply
-    task sent without a queue goes to ``to_exchange``, the maintenance tasks to theirs."""
+    task sent without a queue goes to ``to_exchange``, the maintenance tasks to theirs.
+    ``master_name`` (and ``sentinel_password``) for a sentinel:// broker (``[broker] sentinel_master``)."""
     queue = queue_name(TO_EXCHANGE, queue_prefix)
     maintenance = queue_name("maintenance", queue_prefix)
     return {
@@ -32,10 +49,7 @@ def celery_settings(broker_url: str, queue_prefix: str = QUEUE_PREFIX) -> dict[s
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
-        # Redis: unacked messages come back after this; other transports take no such option
-        # (kombu's SQLAlchemy transport hands its options to create_engine).
-        "broker_transport_options": ({"visibility_timeout": VISIBILITY_TIMEOUT_S}
-                                     if broker_url.startswith(("redis://", "rediss://")) else {}),
+        "broker_transport_options": _transport_options(broker_url, master_name, sentinel_password),
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_backend": None,

@@ -81,7 +81,7 @@ _SECRET_KEYS = {
     "exchange": {"password": "password_env", "client_secret": "client_secret_env"},
     "crm": {"password": "password_env"},
     "state": {"password": "password_env"},
-    "broker": {"password": "password_env"},
+    "broker": {"password": "password_env", "sentinel_password": "sentinel_password_env"},
     "console": {"secret_key": "secret_key_env"},
 }
 _KEY_MARK = "crmsync_key"  # PydanticCustomError type for cross-field checks naming their key
@@ -179,9 +179,64 @@ class StateSettings(_UrlSection):
 
 
 class BrokerSettings(_UrlSection):
-    """The Celery broker (Redis); it only carries messages, the state database is the record."""
+    """The Celery broker (Redis); it only carries messages, the state database is the record.
+
+    Redis Sentinel: ``url = "sentinel://s1:26379;sentinel://s2:26379/0"`` (Celery's form) with
+    ``sentinel_master`` naming the master; ``password_env`` is then the master's password and
+    ``sentinel_password_env`` the sentinels' own, if they require one."""
 
     url: str = "redis://127.0.0.1:6379/0"
+    #: The master's name as the sentinels know it (``sentinel monitor NAME ...``); sentinel:// only
+    sentinel_master: str | None = Field(default=None, min_length=1)
+    #: The variable holding the sentinels' password (``requirepass`` of the sentinels), if any
+    sentinel_password_env: str | None = Field(default=None, min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from crmsync.adapters.redis_client import is_sentinel_url, parse_sentinel_url
+
+        if not is_sentinel_url(value):
+            return _UrlSection._parses.__func__(cls, value)  # type: ignore[attr-defined]
+        try:
+            parse_sentinel_url(value)
+        except ValueError as exc:
+            raise PydanticCustomError("url_parsing", "{why}", {"why": str(exc)}) from None
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_needs_master(self) -> BrokerSettings:
+        from crmsync.adapters.redis_client import is_sentinel_url
+
+        if is_sentinel_url(self.url):
+            if not self.sentinel_master:
+                raise _key_error("sentinel_master", "a sentinel:// broker URL needs the master's name "
+                                 'as the sentinels know it, e.g. sentinel_master = "mymaster"')
+        else:
+            for key in ("sentinel_master", "sentinel_password_env"):
+                if getattr(self, key) is not None:
+                    raise _key_error(key, "only for a sentinel:// broker URL (url is not one)")
+        return self
+
+    @property
+    def is_sentinel(self) -> bool:
+        return self.url.startswith("sentinel://")
+
+    def dsn(self) -> str:
+        """``url`` plus the password from ``password_env``; for sentinel:// on every part."""
+        if not self.is_sentinel:
+            return super().dsn()
+        from crmsync.adapters.redis_client import parse_sentinel_url, with_password
+
+        if not self.password_env:
+            return parse_sentinel_url(self.url).render()
+        return with_password(self.url, _read_secret(self.password_env, "broker.password_env", self._env))
+
+    def sentinel_password(self) -> str | None:
+        """The sentinels' password, read now from ``sentinel_password_env`` (None when none is named)."""
+        if not self.sentinel_password_env:
+            return None
+        return _read_secret(self.sentinel_password_env, "broker.sentinel_password_env", self._env)
 
 
 class ExchangeSettings(_Section):

@@ -118,7 +118,7 @@ class CeleryPublisher:
         self._config = client_config(celery_config, connect_timeout_s=connect_timeout_s,
                                      socket_timeout_s=socket_timeout_s,
                                      publish_retries=publish_retries,
-                                     redis=broker_url.startswith(("redis://", "rediss://")))
+                                     redis=broker_url.startswith(("redis://", "rediss://", "sentinel://")))
         self._app: Celery | None = None
         self._errors: tuple[type[BaseException], ...] = (KombuOperationalError, OSError)
 
@@ -129,7 +129,9 @@ class CeleryPublisher:
 
         prefix = getattr(getattr(settings, "worker", None), "queue_prefix", None) or QUEUE_PREFIX
         broker_url = settings.broker.dsn()   # with the password from broker.password_env
-        return cls(broker_url, prefix, celery_settings(broker_url, prefix), **kwargs)
+        conf = celery_settings(broker_url, prefix, master_name=settings.broker.sentinel_master,
+                               sentinel_password=settings.broker.sentinel_password())
+        return cls(broker_url, prefix, conf, **kwargs)
 
     @property
     def safe_broker_url(self) -> str:

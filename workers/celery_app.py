@@ -20,7 +20,9 @@ log = structlog.get_logger("crmsync.worker")
 
 def create_app(settings: Settings) -> Celery:
     celery_app = Celery("crmsync", set_as_current=False)
-    celery_app.conf.update(celery_settings(settings.broker.dsn(), settings.worker.queue_prefix))
+    celery_app.conf.update(celery_settings(settings.broker.dsn(), settings.worker.queue_prefix,
+                                    master_name=settings.broker.sentinel_master,
+                                    sentinel_password=settings.broker.sentinel_password()))
     celery_app.crmsync_settings = settings
     register_tasks(celery_app, settings.sync)
 
@@ -52,7 +54,9 @@ app = Celery("crmsync")
 @app.on_configure.connect
 def _configure_from_environment(sender: Celery, **_: object) -> None:
     settings = load_settings()
-    sender.conf.update(celery_settings(settings.broker.dsn(), settings.worker.queue_prefix))
+    sender.conf.update(celery_settings(settings.broker.dsn(), settings.worker.queue_prefix,
+                                    master_name=settings.broker.sentinel_master,
+                                    sentinel_password=settings.broker.sentinel_password()))
     sender.crmsync_settings = settings
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from crmsync.config import Settings
+from typing import Any
+
+from crmsync.adapters.redis_client import is_redis_url, redis_client
+from crmsync.config import BrokerSettings, Settings
+
+
+def broker_client(broker: BrokerSettings, timeout_s: float = 2.0, connect_timeout_s: float | None = None) -> Any:
+    """A redis-py client on the broker of ``[broker]``: from its redis:// URL, or the master the
+    sentinels name for a sentinel:// one (passwords read now from their variables)."""
+    return redis_client(broker.dsn(), master=broker.sentinel_master, sentinel_password=broker.sentinel_password(),
+                        timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
 
 
 def queue_depths(settings: Settings) -> tuple[dict[str, int], str]:
@@ -10,26 +20,24 @@ def queue_depths(settings: Settings) -> tuple[dict[str, int], str]:
     or ({}, why they are unknown)."""
     from schemas.events import queue_names
 
-    url = settings.broker.dsn()
-    if not url.startswith(("redis://", "rediss://")):
+    if not is_redis_url(settings.broker.url):
         return {}, "only known for a Redis broker"
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = broker_client(settings.broker, timeout_s=2, connect_timeout_s=1)
         return {name: int(client.llen(name)) for name in queue_names(settings.worker.queue_prefix)}, ""
     except redis.RedisError as exc:
         return {}, f"broker unreachable: {type(exc).__name__}"
 
 
-def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
-    """True when a Redis broker at ``url`` answers PING."""
-    if not url.startswith(("redis://", "rediss://")):
+def redis_answers(url: str, timeout_s: float = 1.0, master: str | None = None) -> bool:
+    """True when a Redis broker at ``url`` answers PING (sentinel://: the master ``master``)."""
+    if not is_redis_url(url) or (url.startswith("sentinel://") and not master):
         return False
     import redis
 
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
-                                         socket_timeout=timeout_s).ping())
+        return bool(redis_client(url, master=master, timeout_s=timeout_s).ping())
     except redis.RedisError:
         return False

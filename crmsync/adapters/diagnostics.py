@@ -74,24 +74,44 @@ def _held_deletes(engine: Engine) -> list[tuple[str, str, int]]:
         return [(mb, reason or "brake", int(n)) for mb, reason, n in conn.execute(query)]
 
 
-def probe_redis(url: str, timeout_s: float = 2.0) -> dict[str, Any]:
-    """PING, the eviction policy and the persistence settings of the broker."""
-    if not url.startswith(("redis://", "rediss://")):
+def probe_redis(url: str, timeout_s: float = 2.0, *, master: str | None = None,
+                sentinel_password: str | None = None) -> dict[str, Any]:
+    """PING, the eviction policy and the persistence settings of the broker; for sentinel://
+    first which sentinels answer and where they say the master ``master`` is (``sentinels``)."""
+    from crmsync.adapters.redis_client import is_redis_url, is_sentinel_url, probe_sentinels, redis_client
+
+    if not is_redis_url(url):
         return {"not_redis": True}
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    sentinels: dict[str, Any] | None = None
+    if is_sentinel_url(url):
+        if not master:
+            return {"error": "a sentinel:// broker needs broker.sentinel_master"}
+        sentinels = probe_sentinels(url, master, sentinel_password=sentinel_password, timeout_s=timeout_s)
+        sentinels["name"] = master
+        if not sentinels["answering"]:
+            return {"error": f"no sentinel answers ({', '.join(sentinels['silent'])})", "sentinels": sentinels}
+        if sentinels["master"] is None:
+            return {"error": f"the sentinels do not know a master named {master!r}", "sentinels": sentinels}
+
+    def connect() -> Any:
+        return redis_client(url, master=master, sentinel_password=sentinel_password, timeout_s=timeout_s)
+
+    client = connect()
     try:
         client.ping()
         info = client.info()
     except redis.RedisError as exc:
-        return {"error": _error(exc)}
+        return {"error": _error(exc), **({"sentinels": sentinels} if sentinels else {})}
     finally:
         client.close()
     facts: dict[str, Any] = {"version": info.get("redis_version"),
                              "maxmemory_policy": info.get("maxmemory_policy"),
                              "aof": bool(info.get("aof_enabled")) if "aof_enabled" in info else None}
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    if sentinels is not None:
+        facts["sentinels"] = sentinels
+    client = connect()
     try:   # CONFIG may be renamed away on managed Redis; then the snapshot setting stays unknown
         facts["rdb"] = bool((client.config_get("save") or {}).get("save", "").strip())
     except redis.RedisError:
@@ -105,18 +125,21 @@ def probe_workers(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
     """Ping the Celery workers over the broker; for those that answer, the queues they consume."""
     from celery import Celery
 
+    from crmsync.adapters.broker import broker_client
+    from crmsync.adapters.redis_client import is_redis_url
     from crmsync.celery_settings import celery_settings
 
     url = settings.broker.dsn()
-    if url.startswith(("redis://", "rediss://")):
+    if is_redis_url(url):
         import redis
 
         try:   # fail fast (Celery's own connection retries take much longer)
-            redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
+            broker_client(settings.broker, timeout_s=timeout_s).ping()
         except redis.RedisError as exc:
             return {"error": f"broker unreachable: {_error(exc)}"}
     app = Celery("crmsync-doctor", set_as_current=False)
-    app.conf.update(celery_settings(url, settings.worker.queue_prefix))
+    app.conf.update(celery_settings(url, settings.worker.queue_prefix, master_name=settings.broker.sentinel_master,
+                                    sentinel_password=settings.broker.sentinel_password()))
     app.conf.broker_connection_retry = False
     app.conf.broker_connection_max_retries = 1
     try:

@@ -135,11 +135,10 @@ def _remove_previous_demo(root: Path) -> None:
 def _purge_queue(broker_url: str) -> None:
     """Drop messages a previous demo left in its own queue (they name events of old data)."""
     if broker_url.startswith("redis"):
-        import redis
-
+        from crmsync.adapters.redis_client import redis_client
         from schemas.events import queue_names
 
-        redis.Redis.from_url(broker_url, socket_timeout=2).delete(*queue_names(DEMO_QUEUE))
+        redis_client(broker_url, timeout_s=2, connect_timeout_s=None).delete(*queue_names(DEMO_QUEUE))
 
 
 def run_demo(directory: str, *, duration: float = 0, fresh: bool = True,

@@ -32,7 +32,8 @@ class DoctorProbes(Protocol):
 
     def crm(self) -> dict[str, Any]: ...            # error | schema_error | missing_triggers
     def state(self) -> dict[str, Any]: ...          # error | revision, head, known, held_deletes
-    def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb
+    def redis(self) -> dict[str, Any]: ...          # error | not_redis | maxmemory_policy, aof, rdb;
+    #     sentinels (sentinel:// only): answering, silent ["host:port"], master "host:port" | None, name
     def exchange_endpoint(self) -> dict[str, Any]: ...  # kind, detail, scheme, verify_tls
     def mailbox(self, address: str, folder: str) -> dict[str, Any]: ...  # kind, detail; username_key,
     #     password_env_key, own_credentials: the config keys it signs in with (default [exchange]'s);
@@ -115,6 +116,26 @@ def _held_deletes(held: Sequence[tuple[str, str, int]]) -> list[Check]:
     return checks
 
 
+def _sentinel_check(found: dict[str, Any] | None) -> list[Check]:
+    """Redis Sentinel: which sentinels answer and where they say the master is."""
+    if not found:
+        return []
+    answering, silent, name = found.get("answering") or [], found.get("silent") or [], found.get("name", "?")
+    if not answering:
+        return [Check("redis.sentinel", "FAIL", f"no sentinel answers ({', '.join(silent)})",
+                      "start the sentinels (redis-server --sentinel) or fix the hosts in [broker] url "
+                      "(and broker.sentinel_password_env)")]
+    if not found.get("master"):
+        return [Check("redis.sentinel", "FAIL",
+                      f"{len(answering)} sentinel(s) answer but know no master named {name!r}",
+                      "set broker.sentinel_master to the name in the sentinels' `sentinel monitor` line")]
+    detail = f"{len(answering)} of {len(answering) + len(silent)} sentinel(s) answer; master {name!r} at {found['master']}"
+    if silent:
+        return [Check("redis.sentinel", "WARN", f"{detail}; silent: {', '.join(silent)}",
+                      "start the silent sentinels: with fewer than the quorum no failover happens")]
+    return [Check("redis.sentinel", "OK", detail)]
+
+
 def check_redis(probes: DoctorProbes, where: str) -> list[Check]:
     facts = _safely("redis", probes.redis)
     if isinstance(facts, Check):
@@ -122,11 +143,14 @@ def check_redis(probes: DoctorProbes, where: str) -> list[Check]:
     if facts.get("not_redis"):
         return [Check("redis", "WARN", f"{where}: not a Redis broker; Redis checks skipped",
                       "use Redis in production ([broker] url = redis://...)")]
+    sentinel = _sentinel_check(facts.get("sentinels"))
     if facts.get("error"):
-        return [Check("redis", "FAIL", f"{where}: unreachable: {facts['error']}",
-                      "start Redis (systemctl start redis-server / docker compose up redis) "
-                      "or fix [broker] url and broker.password_env")]
-    checks = [Check("redis", "OK", f"{where}: answers PING (Redis {facts.get('version', '?')})")]
+        return [*sentinel, Check("redis", "FAIL", f"{where}: unreachable: {facts['error']}",
+                                 "start Redis (systemctl start redis-server / docker compose up redis) "
+                                 "or fix [broker] url and broker.password_env"
+                                 + (" (and broker.sentinel_master: the name in the sentinels' "
+                                    "`sentinel monitor` line)" if sentinel else ""))]
+    checks = [*sentinel, Check("redis", "OK", f"{where}: answers PING (Redis {facts.get('version', '?')})")]
     policy = facts.get("maxmemory_policy")
     if policy == "noeviction":
         checks.append(Check("redis.eviction", "OK", "maxmemory-policy noeviction"))

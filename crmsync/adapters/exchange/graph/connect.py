@@ -20,11 +20,13 @@ from crmsync.errors import ConfigError, MailboxUnavailable
 _FOLDER_PAGE = 100
 
 
-def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url: str | None = None) -> GraphClient:
+def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url: str | None = None,
+            shared_limit_master: str | None = None, shared_limit_sentinel_password: str | None = None) -> GraphClient:
     """A client for the app ``settings`` describe; no request is sent yet.
 
     ``verify`` overrides ``exchange.verify_tls`` (a CA bundle path or an ``ssl.SSLContext``,
-    e.g. a private CA in tests). With ``shared_limit_url`` (a redis:// URL, the broker's) the
+    e.g. a private CA in tests). With ``shared_limit_url`` (a redis:// URL, the broker's, or a
+    sentinel:// one with ``shared_limit_master``) the
     mailbox concurrency limit is counted in that Redis, across every process; without it, in
     this process only."""
     problems = settings.graph_problems()
@@ -45,8 +47,9 @@ def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url:
     else:
         credential = settings.client_secret()
     limiter = None
-    if shared_limit_url and shared_limit_url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+    if shared_limit_url and shared_limit_url.split(":", 1)[0] in ("redis", "rediss", "unix", "sentinel"):
         limiter = RedisSlots(shared_limit_url, app=f"{settings.tenant_id}:{settings.client_id}",
+                             master=shared_limit_master, sentinel_password=shared_limit_sentinel_password,
                              limit=settings.mailbox_concurrency, wait_s=settings.timeout_s,
                              lease_s=3 * settings.timeout_s)
     return GraphClient(

@@ -113,14 +113,16 @@ class RedisSlots:
     PREFIX = "crmsync:graph"
 
     def __init__(self, url: str, app: str, limit: int = DEFAULT_LIMIT, wait_s: float = 20.0,
-                 lease_s: float = 60.0) -> None:
+                 lease_s: float = 60.0, master: str | None = None, sentinel_password: str | None = None) -> None:
         import redis
+
+        from crmsync.adapters.redis_client import redis_client
 
         self.limit = max(1, limit)
         self.wait_s = wait_s
         self.lease_ms = max(1000, int(lease_s * 1000))
         self.app = app
-        self._redis: Any = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        self._redis: Any = redis_client(url, master=master, sentinel_password=sentinel_password, timeout_s=5)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._pause = self._redis.register_script(_PAUSE)
