@@ -128,7 +128,8 @@ def probe_sentinels(url: str, master: str, *, sentinel_password: str | None = No
             address = client.sentinel_get_master_addr_by_name(master)
             answering.append(f"{host}:{port}")
             if address and found is None:
-                found = f"{address[0]}:{address[1]}"
+                host_found = address[0].decode() if isinstance(address[0], bytes) else str(address[0])
+                found = f"{host_found}:{address[1]}"
         except redis.RedisError:
             silent.append(f"{host}:{port}")
         finally:

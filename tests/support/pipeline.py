@@ -109,7 +109,7 @@ class Pipeline:
                  redrive_after_s: float = 10, exchange_timeout_s: float = 4,
                  exchange_max_wait_s: float = 2, lease_ttl_s: float = 20,
                  extra_users: dict[str, str] | None = None, emulator_args: tuple[str, ...] = (),
-                 notifications: str | None = None) -> None:
+                 notifications: str | None = None, broker_config: str = "") -> None:
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -152,6 +152,7 @@ url = "{self.crm.url}"
 url = "{self.crm.state_url}"
 [broker]
 url = "{self.broker_url}"
+{broker_config}
 [exchange]
 endpoint = "{self.emulator.endpoint}"
 auth = "basic"
