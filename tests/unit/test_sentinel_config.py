@@ -1,0 +1,87 @@
+"""``[broker]`` over Redis Sentinel: Celery's ``sentinel://`` URL form, ``sentinel_master``
+required with it, passwords only from variables, and the Celery transport options it makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crmsync.adapters.redis_client import parse_sentinel_url
+from crmsync.celery_settings import VISIBILITY_TIMEOUT_S, celery_settings
+from crmsync.config import load_settings
+from crmsync.errors import ConfigError
+
+SENTINELS = "sentinel://s1.internal:26379;sentinel://s2.internal:26380;sentinel://s3.internal/2"
+
+
+def load(tmp_path: Path, broker: str, env: dict[str, str] | None = None):
+    path = tmp_path / "crmsync.toml"
+    path.write_text(f"[broker]\n{broker}\n", encoding="utf-8")
+    return load_settings(str(path), env=env or {})
+
+
+def test_sentinel_url_with_master_is_accepted(tmp_path: Path) -> None:
+    s = load(tmp_path, f'url = "{SENTINELS}"\nsentinel_master = "mymaster"')
+    assert s.broker.sentinel_master == "mymaster"
+    # kombu reads the db from the first part: it is put on every part
+    assert s.broker.dsn() == ("sentinel://s1.internal:26379/2;sentinel://s2.internal:26380/2;"
+                              "sentinel://s3.internal:26379/2")
+
+
+def test_sentinel_url_without_master_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"broker\.sentinel_master: a sentinel:// broker URL needs the master's name"):
+        load(tmp_path, f'url = "{SENTINELS}"')
+
+
+def test_sentinel_master_with_a_plain_redis_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"broker\.sentinel_master: only for a sentinel:// broker URL"):
+        load(tmp_path, 'url = "redis://redis.internal:6379/0"\nsentinel_master = "mymaster"')
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("sentinel://s1:26379;redis://s2:6379", "every part of a sentinel broker URL starts with sentinel://"),
+    ("sentinel://s1:notaport", "sentinel part 1: the port is not a number"),
+    ("sentinel://s1:26379/0;sentinel://s2:26379/1", "different databases"),
+    ("sentinel://s1:26379/zero", "the database is not a number"),
+])
+def test_a_malformed_sentinel_url_says_what_is_wrong(tmp_path: Path, url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        load(tmp_path, f'url = "{url}"\nsentinel_master = "mymaster"')
+
+
+def test_passwords_come_from_variables_and_never_from_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load(tmp_path, f'url = "{SENTINELS}"\nsentinel_master = "m"\nsentinel_password = "Tr0ub4dor&3"')
+    assert "broker.sentinel_password_env" in str(excinfo.value)
+    assert "Tr0ub4dor" not in str(excinfo.value)
+    with pytest.raises(ConfigError) as excinfo:
+        load(tmp_path, 'url = "sentinel://:Tr0ub4dor&3@s1:26379"\nsentinel_master = "m"')
+    assert "broker.password_env" in str(excinfo.value)
+    assert "Tr0ub4dor" not in str(excinfo.value)
+
+    s = load(tmp_path, f'url = "{SENTINELS}"\nsentinel_master = "m"\npassword_env = "REDIS_PW"\n'
+                       'sentinel_password_env = "SENTINEL_PW"', env={"REDIS_PW": "m@ster", "SENTINEL_PW": "s3nt"})
+    assert s.broker.sentinel_password() == "s3nt"
+    assert parse_sentinel_url(s.broker.dsn()).password == "m@ster"
+    assert "m@ster" not in repr(s.broker)
+
+
+def test_a_named_but_unset_sentinel_password_variable_is_reported(tmp_path: Path) -> None:
+    s = load(tmp_path, f'url = "{SENTINELS}"\nsentinel_master = "m"\nsentinel_password_env = "SENTINEL_PW"')
+    with pytest.raises(ConfigError, match=r"broker\.sentinel_password_env: environment variable SENTINEL_PW is not set"):
+        s.broker.sentinel_password()
+
+
+def test_celery_gets_the_master_name_and_the_sentinels_password() -> None:
+    options = celery_settings("sentinel://s1:26379/0", master_name="mymaster",
+                              sentinel_password="s3nt")["broker_transport_options"]
+    assert options == {"visibility_timeout": VISIBILITY_TIMEOUT_S, "master_name": "mymaster",
+                       "sentinel_kwargs": {"password": "s3nt"}}
+    assert celery_settings("sentinel://s1:26379/0", master_name="mymaster")["broker_transport_options"] == {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S, "master_name": "mymaster"}
+
+
+def test_a_plain_redis_broker_keeps_its_options() -> None:
+    assert celery_settings("redis://r:6379/0")["broker_transport_options"] == {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    assert celery_settings("sqla+sqlite:///b.db")["broker_transport_options"] == {}
