@@ -152,7 +152,7 @@ class CeleryPublisher:
     def broker_identity(self) -> str | None:
         """The Redis server's ``run_id`` (new on every start, so a changed one says the
         messages held before are gone); None for another transport or an unreachable broker."""
-        if not self.broker_url.startswith(("redis://", "rediss://")):
+        if not self.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
             return None
         try:
             with self._client().pool.acquire(block=True, timeout=5) as conn:

@@ -112,6 +112,19 @@ def test_a_crm_change_syncs_over_the_sentinel_broker(sentinel_stack) -> None:
     assert master.client(db).keys("_kombu.binding.*"), "no Celery binding in the master's database"
 
 
+def test_the_redrive_knows_the_master_it_reaches_through_the_sentinel(sentinel_stack) -> None:
+    """The broker's identity (the master's run_id: a new one after a failover or a restart
+    without data tells beat's re-drive to re-send what was not applied)."""
+    from crmsync.config import load_settings
+    from producers.publisher import CeleryPublisher
+
+    pipeline, master, _ = sentinel_stack
+    settings = load_settings(str(pipeline.config_path), env=pipeline.env)
+    identity = CeleryPublisher.from_settings(settings).broker_identity()
+    assert identity is not None
+    assert identity == master.client().info("server")["run_id"]
+
+
 def test_status_reads_the_queues_through_the_sentinel(sentinel_stack) -> None:
     pipeline, _, _ = sentinel_stack
     done = pipeline.cli("status")
