@@ -154,3 +154,14 @@ def test_doctor_fails_on_a_master_name_the_sentinels_do_not_know(sentinel_stack)
     assert found["redis.sentinel"]["status"] == "FAIL"
     assert "no master named 'no-such-master'" in found["redis.sentinel"]["detail"]
     assert "broker.sentinel_master" in found["redis.sentinel"]["fix"]
+
+
+def test_the_graph_request_limiter_counts_in_the_master_found_through_the_sentinel(sentinel_stack) -> None:
+    from crmsync.adapters.exchange.graph.limiter import RedisSlots
+
+    pipeline, master, _ = sentinel_stack
+    db = int(pipeline.broker_url.rsplit("/", 1)[1])
+    slots = RedisSlots(pipeline.broker_url, app="sentinel-test", limit=2, master=MASTER)
+    with slots.hold("ada@sentinel.example"):
+        assert master.client(db).zcard("crmsync:graph:sentinel-test:ada@sentinel.example:slots") == 1
+    assert master.client(db).zcard("crmsync:graph:sentinel-test:ada@sentinel.example:slots") == 0
