@@ -85,3 +85,48 @@ def test_celery_gets_the_master_name_and_the_sentinels_password() -> None:
 def test_a_plain_redis_broker_keeps_its_options() -> None:
     assert celery_settings("redis://r:6379/0")["broker_transport_options"] == {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     assert celery_settings("sqla+sqlite:///b.db")["broker_transport_options"] == {}
+
+
+class _RedisFacts:
+    """The doctor's probes, only the Redis one (what crmsync.adapters.diagnostics.probe_redis reports)."""
+
+    def __init__(self, facts: dict) -> None:
+        self.facts = facts
+
+    def redis(self) -> dict:
+        return self.facts
+
+
+HEALTHY = {"version": "7.2", "maxmemory_policy": "noeviction", "aof": True, "rdb": False}
+
+
+@pytest.mark.parametrize(("sentinels", "status", "words"), [
+    ({"answering": ["s1:26379", "s2:26379"], "silent": [], "master": "10.0.0.5:6379", "name": "mymaster"},
+     "OK", "2 of 2 sentinel(s) answer; master 'mymaster' at 10.0.0.5:6379"),
+    ({"answering": ["s1:26379"], "silent": ["s2:26379"], "master": "10.0.0.5:6379", "name": "mymaster"},
+     "WARN", "silent: s2:26379"),
+])
+def test_doctor_reports_the_sentinels_and_the_master(sentinels: dict, status: str, words: str) -> None:
+    from crmsync.service.doctor import check_redis
+
+    checks = {c.name: c for c in check_redis(_RedisFacts({**HEALTHY, "sentinels": sentinels}), "sentinel://s1")}  # type: ignore[arg-type]
+    assert checks["redis.sentinel"].status == status
+    assert words in checks["redis.sentinel"].detail
+    assert checks["redis"].status == "OK"
+
+
+def test_doctor_fails_when_no_sentinel_answers() -> None:
+    from crmsync.service.doctor import check_redis
+
+    sentinels = {"answering": [], "silent": ["s1:26379"], "master": None, "name": "mymaster"}
+    checks = {c.name: c for c in check_redis(_RedisFacts({"error": "no sentinel answers (s1:26379)",  # type: ignore[arg-type]
+                                                          "sentinels": sentinels}), "sentinel://s1")}
+    assert checks["redis.sentinel"].status == "FAIL"
+    assert "start the sentinels" in checks["redis.sentinel"].fix
+    assert checks["redis"].status == "FAIL"
+
+
+def test_doctor_shows_no_sentinel_check_for_a_plain_redis() -> None:
+    from crmsync.service.doctor import check_redis
+
+    assert "redis.sentinel" not in {c.name for c in check_redis(_RedisFacts(HEALTHY), "redis://r")}  # type: ignore[arg-type]
