@@ -44,19 +44,15 @@ def pipeline(request, tmp_path_factory, redis_server):
         p.close()
 
 
-_bob: dict[int, tuple[Account, Folder]] = {}
+def bob_outlook(p: Pipeline) -> Account:
+    config = Configuration(service_endpoint=p.emulator.endpoint, credentials=Credentials(BOB, BOB_PASSWORD),
+                           auth_type=BASIC)
+    return Account(BOB, config=config, autodiscover=False, access_type=DELEGATE)
 
 
-def bob_folder(p: Pipeline) -> tuple[Account, Folder]:
-    """Bob's own Outlook and his sync folder (made by bob: crmsync does not serve his mailbox)."""
-    if id(p) not in _bob:
-        config = Configuration(service_endpoint=p.emulator.endpoint, credentials=Credentials(BOB, BOB_PASSWORD),
-                               auth_type=BASIC)
-        acct = Account(BOB, config=config, autodiscover=False, access_type=DELEGATE)
-        folder = Folder(parent=acct.contacts, name=FOLDER, folder_class="IPF.Contact")
-        folder.save()
-        _bob[id(p)] = (acct, folder)
-    return _bob[id(p)]
+def folder_named(acct: Account, name: str) -> Folder | None:
+    acct.root.clear_cache()   # exchangelib caches the folder tree
+    return next((f for f in acct.contacts.children if f.name == name), None)
 
 
 def emails_in(folder: Folder) -> set[str]:
@@ -66,14 +62,19 @@ def emails_in(folder: Folder) -> set[str]:
 def test_a_disabled_mailbox_is_neither_read_nor_written_while_the_enabled_one_syncs(pipeline):
     p = pipeline
     set_policy(p, "")
-    bob_account, folder = bob_folder(p)
     tag = uuid.uuid4().hex[:6]
-    own = f"own.{tag}@bob.example"
-    Contact(account=bob_account, folder=folder, given_name="Bobs", surname="Own", display_name="Bobs Own",
-            company_name=f"Bob Own {tag}", email_addresses=[EmailAddress(email=own)]).save()
     email = f"both.{tag}@enabled.example"
     no = insert_account(p, company_name=f"Enabled {tag}", first_name="En", last_name="Abled", email=email)
     wait_until(lambda: contact_by_email(p, email), 60, what="the CRM insert in alice's folder")
+    p.settle()
+    bob_account = bob_outlook(p)
+    assert folder_named(bob_account, FOLDER) is None, "crmsync created a folder in the disabled mailbox"
+
+    folder = Folder(parent=bob_account.contacts, name=FOLDER, folder_class="IPF.Contact")   # bob makes his own
+    folder.save()
+    own = f"own.{tag}@bob.example"
+    Contact(account=bob_account, folder=folder, given_name="Bobs", surname="Own", display_name="Bobs Own",
+            company_name=f"Bob Own {tag}", email_addresses=[EmailAddress(email=own)]).save()
     p.settle()
     mine = next(c for c in folder.all() if isinstance(c, Contact))
     outlook_edit(p, mine, job_title="Edited in bob's Outlook")                 # an edit in the disabled one
