@@ -34,13 +34,14 @@ def create_app(settings: Settings) -> Celery:
 
 
 def warm_up(settings: Settings) -> None:
-    """Open the databases and every mailbox's folder as the pool process starts, so that a
-    wrong setting shows in the log at once and the first events wait for nothing. A failure
-    is logged, not raised: the tasks connect again (and retry) when they need it."""
+    """Open the databases and every enabled mailbox's folder as the pool process starts, so
+    that a wrong setting shows in the log at once and the first events wait for nothing (a
+    disabled mailbox is not touched: opening its folder may create it). A failure is logged,
+    not raised: the tasks connect again (and retry) when they need it."""
     from crmsync.bootstrap import container_for
 
     container = container_for(settings)
-    for mailbox in settings.mailboxes:
+    for mailbox in settings.enabled_mailboxes():
         try:
             container.exchange_side(mailbox.address)
         except Exception as exc:  # noqa: BLE001 - logged; the task path retries
