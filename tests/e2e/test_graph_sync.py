@@ -186,3 +186,30 @@ def test_a_mailbox_moved_from_ews_to_graph_keeps_its_links_and_syncs_both_ways(t
         assert stats.get("graph:delta", 0) > 0 and stats.get("SyncFolderItems", 0) == 0
     finally:
         p.close()
+
+
+def _create(outlook: Outlook, body: dict) -> dict:
+    """A contact created in Outlook over Graph (POST to the sync folder)."""
+    r = outlook.http.post(f"{outlook.user}/contactFolders/{quote(outlook.folder(), safe='')}/contacts", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_a_contact_created_in_outlook_over_graph_becomes_one_new_crm_account(graph_pipeline):
+    p, outlook = graph_pipeline
+    email = f"olga.{uuid.uuid4().hex[:6]}@outlook.example"
+    created = _create(outlook, {"givenName": "Olga", "surname": "Outlook", "displayName": "Olga Outlook",
+                                "companyName": "Fresh Leads GmbH", "jobTitle": "Buyer",
+                                "emailAddresses": [{"address": email, "name": "Olga Outlook"}]})
+    (row,) = wait_until(lambda: p.crm.query("SELECT * FROM accounts WHERE email = :e", e=email), 60,
+                        what="the new CRM account")
+    assert (row["first_name"], row["last_name"], row["company_name"], row["job_title"]) == (
+        "Olga", "Outlook", "Fresh Leads GmbH", "Buyer")
+    assert row["is_active"] and row["account_no"]
+    p.settle()
+    assert len(p.crm.query("SELECT * FROM accounts WHERE email = :e", e=email)) == 1      # once
+    (contact,) = outlook.by_email(email)                                                    # not duplicated
+    assert contact["id"] == created["id"]
+    assert contact["singleValueExtendedProperties"][0]["value"] == f"account:{row['account_no']}"
+    assert not p.dead_events()
+
