@@ -213,3 +213,35 @@ def test_a_contact_created_in_outlook_over_graph_becomes_one_new_crm_account(gra
     assert contact["singleValueExtendedProperties"][0]["value"] == f"account:{row['account_no']}"
     assert not p.dead_events()
 
+
+def test_a_private_contact_created_over_graph_never_reaches_the_crm(graph_pipeline):
+    """PidTagSensitivity 2 (Private), set as Outlook on the web does, through ``Integer 0x0036``."""
+    p, outlook = graph_pipeline
+    tag = uuid.uuid4().hex[:6]
+    private_email, public_email = f"private.{tag}@home.example", f"public.{tag}@home.example"
+    private = _create(outlook, {"givenName": "Priv", "surname": f"Ate{tag}", "displayName": f"Priv Ate{tag}",
+                                "emailAddresses": [{"address": private_email, "name": "Priv"}],
+                                "singleValueExtendedProperties": [{"id": "Integer 0x0036", "value": "2"}]})
+    _create(outlook, {"givenName": "Pub", "surname": f"Lic{tag}", "displayName": f"Pub Lic{tag}",
+                      "emailAddresses": [{"address": public_email, "name": "Pub"}]})
+    wait_until(lambda: p.crm.query("SELECT * FROM accounts WHERE email = :e", e=public_email), 60,
+               what="the public contact in the CRM (so the private one was seen too)")
+    p.settle()
+    assert p.crm.query("SELECT * FROM accounts WHERE email = :e OR last_name = :n", e=private_email,
+                       n=f"Ate{tag}") == []
+    # No link; the events that name it by id (the feed reports ids only, README "privacy") carry no
+    # CRM key and ended without a write; nothing of its data is anywhere in the state database.
+    links = " ".join(str(v) for r in p.state("SELECT * FROM links") for v in r.values())
+    assert private["id"] not in links
+    events = p.state("SELECT * FROM events WHERE item_id = :i", i=private["id"])
+    assert all(e["crm_key"] is None and e["status"] in ("applied", "skipped") for e in events), events
+    state = " ".join(str(v) for table in ("links", "events", "conflicts") for r in p.state(f"SELECT * FROM {table}")
+                     for v in r.values())
+    assert private_email not in state and f"Ate{tag}" not in state
+    assert public_email in " ".join(str(v) for r in p.crm.query("SELECT email FROM accounts") for v in r.values())
+    logs = p.log("worker") + p.log("producer")
+    assert private_email not in logs and f"Priv Ate{tag}" not in logs
+    (still,) = outlook.by_email(private_email)                    # left alone: not stamped
+    assert not still.get("singleValueExtendedProperties")
+    assert not p.dead_events()
+
