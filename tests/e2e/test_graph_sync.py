@@ -245,3 +245,28 @@ def test_a_private_contact_created_over_graph_never_reaches_the_crm(graph_pipeli
     assert not still.get("singleValueExtendedProperties")
     assert not p.dead_events()
 
+
+def test_a_stale_etag_between_the_workers_read_and_write_is_merged_nothing_lost(graph_pipeline):
+    """The worker's PATCH is held (emulator ``delay`` fault) after it read the contact; Outlook edits
+    another field meanwhile, so the worker's ``If-Match`` is stale (412): it re-reads and merges."""
+    p, outlook = graph_pipeline
+    email = f"etag.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _insert_account(p, company_name="Race Conditions Ltd", first_name="Ray", last_name="Ce", email=email)
+    (contact,) = wait_until(lambda: outlook.by_email(email), 60, what="the contact over Graph")
+    p.settle()
+    p.emulator.inject_fault("graph:update contact", "delay", count=1, delay_ms=2500)
+    p.crm.execute("UPDATE accounts SET job_title = 'CRM Title' WHERE account_no = :n", n=account_no)
+    wait_until(lambda: not p.emulator.admin("/_emulator/faults")["faults"], 60,
+               what="the worker's PATCH to be held by the delay fault")
+    outlook.patch(contact, {"department": "Outlook Dept"})        # lands while the worker's write waits
+    wait_until(lambda: outlook.by_email(email)[0]["jobTitle"] == "CRM Title", 60, what="the CRM edit over Graph")
+    wait_until(lambda: _account(p, account_no)["department"] == "Outlook Dept", 60, what="the Outlook edit in the CRM")
+    p.settle()
+    (after,) = outlook.by_email(email)
+    assert (after["jobTitle"], after["department"]) == ("CRM Title", "Outlook Dept")
+    assert (_account(p, account_no)["job_title"], _account(p, account_no)["department"]) == ("CRM Title",
+                                                                                            "Outlook Dept")
+    assert any("apply.stale_reread" in line and account_no in line for line in p.log("worker").splitlines()), \
+        "the worker's write must have met the stale ETag"
+    assert not p.dead_events()
+
