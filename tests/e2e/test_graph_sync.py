@@ -270,3 +270,18 @@ def test_a_stale_etag_between_the_workers_read_and_write_is_merged_nothing_lost(
         "the worker's write must have met the stale ETag"
     assert not p.dead_events()
 
+
+def test_a_crm_row_deleted_removes_the_contact_over_graph(graph_pipeline):
+    """Deactivation is covered above (test_reactivating_...); here the account row itself goes."""
+    p, outlook = graph_pipeline
+    email = f"gone.{uuid.uuid4().hex[:6]}@example.org"
+    account_no = _insert_account(p, company_name="Gone Ltd", first_name="Gene", last_name="Gone", email=email)
+    (contact,) = wait_until(lambda: outlook.by_email(email), 60, what="the contact over Graph")
+    p.settle()
+    p.crm.execute("DELETE FROM accounts WHERE account_no = :n", n=account_no)
+    wait_until(lambda: not outlook.by_email(email), 60, what="the contact to leave the folder")
+    p.settle()
+    # Moved to Deleted Items (recoverable), still readable by id, and not created again.
+    assert outlook.http.get(f"{outlook.user}/contacts/{quote(contact['id'], safe='')}").status_code == 200
+    assert not outlook.by_email(email)
+    assert not p.dead_events()
