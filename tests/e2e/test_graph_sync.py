@@ -229,12 +229,13 @@ def test_a_private_contact_created_over_graph_never_reaches_the_crm(graph_pipeli
     p.settle()
     assert p.crm.query("SELECT * FROM accounts WHERE email = :e OR last_name = :n", e=private_email,
                        n=f"Ate{tag}") == []
-    # No link; the events that name it by id (the feed reports ids only, README "privacy") carry no
-    # CRM key and ended without a write; nothing of its data is anywhere in the state database.
+    # No link; the event that names it by id (the feed reports ids only, README "privacy") carries no
+    # CRM key and ended as private-skipped; nothing of its data is anywhere in the state database.
     links = " ".join(str(v) for r in p.state("SELECT * FROM links") for v in r.values())
     assert private["id"] not in links
     events = p.state("SELECT * FROM events WHERE item_id = :i", i=private["id"])
-    assert all(e["crm_key"] is None and e["status"] in ("applied", "skipped") for e in events), events
+    assert events and all((e["crm_key"], e["status"], e["outcome"]) == (None, "applied", "private-skipped")
+                          for e in events), events
     state = " ".join(str(v) for table in ("links", "events", "conflicts") for r in p.state(f"SELECT * FROM {table}")
                      for v in r.values())
     assert private_email not in state and f"Ate{tag}" not in state
