@@ -16,7 +16,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
 
 from tests.support.pipeline import FOLDER, MAILBOX, MAILBOX_PASSWORD, Pipeline, wait_until
 
@@ -77,16 +76,8 @@ def pipeline(request, tmp_path_factory, redis_server):
         p.close()
 
 
-_owners: dict[str, Account] = {}
-
-
-def owner_account(p: Pipeline, owner: str) -> Account:
-    key = f"{p.emulator.endpoint}|{owner}"
-    if key not in _owners:
-        config = Configuration(service_endpoint=p.emulator.endpoint,
-                               credentials=Credentials(owner, OWNERS[owner]), auth_type=BASIC)
-        _owners[key] = Account(owner, config=config, autodiscover=False, access_type=DELEGATE)
-    return _owners[key]
+def owner_account(p: Pipeline, owner: str):
+    return p.user_account(owner, OWNERS[owner])
 
 
 def outlook(p: Pipeline, owner: str, name: str = FOLDER):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
 
 from tests.support.pipeline import MAILBOX, Pipeline, wait_until
 
@@ -67,17 +66,9 @@ def pipeline(request, tmp_path_factory, redis_server):
         p.close()
 
 
-_accounts: dict[str, Account] = {}
-
-
-def own_account(p: Pipeline, user: str) -> Account:
+def own_account(p: Pipeline, user: str):
     """``user`` in Outlook, signed in as themselves."""
-    key = f"{p.emulator.endpoint}|{user}"
-    if key not in _accounts:
-        config = Configuration(service_endpoint=p.emulator.endpoint,
-                               credentials=Credentials(user, PASSWORDS[user]), auth_type=BASIC)
-        _accounts[key] = Account(user, config=config, autodiscover=False, access_type=DELEGATE)
-    return _accounts[key]
+    return p.user_account(user, PASSWORDS[user])
 
 
 def public_folder(p: Pipeline):

@@ -25,7 +25,8 @@ def _hammer(url: str, rounds: int, weight: int, counter_key: str, peak_key: str)
             now = r.incrby(counter_key, weight)
             r.eval("if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
                    "redis.call('SET', KEYS[1], ARGV[1]) end", 1, peak_key, now)
-            time.sleep(0.002)
+            time.sleep(0.002)   # the request's own duration while it holds its slots (not a wait
+            #                     for a condition): it makes the four processes' holds overlap
             r.decrby(counter_key, weight)
 
 

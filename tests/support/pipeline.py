@@ -183,7 +183,7 @@ level = "INFO"
             self.env.pop("CRMSYNC_CONFIG", None)
             self.procs: dict[str, subprocess.Popen] = {}
             self._state_engine = sa.create_engine(self.crm.state_url)
-            self._outlook = None
+            self._users: dict[str, Any] = {}   # user -> their exchangelib Account
             self.cli("init")
         except BaseException:
             if self.own_redis is not None:
@@ -281,13 +281,19 @@ level = "INFO"
     # the mailbox owner's Outlook -------------------------------------------------------------
     def outlook_account(self):
         """An exchangelib Account as the mailbox owner (the user's Outlook)."""
-        if self._outlook is None:
+        return self.user_account(MAILBOX, MAILBOX_PASSWORD)
+
+    def user_account(self, user: str, password: str):
+        """An exchangelib Account as ``user`` signed in as themselves (their own Outlook), one per
+        user for the pipeline's life."""
+        accounts = self._users
+        if user not in accounts:
             from exchangelib import BASIC, DELEGATE, Account, Configuration, Credentials
 
             config = Configuration(service_endpoint=self.emulator.endpoint,
-                                   credentials=Credentials(MAILBOX, MAILBOX_PASSWORD), auth_type=BASIC)
-            self._outlook = Account(MAILBOX, config=config, autodiscover=False, access_type=DELEGATE)
-        return self._outlook
+                                   credentials=Credentials(user, password), auth_type=BASIC)
+            accounts[user] = Account(user, config=config, autodiscover=False, access_type=DELEGATE)
+        return accounts[user]
 
     def outlook(self):
         """The owner's Account and the sync folder (created by crmsync)."""
