@@ -65,7 +65,7 @@ def init_folder(
     if links:
         raise CrmsyncError(f"mailbox {address} already has {len(links)} link(s) in the state database: init-folder "
                            "is for a mailbox that was never synced; nothing was written")
-    account = connect(c.settings.exchange, address)
+    account = connect(c.settings.exchange_for(address), address)   # its own credentials, as the sync's
     existing = find_folder(account, folder)
     if existing is not None:
         count = existing.all().count()

@@ -392,3 +392,18 @@ def test_init_folder_pushes_every_account_into_a_new_folder_and_the_next_sync_wr
     assert "50 created-exchange" in accounts_only.cli("init-folder", "--mailbox", MB,
                                                       "--folder", "CRM Init/Accounts Only").stdout
     assert sorted(accounts_only.outlook_emails()) == sorted(accounts_only.crm_emails())
+
+
+def test_init_folder_signs_in_with_the_mailboxs_own_credentials(tmp_path, emulator):
+    """A mailbox with its own username / password_env is reached with those, as the sync reaches
+    it; [exchange]'s account (here with a wrong password) is not used."""
+    d = Deployment(tmp_path, emulator.endpoint, "CRM Own Creds", mailbox_extra=(
+        f'username = "{MB}"\npassword_env = "CRMSYNC_TEST_ALICE_PASSWORD"'))
+    d.sql("INSERT INTO accounts (account_no, company_name, first_name, last_name, email, is_active) "
+          "VALUES (?, ?, ?, ?, ?, 1)",
+          [(f"OWN-{i}", f"Own {i}", "Own", f"Creds{i}", f"own{i}@creds.example") for i in range(3)])
+    d.env.update({"CRMSYNC_TEST_EXCHANGE_PASSWORD": "not-alices-password", "CRMSYNC_TEST_ALICE_PASSWORD": PW})
+    done = d.cli("init-folder", "--mailbox", MB, "--folder", "CRM Own Creds", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 created-exchange" in done.stdout
+    assert "not-alices-password" not in done.stdout + done.stderr
