@@ -113,15 +113,23 @@ def retry_eta(retry: BaseException | None, now: datetime) -> datetime:
     return now
 
 
+def retry_countdown(asked: float | None, countdown: float | None, longest: float) -> float | None:
+    """The back-off, or the server's asked wait when longer, never past ``longest``: the re-drive
+    age is validated above sync.retry_backoff_max_s, so no retry may wait longer than that."""
+    if asked and (countdown is None or countdown < asked):
+        countdown = asked
+    return None if countdown is None else min(countdown, longest)
+
+
 class ApplyTask(Task):
     """The hooks that keep event rows in step with Celery's retries."""
 
     def retry(self, *args, exc=None, countdown=None, **kwargs):  # noqa: ANN001, ANN002, ANN003 - Celery's
         """Celery's retry, waiting at least as long as the server asked (ErrorServerBusy's
-        BackOffMilliseconds, HTTP Retry-After) when that is longer than the back-off."""
-        asked = getattr(exc, "retry_after", None)
-        if asked and (countdown is None or countdown < asked):
-            countdown = asked
+        BackOffMilliseconds, HTTP Retry-After) when that is longer than the back-off, capped at
+        sync.retry_backoff_max_s."""
+        countdown = retry_countdown(getattr(exc, "retry_after", None), countdown,
+                                    self.app.crmsync_settings.sync.retry_backoff_max_s)
         return super().retry(*args, exc=exc, countdown=countdown, **kwargs)
 
     def _store(self):
