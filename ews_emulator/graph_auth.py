@@ -151,11 +151,14 @@ def signing_key(store) -> bytes:
     return base64.b64decode(value)
 
 
-def issue_token(key: bytes, tenant: str, client_id: str, lifetime: int, now: float | None = None) -> str:
+def issue_token(key: bytes, tenant: str, client_id: str, lifetime: int, now: float | None = None,
+                acr: str = "1") -> str:
+    """An app-only access token; ``acr`` is how the app authenticated, as Entra's ``appidacr``
+    tells it: "1" a client secret, "2" a certificate."""
     now = int(now if now is not None else time.time())
     header = {"typ": "JWT", "alg": "HS256", "kid": "ews-emulator"}
     claims = {"aud": GRAPH_RESOURCE, "iss": f"https://sts.windows.net/{tenant}/", "iat": now, "nbf": now,
-              "exp": now + lifetime, "appid": client_id, "appidacr": "1", "idtyp": "app",
+              "exp": now + lifetime, "appid": client_id, "appidacr": acr, "idtyp": "app",
               "roles": [ROLE], "tid": tenant, "ver": "1.0", "uti": uuid.uuid4().hex}
     signing_input = _b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + \
         _b64url(json.dumps(claims, separators=(",", ":")).encode())
@@ -289,7 +292,7 @@ def token_request(key: bytes, apps: GraphApps, tenant: str, form: dict[str, str]
         raise AuthError(400, "invalid_resource",
                         f"AADSTS500011: The resource principal named {resource} was not found in the tenant"
                         f" named {tenant}.", 500011)
-    token = issue_token(key, tenant_l, client_id.lower(), apps.token_lifetime)
+    token = issue_token(key, tenant_l, client_id.lower(), apps.token_lifetime, acr="2" if assertion else "1")
     return {"token_type": "Bearer", "expires_in": apps.token_lifetime, "ext_expires_in": apps.token_lifetime,
             "access_token": token}
 

@@ -4,6 +4,8 @@ HTTP only (httpx, and MSAL as a client would use it)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
@@ -64,6 +66,8 @@ def test_a_valid_assertion_gets_a_token_that_works_on_the_graph_routes(cert_env,
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] > 3000
+    claims = json.loads(base64.urlsafe_b64decode(body["access_token"].split(".")[1] + "=="))
+    assert (claims["appid"], claims["appidacr"]) == (CERT_APP, "2")      # Entra's "2": a certificate credential
     g = Graph(emu, ca, body["access_token"])
     try:
         made = g.new_folder(f"Cert {alg}")
