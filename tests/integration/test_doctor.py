@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
@@ -395,6 +396,17 @@ def test_a_certificate_not_uploaded_to_the_app_fails_the_app_check_without_print
     assert "certificate" in graph["fix"] and "Certificates & secrets" in graph["fix"]
     assert found[f"mailbox {MAILBOX}"]["status"] == "FAIL"
     assert_no_private_key(done, other, stack.app_cert)
+
+
+def test_an_unreadable_or_keyless_certificate_file_is_named_with_its_fix(stack):
+    public_only = SimpleNamespace(key_pem=stack.app_cert.cert_pem, thumbprint=stack.app_cert.thumbprint)
+    missing = SimpleNamespace(key_pem=stack.tmp / "no-such.pem", thumbprint=stack.app_cert.thumbprint)
+    for cert, says in ((public_only, "holds no PEM private key"), (missing, "cannot read")):
+        done = stack.cli(cert_graph_config(stack, "graph-cert-file", cert), "doctor", "--format", "json")
+        graph = rows(done)["exchange.graph"]
+        assert done.returncode == 1
+        assert graph["status"] == "FAIL" and "exchange.certificate_path" in graph["detail"] and says in graph["detail"]
+        assert "certificate_path at a PEM file" in graph["fix"] and "client_secret_env" not in graph["fix"]
 
 
 def test_a_graph_mailbox_is_probed_over_graph(stack):
