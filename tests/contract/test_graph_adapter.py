@@ -478,12 +478,13 @@ def test_the_private_key_and_the_assertion_never_reach_the_logs_of_a_working_syn
 
 def test_a_thumbprint_is_taken_as_openssl_prints_it_and_a_bad_one_is_named(graph_emulator, app_cert):
     emu, ca = graph_emulator
-    pairs = ":".join(app_cert.thumbprint[i:i + 2] for i in range(0, 40, 2)).lower()   # openssl's form
-    c = connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=pairs), verify=ca_context(ca))
-    try:
-        assert open_folder(c, ALICE, "CRM Accounts")
-    finally:
-        c.close()
+    pairs = [app_cert.thumbprint[i:i + 2] for i in range(0, 40, 2)]
+    for shown in (":".join(pairs).lower(), " ".join(pairs)):          # openssl's form, Windows' form
+        c = connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=shown), verify=ca_context(ca))
+        try:
+            assert open_folder(c, ALICE, "CRM Accounts")
+        finally:
+            c.close()
     for bad in ("not-a-thumbprint", app_cert.thumbprint[:-2]):
         with pytest.raises(ConfigError, match="exchange.certificate_thumbprint: expected .* 40 hex digits"):
             connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=bad))

@@ -144,6 +144,8 @@ def test_a_wrong_audience_is_refused(cert_env):
         assert endpoint(emu) in text
     as_list = client_assertion(cert, CERT_APP, "x", aud=["https://other.example", endpoint(emu)])
     assert post_assertion(emu, ca, as_list).status_code == 200
+    v1 = client_assertion(cert, CERT_APP, f"{emu.base_url}/{TENANT}/oauth2/token")      # the v1 endpoint
+    assert post_assertion(emu, ca, v1).status_code == 200
 
 
 def test_issuer_and_subject_must_be_the_client_id(cert_env):
@@ -192,6 +194,14 @@ def test_a_certificate_app_is_limited_by_its_rbac_scope(cert_env):
         assert_graph_error(g.get(f"/users/{ALICE}/contactFolders"), 403, "ErrorAccessDenied")
     finally:
         g.close()
+
+
+def test_two_certificates_of_one_app_both_sign_in_during_a_rotation(start_graph_emulator, tmp_path):
+    old, new = make_app_cert(tmp_path / "old", CERT_APP), make_app_cert(tmp_path / "new", CERT_APP)
+    emu, ca = start_graph_emulator(graph_app_certs=[f"{TENANT}:{CERT_APP}:{old.cert_pem}",
+                                                    f"{TENANT}:{CERT_APP}:{new.cert_pem}"])
+    for cert in (old, new):
+        assert post_assertion(emu, ca, client_assertion(cert, CERT_APP, endpoint(emu))).status_code == 200
 
 
 def test_an_expired_registered_certificate_is_refused(start_graph_emulator, tmp_path):
