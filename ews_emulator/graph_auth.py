@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -62,7 +62,7 @@ class AppCertificate:
         key = cert.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise ValueError(f"--graph-app-cert: {path}: Entra ID takes RSA certificates only")
-        return cls(sha1=cert.fingerprint(hashes.SHA1()), sha256=cert.fingerprint(hashes.SHA256()),  # noqa: S303
+        return cls(sha1=cert.fingerprint(hashes.SHA1()), sha256=cert.fingerprint(hashes.SHA256()),
                    public_key=key, not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
     def window(self) -> str:
@@ -354,7 +354,7 @@ def check_client_assertion(apps: GraphApps, tenant: str, client_id: str, asserti
                               f" on application. [Reason - The key was not found., {used}, Please visit the Azure"
                               f" Portal to see configured keys for app Id '{client_id}'.]")
     now = time.time() if now is None else now
-    current = datetime.fromtimestamp(now, timezone.utc)
+    current = datetime.fromtimestamp(now, UTC)
     if not found.not_before <= current <= found.not_after:
         raise invalid(700027, f"Client assertion contains an invalid signature. [Reason - The key used is expired.,"
                               f" {used}, Found key '{found.window()}']")
