@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--graph-app", action="append", default=[], metavar="TENANT:CLIENT_ID:SECRET",
                    help="register a Graph app (client credentials) with Contacts.ReadWrite on every mailbox"
                         " (repeatable)")
+    p.add_argument("--graph-app-cert", action="append", default=[], metavar="TENANT:CLIENT_ID:CERT_PEM",
+                   help="register a Graph app whose credential is a certificate (PEM, public part): it signs a"
+                        " client_assertion JWT with the private key (repeatable; several per app for rotation)")
     p.add_argument("--graph-app-scope", action="append", default=[], metavar="CLIENT_ID:MAILBOX",
                    help="limit a Graph app to the named mailboxes; others answer 403 (repeatable)")
     p.add_argument("--graph-token-lifetime", type=int, default=3599, metavar="SECONDS",
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                         mailboxes=args.mailbox, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         graph_apps=args.graph_app, graph_app_scopes=args.graph_app_scope,
                         graph_token_lifetime=args.graph_token_lifetime,
-                        graph_mailbox_concurrency=args.graph_mailbox_concurrency)
+                        graph_mailbox_concurrency=args.graph_mailbox_concurrency,
+                        graph_app_certs=args.graph_app_cert)
     except ValueError as e:
         print(f"ews_emulator: {e}", file=sys.stderr)
         return 2

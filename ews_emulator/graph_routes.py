@@ -242,7 +242,8 @@ def _identity(handler, emu, method: str, path: str, body: bytes, base: str) -> N
             except (ValueError, UnicodeDecodeError):
                 basic = None
         try:
-            return send(200, token_request(signing_key(emu.store), apps, tenant, form, basic))
+            return send(200, token_request(signing_key(emu.store), apps, tenant, form, basic,
+                                           endpoint=f"{base}/{tenant}/oauth2/v2.0/token"))
         except AuthError as e:
             return send(e.status, aad_error_body(e))
     err = AuthError(400, "invalid_request", f"AADSTS900561: The endpoint only accepts the emulator's"

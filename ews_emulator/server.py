@@ -71,12 +71,12 @@ class EmulatorConfig:
     def from_args(cls, users: list[str] = (), impersonators: list[str] = (), delegates: list[str] = (),
                   no_auth: bool = False, mailboxes: list[str] = (), graph_apps: list[str] = (),
                   graph_app_scopes: list[str] = (), graph_token_lifetime: int = 3599,
-                  graph_mailbox_concurrency: int = 4) -> EmulatorConfig:
+                  graph_mailbox_concurrency: int = 4, graph_app_certs: list[str] = ()) -> EmulatorConfig:
         """Build from the command-line forms ADDRESS:PASSWORD, OWNER:DELEGATE, TENANT:CLIENT_ID:SECRET
         and CLIENT_ID:MAILBOX."""
         cfg = cls(no_auth=no_auth)
         cfg.graph = GraphApps.from_args(graph_apps, graph_app_scopes, graph_token_lifetime,
-                                        graph_mailbox_concurrency)
+                                        graph_mailbox_concurrency, graph_app_certs)
         for spec in users:
             address, sep, password = spec.partition(":")
             if not sep or not address:

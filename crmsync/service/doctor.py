@@ -279,6 +279,10 @@ _GRAPH_APP_KINDS = ("secret", "token", "unreachable", "tls")
 
 def _graph_fix(kind: str, facts: dict[str, Any], address: str, folder: str) -> str:
     app = facts.get("client_id") or "<client_id>"
+    if kind == "secret" and "exchange.certificate_" in str(facts.get("detail", "")):
+        return ("point exchange.certificate_path at a PEM file holding the app certificate's private key (readable "
+                "by crmsync only) and set exchange.certificate_thumbprint to that certificate's SHA-1 thumbprint, "
+                "as Entra ID shows it under App registrations > Certificates & secrets")
     return {
         "secret": "set the environment variable named by exchange.client_secret_env to the app's client secret, "
                   "or set exchange.certificate_path and exchange.certificate_thumbprint",

@@ -10,6 +10,8 @@ would) or EWS (plain exchangelib): the emulator serves one store behind both doo
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import ssl
 import time
@@ -34,6 +36,7 @@ from crmsync.config import load_settings
 from crmsync.errors import BadRecord, ConfigError, Stale, Transient
 from crmsync.ports import ExchangeRecord
 from tests.contract.exchange_side_contract import ExchangeSideContract
+from tests.support.app_cert import AppCert, make_app_cert
 from tests.support.emulator_proc import EmulatorProcess, ca_signed_cert, start_emulator
 from tests.support.exchange_settings import exchange_settings
 
@@ -43,15 +46,23 @@ TENANT = "contoso.onmicrosoft.com"
 APP, SECRET = "crmsync-app", "graph-app-secret-7f3a"
 BOB_ONLY_APP, BOB_ONLY_SECRET = "bob-only-app", "bob-only-secret-91c"
 SECRET_ENV = "TEST_GRAPH_CLIENT_SECRET"
+CERT_APP = "crmsync-cert-app"          # the same permission, a certificate credential instead of a secret
 MAX_WAIT = 1.0
 
 
 @pytest.fixture(scope="module")
-def graph_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorProcess, str]]:
+def app_cert(tmp_path_factory: pytest.TempPathFactory) -> AppCert:
+    """CERT_APP's certificate: the public part is registered in the emulator, the private key
+    (with the certificate) is what crmsync's exchange.certificate_path reads."""
+    return make_app_cert(tmp_path_factory.mktemp("app-cert"), CERT_APP)
+
+
+@pytest.fixture(scope="module")
+def graph_emulator(tmp_path_factory: pytest.TempPathFactory, app_cert: AppCert) -> Iterator[tuple[EmulatorProcess, str]]:
     data = tmp_path_factory.mktemp("graph")
     ca, cert, key = ca_signed_cert(data / "tls")
     emu = start_emulator(data, {ALICE: ALICE_PW, BOB: BOB_PW}, extra_args=[
-        "--tls-cert", str(cert), "--tls-key", str(key),
+        "--tls-cert", str(cert), "--tls-key", str(key), "--graph-app-cert", f"{TENANT}:{CERT_APP}:{app_cert.cert_pem}",
         "--graph-app", f"{TENANT}:{APP}:{SECRET}", "--graph-app", f"{TENANT}:{BOB_ONLY_APP}:{BOB_ONLY_SECRET}",
         "--graph-app-scope", f"{BOB_ONLY_APP}:{BOB}"])
     try:
@@ -73,6 +84,17 @@ def graph_settings(emu: EmulatorProcess, *, client_id: str = APP, secret: str | 
     return load_settings(env=env).exchange
 
 
+def cert_settings(emu: EmulatorProcess, cert: AppCert, *, client_id: str = CERT_APP, **extra: str):
+    """Settings of the certificate app: certificate_path and certificate_thumbprint, no secret."""
+    env = {"CRMSYNC_EXCHANGE_API": "graph", "CRMSYNC_EXCHANGE_TENANT_ID": TENANT,
+           "CRMSYNC_EXCHANGE_CLIENT_ID": client_id, "CRMSYNC_EXCHANGE_CERTIFICATE_PATH": str(cert.key_pem),
+           "CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT": cert.thumbprint,
+           "CRMSYNC_EXCHANGE_AUTHORITY": emu.base_url, "CRMSYNC_EXCHANGE_GRAPH_URL": emu.graph_base,
+           "CRMSYNC_EXCHANGE_MAX_WAIT_S": str(MAX_WAIT), "CRMSYNC_EXCHANGE_TIMEOUT_S": "30",
+           "CRMSYNC_SYNC_LEASE_TTL_S": str(2 * (60 + MAX_WAIT)), **extra}
+    return load_settings(env=env).exchange
+
+
 def ca_context(ca: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca)
 
@@ -81,6 +103,14 @@ def ca_context(ca: str) -> ssl.SSLContext:
 def client(graph_emulator):
     emu, ca = graph_emulator
     c = connect(graph_settings(emu), verify=ca_context(ca))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def cert_client(graph_emulator, app_cert):
+    emu, ca = graph_emulator
+    c = connect(cert_settings(emu, app_cert), verify=ca_context(ca))
     yield c
     c.close()
 
@@ -165,6 +195,23 @@ class TestGraphSide(ExchangeSideContract):
         f = _GraphFaults(graph_emulator[0])
         yield f
         f.clear()
+
+
+class TestGraphSideWithCertificate(TestGraphSide):
+    """The same port contract with the app signing in by certificate (``certificate_path`` and
+    ``certificate_thumbprint``): msal sends a client assertion, the emulator verifies it."""
+
+    @pytest.fixture
+    def client(self, cert_client):
+        return cert_client
+
+    def test_the_client_signs_in_with_its_certificate(self, client, graph_emulator):
+        emu, _ = graph_emulator
+        emu.reset_stats()
+        token = client.token(fresh=True)
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert (claims["appid"], claims["appidacr"]) == (CERT_APP, "2")     # "2": a certificate, not a secret
+        assert emu.stats().get("graph:token") == 1
 
 
 # --------------------------------------------------------------------------- Graph's own
@@ -385,6 +432,71 @@ def test_the_secret_never_reaches_the_logs_of_a_working_sync(graph_emulator, cap
         c.close()
     assert "oauth2/v2.0/token" in caplog.text or "contactFolders" in caplog.text   # something was logged
     assert SECRET not in caplog.text
+
+
+def _pem_body(pem: str) -> list[str]:
+    """The base64 lines of a PEM private key: none may show anywhere."""
+    key = pem.split("-----END PRIVATE KEY-----")[0]
+    return [line for line in key.splitlines() if line and not line.startswith("-----")]
+
+
+def test_a_certificate_the_app_does_not_have_is_a_config_error_and_no_key_shows(graph_emulator, tmp_path, caplog,
+                                                                                  app_cert):
+    emu, ca = graph_emulator
+    caplog.set_level(logging.DEBUG)
+    other = make_app_cert(tmp_path, "not-uploaded")
+    wrong_thumbprint = cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=other.thumbprint)
+    for settings, thumbprint in ((cert_settings(emu, other), other.thumbprint), (wrong_thumbprint, other.thumbprint)):
+        c = connect(settings, verify=ca_context(ca))
+        try:
+            with pytest.raises(ConfigError) as info:
+                open_folder(c, ALICE, "CRM Accounts")
+        finally:
+            c.close()
+        text = str(info.value)
+        assert "AADSTS700027" in text and CERT_APP in text and TENANT in text and thumbprint in text
+        for line in _pem_body(other.private_pem) + _pem_body(app_cert.private_pem):
+            assert line not in text and line not in caplog.text
+    assert "client_assertion=" not in caplog.text
+
+
+def test_the_private_key_and_the_assertion_never_reach_the_logs_of_a_working_sync(graph_emulator, app_cert, caplog):
+    emu, ca = graph_emulator
+    caplog.set_level(logging.DEBUG)          # httpx, httpcore and msal log their requests at DEBUG
+    c = connect(cert_settings(emu, app_cert), verify=ca_context(ca))
+    try:
+        side = GraphExchange(c, ALICE, open_folder(c, ALICE, f"CertLogs {uuid.uuid4().hex[:6]}"))
+        created = side.create("account:CLOG", {"first_name": "Logged"})
+        side.read(created.item_id)
+    finally:
+        c.close()
+    assert "oauth2/v2.0/token" in caplog.text                          # the token request was logged
+    for line in _pem_body(app_cert.private_pem):
+        assert line not in caplog.text
+    assert "client_assertion=" not in caplog.text and "eyJ" not in caplog.text    # no assertion, no token
+
+
+def test_a_thumbprint_is_taken_as_openssl_prints_it_and_a_bad_one_is_named(graph_emulator, app_cert):
+    emu, ca = graph_emulator
+    pairs = [app_cert.thumbprint[i:i + 2] for i in range(0, 40, 2)]
+    for shown in (":".join(pairs).lower(), " ".join(pairs)):          # openssl's form, Windows' form
+        c = connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=shown), verify=ca_context(ca))
+        try:
+            assert open_folder(c, ALICE, "CRM Accounts")
+        finally:
+            c.close()
+    for bad in ("not-a-thumbprint", app_cert.thumbprint[:-2]):
+        with pytest.raises(ConfigError, match="exchange.certificate_thumbprint: expected .* 40 hex digits"):
+            connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_THUMBPRINT=bad))
+
+
+def test_a_certificate_file_without_its_private_key_is_named(graph_emulator, app_cert, tmp_path):
+    emu, _ = graph_emulator
+    with pytest.raises(ConfigError, match="holds no PEM private key"):
+        connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_PATH=str(app_cert.cert_pem)))
+    missing = tmp_path / "nowhere.pem"
+    with pytest.raises(ConfigError, match=f"certificate_path: cannot read {missing}"):
+        connect(cert_settings(emu, app_cert, CRMSYNC_EXCHANGE_CERTIFICATE_PATH=str(missing)))
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery
 
 from crmsync.adapters.database import init_crm, init_state, make_engine
+from tests.support.app_cert import make_app_cert
 from tests.support.emulator_proc import ca_signed_cert, free_port, start_emulator
 from tests.support.pipeline import wait_until
 from tests.support.redis_proc import start_redis
@@ -34,6 +36,7 @@ ASSISTANT_PASSWORD_ENV = "CRMSYNC_TEST_ASSISTANT_PASSWORD"
 # Microsoft Graph: the app may use every mailbox; the scoped app only bob's (RBAC for Applications)
 GRAPH_TENANT, GRAPH_APP, SCOPED_APP = "contoso.onmicrosoft.com", "doctor-app", "doctor-scoped-app"
 GRAPH_SECRET, GRAPH_SECRET_ENV = "doctor-Graph-secret-31", "CRMSYNC_TEST_GRAPH_SECRET"
+CERT_APP = "doctor-cert-app"      # the same permission, signing in with a certificate
 
 
 class Stack:
@@ -43,6 +46,7 @@ class Stack:
         self.redis.client().config_set("appendonly", "yes")     # a production-like broker
         ca, cert, key = ca_signed_cert(tmp / "tls")
         self.ca = ca
+        self.app_cert = make_app_cert(tmp / "app-cert", CERT_APP)
         self.emulator = start_emulator(tmp / "exchange", users={MAILBOX: "alice-pw", SERVICE_USER: SERVICE_PASSWORD,
                                                                            BOB: "bob-pw", ASSISTANT: ASSISTANT_PASSWORD},
                                        extra_args=["--impersonator", SERVICE_USER, "--delegate", f"{BOB}:{ASSISTANT}",
@@ -50,7 +54,9 @@ class Stack:
                                                    "--tls-key", str(key),
                                                    "--graph-app", f"{GRAPH_TENANT}:{GRAPH_APP}:{GRAPH_SECRET}",
                                                    "--graph-app", f"{GRAPH_TENANT}:{SCOPED_APP}:{GRAPH_SECRET}",
-                                                   "--graph-app-scope", f"{SCOPED_APP}:{BOB}"])
+                                                   "--graph-app-scope", f"{SCOPED_APP}:{BOB}",
+                                                   "--graph-app-cert",
+                                                   f"{GRAPH_TENANT}:{CERT_APP}:{self.app_cert.cert_pem}"])
         self.queue = f"crmsync.doctor.{uuid.uuid4().hex[:8]}"
         self.crm_url = f"sqlite:///{tmp / 'crm.db'}"
         self.state_url = f"sqlite:///{tmp / 'state.db'}"
@@ -349,6 +355,58 @@ client_secret_env = "{GRAPH_SECRET_ENV}"
 authority = "{stack.emulator.base_url}"
 graph_url = "{stack.emulator.graph_base}"
 """)
+
+
+def cert_graph_config(stack: Stack, name: str, cert) -> Path:
+    return stack.write_config(name, exchange_extra=f"""api = "graph"
+tenant_id = "{GRAPH_TENANT}"
+client_id = "{CERT_APP}"
+certificate_path = "{cert.key_pem}"
+certificate_thumbprint = "{cert.thumbprint}"
+authority = "{stack.emulator.base_url}"
+graph_url = "{stack.emulator.graph_base}"
+""")
+
+
+def assert_no_private_key(done: subprocess.CompletedProcess, *certs) -> None:
+    for cert in certs:
+        key = cert.private_pem.split("-----END PRIVATE KEY-----")[0]
+        for line in key.splitlines():
+            if line and not line.startswith("-----"):
+                assert line not in done.stdout and line not in done.stderr
+    assert "eyJ" not in done.stdout + done.stderr          # no client assertion, no token
+
+
+def test_a_graph_app_with_a_certificate_passes_the_doctor(stack):
+    done = stack.cli(cert_graph_config(stack, "graph-cert", stack.app_cert), "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert found["exchange.graph"]["status"] == "OK"
+    assert found[f"mailbox {MAILBOX}"]["status"] == "OK" and "over Graph" in found[f"mailbox {MAILBOX}"]["detail"]
+    assert_no_private_key(done, stack.app_cert)
+
+
+def test_a_certificate_not_uploaded_to_the_app_fails_the_app_check_without_printing_the_key(stack):
+    other = make_app_cert(stack.tmp / "app-cert", "not-uploaded")
+    done = stack.cli(cert_graph_config(stack, "graph-cert-wrong", other), "doctor", "--format", "json")
+    found = rows(done)
+    assert done.returncode == 1
+    graph = found["exchange.graph"]
+    assert graph["status"] == "FAIL" and "AADSTS700027" in graph["detail"] and other.thumbprint in graph["detail"]
+    assert "certificate" in graph["fix"] and "Certificates & secrets" in graph["fix"]
+    assert found[f"mailbox {MAILBOX}"]["status"] == "FAIL"
+    assert_no_private_key(done, other, stack.app_cert)
+
+
+def test_an_unreadable_or_keyless_certificate_file_is_named_with_its_fix(stack):
+    public_only = SimpleNamespace(key_pem=stack.app_cert.cert_pem, thumbprint=stack.app_cert.thumbprint)
+    missing = SimpleNamespace(key_pem=stack.tmp / "no-such.pem", thumbprint=stack.app_cert.thumbprint)
+    for cert, says in ((public_only, "holds no PEM private key"), (missing, "cannot read")):
+        done = stack.cli(cert_graph_config(stack, "graph-cert-file", cert), "doctor", "--format", "json")
+        graph = rows(done)["exchange.graph"]
+        assert done.returncode == 1
+        assert graph["status"] == "FAIL" and "exchange.certificate_path" in graph["detail"] and says in graph["detail"]
+        assert "certificate_path at a PEM file" in graph["fix"] and "client_secret_env" not in graph["fix"]
 
 
 def test_a_graph_mailbox_is_probed_over_graph(stack):

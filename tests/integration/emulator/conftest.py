@@ -41,7 +41,7 @@ def _emulator(data_dir: Path, **overrides) -> RunningEmulator:
     extra: list[str] = []
     for flag, key in (("--impersonator", "impersonators"), ("--delegate", "delegates"),
                       ("--mailbox", "mailboxes"), ("--graph-app", "graph_apps"),
-                      ("--graph-app-scope", "graph_app_scopes")):
+                      ("--graph-app-scope", "graph_app_scopes"), ("--graph-app-cert", "graph_app_certs")):
         for value in kw.get(key, ()):
             extra += [flag, value]
     for flag, key in (("--graph-token-lifetime", "graph_token_lifetime"),
@@ -69,7 +69,7 @@ def default_kwargs(**overrides) -> dict:
 @pytest.fixture
 def start_emulator(tmp_path: Path):
     """Factory: start_emulator(users=[...], no_auth=True, mailboxes=[...], tls_cert=..., tls_key=...,
-    host=..., graph_apps=[...], graph_app_scopes=[...], graph_token_lifetime=S,
+    host=..., graph_apps=[...], graph_app_scopes=[...], graph_app_certs=[...], graph_token_lifetime=S,
     graph_mailbox_concurrency=N, public_folders=True) -> RunningEmulator (defaults: alice, bob, svc impersonator, bob delegate of alice).
     All are stopped at teardown."""
     started: list[RunningEmulator] = []

@@ -98,6 +98,17 @@ def translate(status: int, headers: Mapping[str, str], body: Any, where: str,
     return Transient(f"{where}: unexpected HTTP {status} ({text})")
 
 
+class _MsalHttp(httpx.Client):
+    """httpx for msal's token requests. msal hands a certificate credential's ``client_assertion``
+    over as bytes (``requests`` form-encodes bytes as their text); httpx would send ``str(bytes)``,
+    the ``b'eyJ...'`` that Entra ID refuses as a malformed JWT. Bytes form values are decoded here."""
+
+    def post(self, url: Any, *, data: Any = None, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        if isinstance(data, Mapping):
+            data = {k: v.decode("ascii") if isinstance(v, bytes) else v for k, v in data.items()}
+        return super().post(url, data=data, **kwargs)
+
+
 class GraphClient:
     """Authenticated Graph requests for one app registration, shared by all its mailboxes."""
 
@@ -128,7 +139,7 @@ class GraphClient:
         if self._msal is None:
             # msal speaks through a requests-like client; httpx's Client is one, and it uses
             # the same TLS trust as the Graph requests.
-            self._msal_http = httpx.Client(verify=self._verify, timeout=self._timeout)
+            self._msal_http = _MsalHttp(verify=self._verify, timeout=self._timeout)
             self._msal = msal.ConfidentialClientApplication(
                 self.client_id, client_credential=self._credential, authority=self.authority,
                 http_client=self._msal_http, instance_discovery=False)

@@ -8,6 +8,7 @@ a message.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -43,7 +44,7 @@ def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url:
         if "PRIVATE KEY" not in pem:
             raise ConfigError(f"config key exchange.certificate_path: {settings.certificate_path} holds no PEM "
                               "private key (export the certificate with its key, as PEM)")
-        credential = {"private_key": pem, "thumbprint": str(settings.certificate_thumbprint)}
+        credential = {"private_key": pem, "thumbprint": _thumbprint(str(settings.certificate_thumbprint))}
     else:
         credential = settings.client_secret()
     limiter = None
@@ -59,6 +60,17 @@ def connect(settings: ExchangeSettings, *, verify: Any = None, shared_limit_url:
         timeout_s=settings.timeout_s, max_wait_s=settings.max_wait_s,
         mailbox_concurrency=settings.mailbox_concurrency, limiter=limiter,
     )
+
+
+def _thumbprint(text: str) -> str:
+    """The certificate's SHA-1 thumbprint as 40 hex digits; the separators Windows' certificate
+    dialogs and ``openssl x509 -fingerprint`` put in (spaces, colons) are dropped."""
+    digits = re.sub(r"[\s:]", "", text).upper()
+    if not re.fullmatch(r"[0-9A-F]{40}", digits):
+        raise ConfigError("config key exchange.certificate_thumbprint: expected the certificate's SHA-1 thumbprint, "
+                          "40 hex digits as Entra ID shows it under Certificates & secrets "
+                          "(openssl x509 -noout -fingerprint -sha1 -in CERT.pem)")
+    return digits
 
 
 def user_path(mailbox: str) -> str:
