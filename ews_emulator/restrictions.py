@@ -13,7 +13,7 @@ from lxml import etree
 
 from .contact_xml import localname
 from .registry import EwsError, t
-from .text_index import loose, strip_marks
+from .text_index import loose, plain_text, strip_marks
 
 Getter = Callable[[Any, etree._Element], Any]   # (object, FieldURI-ish element) -> value(s) or None
 URI_TAGS = ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")
@@ -134,14 +134,9 @@ def _comparison(name: str) -> Callable[[str], str]:
     return lambda text: text
 
 
-def _plain_text(value: str) -> bool:
-    """A constant that can only equal a stored value as case-insensitive text (neither a number
-    nor a boolean for ``_norm``): equality with it is ``casefold() ==``, so a set can hold it."""
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return value.lower() not in ("true", "false") and value.casefold() not in ("true", "false")
-    return False
+#: A constant that can only equal a stored value as case-insensitive text: equality with it is
+#: ``casefold() ==``, so a set can hold it.
+_plain_text = plain_text
 
 
 def _equality_target(elem: etree._Element) -> tuple[tuple, etree._Element, str] | None:

@@ -135,18 +135,20 @@ class Store:
         self._indexes: set[str] = set()      # expression indexes known to exist (folder_items_by_ext)
         conn = self._conn()
         conn.executescript(SCHEMA)
+        indexed = self.get_meta("item_text") == text_index.VERSION
+        if not indexed:
+            conn.execute("DROP TABLE IF EXISTS item_text")
         conn.executescript(text_index.SCHEMA)
-        if self.get_meta("item_text") != "1":
+        if not indexed:
             self._reindex_text()
 
     def _reindex_text(self) -> None:
         """Build the text index (``text_index``) of every stored item: a store made before it
-        existed gets it on first open."""
+        existed (or with an older form of it) gets it on first open."""
         with self.write() as tx:
-            tx.conn.execute("DELETE FROM item_text")
             for item_id, folder_id, data in tx.conn.execute("SELECT id, folder_id, data FROM items").fetchall():
                 text_index.index_item(tx.conn, item_id, folder_id, json.loads(data))
-            tx.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('item_text', '1')")
+            tx.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('item_text', ?)", (text_index.VERSION,))
 
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

@@ -1,13 +1,15 @@
 """A text index of the items' properties, so that a FindItem restriction made of Contains
 expressions is answered without decoding every item of the folder.
 
-Every write of an item (``store.WriteTx``) stores, in the same transaction, one row per text
-value a restriction can read of it (what ``contact_xml.field_value`` gives for a FieldURI,
-IndexedFieldURI or ExtendedFieldURI) in the table ``item_text``, keyed by the property and
-folded by :func:`loose` (case folded, non-spacing marks dropped). A Contains asks SQLite for the
-items of the folder whose folded value holds the folded constant: a superset of the items it
-matches (see :func:`candidates`). The restriction itself is then evaluated as before, on those
-items only, so results are exactly those of a full scan.
+Every write of an item (``store.WriteTx``) stores, in the same transaction, one row per item in
+the table ``item_text``: the text values a restriction can read of it (what
+``contact_xml.field_value`` gives for a FieldURI, IndexedFieldURI or ExtendedFieldURI), folded by
+:func:`loose` (case folded, non-spacing marks dropped), as one text of segments
+``<RS>key<US>value<GS>value...<RS>``. A restriction made of Contains (under And and Or) becomes
+one SQL condition on that text, which SQLite evaluates over the folder's rows: the items whose
+folded property holds the folded constant, a superset of the items the restriction matches (see
+:func:`candidates`). The restriction itself is then evaluated as before on those items only, so
+results are exactly those of a full scan.
 """
 
 from __future__ import annotations
@@ -22,17 +24,22 @@ from .contact_xml import COMPUTED, ext_key, localname, uri_to_element
 #: FieldURIs that field_value answers from the item's row, not its data: never indexed.
 _ROW_FIELDS = frozenset({"ItemId", *COMPUTED})
 
+#: The form of the index a store holds (meta ``item_text``); another is rebuilt on open.
+VERSION = "2"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_text (
+    item_id TEXT PRIMARY KEY,
     folder_id TEXT NOT NULL,
-    field TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    loose TEXT NOT NULL,
-    PRIMARY KEY (folder_id, field, item_id, n)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS item_text_item ON item_text(item_id);
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS item_text_folder ON item_text(folder_id);
 """
+
+#: Separators of the indexed text (ASCII RS, US, GS): a key or constant holding one is not indexed,
+#: and in values they are written as GS (a constant without them cannot match across them).
+RS, US, GS = "\x1e", "\x1f", "\x1d"
+_SEPARATORS = str.maketrans({RS: GS, US: GS})
 
 
 def strip_marks(text: str) -> str:
@@ -47,6 +54,8 @@ def loose(text: str) -> str:
     compares. Folding keeps containment (a substring folds to a substring of the folded text:
     each step works character by character, and the marks canonical reordering moves are all
     dropped), which is what makes the index a superset for Exact and IgnoreCase too."""
+    if text.isascii():
+        return text.lower()          # the same, without the per-character work
     return strip_marks(text.casefold())
 
 
@@ -94,10 +103,24 @@ def text_fields(data: dict) -> Iterator[tuple[str, str]]:
 
 
 def index_item(conn, item_id: str, folder_id: str, data: dict) -> None:
-    """(Re)write the index rows of one item (inside the caller's transaction)."""
-    conn.execute("DELETE FROM item_text WHERE item_id=?", (item_id,))
-    conn.executemany("INSERT INTO item_text(folder_id, field, item_id, n, loose) VALUES (?,?,?,?,?)",
-                     [(folder_id, key, item_id, n, loose(v)) for n, (key, v) in enumerate(text_fields(data))])
+    """(Re)write the index row of one item (inside the caller's transaction)."""
+    fields: dict[str, list[str]] = {}
+    for key, value in text_fields(data):
+        if RS not in key and US not in key:
+            fields.setdefault(key, []).append(loose(value).translate(_SEPARATORS))
+    doc = RS + "".join(f"{key}{US}{GS.join(values)}{RS}" for key, values in fields.items())
+    conn.execute("INSERT OR REPLACE INTO item_text(item_id, folder_id, doc) VALUES (?,?,?)",
+                 (item_id, folder_id, doc))
+
+
+def plain_text(value: str) -> bool:
+    """A constant that can only equal a stored value as case-insensitive text (neither a number
+    nor a boolean for restrictions' comparisons)."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return value.lower() not in ("true", "false") and value.casefold() not in ("true", "false")
+    return False
 
 
 #: ContainmentComparison values whose matches all hold the folded constant in the folded value
@@ -109,36 +132,52 @@ _INDEXED_COMPARISONS = frozenset({"Exact", "IgnoreCase", "IgnoreCaseAndNonSpacin
 
 def candidates(execute, folder_id: str, elem: etree._Element | None) -> set[str] | None:
     """Ids of the folder's items that may satisfy the restriction ``elem`` (every one that does
-    is among them), from the index; None when the index cannot narrow it (the caller scans).
-    ``execute`` runs a read on the caller's connection (inside its snapshot)."""
-    memo: dict[tuple[str, str], set[str]] = {}
+    is among them): Contains, and IsEqualTo against text, under And and Or, from the index in one
+    SQL query; None when the index cannot narrow it (the caller scans). ``execute`` runs a read on the caller's connection (inside its snapshot)."""
+    params: list = []
 
-    def walk(e: etree._Element) -> set[str] | None:
+    def leaf(key: str, needle: str) -> str:
+        # the segment of ``key``: from after its marker to the next RS; it must hold the needle
+        marker = f"{RS}{key}{US}"
+        params.extend([needle, marker, marker, len(marker), marker, len(marker), needle])
+        rest = "substr(doc, instr(doc, ?) + ?)"
+        return (f"(instr(doc, ?) > 0 AND instr(doc, ?) > 0 AND"
+                f" instr(substr({rest}, 1, instr({rest}, char(30)) - 1), ?) > 0)")
+
+    def walk(e: etree._Element) -> str | None:
         name = localname(e.tag)
         kids = [c for c in e if isinstance(c.tag, str)]
         if name == "Restriction":
             return walk(kids[0]) if len(kids) == 1 else None
         if name == "And":
             found = [s for s in (walk(k) for k in kids) if s is not None]
-            return set.intersection(*found) if found else None
+            return "(" + " AND ".join(found) + ")" if found else None
         if name == "Or":
             found = [walk(k) for k in kids]
             if not found or any(s is None for s in found):
                 return None
-            return set().union(*found)
-        if name != "Contains" or e.get("ContainmentComparison", "Exact") not in _INDEXED_COMPARISONS:
-            return None
+            return "(" + " OR ".join(found) + ")"   # type: ignore[arg-type]
         uri = next((k for k in kids if localname(k.tag) in ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")),
                    None)
-        const = next((k for k in kids if localname(k.tag) == "Constant"), None)
-        key = field_key(uri) if uri is not None else None
-        if key is None:
+        if name == "Contains" and e.get("ContainmentComparison", "Exact") in _INDEXED_COMPARISONS:
+            const = next((k for k in kids if localname(k.tag) == "Constant"), None)
+        elif name == "IsEqualTo":
+            # equal as case-insensitive text (restrictions._norm): the folded value holds it
+            holder = next((k for k in kids if localname(k.tag) == "FieldURIOrConstant"), None)
+            const = next((k for k in holder if isinstance(k.tag, str) and localname(k.tag) == "Constant"),
+                         None) if holder is not None else None
+            if const is None or not plain_text(const.get("Value", "")):
+                return None
+        else:
             return None
+        key = field_key(uri) if uri is not None else None
         needle = loose(const.get("Value", "") if const is not None else "")
-        if (key, needle) not in memo:
-            memo[(key, needle)] = {r[0] for r in execute(
-                "SELECT item_id FROM item_text WHERE folder_id=? AND field=? AND instr(loose, ?)>0",
-                (folder_id, key, needle))}
-        return memo[(key, needle)]
+        if key is None or any(sep in key or sep in needle for sep in (RS, US, GS)):
+            return None
+        return leaf(key, needle)
 
-    return walk(elem) if elem is not None else None
+    where = walk(elem) if elem is not None else None
+    if where is None:
+        return None
+    return {r[0] for r in execute(f"SELECT item_id FROM item_text WHERE folder_id=? AND {where}",
+                                  (folder_id, *params))}

@@ -1,4 +1,4 @@
-"""FindItem with Contains restrictions through exchangelib: the emulator's text index (issue 12)
+"""FindItem with Contains and IsEqualTo restrictions through exchangelib: the emulator's text index (issue 12)
 gives exactly what evaluating the restriction on every item gives, after creates, updates,
 moves and deletes, and on a store made before the index existed; and Contains with
 ContainmentComparison="IgnoreCaseAndNonSpacingCharacters" ignores case and accents, as the EWS
@@ -80,6 +80,12 @@ def _check(account, items: list[Contact]) -> None:
         items, lambda c: any("0000011" in p.phone_number for p in c.phone_numbers or ()))
     assert _names(f.filter(categories__contains="Group 2")) == _expected(
         items, lambda c: "Group 2" in (c.categories or ()))
+    assert _names(f.filter(surname="müller")) == _expected(items, lambda c: c.surname.casefold() == "müller")
+    similar = Q(email_addresses__EmailAddress1="ZOË.1@example.org") | Q(surname="smith") | Q(surname="Nobody")
+    assert _names(f.filter(similar)) == _expected(items, lambda c: c.surname.casefold() == "smith" or any(
+        e.email.casefold() == "zoë.1@example.org" for e in c.email_addresses or ()))
+    assert _names(f.filter(Q(surname="Bronte") & Q(given_name__icontains="zo"))) == _expected(
+        items, lambda c: c.surname.casefold() == "bronte" and "zo" in c.given_name.casefold())
     assert _names(f.filter(company_name__icontains="")) == _expected(items, lambda c: c.company_name is not None)
 
 
