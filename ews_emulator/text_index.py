@@ -133,7 +133,8 @@ _INDEXED_COMPARISONS = frozenset({"Exact", "IgnoreCase", "IgnoreCaseAndNonSpacin
 def candidates(execute, folder_id: str, elem: etree._Element | None) -> set[str] | None:
     """Ids of the folder's items that may satisfy the restriction ``elem`` (every one that does
     is among them): Contains, and IsEqualTo against text, under And and Or, from the index in one
-    SQL query; None when the index cannot narrow it (the caller scans). ``execute`` runs a read on the caller's connection (inside its snapshot)."""
+    SQL query; None when the index cannot narrow it (the caller scans). ``execute`` runs a read
+    on the caller's connection (inside its snapshot)."""
     params: list = []
 
     def leaf(key: str, needle: str) -> str:
