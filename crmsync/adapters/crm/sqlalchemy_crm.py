@@ -23,9 +23,11 @@ from typing import Any, Literal
 from sqlalchemy import (
     Connection,
     Engine,
+    LargeBinary,
     Select,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     func,
@@ -143,9 +145,6 @@ def _fold_map() -> tuple[tuple[str, str], ...]:
     return tuple(out) + tuple((c, "") for c in _DROPPED)
 
 
-#: A value that may fold otherwise than lower() folds it: one with a character outside plain
-#: ASCII, or an apostrophe (SQLite GLOB class).
-_FOLDABLE = "*[^ -&(-_a-~]*"
 #: The SQL function SQLite folds with (registered on the connection of each search).
 _SQLITE_FOLD = "crmsync_fold"
 
@@ -155,31 +154,49 @@ def _fold_text(value: str | None) -> str | None:
     return None if value is None else " ".join(fold(value))
 
 
-def _folded_holds(col: Any, token: str, dialect: str) -> Any:
-    """``col`` folded as the matcher folds it (``matching.fold``) holds the folded word ``token``,
-    in SQL. PostgreSQL: lower(), then one translate() for the one-letter foldings and replace()
-    for the few longer ones (ß, æ, œ, þ), all in the server. SQLite has no translate and a
-    shallow parser: the function ``crmsync_fold`` (``matching.fold`` itself), called only on the
-    values that hold a non-ASCII character or an apostrophe (a GLOB test first); in the others
-    lower() is the fold (the folded word is plain ASCII)."""
+def _pg_folded(col: Any) -> Any:
+    """PostgreSQL: ``col`` folded as the matcher folds it, all in the server: lower(), one
+    translate() for the one-letter foldings (and the dropped marks), replace() for the few
+    longer ones (ß, æ, œ, þ)."""
+    pairs = _fold_map()
+    single = [(c, f) for c, f in pairs if len(f) <= 1]
+    src = "".join(c for c, f in single if f) + "".join(c for c, f in single if not f)
+    expr = func.translate(func.lower(col), src, "".join(f for _, f in single if f))
+    for c, f in pairs:
+        if len(f) > 1:
+            expr = func.replace(expr, c, f)
+    return expr
+
+
+def _sqlite_foldable(col: Any) -> Any:
+    """SQLite: ``col`` may fold otherwise than lower() folds it: it holds a character outside
+    ASCII (more bytes than characters) or an apostrophe. Only those values are folded in Python."""
+    return or_(func.length(cast(col, LargeBinary)) != func.length(col), func.instr(col, "'") > 0,
+               func.instr(col, "`") > 0)
+
+
+def _folded_where(cols: list[Any], tokens: tuple[str, ...], plain: bool, dialect: str) -> Any:
+    """Every folded word of ``tokens`` is held by one of ``cols`` folded as the matcher folds them
+    (``matching.fold``: "Zoe" finds "Zoë" and "Zoë" finds "Zoe"). PostgreSQL folds in SQL
+    (``_pg_folded``). SQLite has no translate() and too shallow a parser for a chain of
+    replace(): the values that may fold otherwise than lower() (``_sqlite_foldable``, tested
+    first) go through ``crmsync_fold`` (``matching.fold`` itself); in the other values lower()
+    is the fold, and when the query's words are already its folded words (``plain``) the
+    case-insensitive LIKE beside this condition finds them."""
     if dialect == "postgresql":
-        pairs = _fold_map()
-        single = [(c, f) for c, f in pairs if len(f) <= 1]
-        src = "".join(c for c, f in single if f) + "".join(c for c, f in single if not f)
-        expr = func.translate(func.lower(col), src, "".join(f for _, f in single if f))
-        for c, f in pairs:
-            if len(f) > 1:
-                expr = func.replace(expr, c, f)
-        return func.strpos(expr, token) > 0
-    return or_(func.instr(func.lower(col), token) > 0,
-               and_(col.op("GLOB")(_FOLDABLE), func.instr(getattr(func, _SQLITE_FOLD)(col), token) > 0))
+        return and_(*(or_(*(func.strpos(_pg_folded(c), w) > 0 for c in cols)) for w in tokens))
+    folded = [getattr(func, _SQLITE_FOLD)(c) for c in cols]
+    odd = or_(*(_sqlite_foldable(c) for c in cols))
+    if plain:
+        return and_(odd, *(or_(*(func.instr(f, w) > 0 for f in folded)) for w in tokens))
+    return and_(*(or_(*(func.instr(func.lower(c), w) > 0 for c in cols),
+                      and_(odd, or_(*(func.instr(f, w) > 0 for f in folded)))) for w in tokens))
 
 
 def _search_where(table: Any, terms: SearchTerms, dialect: str) -> Any:
     """The WHERE of ``SqlCrm.search`` on ``accounts`` or ``contacts`` (a contact's company is its
     account's: a contact is found by its own name, e-mail or phone). Names and company are also
-    compared folded (``_folded_holds``: "Zoe" finds "Zoë" and "Zoë" finds "Zoe"), each folded
-    word of the query as the matcher folds it."""
+    compared folded (``_folded_where``), each folded word of the query as the matcher folds it."""
     cols = table.c
     parts = []
     if terms.words:
@@ -189,9 +206,11 @@ def _search_where(table: Any, terms: SearchTerms, dialect: str) -> Any:
             parts.append(and_(*(cols.company_name.icontains(w, autoescape=True) for w in terms.words)))
         tokens = fold(terms.text)
         if tokens:
-            parts.append(and_(*(or_(*(_folded_holds(c, w, dialect) for c in names)) for w in tokens)))
+            plain = tokens == terms.words
+            tokens = tuple(sorted(set(tokens), key=len, reverse=True))   # the rarest first: SQL stops early
+            parts.append(_folded_where(names, tokens, plain, dialect))
             if "company_name" in cols:
-                parts.append(and_(*(_folded_holds(cols.company_name, w, dialect) for w in tokens)))
+                parts.append(_folded_where([cols.company_name], tokens, plain, dialect))
     mails = [c for c in (cols.get("email"), cols.get("email2")) if c is not None]
     parts.extend(c.icontains(terms.text, autoescape=True) for c in mails)
     if terms.digits:
