@@ -135,29 +135,48 @@ def candidates(execute, folder_id: str, elem: etree._Element | None) -> set[str]
     is among them): Contains, and IsEqualTo against text, under And and Or, from the index in one
     SQL query; None when the index cannot narrow it (the caller scans). ``execute`` runs a read
     on the caller's connection (inside its snapshot)."""
-    params: list = []
+    params: dict[str, object] = {}
 
-    def leaf(key: str, needle: str) -> str:
-        # the segment of ``key``: from after its marker to the next RS; it must hold the needle
+    names: dict[tuple[type, object], str] = {}
+
+    def bind(value: object) -> str:
+        # one parameter per distinct value, so that equal tests read the same and are written once
+        key = (type(value), value)
+        if key not in names:
+            names[key] = f"p{len(names)}"
+            params[names[key]] = value
+        return f":{names[key]}"
+
+    def leaf(key: str, needle: str) -> tuple[list[str], str]:
+        # cheap: the text holds the needle somewhere; then the first occurrence of the needle
+        # after the key's marker comes before the segment's end (the needle holds no RS)
         marker = f"{RS}{key}{US}"
-        params.extend([needle, marker, marker, len(marker), marker, len(marker), needle])
-        rest = "substr(doc, instr(doc, ?) + ?)"
-        return (f"(instr(doc, ?) > 0 AND instr(doc, ?) > 0 AND"
-                f" instr(substr({rest}, 1, instr({rest}, char(30)) - 1), ?) > 0)")
+        n, m = bind(needle), bind(marker)
+        rest = f"substr(doc, instr(doc, {m}) + {bind(len(marker))})"
+        pre = f"instr(doc, {n}) > 0"
+        return [pre], f"({pre} AND instr(doc, {m}) > 0 AND instr({rest}, {n}) BETWEEN 1 AND instr({rest}, char(30)))"
 
-    def walk(e: etree._Element) -> str | None:
+    def walk(e: etree._Element) -> tuple[list[str], str] | None:
+        """(cheap conditions the expression implies, the expression), or None."""
         name = localname(e.tag)
         kids = [c for c in e if isinstance(c.tag, str)]
         if name == "Restriction":
             return walk(kids[0]) if len(kids) == 1 else None
         if name == "And":
-            found = [s for s in (walk(k) for k in kids) if s is not None]
-            return "(" + " AND ".join(found) + ")" if found else None
+            found = [f for f in (walk(k) for k in kids) if f is not None]
+            if not found:
+                return None
+            pres = list(dict.fromkeys(p for f in found for p in f[0]))
+            return pres, "(" + " AND ".join(pres + [f[1] for f in found]) + ")"   # the cheap tests first
         if name == "Or":
             found = [walk(k) for k in kids]
-            if not found or any(s is None for s in found):
+            if not found or any(f is None for f in found):
                 return None
-            return "(" + " OR ".join(found) + ")"   # type: ignore[arg-type]
+            full = "(" + " OR ".join(f[1] for f in found) + ")"   # type: ignore[index]
+            if any(not f[0] for f in found):                        # type: ignore[index]
+                return [], full
+            pre = "(" + " OR ".join(dict.fromkeys(" AND ".join(f[0]) for f in found)) + ")"   # type: ignore[index]
+            return [pre], f"({pre} AND {full})"
         uri = next((k for k in kids if localname(k.tag) in ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")),
                    None)
         if name == "Contains" and e.get("ContainmentComparison", "Exact") in _INDEXED_COMPARISONS:
@@ -180,5 +199,5 @@ def candidates(execute, folder_id: str, elem: etree._Element | None) -> set[str]
     where = walk(elem) if elem is not None else None
     if where is None:
         return None
-    return {r[0] for r in execute(f"SELECT item_id FROM item_text WHERE folder_id=? AND {where}",
-                                  (folder_id, *params))}
+    return {r[0] for r in execute(f"SELECT item_id FROM item_text WHERE folder_id={bind(folder_id)} AND {where[1]}",
+                                  params)}
