@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from lxml import etree
 
+from . import text_index
 from .contact_xml import (
     INDEXED,
     ITEM_CLASS_BY_TAG,
@@ -161,7 +162,8 @@ def _matching(ctx: Context, folder_id: str, restriction: etree._Element | None, 
         ids = _ids_by_extended_value(ctx, folder_id, ext_key(dict(lookup[0].attrib)), lookup[1])
         if ids is not None:
             return ctx.store.get_items(ids) if order is not None else [{"id": i} for i in ids]
-    return [i for i in _items_for_query(ctx, folder_id, restriction, order) if pred(i)]
+    narrowed = text_index.candidates(ctx.store.execute, folder_id, restriction)
+    return [i for i in _items_for_query(ctx, folder_id, restriction, order, ids=narrowed) if pred(i)]
 
 
 def _ids_by_extended_value(ctx: Context, folder_id: str, key: str, wanted: frozenset[str]) -> list[str] | None:
@@ -219,17 +221,29 @@ def _remember(ctx: Context, folder_id: str, key: str, values: dict[str, tuple[st
 _EXT_VALUES = "item_ops.extended_values"
 
 
-def _items_for_query(ctx: Context, folder_id: str, *query: etree._Element | None) -> list[dict]:
-    """The folder's items in creation order, each holding only the parts of its data that the
-    restriction and sort order read (SQLite extracts them), so a query over a large folder
-    does not decode every whole item; the page that is returned is read in full afterwards."""
+def _items_for_query(ctx: Context, folder_id: str, *query: etree._Element | None,
+                     ids: set[str] | None = None) -> list[dict]:
+    """The folder's items in creation order (only those among ``ids`` when given: what the text
+    index left of the folder), each holding only the parts of its data that the restriction
+    and sort order read (SQLite extracts them), so a query over a large folder does not decode
+    every whole item; the page that is returned is read in full afterwards."""
     parts = sorted({p for u in referenced_uris(*query) for p in _DATA_PARTS[localname(u.tag)]})
     picked = "".join(f", json_extract(data, '$.{p}') AS part_{p}" for p in parts)
-    rows = ctx.store.execute(f"SELECT id, mailbox, folder_id, change_key, item_class, created, modified{picked}"
-                             " FROM items WHERE folder_id=? ORDER BY created, rowid", (folder_id,))
+    select = f"SELECT rowid AS _rowid, id, mailbox, folder_id, change_key, item_class, created, modified{picked} FROM items"
+    if ids is None:
+        rows = list(ctx.store.execute(f"{select} WHERE folder_id=? ORDER BY created, rowid", (folder_id,)))
+    else:
+        wanted = sorted(ids)
+        rows = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows += ctx.store.execute(f"{select} WHERE folder_id=? AND id IN ({','.join('?' * len(chunk))})",
+                                      (folder_id, *chunk)).fetchall()
+        rows.sort(key=lambda r: (r["created"], r["_rowid"]))
     out = []
     for row in rows:
         item = dict(row)
+        del item["_rowid"]
         data = {}
         for p in parts:
             raw = item.pop(f"part_{p}")

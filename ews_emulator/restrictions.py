@@ -13,6 +13,7 @@ from lxml import etree
 
 from .contact_xml import localname
 from .registry import EwsError, t
+from .text_index import loose, plain_text, strip_marks
 
 Getter = Callable[[Any, etree._Element], Any]   # (object, FieldURI-ish element) -> value(s) or None
 URI_TAGS = ("FieldURI", "IndexedFieldURI", "ExtendedFieldURI")
@@ -89,15 +90,15 @@ def compile_restriction(elem: etree._Element | None, getter: Getter) -> Callable
         const = elem.find(t("Constant"))
         needle = const.get("Value", "") if const is not None else ""
         mode = elem.get("ContainmentMode", "Substring")
-        exact = elem.get("ContainmentComparison", "Exact") == "Exact"
-        n = needle if exact else needle.casefold()
+        fold = _comparison(elem.get("ContainmentComparison", "Exact"))
+        n = fold(needle)
 
         def contains(obj: Any) -> bool:
             got = getter(obj, uri)
             if got is None:
                 return False
             for v in got if isinstance(got, list) else [got]:
-                h = v if exact else v.casefold()
+                h = fold(v)
                 if mode == "FullString" and h == n:
                     return True
                 if mode == "Prefixed" and h.startswith(n):
@@ -116,14 +117,26 @@ def compile_restriction(elem: etree._Element | None, getter: Getter) -> Callable
     raise EwsError("ErrorUnsupportedQueryFilter", f"The restriction {name} is not supported.")
 
 
-def _plain_text(value: str) -> bool:
-    """A constant that can only equal a stored value as case-insensitive text (neither a number
-    nor a boolean for ``_norm``): equality with it is ``casefold() ==``, so a set can hold it."""
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return value.lower() not in ("true", "false") and value.casefold() not in ("true", "false")
-    return False
+def _comparison(name: str) -> Callable[[str], str]:
+    """How a Contains with ContainmentComparison ``name`` folds both sides before comparing:
+    Exact as is; IgnoreCase case folded; IgnoreNonSpacingCharacters without non-spacing
+    characters (decomposed, combining marks dropped: "Zoë" -> "Zoe"); IgnoreCaseAndNonSpacingCharacters
+    both. The Loose values ("to be removed", EWS reference) ignore case, as before, and the
+    non-spacing characters their name says."""
+    ignore_case = "IgnoreCase" in name or name == "Loose"
+    ignore_marks = "NonSpac" in name or "IgnoreNonSpace" in name
+    if ignore_case and ignore_marks:
+        return loose
+    if ignore_marks:
+        return strip_marks
+    if ignore_case:
+        return str.casefold
+    return lambda text: text
+
+
+#: A constant that can only equal a stored value as case-insensitive text: equality with it is
+#: ``casefold() ==``, so a set can hold it.
+_plain_text = plain_text
 
 
 def _equality_target(elem: etree._Element) -> tuple[tuple, etree._Element, str] | None:

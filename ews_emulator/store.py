@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from . import text_index
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (
     id TEXT PRIMARY KEY,
@@ -133,6 +135,20 @@ class Store:
         self._indexes: set[str] = set()      # expression indexes known to exist (folder_items_by_ext)
         conn = self._conn()
         conn.executescript(SCHEMA)
+        indexed = self.get_meta("item_text") == text_index.VERSION
+        if not indexed:
+            conn.execute("DROP TABLE IF EXISTS item_text")
+        conn.executescript(text_index.SCHEMA)
+        if not indexed:
+            self._reindex_text()
+
+    def _reindex_text(self) -> None:
+        """Build the text index (``text_index``) of every stored item: a store made before it
+        existed (or with an older form of it) gets it on first open."""
+        with self.write() as tx:
+            for item_id, folder_id, data in tx.conn.execute("SELECT id, folder_id, data FROM items").fetchall():
+                text_index.index_item(tx.conn, item_id, folder_id, json.loads(data))
+            tx.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('item_text', ?)", (text_index.VERSION,))
 
     # -- connections ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -398,6 +414,7 @@ class WriteTx:
             self.delete_folder(child)
         for (item_id,) in self.conn.execute("SELECT id FROM items WHERE folder_id=?", (folder["id"],)).fetchall():
             self.conn.execute("DELETE FROM items WHERE id=?", (item_id,))
+            self.conn.execute("DELETE FROM item_text WHERE item_id=?", (item_id,))
             self._journal(folder["mailbox"], folder["id"], item_id, "delete", None)
         self.conn.execute("DELETE FROM folders WHERE id=?", (folder["id"],))
         self.conn.execute("DELETE FROM folder_props WHERE folder_id=?", (folder["id"],))
@@ -413,6 +430,7 @@ class WriteTx:
             " VALUES (?,?,?,?,?,?,?,?)",
             (item["id"], item["mailbox"], folder_id, item["change_key"], item_class,
              json.dumps(data, ensure_ascii=False, separators=(",", ":")), self.ts, self.ts))
+        text_index.index_item(self.conn, item["id"], folder_id, data)
         self._journal(item["mailbox"], folder_id, item["id"], "create", item["change_key"])
         return item
 
@@ -423,6 +441,7 @@ class WriteTx:
                           (json.dumps(data, ensure_ascii=False, separators=(",", ":")), ck, self.ts,
                            item["id"]))
         item.update(data=data, change_key=ck, modified=self.ts)
+        text_index.index_item(self.conn, item["id"], item["folder_id"], data)
         self._journal(item["mailbox"], item["folder_id"], item["id"], "update", ck)
         return ck
 
@@ -432,6 +451,7 @@ class WriteTx:
         old = item["folder_id"]
         self.conn.execute("UPDATE items SET folder_id=?, change_key=?, modified=? WHERE id=?",
                           (folder_id, ck, self.ts, item["id"]))
+        self.conn.execute("UPDATE item_text SET folder_id=? WHERE item_id=?", (folder_id, item["id"]))
         self._journal(item["mailbox"], old, item["id"], "delete", None)
         self._journal(item["mailbox"], folder_id, item["id"], "create", ck, old_folder_id=old)
         item.update(folder_id=folder_id, change_key=ck, modified=self.ts)
@@ -439,4 +459,5 @@ class WriteTx:
 
     def delete_item(self, item: dict) -> None:
         self.conn.execute("DELETE FROM items WHERE id=?", (item["id"],))
+        self.conn.execute("DELETE FROM item_text WHERE item_id=?", (item["id"],))
         self._journal(item["mailbox"], item["folder_id"], item["id"], "delete", None)

@@ -858,3 +858,24 @@ def test_a_hard_delete_leaves_nothing_in_deleted_items(ews_side, ews_folder) -> 
     assert ews_side.read(hard.item_id) is None and ews_side.find_by_crm_key("account:HARD") is None
     assert ews_side.find_deleted_by_crm_key("account:HARD") is None
     assert ews_side.find_deleted_by_crm_key("account:SOFT") is not None
+
+
+def test_search_ignores_accents_as_exchange_can(ews_side):
+    """The folder search (issue 12) asks Exchange to ignore case and non-spacing characters:
+    "zoe" finds "Zoë", "Zoë" finds "Zoe", "muller" finds "Müller"; a letter that is not a base
+    letter plus a mark (ø) stays itself, as in Exchange."""
+    from crmsync.core.matching import search_terms
+
+    zoe = ews_side.create("account:ACC1", {"first_name": "Zoë", "last_name": "Brontë", "email": "z1@x.example"})
+    zoe2 = ews_side.create("account:ACC2", {"first_name": "Zoe", "last_name": "Muller", "email": "z2@x.example"})
+    mu = ews_side.create("account:ACC3", {"first_name": "Anna", "last_name": "Müller", "company_name": "Café Noël"})
+    soren = ews_side.create("account:ACC4", {"first_name": "Søren", "last_name": "Kierkegaard"})
+
+    def found(text: str) -> set[str]:
+        return {r.item_id for r in ews_side.search(search_terms(text))}
+
+    assert found("zoe") == found("Zoë") == found("ZOË") == {zoe.item_id, zoe2.item_id}
+    assert found("bronte") == {zoe.item_id}
+    assert found("muller") == found("Müller") == {zoe2.item_id, mu.item_id}
+    assert found("cafe noel") == {mu.item_id}
+    assert found("søren") == {soren.item_id} and found("soren") == set()

@@ -122,3 +122,34 @@ def test_the_crm_search_finds_records_by_name_company_email_or_phone_within_a_li
     assert found("100%") == {"account:A-3"} and found("_") == {"account:A-3"}   # not "any character"
     assert found("nobody") == set()
     assert len(found("limit", limit=3)) == 3 and len(found("limit")) == 5
+
+
+def test_the_crm_search_ignores_accents_both_ways(crm_engine: Engine, crm_dbapi) -> None:
+    """The Link page's CRM search folds accents as the matcher does (issue 12): "Zoe" finds
+    "Zoë" and "Zoë" finds "Zoe", in any case, "obrien" finds "O'Brien", "strasse" finds
+    "Straße"; still one bounded SQL query per table."""
+    from crmsync.core.matching import search_terms
+
+    run_sql(
+        crm_dbapi,
+        "INSERT INTO accounts (account_no, first_name, last_name, company_name) VALUES "
+        "('B-1', 'Zoë', 'Brontë', 'Café Noël'), ('B-2', 'Zoe', 'Bronte', 'Cafe Noel'), "
+        "('B-3', 'ZOË', 'O''Brien', 'Straße AG'), ('B-4', 'Søren', 'Łukasz', NULL), "
+        "('B-5', 'Zoltan', 'Other', NULL)",
+        "INSERT INTO contacts (account_id, first_name, last_name) "
+        "SELECT id, 'Renée', 'Dupré' FROM accounts WHERE account_no = 'B-5'",
+    )
+    crm = SqlCrm(crm_engine)
+
+    def found(text: str, limit: int = 200) -> set[str]:
+        return {k for k in crm.search(search_terms(text), limit) if k.startswith("account:")}
+
+    zoes = {"account:B-1", "account:B-2", "account:B-3"}
+    assert found("zoe") == found("Zoë") == found("ZOË") == found("zoé") == zoes
+    assert found("zoe bronte") == found("Zoë Brontë") == {"account:B-1", "account:B-2"}
+    assert found("cafe noel") == found("café") - {"account:B-3"} == {"account:B-1", "account:B-2"}
+    assert found("obrien") == found("o'brien") == {"account:B-3"}
+    assert found("strasse") == found("straße") == {"account:B-3"}
+    assert found("soren lukasz") == {"account:B-4"}
+    assert len(found("zoe", limit=2)) == 2
+    assert {k for k in crm.search(search_terms("renee dupre")) if k.startswith("contact:")} != set()

@@ -12,6 +12,7 @@ Every write is one short transaction that re-reads the row and checks its versio
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -19,7 +20,21 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Select, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    Select,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from crmsync.adapters.database import read_tx, write_tx
@@ -29,7 +44,7 @@ from crmsync.core.crm_mapping import (
     canonical_to_contact_columns,
     contact_to_canonical,
 )
-from crmsync.core.matching import SearchTerms
+from crmsync.core.matching import SearchTerms, fold
 from crmsync.errors import BadRecord, Stale
 from crmsync.ports import Changes, CrmRecord
 from schemas.canonical import account_no_problem, crm_key, parse_crm_key
@@ -111,9 +126,77 @@ def _digits_of(column: Any) -> Any:
     return column
 
 
-def _search_where(table: Any, terms: SearchTerms) -> Any:
+#: Characters the matcher's ``fold`` writes otherwise than SQL's lower() does, inside a word:
+#: Latin letters with accents, either case (Latin-1 to Latin Extended-B, Latin Extended
+#: Additional), ß, æ, ø, ł, þ, the usual combining marks (U+0300 to U+0331) and apostrophes,
+#: which it drops. PostgreSQL folds with them; built on first use.
+_FOLD_RANGES = ((0xC0, 0x250), (0x1E00, 0x1F00))
+_DROPPED = "".join(map(chr, range(0x300, 0x332))) + "'’`"
+
+
+@functools.cache
+def _fold_map() -> tuple[tuple[str, str], ...]:
+    out = []
+    for lo, hi in _FOLD_RANGES:
+        for c in map(chr, range(lo, hi)):
+            folded = "".join(fold(c))
+            if folded and folded != c.lower() and folded.isascii() and folded.isalnum():
+                out.append((c, folded))
+    return tuple(out) + tuple((c, "") for c in _DROPPED)
+
+
+#: The SQL function SQLite folds with (registered on the connection of each search).
+_SQLITE_FOLD = "crmsync_fold"
+
+
+def _fold_text(value: str | None) -> str | None:
+    """``value`` as the matcher folds it, its words joined by spaces (SQLite's ``crmsync_fold``)."""
+    return None if value is None else " ".join(fold(value))
+
+
+def _pg_folded(col: Any) -> Any:
+    """PostgreSQL: ``col`` folded as the matcher folds it, all in the server: lower(), one
+    translate() for the one-letter foldings (and the dropped marks), replace() for the few
+    longer ones (ß, æ, œ, þ)."""
+    pairs = _fold_map()
+    single = [(c, f) for c, f in pairs if len(f) <= 1]
+    src = "".join(c for c, f in single if f) + "".join(c for c, f in single if not f)
+    expr = func.translate(func.lower(col), src, "".join(f for _, f in single if f))
+    for c, f in pairs:
+        if len(f) > 1:
+            expr = func.replace(expr, c, f)
+    return expr
+
+
+def _sqlite_foldable(col: Any) -> Any:
+    """SQLite: ``col`` may fold otherwise than lower() folds it: it holds a character outside
+    ASCII (more bytes than characters) or an apostrophe. Only those values are folded in Python."""
+    return or_(func.length(cast(col, LargeBinary)) != func.length(col), func.instr(col, "'") > 0,
+               func.instr(col, "`") > 0)
+
+
+def _folded_where(cols: list[Any], tokens: tuple[str, ...], plain: bool, dialect: str) -> Any:
+    """Every folded word of ``tokens`` is held by one of ``cols`` folded as the matcher folds them
+    (``matching.fold``: "Zoe" finds "Zoë" and "Zoë" finds "Zoe"). PostgreSQL folds in SQL
+    (``_pg_folded``). SQLite has no translate() and too shallow a parser for a chain of
+    replace(): the values that may fold otherwise than lower() (``_sqlite_foldable``, tested
+    first) go through ``crmsync_fold`` (``matching.fold`` itself); in the other values lower()
+    is the fold, and when the query's words are already its folded words (``plain``) the
+    case-insensitive LIKE beside this condition finds them."""
+    if dialect == "postgresql":
+        return and_(*(or_(*(func.strpos(_pg_folded(c), w) > 0 for c in cols)) for w in tokens))
+    folded = [getattr(func, _SQLITE_FOLD)(c) for c in cols]
+    odd = or_(*(_sqlite_foldable(c) for c in cols))
+    if plain:
+        return and_(odd, *(or_(*(func.instr(f, w) > 0 for f in folded)) for w in tokens))
+    return and_(*(or_(*(func.instr(func.lower(c), w) > 0 for c in cols),
+                      and_(odd, or_(*(func.instr(f, w) > 0 for f in folded)))) for w in tokens))
+
+
+def _search_where(table: Any, terms: SearchTerms, dialect: str) -> Any:
     """The WHERE of ``SqlCrm.search`` on ``accounts`` or ``contacts`` (a contact's company is its
-    account's: a contact is found by its own name, e-mail or phone)."""
+    account's: a contact is found by its own name, e-mail or phone). Names and company are also
+    compared folded (``_folded_where``), each folded word of the query as the matcher folds it."""
     cols = table.c
     parts = []
     if terms.words:
@@ -121,6 +204,13 @@ def _search_where(table: Any, terms: SearchTerms) -> Any:
         parts.append(and_(*(or_(*(c.icontains(w, autoescape=True) for c in names)) for w in terms.words)))
         if "company_name" in cols:
             parts.append(and_(*(cols.company_name.icontains(w, autoescape=True) for w in terms.words)))
+        tokens = fold(terms.text)
+        if tokens:
+            plain = tokens == terms.words
+            tokens = tuple(sorted(set(tokens), key=len, reverse=True))   # the rarest first: SQL stops early
+            parts.append(_folded_where(names, tokens, plain, dialect))
+            if "company_name" in cols:
+                parts.append(_folded_where([cols.company_name], tokens, plain, dialect))
     mails = [c for c in (cols.get("email"), cols.get("email2")) if c is not None]
     parts.extend(c.icontains(terms.text, autoescape=True) for c in mails)
     if terms.digits:
@@ -213,11 +303,14 @@ class SqlCrm:
         if with_contacts:
             tables.append((contacts, _contact_select(), _contact_record))
         for table, base, build in tables:
-            where = _search_where(table, terms)
+            where = _search_where(table, terms, self.engine.dialect.name)
             left = limit - len(out)
             if where is None or left <= 0:
                 continue
             with read_tx(self.engine) as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.connection.driver_connection.create_function(  # type: ignore[union-attr]
+                        _SQLITE_FOLD, 1, _fold_text, deterministic=True)
                 for row in conn.execute(base.where(where).order_by(table.c.id).limit(left)):
                     try:
                         rec = build(row._mapping)

@@ -274,9 +274,11 @@ class EwsExchange:
         """Contacts of this folder whose first or last name holds every word of ``terms`` (or
         whose company holds them), whose e-mail holds its text, or whose phone holds the query as
         typed or the last four digits of its number, case-insensitive: one FindItem with a
-        Contains restriction (IgnoreCase), at most ``limit`` items, then GetItem. Private contacts
-        come back as such (empty); ``matching.search_fields`` decides on the rest."""
-        from exchangelib import Q
+        Contains restriction, at most ``limit`` items, then GetItem. The Contains ignore case and
+        accents (ContainmentComparison IgnoreCaseAndNonSpacingCharacters: "zoe" finds "Zoë" and
+        "zoë" finds "Zoe"); letters that are not a base letter plus a mark (ø, ł) stay themselves.
+        Private contacts come back as such (empty); ``matching.search_fields`` decides on the rest."""
+        Q = _loose_q()
 
         if not terms.text:
             return []
@@ -488,3 +490,30 @@ class EwsExchange:
                 return "ok" if list(self.folder.all().values_list("id")[:1]) else "empty"
             except (ErrorFolderNotFound, ErrorItemNotFound):
                 return "missing"
+
+
+_LOOSE_Q: type | None = None
+
+
+def _loose_q() -> type:
+    """exchangelib's Q, except that its case-insensitive lookups (``__icontains`` and the like)
+    ask Exchange to ignore non-spacing characters too (ContainmentComparison
+    IgnoreCaseAndNonSpacingCharacters, where exchangelib always sends IgnoreCase). Built on first
+    use (exchangelib is imported lazily). A query must keep at least two terms at its top: a lone
+    term is copied into a plain Q by the QuerySet (and asks IgnoreCase again)."""
+    global _LOOSE_Q
+    if _LOOSE_Q is None:
+        from exchangelib import Q
+
+        class LooseQ(Q):
+            __slots__ = ()
+
+            @classmethod
+            def _op_to_xml(cls, op):  # type: ignore[no-untyped-def]
+                elem = super()._op_to_xml(op)
+                if elem.get("ContainmentComparison") == "IgnoreCase":
+                    elem.set("ContainmentComparison", "IgnoreCaseAndNonSpacingCharacters")
+                return elem
+
+        _LOOSE_Q = LooseQ
+    return _LOOSE_Q
