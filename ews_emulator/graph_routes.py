@@ -58,7 +58,7 @@ from .graph_json import (
     to_graph_id,
     updates_element,
 )
-from .graph_query import Evaluator, ExtIdValue, parse_expand, parse_filter, parse_orderby, parse_select, sort_objects
+from .graph_query import Evaluator, ExtIdValue, parse_expand, parse_filter, parse_orderby, parse_select, sort_objects, unsupported
 from .registry import EwsError
 
 log = logging.getLogger("ews_emulator.graph")
@@ -721,6 +721,8 @@ def _list_contacts(emu, req: GraphRequest, route: _Route, folder: dict) -> Graph
     if "$search" in req.query:
         raise bad_request("$search is not supported by the emulator.", "ErrorInvalidUrlQuery")
     tree = parse_filter(req.query["$filter"]) if req.query.get("$filter") else None
+    if tree is not None:
+        _check_contact_lambdas(tree)
     top = min(_int_option(req, "$top", DEFAULT_PAGE) or DEFAULT_PAGE, MAX_PAGE)
     skip = _int_option(req, "$skip", 0)
     indexed = _by_ext_index(emu, folder, tree) if tree is not None else None
@@ -742,6 +744,47 @@ def _list_contacts(emu, req: GraphRequest, route: _Route, folder: dict) -> Graph
     body["value"] = [_render(c, select, expand) for c in page]
     body.update(_page_links(req, len(contacts), skip, top))
     return GraphResponse(200, body, _applied(req))
+
+
+_STRING_COLLECTIONS = {"businessphones", "homephones", "imaddresses", "children", "categories"}
+
+
+def _check_contact_lambdas(node: tuple) -> None:
+    """Refuse, as Graph does (400 ErrorInvalidUrlQueryFilter), the lambdas Graph does not run on
+    contacts: over ``emailAddresses`` only ``any(a: a/address eq '...')`` (user-list-contacts,
+    "Optional query parameters": no other sub-property, operator or function); over the string
+    collections (phones, categories, ...) no function (``startswith``, ``contains``, ...).
+    ``singleValueExtendedProperties/Any(...)`` is left as it is."""
+    kind = node[0]
+    if kind in ("or", "and"):
+        _check_contact_lambdas(node[1])
+        _check_contact_lambdas(node[2])
+    elif kind == "not":
+        _check_contact_lambdas(node[1])
+    elif kind == "any" and node[3] is not None:
+        coll = "/".join(node[1]).lower()
+        if coll == "emailaddresses":
+            if _address_eq(node[3], node[2]) is None:
+                raise unsupported("emailAddresses can be filtered only with any(a: a/address eq '...').")
+        elif coll in _STRING_COLLECTIONS and _has_function(node[3]):
+            raise unsupported(f"functions are not supported inside a lambda over '{'/'.join(node[1])}'.")
+
+
+def _address_eq(node: tuple, var: str) -> Any:
+    """The literal of ``var/address eq 'lit'`` (either side), else None."""
+    if node[0] != "cmp" or node[1] != "eq":
+        return None
+    for a, b in ((node[2], node[3]), (node[3], node[2])):
+        if (a[0] == "path" and b[0] == "lit" and isinstance(b[1], str) and len(a[1]) == 2 and a[1][0] == var
+                and a[1][1].lower() == "address"):
+            return b[1]
+    return None
+
+
+def _has_function(node: tuple) -> bool:
+    if node[0] == "fn":
+        return True
+    return any(isinstance(part, tuple) and _has_function(part) for part in node[1:])
 
 
 def _ext_eq(node: tuple, var: str) -> tuple[str, Any] | None:

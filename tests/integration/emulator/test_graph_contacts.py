@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .graph_helpers import ALICE, assert_graph_error
+from .graph_helpers import ALICE, CRM_KEY_ID, assert_graph_error
 
 FULL = {
     "givenName": "Ada", "middleName": "King", "surname": "Lovelace", "displayName": "Ada Lovelace",
@@ -170,3 +170,44 @@ def test_immutable_id_preference_is_acknowledged_and_ids_do_not_change(graph_env
     assert g.get(f"/users/{ALICE}/contacts/{cid}").json()["id"] == cid      # the same id with or without
     g.delete(f"/users/{ALICE}/contacts/{cid}")
     assert g.get(f"/users/{ALICE}/contacts/{cid}", headers=prefer).json()["id"] == cid   # moved: same id
+
+
+def test_contact_filters_graph_refuses_on_collections_answer_as_graph_does(graph_env):
+    """Graph filters ``emailAddresses`` only with ``any`` and ``eq`` on ``address`` (user-list-contacts,
+    "Optional query parameters"); anything else there, and functions inside a lambda over the phone
+    string collections, answer 400 ErrorInvalidUrlQueryFilter, as Graph answers
+    (microsoft-graph-docs issue 2933). The shapes Graph allows keep working."""
+    _, _, g = graph_env
+    folder = g.new_folder("CRM")
+    g.new_contact(folder, {"givenName": "Erin", "surname": "Ek", "mobilePhone": "+1 415 555 0101",
+                                  "businessPhones": ["+1 212 555 0199"],
+                                  "emailAddresses": [{"name": "Erin", "address": "Erin.Ek@Example.org"}]})
+    g.new_contact(folder, {"givenName": "Bob", "emailAddresses": [{"address": "bob@example.org"}]})
+    base = f"/users/{ALICE}/contactFolders/{folder}/contacts"
+    refused = [
+        "emailAddresses/any(a: startswith(a/address,'erin'))",
+        "emailAddresses/any(a: contains(a/address,'example'))",
+        "emailAddresses/any(a: endswith(a/address,'.org'))",
+        "emailAddresses/any(a: a/address ne 'bob@example.org')",
+        "emailAddresses/any(a: a/name eq 'Erin')",
+        "emailAddresses/any(a: a/address eq 'x@example.org' or a/address eq 'bob@example.org')",
+        "givenName eq 'Erin' or emailAddresses/any(a: startswith(a/address,'bob'))",
+        "businessPhones/any(p: startswith(p,'+1 212'))",
+        "homePhones/any(p: contains(p,'555'))",
+    ]
+    for flt in refused:
+        r = g.get(base, params={"$filter": flt})
+        assert_graph_error(r, 400, "ErrorInvalidUrlQueryFilter")
+        assert "invalid nodes" in r.json()["error"]["message"], flt
+    allowed = {
+        "emailAddresses/any(a: a/address eq 'erin.ek@example.org')": ["Erin"],      # case-insensitive
+        "emailAddresses/any(a:a/address eq 'bob@example.org') or surname eq 'Ek'": ["Bob", "Erin"],
+        "startswith(givenName,'er') or startswith(companyName,'x')": ["Erin"],
+        "startswith(mobilePhone,'+1 415')": ["Erin"],
+        "businessPhones/any(p: p eq '+1 212 555 0199')": ["Erin"],
+        f"singleValueExtendedProperties/Any(ep: ep/id eq '{CRM_KEY_ID}' and ep/value ne '')": [],
+    }
+    for flt, names in allowed.items():
+        r = g.get(base, params={"$filter": flt})
+        assert r.status_code == 200, (flt, r.text)
+        assert sorted(c["givenName"] for c in r.json()["value"]) == names, flt
