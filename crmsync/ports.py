@@ -87,7 +87,9 @@ class ExchangeSide(Protocol):
     def search(self, terms: SearchTerms, limit: int = 200) -> list[ExchangeRecord]:
         """Contacts a person's search may mean (name, company, e-mail, phone; a superset of
         ``matching.search_fields``), at most ``limit``, found by the server (never a read of the
-        whole folder); private ones come back marked private, with an empty record."""
+        whole folder); private ones come back marked private, with an empty record. Where the
+        server cannot search a field (Graph: a part of an e-mail address, business and home
+        phones), the adapter says so and finds fewer."""
 
     def find_deleted_by_crm_key(self, crm_key: str) -> ExchangeRecord | None:
         """The contact stamped with ``crm_key`` in the mailbox's Deleted Items, if any."""

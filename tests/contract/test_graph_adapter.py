@@ -197,6 +197,32 @@ class TestGraphSide(ExchangeSideContract):
         f.clear()
 
 
+    def test_search_finds_a_contact_by_part_of_its_email_address_or_by_any_of_its_phones(self, side) -> None:
+        """Graph's limit, not the port's: Graph filters ``emailAddresses`` only with
+        ``any(a: a/address eq '...')`` and runs no function inside a lambda over ``businessPhones``
+        or ``homePhones`` (user-list-contacts, "Optional query parameters"). Over Graph the folder
+        search therefore finds a contact by its whole e-mail address (any case) and by the
+        beginning of its mobile phone, but not by part of an address nor by a business or home
+        phone."""
+        from crmsync.core.matching import search_terms
+
+        grace = side.create("account:QE1", {"first_name": "Grace", "last_name": "Hopper", "email": "grace@navy.example",
+                                            "phone_business": "+1 202 555 0147", "phone_home": "+1 202 555 0148",
+                                            "phone_mobile": "+1 202 555 0149"})
+        side.create("account:QE2", {"first_name": "Alan", "last_name": "Turing", "email": "alan@b.example"})
+
+        def found(text: str) -> set[str]:
+            return {r.item_id for r in side.search(search_terms(text)) if not r.private}
+
+        assert found("grace@NAVY") == set()
+        assert found("navy.example") == set()
+        assert found("GRACE@navy.example") == {grace.item_id}
+        assert found("+1 202 555 0147") == set()
+        assert found("+1 202 555 0148") == set()
+        assert found("+1 202 555 0149") == {grace.item_id}
+        assert found("grace") == {grace.item_id}
+
+
 class TestGraphSideWithCertificate(TestGraphSide):
     """The same port contract with the app signing in by certificate (``certificate_path`` and
     ``certificate_thumbprint``): msal sends a client assertion, the emulator verifies it."""

@@ -23,12 +23,17 @@ Decisions worth knowing (the EWS adapter's, in Graph's terms):
 * **Private.** PidTagSensitivity (``Integer 0x0036``) in ``private_sensitivities``, or (when
   ``only_categories`` is set) an unstamped contact carrying none of those categories, reads as
   ``private=True`` with an empty record, exactly as over EWS.
+* **Search** (the Link page, ``link search``) sends only the ``$filter`` shapes Graph runs on
+  contacts: ``startswith`` on names and company, ``emailAddresses/any(a: a/address eq ...)`` for a
+  whole address, ``startswith(mobilePhone, ...)``. A part of an address and the business and home
+  phones are not searchable over Graph (see ``search``).
 * **Batches.** ``read_many``, ``find_many_by_crm_key`` and ``create_many`` use ``$batch``
   (20 requests per batch).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -49,6 +54,9 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_PRIVATE = frozenset({"Private"})
 _PAGE = 100
+
+
+_WHOLE_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+")   # what Graph can look up: eq on a whole address
 
 
 def _odata_string(value: str) -> str:
@@ -203,10 +211,19 @@ class GraphExchange:
 
     def search(self, terms: SearchTerms, limit: int = 200) -> list[ExchangeRecord]:
         """Contacts of the sync folder whose first or last name begins with every word of
-        ``terms``, whose company begins with its first word, whose e-mail address begins with its
-        text, or whose phone begins with the query as typed (``$filter`` startswith, which Graph
-        compares case-insensitively): one filtered GET, pages followed only up to ``limit``.
-        Private contacts come back as such (empty); ``matching.search_fields`` decides on the rest."""
+        ``terms``, whose company begins with its first word, that carry its text as a whole e-mail
+        address, or whose mobile phone begins with the query as typed: one filtered GET, pages
+        followed only up to ``limit``. Private contacts come back as such (empty);
+        ``matching.search_fields`` decides on the rest.
+
+        Graph's limits, narrower than EWS's Contains restriction (user-list-contacts, "Optional
+        query parameters"): ``emailAddresses`` is filtered only with ``any(a: a/address eq '...')``,
+        so a text with an ``@`` is looked up as a whole address and a part of an address is not
+        searched on the server at all; no function runs inside a lambda over ``businessPhones`` or
+        ``homePhones``, so only the mobile phone (a plain string, ``startswith``) is searched by
+        number. The address is sent as ``terms`` holds it (lowercased): Exchange compares
+        strings case-insensitively, and so does the emulator; Microsoft's reference does not say
+        so for ``emailAddresses`` explicitly."""
         if not terms.text:
             return []
         parts: list[str] = []
@@ -214,11 +231,10 @@ class GraphExchange:
             parts.append(" and ".join(f"(startswith(givenName,{_odata_string(w)}) or "
                                       f"startswith(surname,{_odata_string(w)}))" for w in terms.words))
             parts.append(f"startswith(companyName,{_odata_string(terms.words[0])})")
-        parts.append(f"emailAddresses/any(a: startswith(a/address,{_odata_string(terms.text)}))")
+        if _WHOLE_ADDRESS.fullmatch(terms.text):
+            parts.append(f"emailAddresses/any(a: a/address eq {_odata_string(terms.text)})")
         if terms.digits:
             parts.append(f"startswith(mobilePhone,{_odata_string(terms.text)})")
-            parts += [f"{prop}/any(p: startswith(p,{_odata_string(terms.text)}))"
-                      for prop in mapping.PHONE_LISTS.values()]
         params: dict[str, str] | None = {"$filter": " or ".join(f"({p})" for p in parts),
                                          "$expand": mapping.EXPAND, "$top": str(min(limit, _PAGE))}
         found: dict[str, dict] = {}
