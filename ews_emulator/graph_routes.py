@@ -746,14 +746,14 @@ def _list_contacts(emu, req: GraphRequest, route: _Route, folder: dict) -> Graph
     return GraphResponse(200, body, _applied(req))
 
 
-_STRING_COLLECTIONS = {"businessphones", "homephones", "imaddresses", "children", "categories"}
+_PHONE_COLLECTIONS = {"businessphones", "homephones"}
 
 
 def _check_contact_lambdas(node: tuple) -> None:
     """Refuse, as Graph does (400 ErrorInvalidUrlQueryFilter), the lambdas Graph does not run on
     contacts: over ``emailAddresses`` only ``any(a: a/address eq '...')`` (user-list-contacts,
-    "Optional query parameters": no other sub-property, operator or function); over the string
-    collections (phones, categories, ...) no function (``startswith``, ``contains``, ...).
+    "Optional query parameters": no other sub-property, operator or function); over the phone
+    collections no function (``startswith``, ``contains``, ...).
     ``singleValueExtendedProperties/Any(...)`` is left as it is."""
     kind = node[0]
     if kind in ("or", "and"):
@@ -766,7 +766,7 @@ def _check_contact_lambdas(node: tuple) -> None:
         if coll == "emailaddresses":
             if _address_eq(node[3], node[2]) is None:
                 raise unsupported("emailAddresses can be filtered only with any(a: a/address eq '...').")
-        elif coll in _STRING_COLLECTIONS and _has_function(node[3]):
+        elif coll in _PHONE_COLLECTIONS and _has_function(node[3]):
             raise unsupported(f"functions are not supported inside a lambda over '{'/'.join(node[1])}'.")
 
 
