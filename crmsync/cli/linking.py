@@ -342,8 +342,8 @@ def register(app: typer.Typer) -> None:
         min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="score of a probable duplicate"),
     ) -> None:
         """Approve a mailbox's first sync after reviewing `crmsync plan`: a folder that is not
-        empty and was never synced waits for this (unless its [[mailbox]] has first_sync =
-        "auto"). The running producer starts the sync at its next check. Refused while the plan
+        empty and was never synced waits for this by default (unless its [[mailbox]] has
+        first_sync = "auto"). The running producer starts the sync at its next check. Refused while the plan
         is held by probable duplicates. (Syncing itself is the producer's job.)"""
         if not approve_plan:
             raise CrmsyncError("crmsync sync: nothing to do without --approve-plan (the producer, `crmsync "
