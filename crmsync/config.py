@@ -403,11 +403,11 @@ class MailboxSettings(_Section):
     #: needs delegate access to it. Links, state and events stay this mailbox's.
     folder_owner: str | None = None
     secondary_contacts: bool = True
-    #: "approve": a non-empty folder never synced waits for `crmsync sync --approve-plan`;
-    #: "auto": its first sync starts at once (duplicates are then [sync] first_sync's business).
-    #: "auto" is the default for now, so that upgrading changes nothing; "approve" is the safer
-    #: choice and is meant to become the default (README, "The first sync without duplicates").
-    first_sync: Literal["approve", "auto"] = "auto"
+    #: "approve": a non-empty folder never synced waits for `crmsync sync --approve-plan`
+    #: (the default; an empty folder, or one crmsync creates, needs no approval);
+    #: "auto": its first sync starts at once, for those who accept the risk (duplicates are then
+    #: [sync] first_sync's business).
+    first_sync: Literal["approve", "auto"] = "approve"
     api: ExchangeApi | None = None    # None: exchange.api
     conflict_policy: ConflictPolicy | None = None
     conflict_fields: dict[str, ConflictPolicy] | None = None

@@ -36,7 +36,8 @@ def linking_service(container) -> LinkingService:
 
     return LinkingService(store=container.store, crm=container.crm, exchange_for=container.exchange_side,
                           folder_for=container.exchange_feed, editor=SqlLinkEditor(container.state_engine),
-                          policy=MatchPolicy(region=settings.sync.phone_region), with_contacts=with_contacts)
+                          policy=MatchPolicy(region=settings.sync.phone_region), with_contacts=with_contacts,
+                          sync_policy_for=container.policy_for)
 
 
 def first_sync_gate(container):
@@ -70,6 +71,13 @@ def _mailbox(container, given: str | None) -> str:
         return mailboxes[0].address
     raise CrmsyncError(f"{len(mailboxes)} mailboxes are configured: name one with --mailbox "
                        f"({', '.join(m.address for m in mailboxes)})")
+
+
+def _writes_summary(row) -> str:
+    """A plan row's field writes, for the table and CSV: "CRM: a, b; Exchange: c"."""
+    parts = [f"{side}: {', '.join(writes)}" for side, writes in (("CRM", row.to_crm), ("Exchange", row.to_exchange))
+             if writes]
+    return "; ".join(parts)
 
 
 def _check_format(fmt: str) -> str:
@@ -342,8 +350,8 @@ def register(app: typer.Typer) -> None:
         min_score: float = typer.Option(DEFAULT_MIN_SCORE, "--min-score", help="score of a probable duplicate"),
     ) -> None:
         """Approve a mailbox's first sync after reviewing `crmsync plan`: a folder that is not
-        empty and was never synced waits for this (unless its [[mailbox]] has first_sync =
-        "auto"). The running producer starts the sync at its next check. Refused while the plan
+        empty and was never synced waits for this by default (unless its [[mailbox]] has
+        first_sync = "auto"). The running producer starts the sync at its next check. Refused while the plan
         is held by probable duplicates. (Syncing itself is the producer's job.)"""
         if not approve_plan:
             raise CrmsyncError("crmsync sync: nothing to do without --approve-plan (the producer, `crmsync "
@@ -370,13 +378,15 @@ def register(app: typer.Typer) -> None:
         mb = _mailbox(c, mailbox)
         with _progress(fmt == "table") as progress:
             result = linking_service(c).plan(mb, c.settings.sync.first_sync, min_score, progress)
-        columns = ["action", "crm_key", "item_id", "name", "note"]
-        rows = [[r.action, r.crm_key, r.item_id, r.name, r.note] for r in result.rows]
+        columns = ["action", "crm_key", "item_id", "name", "note", "writes"]
+        rows = [[r.action, r.crm_key, r.item_id, r.name, r.note, _writes_summary(r)] for r in result.rows]
         if fmt == "json":
             cli = _app_parts()
+            records = [{**dict(zip(columns[:5], row[:5], strict=True)), "to_crm": r.to_crm, "to_exchange": r.to_exchange}
+                       for row, r in zip(rows, result.rows, strict=True)]
             cli.console.print_json(json.dumps({
                 "mailbox": mb, "first_sync": result.mode, "held": result.held, "counts": result.counts(),
-                "warnings": list(result.warnings), "records": [dict(zip(columns, r, strict=True)) for r in rows]}))
+                "warnings": list(result.warnings), "records": records}))
             return
         if fmt == "csv":
             _emit(fmt, "", columns, rows)

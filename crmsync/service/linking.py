@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
 from crmsync.core import matching
 from crmsync.core.matching import Candidate, LinkDecision, MatchPolicy, NeedsPerson
+from crmsync.core.reconcile import Policy, reconcile
+from crmsync.core.second_source import decide
 from crmsync.errors import CrmsyncError, LeaseTaken
 from crmsync.ports import CrmRecord, ExchangeRecord, ExchangeSide, Link, StateStore
-from schemas.canonical import CanonicalContact, parse_crm_key
+from schemas.canonical import CONTACT_CRM_READONLY, CanonicalContact, fields_for, parse_crm_key
 
 FirstSyncMode = Literal["refuse-duplicates", "link-certain", "create-all"]
 #: ``[[mailbox]] first_sync``: a non-empty, never-synced folder waits for `crmsync sync
@@ -124,7 +126,7 @@ class RebuildResult:
     left: tuple[tuple[str, str, str], ...]   # (crm_key or "", item_id or "", why it was not linked)
 
 
-Action = Literal["merge", "create in Exchange", "create in CRM", "nothing", "skip (private)"]
+Action = Literal["merge", "create in Exchange", "create in CRM", "wait for review", "nothing", "skip (private)"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,10 @@ class PlanRow:
     name: str
     action: Action
     note: str = ""
+    #: a merge: the fields the sync writes to each side (field -> new value), as it will
+    #: reconcile the pair (a two-way merge by the mailbox's policy); empty for other actions
+    to_crm: dict[str, str | None] = field(default_factory=dict)
+    to_exchange: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,17 @@ def one_to_one(cands: Iterable[Candidate]) -> list[Candidate]:
     return [c for c in cands if crm_count[c.crm_key] == 1 and ex_count[c.exchange_key] == 1]
 
 
+def _similar(a: CanonicalContact, b: CanonicalContact) -> bool:
+    """Whether the sync's look-up of a new record's candidates (``find_similar``: an e-mail
+    address, any case, or the last name) would find ``b`` for ``a``."""
+    def emails(r: CanonicalContact) -> set[str]:
+        return {e.strip().lower() for e in (r.email, r.email2) if e and e.strip()}
+
+    def last(r: CanonicalContact) -> str:
+        return (r.last_name or "").strip().lower()
+    return bool(emails(a) & emails(b)) or (last(a) != "" and last(a) == last(b))
+
+
 # ----------------------------------------------------------------------------- the service
 
 @dataclass
@@ -189,6 +206,9 @@ class LinkingService:
     #: mailbox -> whether its secondary contacts are synced ([[mailbox]] secondary_contacts)
     with_contacts: Callable[[str], bool] = lambda _mailbox: True
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+    #: mailbox -> its sync policy (conflicts, directions): the plan's merge diffs are reconciled
+    #: with it, as the sync does; None: the default policy in the matcher's phone region
+    sync_policy_for: Callable[[str], Policy] | None = None
 
     # ------------------------------------------------------------------ reading
     def snapshot(self, mailbox: str, progress: Progress | None = None) -> Snapshot:
@@ -530,6 +550,27 @@ class LinkingService:
             note = "stamped with this CRM key" if c.certain else f"{how} (score {c.score:.4f})"
             rows.append(PlanRow("pair", c.crm_key, c.exchange_key,
                                 display_name(crm_all[c.crm_key].record), "merge", note))
+        if mode == "create-all":
+            # nothing is linked before the sync, but the sync treats each unlinked record as new
+            # ([sync] on_new_record): a strong unambiguous pair is linked, not created twice
+            links, waits = self._second_source(mailbox, [c for c in cands if not c.certain
+                                                         and c.crm_key not in merged_crm
+                                                         and c.exchange_key not in merged_ex
+                                                         and _similar(snap.crm[c.crm_key].record,
+                                                                      snap.exchange[c.exchange_key].record)])
+            for c in links:
+                rows.append(PlanRow("pair", c.crm_key, c.exchange_key, display_name(crm_all[c.crm_key].record),
+                                    "merge", f"second source: linked instead of created (score {c.score:.4f})"))
+            merged_crm |= {c.crm_key for c in links}
+            merged_ex |= {c.exchange_key for c in links}
+            for side, key, why in waits:
+                if side == "crm":
+                    rows.append(PlanRow("crm", key, None, display_name(snap.crm[key].record), "wait for review", why))
+                    merged_crm.add(key)
+                else:
+                    rows.append(PlanRow("exchange", None, key, display_name(snap.exchange[key].record),
+                                        "wait for review", why))
+                    merged_ex.add(key)
         dup_by_crm: dict[str, Candidate] = {}
         dup_by_ex: dict[str, Candidate] = {}
         dups = [c for c in self.probable_duplicates(cands, min_score)
@@ -561,11 +602,84 @@ class LinkingService:
         for need in decision_needs:
             if need.side == "crm":
                 warnings.append(f"needs a person: {need.key}: {need.detail}")
+        rows = self._with_diffs(mailbox, snap, pending, linked, rows)
         held = None
         unlinked_dups = self.probable_duplicates(cands, min_score)   # the gate's view: nothing linked yet
         if mode == "refuse-duplicates" and unlinked_dups and snap.crm and snap.exchange:
             held = self._held_message(mailbox, unlinked_dups)
         return FirstSyncPlan(mailbox, mode, tuple(rows), tuple(warnings), held)
+
+    def _second_source(self, mailbox: str, cands: list[Candidate]
+                       ) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
+        """What the sync's handling of new records (crmsync.core.second_source, as the apply
+        service runs it) does with these candidate pairs: the pairs it links (each record's
+        best, both ways, no rival) and the records it holds for review (side, key, why)."""
+        mode = (self.sync_policy_for(mailbox) if self.sync_policy_for is not None else Policy()).on_new_record
+        if mode == "create" or not cands:
+            return [], []
+        by_crm: dict[str, list[Candidate]] = {}
+        by_ex: dict[str, list[Candidate]] = {}
+        for c in cands:
+            by_crm.setdefault(c.crm_key, []).append(c)
+            by_ex.setdefault(c.exchange_key, []).append(c)
+        crm_dec = {k: decide("crm", cs, mode) for k, cs in by_crm.items()}
+        ex_dec = {i: decide("exchange", cs, mode) for i, cs in by_ex.items()}
+        claimed_by_crm: dict[str, int] = {}
+        claimed_by_ex: dict[str, int] = {}
+        for d in crm_dec.values():
+            if d.chosen is not None:
+                claimed_by_crm[d.chosen.exchange_key] = claimed_by_crm.get(d.chosen.exchange_key, 0) + 1
+        for d in ex_dec.values():
+            if d.chosen is not None:
+                claimed_by_ex[d.chosen.crm_key] = claimed_by_ex.get(d.chosen.crm_key, 0) + 1
+        links: list[Candidate] = []
+        linked_items: set[str] = set()
+        for key, d in sorted(crm_dec.items()):
+            c = d.chosen
+            if c is None or claimed_by_crm[c.exchange_key] > 1:
+                continue
+            back = ex_dec.get(c.exchange_key)
+            if back is not None and back.chosen is not None and back.chosen.crm_key == key \
+                    and claimed_by_ex[key] == 1:
+                links.append(c)
+                linked_items.add(c.exchange_key)
+        linked_keys = {c.crm_key for c in links}
+        waits: list[tuple[str, str, str]] = []
+        for key, d in sorted(crm_dec.items()):
+            if key not in linked_keys and (d.action == "review" or d.chosen is not None):
+                waits.append(("crm", key, f"review queue: {d.reason or 'its best match is contested'}"))
+        for item, d in sorted(ex_dec.items()):
+            if item not in linked_items and (d.action == "review" or d.chosen is not None):
+                waits.append(("exchange", item, f"review queue: {d.reason or 'its best match is contested'}"))
+        return links, waits
+
+    def _with_diffs(self, mailbox: str, snap: Snapshot, pending: list[Link], linked: dict[str, CrmRecord],
+                    rows: list[PlanRow]) -> list[PlanRow]:
+        """Each merge row with the field writes the sync's reconcile would make (base: none yet)."""
+        merges = [r for r in rows if r.action == "merge" and r.crm_key and r.item_id]
+        if not merges:
+            return rows
+        policy = (self.sync_policy_for(mailbox) if self.sync_policy_for is not None
+                  else Policy(region=self.policy.region))
+        crm_recs: dict[str, CrmRecord] = {**snap.crm, **linked}
+        ex_recs: dict[str, ExchangeRecord] = dict(snap.exchange)
+        todo = [link.item_id for link in pending if link.base is None and link.item_id not in ex_recs]
+        side = self.exchange_for(mailbox)
+        for start in range(0, len(todo), READ_CHUNK):
+            ex_recs.update((r.item_id, r) for r in side.read_many(todo[start:start + READ_CHUNK]) if r is not None)
+        out = []
+        for row in rows:
+            crm, ex = crm_recs.get(row.crm_key or ""), ex_recs.get(row.item_id or "")
+            if row.action != "merge" or crm is None or ex is None:
+                out.append(row)
+                continue
+            kind = parse_crm_key(crm.key)[0]
+            own = policy if kind == "account" else replace(
+                policy, crm_readonly=policy.crm_readonly | CONTACT_CRM_READONLY)
+            plan = reconcile(None, crm.record, ex.record, own, fields=fields_for(kind),
+                             crm_modified_at=crm.modified_at, exchange_modified_at=ex.modified_at)
+            out.append(replace(row, to_crm=dict(plan.to_crm), to_exchange=dict(plan.to_exchange)))
+        return out
 
     def first_sync_gate(self, mailbox: str, mode: FirstSyncMode, approval: FirstSyncApproval = "approve",
                         min_score: float = matching.DEFAULT_MIN_SCORE) -> str | None:

@@ -60,11 +60,10 @@ def email_key(email: str) -> str:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def stack(request, tmp_path_factory, redis_server):
+    # no [[mailbox]] first_sync key: by default the first sync of a non-empty folder waits for approval
     p = Pipeline(tmp_path_factory.mktemp(f"e2e-first-{request.param}"), request.param,
-                 broker_url=redis_server.url(redis_server.new_database()))
+                 broker_url=redis_server.url(redis_server.new_database()), first_sync=None)
     try:
-        p.config_path.write_text(p.config_path.read_text().replace(  # the first sync waits for approval
-            f'address = "{MAILBOX}"\n', f'address = "{MAILBOX}"\nfirst_sync = "approve"\n', 1))
         p.start_worker()
         # the CRM: 200 accounts, by plain SQL in one statement
         with p.crm.engine.begin() as conn:
@@ -92,6 +91,26 @@ def crm_emails(p: Pipeline) -> list[str]:
     return sorted(email_key(r["email"]) for r in p.crm.query("SELECT email FROM accounts"))
 
 
+FIELDS = ("first_name", "last_name", "company_name", "email", "phone_mobile")
+
+
+def outlook_fields(contact) -> dict[str, str | None]:
+    """The fields this module seeds, as exchangelib reads them from the emulator."""
+    mobile = next((n.phone_number for n in contact.phone_numbers or () if n.label == "MobilePhone"), None)
+    email = contact.email_addresses[0].email if contact.email_addresses else None
+    return {"first_name": contact.given_name, "last_name": contact.surname, "company_name": contact.company_name,
+            "email": email, "phone_mobile": mobile}
+
+
+def crm_fields(p: Pipeline) -> dict[str, dict[str, str | None]]:
+    rows = p.crm.query(f"SELECT account_no, {', '.join(FIELDS)} FROM accounts")
+    return {f"account:{r['account_no']}": {f: r[f] for f in FIELDS} for r in rows}
+
+
+def changed(before: dict[str, str | None], after: dict[str, str | None]) -> dict[str, str | None]:
+    return {f: v for f, v in after.items() if v != before[f]}
+
+
 def changelog_ops(p: Pipeline, after: int) -> dict[tuple[str, str], int]:
     rows = p.crm.query("SELECT table_name, op, count(*) AS n FROM crm_changelog WHERE id > :after "
                        "GROUP BY table_name, op", after=after)
@@ -111,11 +130,16 @@ def test_plan_then_link_auto_then_the_first_sync_gives_one_record_per_person(sta
     assert "120 pair(s) linked, 0 record(s) need a person, 0 failed" in out, out
     after_links = json.loads(p.cli("plan", "--format", "json").stdout)
     assert after_links["counts"] == plan["counts"] and after_links["held"] is None
+    merges = {r["crm_key"]: r for r in after_links["records"] if r["action"] == "merge"}
+    # the e-mail case and phone format differences need no write; accents and initials do
+    assert len(merges) == 120 and 0 < sum(1 for r in merges.values() if r["to_crm"] or r["to_exchange"]) < 120
     assert "approved" in p.cli("sync", "--approve-plan").stdout     # the folder is not empty
 
     # nothing so far wrote to Exchange or the CRM
     assert p.ews_writes() == 0, p.emulator.stats()
     changelog_mark = p.crm.query("SELECT coalesce(max(id), 0) AS n FROM crm_changelog")[0]["n"]
+    crm_before = crm_fields(p)
+    outlook_before = {c.id: outlook_fields(c) for c in p.contacts()}
     p.emulator.reset_stats()
 
     p.start_producer()
@@ -139,6 +163,15 @@ def test_plan_then_link_auto_then_the_first_sync_gives_one_record_per_person(sta
     assert ops.get(("accounts", "delete"), 0) == 0, ops
     stats = p.emulator.stats()
     assert stats.get("CreateItem", 0) > 0 and stats.get("DeleteItem", 0) == 0, stats
+    # ... and per merged pair, the fields the plan said each side would take are exactly the ones
+    # that changed, to the values it said: in the CRM's rows and in the contacts exchangelib reads
+    crm_after = crm_fields(p)
+    outlook_after = {c.id: outlook_fields(c) for c in now}
+    for key, row in merges.items():
+        assert changed(crm_before[key], crm_after[key]) == row["to_crm"], (key, row)
+        item = row["item_id"]
+        assert changed(outlook_before[item], outlook_after[item]) == row["to_exchange"], (key, row)
+    assert ops.get(("accounts", "update"), 0) == sum(1 for r in merges.values() if r["to_crm"]), ops
     links = p.state("SELECT count(*) AS n FROM links WHERE base_json IS NOT NULL")[0]["n"]
     assert links == PEOPLE
 

@@ -59,7 +59,7 @@ def pipeline(request, tmp_path_factory, redis_server):
                  emulator_args=("--delegate", f"{DAVE}:{ASSISTANT}"))
     try:
         text = p.config_path.read_text()
-        single = f'[[mailbox]]\naddress = "{MAILBOX}"\nfolder = "{FOLDER}"\n'
+        single = f'[[mailbox]]\naddress = "{MAILBOX}"\nfolder = "{FOLDER}"\nfirst_sync = "auto"\n'
         assert single in text
         p.config_path.write_text(text.replace(single, MAILBOXES))
         p.env.update(CRMSYNC_TEST_INTRUDER_PASSWORD=PASSWORDS[INTRUDER],

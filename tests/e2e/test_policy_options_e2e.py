@@ -32,7 +32,7 @@ def pipeline(request, tmp_path_factory, redis_server):
                  broker_url=redis_server.url(redis_server.new_database()), extra_users={BOB: BOB_PASSWORD})
     try:
         text = p.config_path.read_text()
-        alice = f'folder = "{FOLDER}"\n'
+        alice = f'folder = "{FOLDER}"\nfirst_sync = "auto"\n'
         assert alice in text
         bob = f'[[mailbox]]\naddress = "{BOB}"\nfolder = "{FOLDER}"\nenabled = false\n'
         p.config_path.write_text(text.replace(alice, f"{alice}{BEGIN}{END}{bob}", 1))

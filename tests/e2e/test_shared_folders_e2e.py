@@ -50,7 +50,7 @@ def pipeline(request, tmp_path_factory, redis_server):
                  emulator_args=("--public-folders", "--delegate", f"{DAVE}:{BOB}", "--delegate", f"{DAVE}:{CAROL}"))
     try:
         text = p.config_path.read_text()
-        single = f'[[mailbox]]\naddress = "{MAILBOX}"\nfolder = "CRM Accounts"\n'
+        single = f'[[mailbox]]\naddress = "{MAILBOX}"\nfolder = "CRM Accounts"\nfirst_sync = "auto"\n'
         assert single in text
         p.config_path.write_text(text.replace(single, MAILBOXES))
         p.env.update(CRMSYNC_TEST_BOB_PASSWORD=PASSWORDS[BOB], CRMSYNC_TEST_CAROL_PASSWORD=PASSWORDS[CAROL])

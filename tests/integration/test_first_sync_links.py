@@ -209,6 +209,13 @@ def test_plan_predicts_30_merges_and_link_auto_then_sync_gives_60_and_60(tmp_pat
     assert "30 pair(s) linked, 0 record(s) need a person, 0 failed" in out
     listed = json.loads(d.cli("link", "list", "--format", "json").stdout)
     assert len(listed) == 30 and {r["state"] for r in listed} == {"linked, not synced yet"}
+    # the CSV and table forms of the plan carry each merge's field writes (none here: the e-mail
+    # case and the phone format are the same values to the sync)
+    csv_plan = d.cli("plan", "--format", "csv").stdout.splitlines()
+    assert csv_plan[0] == "action,crm_key,item_id,name,note,writes"
+    merges = [line for line in csv_plan[1:] if line.startswith("merge,")]
+    assert len(merges) == 30 and all(line.endswith(",") for line in merges)
+    assert "what the first sync would do" in d.cli("plan", "--all").stdout
 
     # a second link of a linked record is refused with one clear line and a non-zero exit
     link = d.c.store.find_link(MB, crm_key="account:A-20")

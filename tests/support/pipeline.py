@@ -109,7 +109,12 @@ class Pipeline:
                  redrive_after_s: float = 10, exchange_timeout_s: float = 4,
                  exchange_max_wait_s: float = 2, lease_ttl_s: float = 20,
                  extra_users: dict[str, str] | None = None, emulator_args: tuple[str, ...] = (),
-                 notifications: str | None = None, broker_config: str = "") -> None:
+                 notifications: str | None = None, broker_config: str = "",
+                 first_sync: str | None = "auto") -> None:
+        """``first_sync``: the mailbox's ``[[mailbox]] first_sync``. "auto" by default here, because
+        most tests seed alice's folder before the producer starts and test the sync, not the
+        first-sync gate (the shipped default, "approve", would hold such a folder until
+        `crmsync sync --approve-plan`); ``None`` writes no line, so the shipped default applies."""
         self.tmp = tmp
         self.api = api
         tmp.mkdir(parents=True, exist_ok=True)
@@ -164,6 +169,7 @@ timeout_s = {exchange_timeout_s}
 {graph_config}[[mailbox]]
 address = "{MAILBOX}"
 folder = "{FOLDER}"
+{_setting("first_sync", None if first_sync is None else f'"{first_sync}"')}
 [sync]
 {_setting("poll_interval_s", poll_interval_s)}
 redrive_after_s = {redrive_after_s}

@@ -102,6 +102,8 @@ def test_every_key_is_read_from_the_file(tmp_path: Path) -> None:
     assert (ex.password_env, ex.access, ex.verify_tls, ex.timeout_s, ex.max_wait_s) == ("EWS_PW", "delegate", False, 45, 120)
     assert [m.address for m in s.mailboxes] == ["alice@example.com", "bob@corp.local"]
     assert s.mailboxes[0].folder == "CRM Accounts" and s.mailboxes[0].secondary_contacts is True
+    # a non-empty, never-synced folder waits for `crmsync sync --approve-plan` unless the mailbox says "auto"
+    assert s.mailboxes[0].first_sync == s.mailboxes[1].first_sync == "approve"
     assert s.mailboxes[1].folder == "Shared/CRM" and s.mailboxes[1].secondary_contacts is False
     assert s.mailbox("BOB@corp.local").folder == "Shared/CRM"
     assert s.sync.conflict_policy == "crm-wins"

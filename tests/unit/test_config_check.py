@@ -85,6 +85,7 @@ on_new_record = "create"
     assert table["bob"]["direction"] == ("two-way", "default")
     assert table["alice"]["on_new_record"] == ("review", "[sync]")
     assert table["bob"]["on_new_record"] == ("create", "mailbox")
+    assert table["alice"]["first_sync"] == ("approve", "default")
 
 
 def test_a_bad_value_exits_non_zero_naming_the_key_and_the_mailbox(tmp_path: Path) -> None:

@@ -225,11 +225,49 @@ def test_plan_predicts_merges_creates_and_duplicates_and_writes_nothing(world):
 
 def test_plan_with_create_all_warns_about_each_probable_duplicate(world):
     svc, crm, ex, _ = world
+    svc.sync_policy_for = lambda mb: Policy(on_new_record="create")   # a new record is always created
     same_people(crm, ex)
     plan = svc.plan(MB, mode="create-all")
     assert plan.counts() == {"create in Exchange": 3, "create in CRM": 3}
     assert len(plan.warnings) == 2 and all("probable duplicate" in w for w in plan.warnings)
     assert plan.held is None
+
+
+@pytest.mark.parametrize("on_new_record", ["match-then-create", "review"])
+def test_with_create_all_the_plan_shows_second_source_links_and_reviews_as_the_sync_does_them(search_world,
+                                                                                          on_new_record):
+    """[sync] first_sync = "create-all" does not link pairs before the sync, but the sync's
+    second-source matching links a strong unambiguous pair (or holds it for review) instead of
+    creating it twice: the plan says so."""
+    svc, crm, ex, store = search_world
+    policy = Policy(on_new_record=on_new_record)
+    svc.sync_policy_for = lambda mb: policy
+    ada, grace, margaret = same_people(crm, ex)
+    plan = svc.plan(MB, mode="create-all")
+    by_action = {}
+    for row in plan.rows:
+        by_action.setdefault(row.action, set()).add(row.crm_key or row.item_id)
+    if on_new_record == "match-then-create":
+        assert plan.counts() == {"merge": 2, "create in Exchange": 1, "create in CRM": 1}
+        assert by_action["merge"] == {"account:A-1", "account:A-2"}
+        assert all("second source" in r.note for r in plan.rows if r.action == "merge")
+    else:
+        assert plan.counts() == {"wait for review": 4, "create in Exchange": 1, "create in CRM": 1}
+        assert by_action["wait for review"] == {"account:A-1", "account:A-2", ada, grace}
+
+    services = SyncServices(store=store, crm=crm, exchange_for=lambda mb: ex, policy=policy,
+                            clock=lambda: NOW, new_account_no=crm.new_account_no)
+    ids = [store.event(source="crm", op="upsert", crm_key=k) for k in crm.all_keys()]
+    ids += [store.event(source="exchange", op="upsert", item_id=i) for i in list(ex.items)]
+    assert not apply_events(services, ids).errors
+    counts = plan.counts()
+    assert len(ex.items) == 3 + counts["create in Exchange"]
+    assert len(crm.rows) == 3 + counts["create in CRM"]
+    synced = {link.crm_key: link.item_id for link in store.links.values() if link.base is not None}
+    if on_new_record == "match-then-create":
+        assert synced["account:A-1"] == ada and synced["account:A-2"] == grace
+    else:
+        assert "account:A-1" not in synced and "account:A-2" not in synced and margaret in synced.values()
 
 
 def test_the_plan_equals_what_the_sync_does_after_link_auto(world):
@@ -245,6 +283,28 @@ def test_the_plan_equals_what_the_sync_does_after_link_auto(world):
     assert len(ex.items) == 3 + counts["create in Exchange"]
     assert len(crm.rows) == 3 + counts["create in CRM"]
     assert counts["merge"] == 2
+
+
+def test_the_plans_field_diffs_are_the_writes_the_sync_makes(world):
+    svc, crm, ex, store = world
+    ada, grace, _ = same_people(crm, ex)
+    svc.auto_link(MB)
+    merges = {r.crm_key: r for r in svc.plan(MB).rows if r.action == "merge"}
+    assert set(merges) == {"account:A-1", "account:A-2"}
+    # Ada's company differs on both sides (newest wins: Outlook's); Grace has none in Outlook
+    assert (merges["account:A-1"].to_crm, merges["account:A-1"].to_exchange) == ({"company_name": "Acme Inc."}, {})
+    assert (merges["account:A-2"].to_crm, merges["account:A-2"].to_exchange) == ({}, {"company_name": "Navy"})
+    items = {"account:A-1": ada, "account:A-2": grace}
+    before = {k: (crm.read(k).record.model_dump(), ex.read(items[k]).record.model_dump()) for k in merges}
+
+    first_sync(crm, ex, store)
+
+    for key, row in merges.items():
+        crm_after, ex_after = crm.read(key).record.model_dump(), ex.read(items[key]).record.model_dump()
+        crm_before, ex_before = before[key]
+        assert {f: v for f, v in crm_after.items() if v != crm_before[f]} == row.to_crm, key
+        assert {f: v for f, v in ex_after.items() if v != ex_before[f]} == row.to_exchange, key
+    assert any(r.to_crm for r in merges.values()) and any(r.to_exchange for r in merges.values())
 
 
 # ----------------------------------------------------------------------------- the gate
